@@ -1,0 +1,152 @@
+"""The command line of pipeline_ref.
+
+    python -m pipeline_ref demo [--out DIR]                     naive / GPipe / 1F1B measured vs theory, Gantt charts
+    python -m pipeline_ref run --schedule 1f1b --pp 4 --microbatches 8 -n 4 [--steps N] [--dtype float64]
+                               [--device cpu|cuda|auto] [--model pkg.module:factory] [--save-grads FILE] [--trace FILE]
+    python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE]
+
+``run`` starts its own ranks with ``-n N``; without it, it expects to be one of
+the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
+-m pipeline_ref run ...`` on a cluster).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import DEVICES, DTYPES, ConfigError, RunConfig, check_config
+from .schedules import GENERATORS
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schedule", default="1f1b", help=f"one of {', '.join(GENERATORS)}")
+    p.add_argument("--pp", type=int, default=2, help="pipeline stages")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel replicas")
+    p.add_argument("--microbatches", type=int, default=4)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline_ref", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train with a pipeline schedule on MPI ranks")
+    _add_run_options(run)
+    run.add_argument("-n", "--ranks", type=int, help="start this many local ranks (else: run under mpiexec)")
+    run.add_argument("--steps", type=int, default=1)
+    run.add_argument("--model", default="mlp", help="'mlp', 'gpt' or pkg.module:factory")
+    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    run.add_argument("--device", default="cpu", choices=list(DEVICES))
+    run.add_argument("--lr", type=float, default=0.05)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--sync-sends", action="store_true", help="synchronous sends (no eager buffering)")
+    run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
+    run.add_argument("--trace", metavar="FILE", help="write the last step's trace (Chrome/Perfetto JSON)")
+    run.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (with -n)")
+    run.add_argument("--stall-timeout", type=float, default=120, help="seconds without progress on a rank")
+
+    demo = sub.add_parser("demo", help="naive, GPipe and 1F1B measured against theory, with Gantt charts")
+    demo.add_argument("--out", default="out/demo", help="folder for the plots and tables")
+    demo.add_argument("--microbatches", type=int, default=8)
+    demo.add_argument("--steps", type=int, default=3)
+    demo.add_argument("--stages", type=int, nargs="*", help="pipeline depths (default: 2, and 4 with 4+ cores)")
+
+    simulate = sub.add_parser("simulate", help="play a schedule without processes")
+    _add_run_options(simulate)
+    simulate.add_argument("--forward", type=float, default=1.0, help="cost of a forward")
+    simulate.add_argument("--backward", type=float, default=2.0, help="cost of a backward")
+    simulate.add_argument("--comm", type=float, default=0.0, help="latency of one message")
+    simulate.add_argument("--plot", metavar="FILE", help="save a Gantt chart")
+    return parser
+
+
+def _config(args) -> RunConfig:
+    return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches,
+                     steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
+                     seed=args.seed, sync_sends=args.sync_sends, collect_grads=bool(args.save_grads),
+                     stall_timeout=args.stall_timeout, verbose=True)
+
+
+def _report(result: dict, args) -> None:
+    import torch
+    from . import simulate, trace as trace_mod
+    trace = trace_mod.Trace.from_dict(result["trace"])
+    cfg = result["config"]
+    theory = simulate.theory_utilization(cfg["schedule"], cfg["pp"], cfg["microbatches"])
+    print(f"{cfg['schedule']} on {cfg['pp']} stages, {cfg['microbatches']} microbatches: "
+          f"last step utilization {trace.utilization:.3f} (theory {theory:.3f}), "
+          f"peak stashed activations per stage {trace.peak_stashed}")
+    if args.save_grads:
+        torch.save(result["grads"], args.save_grads)
+        print(f"gradients of the first step ({len(result['grads'])} tensors) -> {args.save_grads}")
+    if args.trace:
+        trace_mod.write_chrome_trace(trace, args.trace)
+        print(f"trace -> {args.trace} (open it in https://ui.perfetto.dev)")
+
+
+def _run(args) -> int:
+    cfg = _config(args)
+    if args.ranks is not None:
+        check_config(cfg, args.ranks)           # refuse before any rank starts
+        from .launch import launch
+        result = launch(args.ranks, "pipeline_ref.runner:run_rank", cfg, timeout=args.timeout,
+                        stall_timeout=args.stall_timeout, echo=True)[0]
+        _report(result, args)
+        return 0
+    from mpi4py import MPI
+    from . import watchdog
+    from .runner import run_rank
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1 and cfg.world_size > 1:
+        raise ConfigError(f"--pp {cfg.pp} x --dp {cfg.dp} needs {cfg.world_size} ranks: add "
+                          f"-n {cfg.world_size}, or start under mpiexec -n {cfg.world_size}")
+    watchdog.start(comm.Get_rank(), cfg.stall_timeout)
+    try:
+        result = run_rank(comm, cfg)
+    except Exception as err:                    # one rank's failure must end all of them, not hang them
+        watchdog.report(f"failed while {watchdog.doing()}: {type(err).__name__}: {err}")
+        comm.Abort(1)
+    if comm.Get_rank() == 0:
+        _report(result, args)
+    return 0
+
+
+def _simulate(args) -> int:
+    from . import schedules, simulate
+    schedule = schedules.build(args.schedule, args.pp, args.microbatches)
+    trace = simulate.simulate(schedule, forward=args.forward, backward=args.backward, comm=args.comm)
+    print(schedules.describe(schedule))
+    theory = simulate.theory_utilization(args.schedule, args.pp, args.microbatches)
+    print(f"utilization {trace.utilization:.4f} (closed form, no communication: {theory:.4f}); "
+          f"makespan {trace.makespan:g}; peak stashed per stage {trace.peak_stashed}")
+    if args.plot:
+        from . import plot
+        fig = plot.gantt(trace, title=f"{args.schedule}, {args.pp} stages, {args.microbatches} microbatches (simulated)")
+        fig.figure.savefig(args.plot, dpi=120, bbox_inches="tight") if hasattr(fig, "figure") else fig.savefig(args.plot)
+        print(f"Gantt chart -> {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "simulate":
+            return _simulate(args)
+        from .demo import main as demo_main
+        return demo_main(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from .launch import LaunchError
+        from .schedules import ScheduleError
+        if isinstance(err, (LaunchError, ScheduleError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""What one pipelined training run is, and every check that can be made before MPI starts.
+
+``RunConfig`` is what the command line, the demo, the lessons and the tests
+describe a run with. ``check_config`` and ``check_fits`` refuse bad requests
+with a message that says what to change, *before* any rank communicates: a
+wrong world size, more stages than layers, a batch the microbatches don't
+divide, an unknown schedule, a model factory that doesn't import.
+
+This module does not import MPI, so the launcher (and pytest) can use it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+
+import torch
+
+from . import models, schedules
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class ConfigError(ValueError):
+    """A run that cannot work as asked; raised before any communication."""
+
+
+@dataclass
+class RunConfig:
+    schedule: str = "1f1b"
+    pp: int = 2                       # pipeline stages
+    dp: int = 1                       # data-parallel replicas
+    microbatches: int = 4
+    steps: int = 1
+    model: str = "mlp"                # registry name or "pkg.module:factory"
+    model_kwargs: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    device: str = "cpu"
+    lr: float = 0.05                  # plain SGD, so a few steps visibly lower the loss
+    seed: int = 0
+    sync_sends: bool = False          # Issend: no send order passes only thanks to eager buffering
+    collect_grads: bool = False       # gather the whole model's gradients after the first step
+    stall_timeout: float = 120.0      # seconds without progress before a rank ends the run
+    verbose: bool = False             # print a progress line per step
+
+    @property
+    def world_size(self) -> int:
+        return self.pp * self.dp
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
+    """Checks that need no model: names, counts, and the number of ranks."""
+    if cfg.schedule not in schedules.GENERATORS:
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(schedules.GENERATORS)}")
+    for name in ("pp", "dp", "microbatches", "steps"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+    if cfg.dp != 1:
+        raise ConfigError("data parallelism (--dp > 1) is not implemented yet; use --dp 1")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.device not in DEVICES:
+        raise ConfigError(f"unknown device {cfg.device!r}; choose one of {', '.join(DEVICES)}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    if world_size is not None and world_size != cfg.world_size:
+        raise ConfigError(f"the run has {world_size} ranks but --pp {cfg.pp} x --dp {cfg.dp} needs "
+                          f"{cfg.world_size}; start it with -n {cfg.world_size}")
+    try:
+        models.load_factory(cfg.model)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def build_model(cfg: RunConfig):
+    """The whole model and batch, identical on every rank: seeded, then converted to the run's dtype."""
+    factory = models.load_factory(cfg.model)
+    torch.manual_seed(cfg.seed)
+    layers, loss_fn, batch = factory(**cfg.model_kwargs)
+    models.check_model(layers, loss_fn, batch)
+    layers, batch = models.to_dtype(layers, batch, DTYPES[cfg.dtype])
+    return layers, loss_fn, batch
+
+
+def check_fits(cfg: RunConfig, num_layers: int, batch_size: int) -> None:
+    """Checks that need the model: enough layers for the stages, a batch the microbatches divide."""
+    if cfg.pp > num_layers:
+        raise ConfigError(f"--pp {cfg.pp} stages but the model has only {num_layers} layers; "
+                          f"use at most {num_layers} stages")
+    per_replica, rest = divmod(batch_size, cfg.dp)
+    if rest or per_replica % cfg.microbatches:
+        raise ConfigError(f"the global batch of {batch_size} samples does not split into {cfg.dp} "
+                          f"replica(s) x {cfg.microbatches} equal microbatches; choose --microbatches "
+                          f"(and --dp) so that their product divides {batch_size}")

@@ -1,0 +1,144 @@
+"""Play one rank's list of actions for real: receive, compute, send, record.
+
+The executor knows nothing about GPipe or 1F1B: it reads the schedule (see
+``schedules.py``) and works out, for every action, which message it must receive
+first and which message it produces (``schedules.dependency`` is the single
+definition of both, shared with the validator and the simulator).
+
+Why it cannot deadlock on a valid schedule: sends are non-blocking, so a rank
+only ever blocks on a receive, that is on a message its next action truly needs.
+The validator has checked that this wait-for relation has no cycle. This holds
+with synchronous sends too (``Issend``, no eager buffering), which the tests run.
+
+Overlap: the receives for the next ``lookahead`` actions that need one are kept
+posted, so a message lands while the current action computes. Each posted
+receive holds a buffer, so the look-ahead is kept small.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import schedules, watchdog
+from .comm import ACTIVATION, GRADIENT, Messenger, message_tag
+from .stage import Stage
+from .trace import Event, Wait
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Shape and dtype of the tensor a chunk receives as input (its gradient has the output's)."""
+    shape: tuple
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class Step:
+    action: schedules.Action
+    recv: tuple | None      # (source rank, tag, Spec, what)   message to receive first
+    send: tuple | None      # (dest rank, tag)                  message the result goes to
+
+
+def agree_specs(comm, stage: Stage, rank: int, num_stages: int, num_chunks: int, sample_input):
+    """Walk the virtual stages in order once, so each learns the shape its input arrives in.
+
+    Each holder runs its chunk on a zero tensor of the announced shape (no grad) and
+    announces its output's shape to the next. Returns (input specs, output specs) by chunk.
+    """
+    in_specs, out_specs = {}, {}
+    last = num_stages * num_chunks - 1
+    for v in range(last + 1):
+        holder, chunk = schedules.rank_of(v, num_stages)
+        if holder != rank:
+            continue
+        if v == 0:
+            x = sample_input
+        else:
+            spec = comm.recv(source=schedules.rank_of(v - 1, num_stages)[0], tag=v)
+            x = torch.zeros(spec.shape, dtype=spec.dtype, device=sample_input.device)
+        in_specs[chunk] = Spec(tuple(x.shape), x.dtype)
+        with torch.no_grad():
+            y = stage.modules[chunk](x)
+        out_specs[chunk] = Spec(tuple(y.shape), y.dtype)
+        if v < last:
+            comm.send(out_specs[chunk], dest=schedules.rank_of(v + 1, num_stages)[0], tag=v + 1)
+    return in_specs, out_specs
+
+
+class Executor:
+    def __init__(self, stage: Stage, actions: list, messenger: Messenger, rank: int,
+                 num_stages: int, num_chunks: int, num_microbatches: int,
+                 in_specs: dict, out_specs: dict, device: torch.device, lookahead: int = 2):
+        self.stage, self.messenger, self.rank, self.device = stage, messenger, rank, device
+        self.lookahead = lookahead
+        self.plan = [self._plan(a, num_stages, num_chunks, in_specs, out_specs) for a in actions]
+
+    def _plan(self, action, num_stages, num_chunks, in_specs, out_specs) -> Step:
+        v = schedules.virtual_stage(self.rank, action.chunk, num_stages)
+        tag = lambda direction, chunk: message_tag(direction, action.microbatch, chunk, num_chunks)
+        recv = send = None
+        dep = schedules.dependency(action, self.rank, num_stages, num_chunks)
+        if action.op == "F":
+            if dep:
+                recv = (dep[0], tag(ACTIVATION, action.chunk), in_specs[action.chunk], "activation")
+            if not self.stage.is_last[action.chunk]:
+                dest, chunk = schedules.rank_of(v + 1, num_stages)
+                send = (dest, tag(ACTIVATION, chunk))
+        elif action.op == "B":
+            if dep:
+                recv = (dep[0], tag(GRADIENT, action.chunk), out_specs[action.chunk], "gradient")
+            if not self.stage.is_first[action.chunk]:
+                dest, chunk = schedules.rank_of(v - 1, num_stages)
+                send = (dest, tag(GRADIENT, chunk))
+        else:
+            raise NotImplementedError(f"rank {self.rank}: the executor does not run {action.op!r} actions yet")
+        return Step(action, recv, send)
+
+    def _sync(self):
+        # Host clocks around asynchronous GPU work would time the launch, not the kernels.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, inputs, targets, step_index: int = 0):
+        """One training step's actions. inputs/targets: per-microbatch tensors (None where unused)."""
+        stage, messenger, rank = self.stage, self.messenger, self.rank
+        stage.start_step()
+        events, waits = [], []
+        needs_recv = [i for i, s in enumerate(self.plan) if s.recv]
+        posted: dict[int, object] = {}
+        next_post = 0
+        t0 = time.perf_counter()
+        for i, step in enumerate(self.plan):
+            a = step.action
+            while next_post < len(needs_recv) and len(posted) < self.lookahead:
+                j = needs_recv[next_post]
+                src, tag, spec, _ = self.plan[j].recv
+                posted[j] = messenger.irecv(spec.shape, spec.dtype, self.device, src, tag)
+                next_post += 1
+            x = None
+            if step.recv:
+                src, _, _, what = step.recv
+                watchdog.beat(f"{a} of step {step_index}: waiting for the {what} of microbatch "
+                              f"{a.microbatch} from rank {src}")
+                w0 = time.perf_counter()
+                x = posted.pop(i).wait()
+                w1 = time.perf_counter()
+                waits.append(Wait(rank, f"recv {what} {a.microbatch} from rank {src}", w0 - t0, w1 - t0))
+            watchdog.beat(f"{a} of step {step_index}: computing")
+            start = time.perf_counter()
+            if a.op == "F":
+                out = stage.forward(a.microbatch, a.chunk, inputs[a.microbatch] if x is None else x,
+                                    targets[a.microbatch] if stage.is_last[a.chunk] else None)
+            else:
+                out = stage.backward(a.microbatch, a.chunk, x)
+            self._sync()
+            end = time.perf_counter()
+            events.append(Event(rank, a.op, a.microbatch, a.chunk, start - t0, end - t0))
+            if step.send:
+                messenger.isend(out, *step.send)
+            messenger.progress()
+        watchdog.beat(f"end of step {step_index}: waiting for {messenger.pending_sends} sends to be received")
+        messenger.finish_sends()
+        return events, waits

@@ -1,0 +1,89 @@
+"""The layers one pipeline rank owns, and the activations it stashes between F and B.
+
+A rank holds one module per *chunk* (one chunk except in interleaved schedules).
+``forward`` runs a microbatch through a chunk and keeps what the backward will
+need; ``backward`` takes the gradient of that chunk's output, runs autograd, and
+returns the gradient of its input (which the executor sends upstream).
+
+The last virtual stage also applies the loss. Each microbatch's loss is divided
+by the number of microbatches, so that the gradients accumulated over the
+microbatches equal the gradient of the mean loss over the whole batch: the
+pipelined step equals the unsplit model's step.
+
+The stash is measured, not guessed: a saved-tensors hook counts the bytes that
+autograd keeps for each microbatch's backward (parameters excluded).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Stage:
+    def __init__(self, modules: list[nn.Module], is_first: list[bool], is_last: list[bool],
+                 loss_fn=None, num_microbatches: int = 1):
+        self.modules = modules                   # indexed by chunk
+        self.is_first = is_first                 # chunk holds virtual stage 0 (its input is data)
+        self.is_last = is_last                   # chunk holds the last virtual stage (applies the loss)
+        self.loss_fn = loss_fn
+        self.loss_scale = 1.0 / num_microbatches
+        self._param_storages = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
+        self.stash: dict[tuple[int, int], tuple] = {}
+        self.stash_bytes = 0
+        self.peak_stashed = 0
+        self.peak_stashed_bytes = 0
+        self.losses: list[torch.Tensor] = []     # unscaled loss of each microbatch, this step
+
+    def parameters(self):
+        seen = set()
+        for m in self.modules:
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    def start_step(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+        self.losses.clear()
+        self.peak_stashed = self.peak_stashed_bytes = 0
+
+    def forward(self, microbatch: int, chunk: int, x: torch.Tensor, target=None):
+        """Run one microbatch through one chunk; return the activation to send on (None at the end)."""
+        if not self.is_first[chunk]:
+            # A leaf that requires grad: after backward its .grad is what we send upstream.
+            x = x.detach().requires_grad_(True)
+        counted: set[int] = set()
+        saved = [0]
+
+        def pack(t: torch.Tensor):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self._param_storages and ptr not in counted:
+                counted.add(ptr)
+                saved[0] += t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = self.modules[chunk](x)
+            if self.is_last[chunk]:
+                loss = self.loss_fn(y, target)
+                self.losses.append(loss.detach())
+                y = loss * self.loss_scale
+        self.stash[(microbatch, chunk)] = (x, y, saved[0])
+        self.stash_bytes += saved[0]
+        self.peak_stashed = max(self.peak_stashed, len(self.stash))
+        self.peak_stashed_bytes = max(self.peak_stashed_bytes, self.stash_bytes)
+        return None if self.is_last[chunk] else y.detach()
+
+    def backward(self, microbatch: int, chunk: int, grad_output: torch.Tensor | None):
+        """Backward of one microbatch through one chunk; return the input's gradient (None at the start)."""
+        try:
+            x, y, nbytes = self.stash.pop((microbatch, chunk))
+        except KeyError:
+            raise RuntimeError(f"backward of microbatch {microbatch} (chunk {chunk}) before its forward") from None
+        self.stash_bytes -= nbytes
+        if self.is_last[chunk]:
+            y.backward()
+        else:
+            torch.autograd.backward(y, grad_output)
+        return None if self.is_first[chunk] else x.grad

@@ -1,0 +1,47 @@
+"""Models and functions the multi-process tests hand to ranks (importable as tests.rank_targets)."""
+import time
+
+import torch
+from torch import nn
+
+from pipeline_ref import models
+
+
+class Trap(nn.Module):
+    """An identity layer that misbehaves on its n-th call: raises, or sleeps (a hung rank)."""
+
+    def __init__(self, on_call: int, action: str):
+        super().__init__()
+        self.on_call, self.action, self.calls = on_call, action, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.on_call:
+            if self.action == "raise":
+                raise RuntimeError("trap sprung on purpose")
+            time.sleep(3600)
+        return x
+
+
+def _trapped(action: str, seed: int = 0):
+    layers, loss_fn, batch = models.mlp(depth=4, width=8, batch=8, seed=seed)
+    # Last layer lands on rank 1 of 2. Call 1 is the shape agreement, call 2 is F0, call 3 is F1.
+    layers.append(Trap(on_call=3 if action == "raise" else 2, action=action))
+    return layers, loss_fn, batch
+
+
+def raising_model():
+    return _trapped("raise")
+
+
+def hanging_model():
+    return _trapped("hang")
+
+
+def user_model():
+    """A model as a user would write one for --model: two Linear layers and MSE."""
+    generator = torch.Generator().manual_seed(1)
+    layers = [nn.Sequential(nn.Linear(6, 5), nn.ReLU()), nn.Linear(5, 3)]
+    inputs = torch.randn(8, 6, generator=generator)
+    targets = torch.randn(8, 3, generator=generator)
+    return layers, nn.functional.mse_loss, (inputs, targets)

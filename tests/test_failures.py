@@ -1,0 +1,92 @@
+"""Bad requests are refused before any communication; a failing or hung rank ends the run quickly, named."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline_ref.config import ConfigError, RunConfig, check_config, check_fits
+from pipeline_ref.launch import LaunchError, launch
+
+
+def test_world_size_must_equal_pp_times_dp():
+    with pytest.raises(ConfigError, match=r"3 ranks but --pp 2 x --dp 1 needs 2"):
+        check_config(RunConfig(pp=2), world_size=3)
+
+
+def test_more_stages_than_layers():
+    with pytest.raises(ConfigError, match=r"--pp 9 stages but the model has only 8 layers"):
+        check_fits(RunConfig(pp=9), num_layers=8, batch_size=32)
+
+
+def test_batch_not_divided_by_microbatches():
+    with pytest.raises(ConfigError, match=r"batch of 10 samples does not split into 1 replica\(s\) x 4"):
+        check_fits(RunConfig(microbatches=4), num_layers=8, batch_size=10)
+
+
+def test_unknown_schedule():
+    with pytest.raises(ConfigError, match=r"unknown schedule 'zigzag'; choose one of naive, gpipe, 1f1b"):
+        check_config(RunConfig(schedule="zigzag"))
+
+
+def test_model_factory_that_does_not_import():
+    with pytest.raises(ConfigError, match="no_such_package.models:factory"):
+        check_config(RunConfig(model="no_such_package.models:factory"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--schedule", "zigzag"], "unknown schedule 'zigzag'"),
+    (["--pp", "2", "-n", "3"], "the run has 3 ranks but --pp 2 x --dp 1 needs 2"),
+    (["--model", "nowhere:factory"], "nowhere:factory"),
+])
+def test_cli_refuses_before_starting_ranks(argv, message):
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipeline_ref", "run", *argv], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "mpiexec" not in done.stderr and time.monotonic() - started < 30
+
+
+def _no_rank_left():
+    left = subprocess.run(["pgrep", "-f", "pipeline_ref._rank"], capture_output=True, text=True).stdout
+    assert left.strip() == "", f"ranks left behind: {left}"
+
+
+@pytest.mark.mpi
+def test_config_refused_inside_ranks_names_the_problem():
+    with pytest.raises(LaunchError, match=r"--pp 2 stages but the model has only 1 layers"):
+        launch(2, "pipeline_ref.runner:run_rank",
+               RunConfig(pp=2, model="pipeline_ref.models:mlp", model_kwargs={"depth": 1}), timeout=60)
+    _no_rank_left()
+
+
+@pytest.mark.mpi
+def test_a_rank_that_raises_ends_the_run_naming_it():
+    with pytest.raises(LaunchError) as failure:
+        launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=4, model="tests.rank_targets:raising_model"),
+               timeout=60)
+    assert "rank 1: failed while F1 of step 0: computing: RuntimeError: trap sprung on purpose" in str(failure.value)
+    _no_rank_left()
+
+
+@pytest.mark.mpi
+def test_a_rank_that_hangs_ends_the_run_naming_it():
+    started = time.monotonic()
+    with pytest.raises(LaunchError) as failure:
+        launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
+               timeout=60, stall_timeout=3)
+    message = str(failure.value)
+    assert "rank 1: stuck for" in message and "while F0 of step 0: computing" in message
+    assert time.monotonic() - started < 30
+    _no_rank_left()
+
+
+@pytest.mark.mpi
+def test_the_launcher_time_limit_kills_every_rank():
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match=r"did not finish within 8 s"):
+        launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
+               timeout=8, stall_timeout=None)
+    assert time.monotonic() - started < 20
+    _no_rank_left()
