@@ -86,8 +86,8 @@ def _report(result: dict, args) -> None:
 
 def _run(args) -> int:
     cfg = _config(args)
+    check_config(cfg, args.ranks)               # refuse before any rank starts or communicates
     if args.ranks is not None:
-        check_config(cfg, args.ranks)           # refuse before any rank starts
         from .launch import launch
         result = launch(args.ranks, "pipeline_ref.runner:run_rank", cfg, timeout=args.timeout,
                         stall_timeout=args.stall_timeout, echo=True)[0]

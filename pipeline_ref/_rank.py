@@ -9,6 +9,7 @@ itself and what it was doing (launch.py reads it), then the exception propagates
 and ``python -m mpi4py`` aborts every rank.
 """
 import importlib
+import os
 import pickle
 import sys
 import traceback
@@ -23,6 +24,8 @@ def main(payload_path: str, outdir: str) -> None:
     with open(payload_path, "rb") as f:
         target, args, kwargs, stall_timeout = pickle.load(f)
     rank = MPI.COMM_WORLD.Get_rank()
+    with open(f"{outdir}/rank{rank}.pid", "w") as f:   # so the launcher can make sure we are gone
+        f.write(str(os.getpid()))
     watchdog.start(rank, stall_timeout)
     module_name, _, function_name = target.partition(":")
     function = getattr(importlib.import_module(module_name), function_name)

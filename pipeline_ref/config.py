@@ -95,3 +95,15 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int) -> None:
         raise ConfigError(f"the global batch of {batch_size} samples does not split into {cfg.dp} "
                           f"replica(s) x {cfg.microbatches} equal microbatches; choose --microbatches "
                           f"(and --dp) so that their product divides {batch_size}")
+
+
+def check_ties(layers, ranges) -> None:
+    """Refuse a Parameter shared by layers on different stages: each stage would train its own copy."""
+    owner: dict[int, int] = {}
+    for stage, r in enumerate(ranges):
+        for index in r:
+            for name, p in layers[index].named_parameters():
+                if owner.setdefault(id(p), stage) != stage:
+                    raise ConfigError(f"parameter {index}.{name} is shared by layers on stages {owner[id(p)]} "
+                                      f"and {stage}; tied weights across stages are not supported yet: "
+                                      f"untie them, or choose --pp so that the layers sharing it stay together")

@@ -57,7 +57,7 @@ def main(args) -> int:
         for cfg, result in zip(configs, results):
             measured = Trace.from_dict(result["trace"])
             predicted = simulate.simulate(schedules.build(cfg.schedule, depth, cfg.microbatches),
-                                          **measured_costs(measured))
+                                          **measured_costs(measured), time_unit="s")
             chart = out / f"{cfg.schedule}_p{depth}_m{cfg.microbatches}.png"
             plot.compare_gantt(measured, predicted, path=chart,
                                title=f"{cfg.schedule}, {depth} stages, {cfg.microbatches} microbatches")

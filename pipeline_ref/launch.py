@@ -78,12 +78,13 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
             code = process.wait(timeout=timeout)
             timed_out = False
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)   # mpiexec and every rank: nothing left behind
+            _kill_tree(process.pid)
             process.wait()
             code, timed_out = process.returncode, True
         for t in pumps:
             t.join(timeout=5)
         if timed_out or code != 0:
+            _kill_ranks(Path(tmp), str(payload))
             raise LaunchError(_failure(num_ranks, code, timed_out, timeout, out, err))
         import torch   # only now: a failed launch should not pay for it
         results = []
@@ -93,6 +94,49 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
                 raise LaunchError(f"rank {rank} exited without a result\n" + _tail(out, err))
             results.append(torch.load(path, weights_only=False))
         return results
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``. Hydra starts its proxy and each rank in a session of their own,
+    so killing mpiexec's process group would leave the ranks running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL mpiexec and everything it started: nothing is left behind."""
+    victims = [pid] + (_descendants(pid) if Path("/proc").is_dir() else [])
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_ranks(tmp: Path, payload: str) -> None:
+    """After a failure, end any rank still alive: mpiexec may exit before its ranks are gone."""
+    for pid_file in tmp.glob("rank*.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            if payload in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass    # already gone
 
 
 def _tail(out: list, err: list, lines: int = 30) -> str:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import partition, schedules
-from .config import RunConfig, build_model, check_config, check_fits
+from .config import RunConfig, build_model, check_config, check_fits, check_ties
 from .trace import Trace
 
 
@@ -45,6 +45,7 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     layers, loss_fn, (inputs, targets) = build_model(cfg)
     check_fits(cfg, len(layers), inputs.shape[0])
     ranges = partition.uniform(len(layers), num_stages)
+    check_ties(layers, ranges)
     schedule = schedules.build(cfg.schedule, num_stages, m)
     schedules.validate(schedule)
     check_tag_range(comm, m, 1)

@@ -79,7 +79,7 @@ def build(name: str, num_stages: int, num_microbatches: int, **options) -> Sched
     if name not in GENERATORS:
         raise ScheduleError(f"unknown schedule {name!r}; choose one of {', '.join(GENERATORS)}")
     for what, value in (("num_stages", num_stages), ("num_microbatches", num_microbatches)):
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ScheduleError(f"{what} must be a positive integer, got {value!r}")
     return GENERATORS[name](num_stages, num_microbatches, **options)
 
@@ -120,18 +120,24 @@ def dependency(action: Action, rank: int, num_stages: int, chunks: int) -> tuple
     return None
 
 
+def _check_action(a, rank: int) -> None:
+    if not isinstance(a, Action):
+        raise ScheduleError(f"rank {rank}: {a!r} is not an Action")
+    if a.op not in OPS:
+        raise ScheduleError(f"rank {rank}, action {a}: unknown op {a.op!r} (expected one of {OPS})")
+    if not (isinstance(a.microbatch, int) and a.microbatch >= 0):
+        raise ScheduleError(f"rank {rank}, action {a}: microbatch must be a non-negative int")
+    if not (isinstance(a.chunk, int) and a.chunk >= 0):
+        raise ScheduleError(f"rank {rank}, action {a}: chunk must be a non-negative int")
+
+
 def _check_rank(actions: list, rank: int, microbatches: int, chunks: int) -> None:
     """Every (microbatch, chunk): F, then B (or I then W), each exactly once."""
     seen: dict[tuple[int, int], list[str]] = {}
     for a in actions:
-        if not isinstance(a, Action):
-            raise ScheduleError(f"rank {rank}: {a!r} is not an Action")
-        if a.op not in OPS:
-            raise ScheduleError(f"rank {rank}, action {a}: unknown op {a.op!r} (expected one of {OPS})")
-        if not (isinstance(a.microbatch, int) and a.microbatch >= 0):
-            raise ScheduleError(f"rank {rank}, action {a}: microbatch must be a non-negative int")
-        if not (isinstance(a.chunk, int) and a.chunk >= 0):
-            raise ScheduleError(f"rank {rank}, action {a}: chunk must be a non-negative int")
+        if a.microbatch >= microbatches:
+            raise ScheduleError(f"rank {rank}, action {a}: microbatch {a.microbatch} is out of range "
+                                f"(the step has {microbatches} microbatches)")
         done = seen.setdefault((a.microbatch, a.chunk), [])
         if a.op in done:
             raise ScheduleError(f"rank {rank}, action {a}: runs twice")
@@ -164,6 +170,12 @@ def validate(schedule: Schedule, num_microbatches: int | None = None) -> None:
     if not isinstance(schedule, (list, tuple)) or not schedule:
         raise ScheduleError("a schedule is a non-empty list with one list of actions per rank")
     num_stages = len(schedule)
+    # Types first: num_chunks / count_microbatches below read .chunk and .microbatch.
+    for rank, actions in enumerate(schedule):
+        if not isinstance(actions, (list, tuple)):
+            raise ScheduleError(f"rank {rank}: expected a list of actions, got {type(actions).__name__}")
+        for a in actions:
+            _check_action(a, rank)
     chunks = num_chunks(schedule)
     microbatches = num_microbatches if num_microbatches is not None else count_microbatches(schedule)
     for rank, actions in enumerate(schedule):

@@ -6,10 +6,25 @@ the executor both produce it, so every number below, and every plot in
 ``plot.py``, works the same on a prediction and on a measurement.
 
     utilization = busy time / (ranks x makespan)      bubble = 1 - utilization
+
+Exports, for looking at a trace outside Python:
+
+    >>> from pipeline_ref import schedules, simulate, trace as trace_mod
+    >>> t = simulate.simulate(schedules.build("1f1b", 2, 3))
+    >>> trace_mod.summary(t)["makespan"], trace_mod.summary(t)["peak_stashed"]
+    (12.0, [2, 1])
+    >>> # trace_mod.write_chrome_trace(t, "step.json")   -> open in https://ui.perfetto.dev
+    >>> # trace_mod.write_summary_json(t, "step.summary.json"); trace_mod.write_events_csv(t, "step.csv")
+
+Times are seconds for measured traces and the simulator's cost unit otherwise;
+the Chrome export reads them as seconds.
 """
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass, field, asdict
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,92 @@ class Trace:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Trace":
+        """Inverse of :meth:`to_dict`, also after a trip through JSON (lists stay lists)."""
         data = dict(data)
-        data["events"] = [Event(**e) for e in data.get("events", [])]
-        data["waits"] = [Wait(**w) for w in data.get("waits", [])]
+        data["events"] = [e if isinstance(e, Event) else Event(**e) for e in data.get("events", [])]
+        data["waits"] = [w if isinstance(w, Wait) else Wait(**w) for w in data.get("waits", [])]
+        for key in ("peak_stashed", "peak_stashed_bytes", "peak_memory_bytes"):
+            if data.get(key) is not None:
+                data[key] = list(data[key])
+        data["meta"] = dict(data.get("meta") or {})
         return cls(**data)
+
+
+# --------------------------------------------------------------------------- exports
+
+def to_chrome_trace(trace: Trace) -> dict:
+    """The trace in Chrome's trace-event format (JSON object form), which Perfetto and chrome://tracing open.
+
+    One track per rank (pid 0, tid = rank, named "rank N"); each action is a complete
+    event ("ph": "X") named like F3 or B3.1, each wait a separate "X" event of category
+    "wait" on the same track. ts and dur are microseconds.
+    """
+    source = trace.meta.get("source", "trace")
+    out = [{"ph": "M", "name": "process_name", "pid": 0, "tid": 0, "args": {"name": f"pipeline ({source})"}}]
+    for rank in range(trace.num_ranks):
+        out.append({"ph": "M", "name": "thread_name", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
+        # Without a sort index viewers order tracks by first appearance, not by rank.
+        out.append({"ph": "M", "name": "thread_sort_index", "pid": 0, "tid": rank, "args": {"sort_index": rank}})
+    for e in trace.events:
+        out.append({"ph": "X", "name": e.name, "cat": e.op, "pid": 0, "tid": e.rank,
+                    "ts": e.start * 1e6, "dur": e.duration * 1e6,
+                    "args": {"op": e.op, "microbatch": e.microbatch, "chunk": e.chunk}})
+    for w in trace.waits:
+        out.append({"ph": "X", "name": f"wait {w.what}", "cat": "wait", "pid": 0, "tid": w.rank,
+                    "ts": w.start * 1e6, "dur": (w.end - w.start) * 1e6, "args": {"what": w.what}})
+    return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": _jsonable(trace.meta)}
+
+
+def write_chrome_trace(trace: Trace, path) -> Path:
+    """Write :func:`to_chrome_trace` to ``path`` (open it at https://ui.perfetto.dev)."""
+    path = Path(path)
+    path.write_text(json.dumps(to_chrome_trace(trace)))
+    return path
+
+
+def summary(trace: Trace) -> dict:
+    """The headline numbers of a trace as a plain (JSON-ready) dict.
+
+    makespan, utilization, bubble_fraction; per rank: busy (computing), waiting (blocked
+    on a receive) and utilization; peak stashed activations (the recorded ones, else
+    counted from the event order) and bytes where measured; and the trace's meta.
+    """
+    span = trace.makespan
+    per_rank = [{"rank": r, "busy": trace.busy(r), "waiting": trace.waited(r),
+                 "utilization": trace.busy(r) / span if span > 0 else 0.0} for r in range(trace.num_ranks)]
+    return {"num_ranks": trace.num_ranks, "num_events": len(trace.events),
+            "makespan": span, "utilization": trace.utilization, "bubble_fraction": trace.bubble_fraction,
+            "per_rank": per_rank,
+            "peak_stashed": list(trace.peak_stashed) if trace.peak_stashed is not None else trace.stash_counts(),
+            "peak_stashed_bytes": trace.peak_stashed_bytes, "peak_memory_bytes": trace.peak_memory_bytes,
+            "meta": _jsonable(trace.meta)}
+
+
+def write_summary_json(trace: Trace, path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(summary(trace), indent=2))
+    return path
+
+
+CSV_COLUMNS = ("kind", "rank", "name", "op", "microbatch", "chunk", "start", "end", "duration", "what")
+
+
+def write_events_csv(trace: Trace, path) -> Path:
+    """One row per event (kind "event") and per wait (kind "wait"), by rank then start time."""
+    rows = [{"kind": "event", "rank": e.rank, "name": e.name, "op": e.op, "microbatch": e.microbatch,
+             "chunk": e.chunk, "start": e.start, "end": e.end, "duration": e.duration, "what": ""}
+            for e in trace.events]
+    rows += [{"kind": "wait", "rank": w.rank, "name": f"wait {w.what}", "op": "", "microbatch": "", "chunk": "",
+              "start": w.start, "end": w.end, "duration": w.end - w.start, "what": w.what} for w in trace.waits]
+    rows.sort(key=lambda row: (row["rank"], row["start"], row["kind"] == "event"))
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _jsonable(value):
+    # meta is free-form; anything JSON cannot hold (a torch.device, a Path) becomes its str.
+    return json.loads(json.dumps(value, default=str))

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -48,15 +50,28 @@ def test_cli_refuses_before_starting_ranks(argv, message):
     assert "mpiexec" not in done.stderr and time.monotonic() - started < 30
 
 
+MARK = f"PIPELINE_REF_TEST_RUN={uuid.uuid4()}"   # only this test run's ranks carry it in their environment
+
+
+def _launch(*args, **kwargs):
+    return launch(*args, env={"PIPELINE_REF_TEST_RUN": MARK.split("=", 1)[1]}, **kwargs)
+
+
 def _no_rank_left():
-    left = subprocess.run(["pgrep", "-f", "pipeline_ref._rank"], capture_output=True, text=True).stdout
-    assert left.strip() == "", f"ranks left behind: {left}"
+    left = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if MARK.encode() in environ.read_bytes().split(b"\0"):
+                left.append(environ.parent.name)
+        except OSError:      # the process ended while we looked, or is not ours to read
+            pass
+    assert not left, f"processes left behind: {left}"
 
 
 @pytest.mark.mpi
 def test_config_refused_inside_ranks_names_the_problem():
     with pytest.raises(LaunchError, match=r"--pp 2 stages but the model has only 1 layers"):
-        launch(2, "pipeline_ref.runner:run_rank",
+        _launch(2, "pipeline_ref.runner:run_rank",
                RunConfig(pp=2, model="pipeline_ref.models:mlp", model_kwargs={"depth": 1}), timeout=60)
     _no_rank_left()
 
@@ -64,7 +79,7 @@ def test_config_refused_inside_ranks_names_the_problem():
 @pytest.mark.mpi
 def test_a_rank_that_raises_ends_the_run_naming_it():
     with pytest.raises(LaunchError) as failure:
-        launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=4, model="tests.rank_targets:raising_model"),
+        _launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=4, model="tests.rank_targets:raising_model"),
                timeout=60)
     assert "rank 1: failed while F1 of step 0: computing: RuntimeError: trap sprung on purpose" in str(failure.value)
     _no_rank_left()
@@ -74,7 +89,7 @@ def test_a_rank_that_raises_ends_the_run_naming_it():
 def test_a_rank_that_hangs_ends_the_run_naming_it():
     started = time.monotonic()
     with pytest.raises(LaunchError) as failure:
-        launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
+        _launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
                timeout=60, stall_timeout=3)
     message = str(failure.value)
     assert "rank 1: stuck for" in message and "while F0 of step 0: computing" in message
@@ -86,7 +101,16 @@ def test_a_rank_that_hangs_ends_the_run_naming_it():
 def test_the_launcher_time_limit_kills_every_rank():
     started = time.monotonic()
     with pytest.raises(LaunchError, match=r"did not finish within 8 s"):
-        launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
+        _launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
                timeout=8, stall_timeout=None)
     assert time.monotonic() - started < 20
     _no_rank_left()
+
+
+def test_weights_tied_across_stages_are_refused():
+    from pipeline_ref import models, partition
+    from pipeline_ref.config import check_ties
+    layers, _, _ = models.tiny_gpt(tie_weights=True, blocks=2)
+    check_ties(layers, partition.uniform(len(layers), 1))   # all on one stage: fine
+    with pytest.raises(ConfigError, match=r"shared by layers on stages 0 and 1"):
+        check_ties(layers, partition.uniform(len(layers), 2))
