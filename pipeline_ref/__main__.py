@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=3)
     demo.add_argument("--stages", type=int, nargs="*", help="pipeline depths (default: 2, and 4 with 4+ cores)")
 
+    from .bench import add_parser as add_bench_parser   # bench.py owns its own options
+    add_bench_parser(sub)
+
     simulate = sub.add_parser("simulate", help="play a schedule without processes")
     _add_run_options(simulate)
     simulate.add_argument("--forward", type=float, default=1.0, help="cost of a forward")
@@ -134,6 +137,9 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(args)
         from .demo import main as demo_main
         return demo_main(args)
     except ConfigError as err:
