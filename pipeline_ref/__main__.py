@@ -20,7 +20,8 @@ from .schedules import GENERATORS
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schedule", default="1f1b", help=f"one of {', '.join(GENERATORS)}")
+    p.add_argument("--schedule", default="1f1b",
+                   help=f"one of {', '.join(GENERATORS)}, or your own generator as pkg.module:function")
     p.add_argument("--pp", type=int, default=2, help="pipeline stages")
     p.add_argument("--dp", type=int, default=1, help="data-parallel replicas")
     p.add_argument("--microbatches", type=int, default=4)
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=0.05)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--sync-sends", action="store_true", help="synchronous sends (no eager buffering)")
+    run.add_argument("--overlap-allreduce", action="store_true",
+                     help="start a stage's gradient all-reduce right after its last backward")
     run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
     run.add_argument("--trace", metavar="FILE", help="write the last step's trace (Chrome/Perfetto JSON)")
     run.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (with -n)")
@@ -66,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args) -> RunConfig:
     return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches,
                      steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
-                     seed=args.seed, sync_sends=args.sync_sends, collect_grads=bool(args.save_grads),
+                     seed=args.seed, sync_sends=args.sync_sends,
+                     overlap_allreduce=args.overlap_allreduce, collect_grads=bool(args.save_grads),
                      stall_timeout=args.stall_timeout, verbose=True)
 
 

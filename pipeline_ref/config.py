@@ -39,6 +39,8 @@ class RunConfig:
     seed: int = 0
     sync_sends: bool = False          # Issend: no send order passes only thanks to eager buffering
     collect_grads: bool = False       # gather the whole model's gradients after the first step
+    collect_params: bool = False      # gather every rank's parameters after the last step
+    overlap_allreduce: bool = False   # start a stage's gradient all-reduce right after its last backward
     stall_timeout: float = 120.0      # seconds without progress before a rank ends the run
     verbose: bool = False             # print a progress line per step
 
@@ -52,14 +54,15 @@ class RunConfig:
 
 def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     """Checks that need no model: names, counts, and the number of ranks."""
-    if cfg.schedule not in schedules.GENERATORS:
-        raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(schedules.GENERATORS)}")
+    if ":" in cfg.schedule:
+        _schedule_function(cfg.schedule)
+    elif cfg.schedule not in schedules.GENERATORS:
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(schedules.GENERATORS)}, "
+                          f"or give your own generator as pkg.module:function")
     for name in ("pp", "dp", "microbatches", "steps"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
-    if cfg.dp != 1:
-        raise ConfigError("data parallelism (--dp > 1) is not implemented yet; use --dp 1")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     if cfg.device not in DEVICES:
@@ -97,13 +100,27 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int) -> None:
                           f"(and --dp) so that their product divides {batch_size}")
 
 
-def check_ties(layers, ranges) -> None:
-    """Refuse a Parameter shared by layers on different stages: each stage would train its own copy."""
-    owner: dict[int, int] = {}
-    for stage, r in enumerate(ranges):
-        for index in r:
-            for name, p in layers[index].named_parameters():
-                if owner.setdefault(id(p), stage) != stage:
-                    raise ConfigError(f"parameter {index}.{name} is shared by layers on stages {owner[id(p)]} "
-                                      f"and {stage}; tied weights across stages are not supported yet: "
-                                      f"untie them, or choose --pp so that the layers sharing it stay together")
+
+def _schedule_function(spec: str):
+    import importlib
+    module_name, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except Exception as err:     # ImportError, AttributeError, or whatever the module raised
+        raise ConfigError(f"cannot load the schedule generator {spec!r}: {type(err).__name__}: {err}") from None
+    if not callable(function):
+        raise ConfigError(f"the schedule generator {spec!r} is not callable")
+    return function
+
+
+def make_schedule(cfg: RunConfig) -> list:
+    """The run's schedule, validated: a built-in name, or a user's ``pkg.module:function(num_stages, num_microbatches)``."""
+    if ":" in cfg.schedule:
+        schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches)
+    else:
+        schedule = schedules.build(cfg.schedule, cfg.pp, cfg.microbatches)
+    if not isinstance(schedule, (list, tuple)) or len(schedule) != cfg.pp:
+        raise ConfigError(f"schedule {cfg.schedule!r} must give one list of actions per stage ({cfg.pp}), "
+                          f"got {type(schedule).__name__} of length {len(schedule) if hasattr(schedule, '__len__') else '?'}")
+    schedules.validate(schedule, cfg.microbatches)
+    return schedule

@@ -101,15 +101,21 @@ class Executor:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def run(self, inputs, targets, step_index: int = 0):
-        """One training step's actions. inputs/targets: per-microbatch tensors (None where unused)."""
+    def run(self, inputs, targets, step_index: int = 0, t0: float | None = None, after_last_backward=None):
+        """One training step's actions; returns (events, waits) timed from ``t0``.
+
+        inputs/targets: per-microbatch tensors (None where this rank needs none).
+        ``after_last_backward()`` is called once this rank's gradients are final, so a
+        data-parallel all-reduce can start while other stages still drain the pipeline.
+        """
         stage, messenger, rank = self.stage, self.messenger, self.rank
         stage.start_step()
         events, waits = [], []
         needs_recv = [i for i, s in enumerate(self.plan) if s.recv]
+        last_backward = max((i for i, s in enumerate(self.plan) if s.action.op in ("B", "W")), default=-1)
         posted: dict[int, object] = {}
         next_post = 0
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t0 is None else t0
         for i, step in enumerate(self.plan):
             a = step.action
             while next_post < len(needs_recv) and len(posted) < self.lookahead:
@@ -138,6 +144,8 @@ class Executor:
             events.append(Event(rank, a.op, a.microbatch, a.chunk, start - t0, end - t0))
             if step.send:
                 messenger.isend(out, *step.send)
+            if i == last_backward and after_last_backward is not None:
+                after_last_backward()
             messenger.progress()
         watchdog.beat(f"end of step {step_index}: waiting for {messenger.pending_sends} sends to be received")
         messenger.finish_sends()

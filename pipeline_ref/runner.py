@@ -1,12 +1,18 @@
-"""One pipelined training run on this rank: set up, play the schedule for N steps, gather results.
+"""One pipelined (and data-parallel) training run on this rank: set up, play N steps, gather results.
 
 ``run_rank(comm, cfg)`` is what every rank calls, whoever started the ranks
 (``launch.py`` from Python, or ``mpiexec``/``srun`` on a cluster). Everything
-that can be refused is refused before the first message (``config.py``). Rank 0
-returns the gathered result; the others return None:
+that can be refused is refused before the first message (``config.py``).
 
-    {"config": ..., "losses": [loss per step], "grads": {name: tensor} (first step,
-     if cfg.collect_grads), "trace": Trace of the last step, "partition": [ranges]}
+A step: the pipeline plays the schedule (``executor.py``) inside this replica's
+pipeline communicator; then gradients are averaged over the data communicator
+(replicas of the same stage) and summed over the stages that share a tied
+weight (``reduce.py``); then plain SGD. World rank 0 returns the gathered result,
+the others None:
+
+    {"config", "losses": [mean loss per step], "grads": {name: tensor} (first step, if
+     cfg.collect_grads), "params": [per world rank {name: tensor}] (after the last step,
+     if cfg.collect_params), "trace": replica 0's Trace of the last step, "partition", "tied"}
 
 ``run_many(comm, configs)`` plays several runs one after another on the first
 pp x dp ranks of ``comm``: one ``mpiexec`` for a whole test matrix or demo, since
@@ -14,99 +20,139 @@ starting ranks (``import torch``) costs seconds and a step of a toy model millis
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 from torch import nn
 
-from . import partition, schedules
-from .config import RunConfig, build_model, check_config, check_fits, check_ties
-from .trace import Trace
+from . import partition
+from .config import RunConfig, build_model, check_config, check_fits, make_schedule
+from .trace import Trace, Wait
 
 
 def _device(cfg: RunConfig) -> torch.device:
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    import os   # one GPU per rank on a node: the launcher tells us our place on it
-    local = int(os.environ.get("MPI_LOCALRANKID", os.environ.get("SLURM_LOCALID",
-                os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))))
+    # One GPU per rank on a node: the launcher tells each rank its place on the node.
+    local = next((int(os.environ[k]) for k in ("MPI_LOCALRANKID", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
+                  if k in os.environ), 0)
     return torch.device("cuda", local % torch.cuda.device_count())
 
 
 def run_rank(comm, cfg: RunConfig) -> dict | None:
-    from . import watchdog
+    from mpi4py import MPI
+    from . import topology, watchdog
     from .comm import Messenger, check_tag_range
     from .executor import Executor, agree_specs
+    from .reduce import GradientReducer, tied_groups
     from .stage import Stage
 
-    rank, num_stages, m = comm.Get_rank(), cfg.pp, cfg.microbatches
+    num_stages, m = cfg.pp, cfg.microbatches
     watchdog.beat("checking the configuration")
     check_config(cfg, comm.Get_size())
     layers, loss_fn, (inputs, targets) = build_model(cfg)
     check_fits(cfg, len(layers), inputs.shape[0])
     ranges = partition.uniform(len(layers), num_stages)
-    check_ties(layers, ranges)
-    schedule = schedules.build(cfg.schedule, num_stages, m)
-    schedules.validate(schedule)
-    check_tag_range(comm, m, 1)
+    schedule = make_schedule(cfg)
+
+    watchdog.beat("splitting the ranks into pipeline and data communicators")
+    topo = topology.split(comm, cfg.pp, cfg.dp)
+    pipe, rank = topo.pipeline, topo.stage
+    check_tag_range(pipe, m, 1)
 
     # Names as torch.nn.Sequential(*layers) gives them, so anyone can compare with one device.
     names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
     device = _device(cfg)
     module = nn.Sequential(*layers[ranges[rank].start:ranges[rank].stop]).to(device)
     stage = Stage([module], [rank == 0], [rank == num_stages - 1], loss_fn, m)
-    micro_inputs = [x.to(device) for x in inputs.tensor_split(m)] if rank == 0 else None
-    micro_targets = [t.to(device) for t in targets.tensor_split(m)] if rank == num_stages - 1 else None
+    params = list(stage.parameters())
+    by_name = {names[id(p)]: p for p in params}
+
+    per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
+    mine = slice(topo.replica * per_replica, (topo.replica + 1) * per_replica)
+    micro_inputs = [x.to(device) for x in inputs[mine].tensor_split(m)] if rank == 0 else None
+    micro_targets = [t.to(device) for t in targets[mine].tensor_split(m)] if rank == num_stages - 1 else None
     sample = micro_inputs[0] if rank == 0 else torch.empty(0, device=device)
 
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
-    in_specs, out_specs = agree_specs(comm, stage, rank, num_stages, 1, sample)
-    messenger = Messenger(comm, sync_sends=cfg.sync_sends)
-    executor = Executor(stage, schedule[rank], messenger, rank, num_stages, 1, m,
-                        in_specs, out_specs, device)
-    params = list(stage.parameters())
+    in_specs, out_specs = agree_specs(pipe, stage, rank, num_stages, 1, sample)
+    executor = Executor(stage, schedule[rank], Messenger(pipe, sync_sends=cfg.sync_sends), rank,
+                        num_stages, 1, m, in_specs, out_specs, device)
+
+    # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
+    dp_reducer = GradientReducer(topo.data, params, average=True)
+    tied = tied_groups(layers, ranges)
+    tie_reducers = []
+    for name, holders in tied:            # Split is collective: every rank takes part in each
+        member = rank in holders
+        tie_comm = comm.Split(topo.replica if member else MPI.UNDEFINED, rank)
+        if member:
+            tie_reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
+    communicators = [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
     optimizer = torch.optim.SGD(params, lr=cfg.lr) if params else None
 
-    if cfg.verbose and rank == 0:
-        print(f"{cfg.schedule}: {num_stages} stages, {m} microbatches, {cfg.steps} step(s), "
-              f"layers per stage {[len(r) for r in ranges]}", flush=True)
+    if cfg.verbose and comm.Get_rank() == 0:
+        print(f"{cfg.schedule}: {num_stages} stages x {cfg.dp} replica(s), {m} microbatches, {cfg.steps} "
+              f"step(s), layers per stage {[len(r) for r in ranges]}"
+              + (f", tied {[n for n, _ in tied]}" if tied else ""), flush=True)
     losses, grads, gathered = [], None, None
     for step in range(cfg.steps):
         watchdog.beat(f"waiting for the other ranks before step {step}")
         comm.Barrier()
         began = time.perf_counter()
-        events, waits = executor.run(micro_inputs, micro_targets, step)
-        mine = {
+        events, waits = executor.run(micro_inputs, micro_targets, step, t0=began,
+                                     after_last_backward=dp_reducer.start if cfg.overlap_allreduce else None)
+        watchdog.beat(f"step {step}: all-reducing gradients")
+        reduce_start = time.perf_counter()
+        if cfg.overlap_allreduce:
+            dp_reducer.wait()
+        else:
+            dp_reducer.allreduce()
+        for reducer in tie_reducers:
+            reducer.allreduce()
+        if cfg.dp > 1 or tie_reducers:
+            waits.append(Wait(rank, "all-reduce gradients", reduce_start - began, time.perf_counter() - began))
+        report = {
             "loss": torch.stack(stage.losses).mean().item() if stage.losses else None,
             "grads": ({names[id(p)]: p.grad.detach().cpu().clone() for p in params if p.grad is not None}
-                      if cfg.collect_grads and step == 0 else None),
+                      if cfg.collect_grads and step == 0 and topo.replica == 0 else None),
             "events": events, "waits": waits,
             "peak": stage.peak_stashed, "peak_bytes": stage.peak_stashed_bytes,
+            "memory": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         }
         if optimizer:
             optimizer.step()
+        if cfg.collect_params and step == cfg.steps - 1:
+            report["params"] = {names[id(p)]: p.detach().cpu().clone() for p in params}
         watchdog.beat(f"gathering the results of step {step}")
-        gathered = comm.gather(mine, root=0)
-        if rank == 0:
-            loss = gathered[num_stages - 1]["loss"]
-            losses.append(loss)
+        gathered = comm.gather(report, root=0)
+        if comm.Get_rank() == 0:
+            last_stages = [g["loss"] for g in gathered if g["loss"] is not None]
+            losses.append(sum(last_stages) / len(last_stages))
             if step == 0 and cfg.collect_grads:
-                grads = {k: v for g in gathered for k, v in g["grads"].items()}
+                grads = {k: v for g in gathered if g["grads"] for k, v in g["grads"].items()}
             if cfg.verbose:
-                print(f"  step {step + 1}/{cfg.steps}  loss {loss:.6f}  "
+                print(f"  step {step + 1}/{cfg.steps}  loss {losses[-1]:.6f}  "
                       f"{time.perf_counter() - began:.3f} s", flush=True)
     watchdog.beat("finished")
-    if rank != 0:
+    for c in communicators:      # MPI has a limited number of them; run_many makes many runs
+        c.Free()
+    if comm.Get_rank() != 0:
         return None
+    replica0 = gathered[:num_stages]
+    memory = [g["memory"] for g in replica0]
     trace = Trace(num_ranks=num_stages,
-                  events=[e for g in gathered for e in g["events"]],
-                  waits=[w for g in gathered for w in g["waits"]],
-                  peak_stashed=[g["peak"] for g in gathered],
-                  peak_stashed_bytes=[g["peak_bytes"] for g in gathered],
+                  events=[e for g in replica0 for e in g["events"]],
+                  waits=[w for g in replica0 for w in g["waits"]],
+                  peak_stashed=[g["peak"] for g in replica0],
+                  peak_stashed_bytes=[g["peak_bytes"] for g in replica0],
+                  peak_memory_bytes=memory if None not in memory else None,
                   meta={"source": "measured", "schedule": cfg.schedule, "num_stages": num_stages,
-                        "num_microbatches": m, "device": str(device)})
+                        "num_microbatches": m, "dp": cfg.dp, "device": str(device), "time_unit": "s"})
     return {"config": cfg.to_dict(), "losses": losses, "grads": grads, "trace": trace.to_dict(),
-            "partition": [(r.start, r.stop) for r in ranges]}
+            "params": [g.get("params") for g in gathered] if cfg.collect_params else None,
+            "partition": [(r.start, r.stop) for r in ranges], "tied": tied}
 
 
 def run_many(comm, configs: list[RunConfig]) -> list[dict | None]:

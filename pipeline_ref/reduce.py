@@ -1,0 +1,77 @@
+"""All-reduce of gradients across ranks: data-parallel replicas, and stages sharing a tied weight.
+
+Gradients are packed into a few flat buckets (``bucket_bytes`` each), so a step
+sends a handful of large messages instead of one per parameter, as DDP does.
+``start()`` posts the reductions without waiting (``Iallreduce``), so the runner
+can begin a stage's all-reduce as soon as its last backward is done and let it
+overlap the rest of the pipeline's cooldown; ``wait()`` finishes them and writes
+the results back into ``.grad``.
+
+Two uses, two communicators:
+  * data parallel: the same stage in every replica, **averaged** (each replica's
+    loss is a mean over its own slice of the batch);
+  * tied weights: the stages of one replica that hold a copy of the same
+    Parameter, **summed** (each copy received part of the gradient).
+"""
+from __future__ import annotations
+
+import torch
+from mpi4py import MPI
+
+_MPI_TYPES = {torch.float32: MPI.FLOAT, torch.float64: MPI.DOUBLE}
+
+
+class GradientReducer:
+    def __init__(self, comm, params: list, average: bool, bucket_bytes: int = 4 << 20):
+        self.comm, self.params, self.average = comm, params, average
+        self.buckets: list[list] = []
+        size = 0
+        for p in params:
+            if not self.buckets or size + p.numel() * p.element_size() > bucket_bytes:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self._pending: list[tuple] = []
+
+    def start(self) -> None:
+        if self.comm.Get_size() == 1:
+            return
+        for bucket in self.buckets:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket]
+            wire = torch.float64 if grads[0].dtype == torch.float64 else torch.float32  # bf16 has no MPI type
+            flat = torch.cat([g.detach().reshape(-1).to("cpu", wire) for g in grads])
+            request = self.comm.Iallreduce(MPI.IN_PLACE, [flat.numpy(), _MPI_TYPES[wire]], op=MPI.SUM)
+            self._pending.append((request, flat, bucket))
+
+    def wait(self) -> None:
+        for request, flat, bucket in self._pending:
+            request.Wait()
+            if self.average:
+                flat /= self.comm.Get_size()
+            offset = 0
+            for p in bucket:
+                value = flat[offset:offset + p.numel()].view_as(p).to(p.device, p.dtype)
+                offset += p.numel()
+                p.grad = value
+        self._pending.clear()
+
+    def allreduce(self) -> None:
+        self.start()
+        self.wait()
+
+
+def tied_groups(layers, ranges) -> list[tuple[str, list[int]]]:
+    """Parameters used by layers on more than one stage: (name, stages holding a copy), in name order.
+
+    Found from the model itself: the same Parameter object reached from layers on
+    different stages (e.g. the tiny GPT's embedding and output head).
+    """
+    stages_of: dict[int, set] = {}
+    name_of: dict[int, str] = {}
+    for stage, r in enumerate(ranges):
+        for index in r:
+            for name, p in layers[index].named_parameters():
+                stages_of.setdefault(id(p), set()).add(stage)
+                name_of.setdefault(id(p), f"{index}.{name}")
+    return sorted((name_of[k], sorted(v)) for k, v in stages_of.items() if len(v) > 1)
