@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from .config import DEVICES, DTYPES, ConfigError, RunConfig, check_config
+from .config import DEVICES, DTYPES, PARTITIONS, ConfigError, RunConfig, check_config
 from .schedules import GENERATORS
 
 
@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=0.05)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--sync-sends", action="store_true", help="synchronous sends (no eager buffering)")
+    run.add_argument("--partition", default="uniform", choices=list(PARTITIONS),
+                     help="layers -> stages: equal layer counts, equal parameters, or equal measured time")
+    run.add_argument("--checkpoint", action="store_true",
+                     help="activation checkpointing: stash only stage inputs, recompute in the backward")
     run.add_argument("--overlap-allreduce", action="store_true",
                      help="start a stage's gradient all-reduce right after its last backward")
     run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
@@ -70,7 +74,8 @@ def _config(args) -> RunConfig:
     return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches,
                      steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
                      seed=args.seed, sync_sends=args.sync_sends,
-                     overlap_allreduce=args.overlap_allreduce, collect_grads=bool(args.save_grads),
+                     overlap_allreduce=args.overlap_allreduce, partition=args.partition,
+                     checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
                      stall_timeout=args.stall_timeout, verbose=True)
 
 

@@ -18,6 +18,7 @@ from . import models, schedules
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda", "auto")
+PARTITIONS = ("uniform", "parameters", "time")
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,8 @@ class RunConfig:
     collect_grads: bool = False       # gather the whole model's gradients after the first step
     collect_params: bool = False      # gather every rank's parameters after the last step
     overlap_allreduce: bool = False   # start a stage's gradient all-reduce right after its last backward
+    partition: str = "uniform"        # layers -> stages: uniform, parameters, or time (measured)
+    checkpoint: bool = False          # activation checkpointing: keep stage inputs, recompute in backward
     stall_timeout: float = 120.0      # seconds without progress before a rank ends the run
     verbose: bool = False             # print a progress line per step
 
@@ -65,6 +68,8 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
             raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.partition not in PARTITIONS:
+        raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:
         raise ConfigError(f"unknown device {cfg.device!r}; choose one of {', '.join(DEVICES)}")
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -53,8 +53,11 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     check_config(cfg, comm.Get_size())
     layers, loss_fn, (inputs, targets) = build_model(cfg)
     check_fits(cfg, len(layers), inputs.shape[0])
-    ranges = partition.uniform(len(layers), num_stages)
     schedule = make_schedule(cfg)
+    device = _device(cfg)
+    per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
+    watchdog.beat(f"choosing the {cfg.partition} partition")
+    ranges, predicted = choose_partition(comm, cfg, layers, inputs[:per_replica // m].to(device))
 
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
@@ -63,13 +66,11 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
 
     # Names as torch.nn.Sequential(*layers) gives them, so anyone can compare with one device.
     names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
-    device = _device(cfg)
     module = nn.Sequential(*layers[ranges[rank].start:ranges[rank].stop]).to(device)
-    stage = Stage([module], [rank == 0], [rank == num_stages - 1], loss_fn, m)
+    stage = Stage([module], [rank == 0], [rank == num_stages - 1], loss_fn, m, recompute=cfg.checkpoint)
     params = list(stage.parameters())
     by_name = {names[id(p)]: p for p in params}
 
-    per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
     mine = slice(topo.replica * per_replica, (topo.replica + 1) * per_replica)
     micro_inputs = [x.to(device) for x in inputs[mine].tensor_split(m)] if rank == 0 else None
     micro_targets = [t.to(device) for t in targets[mine].tensor_split(m)] if rank == num_stages - 1 else None
@@ -96,6 +97,9 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
         print(f"{cfg.schedule}: {num_stages} stages x {cfg.dp} replica(s), {m} microbatches, {cfg.steps} "
               f"step(s), layers per stage {[len(r) for r in ranges]}"
               + (f", tied {[n for n, _ in tied]}" if tied else ""), flush=True)
+        if predicted:
+            print(f"  {cfg.partition} partition: predicted forward+backward per microbatch and stage "
+                  f"{[f'{1e3 * c:.2f} ms' for c in predicted]}", flush=True)
     losses, grads, gathered = [], None, None
     for step in range(cfg.steps):
         watchdog.beat(f"waiting for the other ranks before step {step}")
@@ -152,7 +156,24 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
                         "num_microbatches": m, "dp": cfg.dp, "device": str(device), "time_unit": "s"})
     return {"config": cfg.to_dict(), "losses": losses, "grads": grads, "trace": trace.to_dict(),
             "params": [g.get("params") for g in gathered] if cfg.collect_params else None,
-            "partition": [(r.start, r.stop) for r in ranges], "tied": tied}
+            "partition": [(r.start, r.stop) for r in ranges], "predicted_stage_costs": predicted,
+            "tied": tied}
+
+
+def choose_partition(comm, cfg: RunConfig, layers, sample) -> tuple[list[range], list[float] | None]:
+    """Layers -> stages, the same on every rank; with "time", also each stage's predicted seconds.
+
+    "time" profiles every layer once, on world rank 0, and broadcasts the costs:
+    every rank must cut the model at the same places, and timings differ between ranks.
+    """
+    if cfg.partition == "uniform":
+        return partition.uniform(len(layers), cfg.pp), None
+    if cfg.partition == "parameters":
+        return partition.by_parameters(layers, cfg.pp), None
+    from .profiling import layer_costs
+    costs = comm.bcast(layer_costs(layers, sample) if comm.Get_rank() == 0 else None, root=0)
+    ranges = partition.by_cost(costs, cfg.pp)
+    return ranges, partition.stage_costs(costs, ranges)
 
 
 def run_many(comm, configs: list[RunConfig]) -> list[dict | None]:

@@ -12,6 +12,13 @@ pipelined step equals the unsplit model's step.
 
 The stash is measured, not guessed: a saved-tensors hook counts the bytes that
 autograd keeps for each microbatch's backward (parameters excluded).
+
+With ``recompute=True`` (activation checkpointing, GPipe's re-materialisation)
+the forward runs without recording a graph and the stash keeps only the chunk's
+input; the backward runs the forward again, recording, then differentiates.
+Memory per stashed microbatch falls to one input tensor; compute rises by about
+one forward. (Our models have no dropout; a model with random layers would need
+the RNG state saved and restored, as torch.utils.checkpoint does.)
 """
 from __future__ import annotations
 
@@ -21,12 +28,13 @@ from torch import nn
 
 class Stage:
     def __init__(self, modules: list[nn.Module], is_first: list[bool], is_last: list[bool],
-                 loss_fn=None, num_microbatches: int = 1):
+                 loss_fn=None, num_microbatches: int = 1, recompute: bool = False):
         self.modules = modules                   # indexed by chunk
         self.is_first = is_first                 # chunk holds virtual stage 0 (its input is data)
         self.is_last = is_last                   # chunk holds the last virtual stage (applies the loss)
         self.loss_fn = loss_fn
         self.loss_scale = 1.0 / num_microbatches
+        self.recompute = recompute               # activation checkpointing (GPipe's re-materialisation)
         self._param_storages = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
         self.stash: dict[tuple[int, int], tuple] = {}
         self.stash_bytes = 0
@@ -53,35 +61,52 @@ class Stage:
         if not self.is_first[chunk]:
             # A leaf that requires grad: after backward its .grad is what we send upstream.
             x = x.detach().requires_grad_(True)
-        counted: set[int] = set()
+        counted: set[tuple] = set()
         saved = [0]
 
         def pack(t: torch.Tensor):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in self._param_storages and ptr not in counted:
-                counted.add(ptr)
-                saved[0] += t.untyped_storage().nbytes()
+            # Count each saved activation once, at its own size (a view of the whole batch is
+            # not the whole batch); weights are not activations.
+            key = (t.data_ptr(), tuple(t.shape))
+            if t.untyped_storage().data_ptr() not in self._param_storages and key not in counted:
+                counted.add(key)
+                saved[0] += t.numel() * t.element_size()
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = self.modules[chunk](x)
-            if self.is_last[chunk]:
-                loss = self.loss_fn(y, target)
-                self.losses.append(loss.detach())
-                y = loss * self.loss_scale
-        self.stash[(microbatch, chunk)] = (x, y, saved[0])
+        if self.recompute:
+            # Keep only the input; the backward runs the forward again, this time recording the graph.
+            with torch.no_grad():
+                y = self._forward(chunk, x, target)
+            saved[0] = x.numel() * x.element_size()
+            self.stash[(microbatch, chunk)] = (x, None, target, saved[0])
+        else:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                y = self._forward(chunk, x, target)
+            self.stash[(microbatch, chunk)] = (x, y, target, saved[0])
         self.stash_bytes += saved[0]
         self.peak_stashed = max(self.peak_stashed, len(self.stash))
         self.peak_stashed_bytes = max(self.peak_stashed_bytes, self.stash_bytes)
         return None if self.is_last[chunk] else y.detach()
 
+    def _forward(self, chunk: int, x: torch.Tensor, target, record: bool = True):
+        """The chunk's layers, and at the last virtual stage the loss (scaled; recorded unscaled)."""
+        y = self.modules[chunk](x)
+        if not self.is_last[chunk]:
+            return y
+        loss = self.loss_fn(y, target)
+        if record:
+            self.losses.append(loss.detach())
+        return loss * self.loss_scale
+
     def backward(self, microbatch: int, chunk: int, grad_output: torch.Tensor | None):
         """Backward of one microbatch through one chunk; return the input's gradient (None at the start)."""
         try:
-            x, y, nbytes = self.stash.pop((microbatch, chunk))
+            x, y, target, nbytes = self.stash.pop((microbatch, chunk))
         except KeyError:
             raise RuntimeError(f"backward of microbatch {microbatch} (chunk {chunk}) before its forward") from None
         self.stash_bytes -= nbytes
+        if self.recompute:
+            y = self._forward(chunk, x, target, record=False)
         if self.is_last[chunk]:
             y.backward()
         else:

@@ -45,3 +45,14 @@ def user_model():
     inputs = torch.randn(8, 6, generator=generator)
     targets = torch.randn(8, 3, generator=generator)
     return layers, nn.functional.mse_loss, (inputs, targets)
+
+
+def unbalanced_mlp(width: int = 384, batch: int = 128):
+    """A first layer as costly as six of the others: on 2 stages the uniform split gives stage 0
+    nine units of work and stage 1 three; the balanced split [1 | 6] gives six and six."""
+    generator = torch.Generator().manual_seed(2)
+    heavy = nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(width, width), nn.Tanh())])
+    layers = [heavy] + [nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(6)]
+    inputs = torch.randn(batch, width, generator=generator)
+    targets = torch.randn(batch, width, generator=generator)
+    return layers, nn.functional.mse_loss, (inputs, targets)

@@ -1,5 +1,7 @@
 """The main test: a pipelined step equals the unsplit model's step on one process.
 
+Also with activation checkpointing, and with the parameter and time partitions.
+
 One launch of 4 ranks plays every configuration (schedule x stages x microbatches
 x model, asynchronous and synchronous sends), each on the first `pp` ranks;
 pytest then compares each result with models.reference_step in this process.
@@ -19,10 +21,18 @@ CONFIGS = [RunConfig(schedule=s, pp=p, microbatches=m, model=model, model_kwargs
                      collect_grads=True, sync_sends=sync, stall_timeout=60)
            for sync in (False, True) for model, kwargs in MODELS.items() for s in ("naive", "gpipe", "1f1b")
            for p, ms in MICROBATCHES.items() for m in ms]
+# Activation checkpointing and the other partitions change where and when, never what is computed.
+CONFIGS += [RunConfig(schedule=s, pp=p, microbatches=m, model=model, model_kwargs=kwargs, dtype="float64",
+                      collect_grads=True, checkpoint=True, stall_timeout=60)
+            for model, kwargs in MODELS.items() for s in ("gpipe", "1f1b") for p, m in ((2, 3), (4, 6))]
+CONFIGS += [RunConfig(schedule="1f1b", pp=3, microbatches=4, model=model, model_kwargs=kwargs, dtype="float64",
+                      collect_grads=True, partition=partition, stall_timeout=60)
+            for model, kwargs in MODELS.items() for partition in ("parameters", "time")]
 
 
 def _id(cfg):
-    return f"{cfg.model}-{cfg.schedule}-pp{cfg.pp}-m{cfg.microbatches}" + ("-ssend" if cfg.sync_sends else "")
+    return (f"{cfg.model}-{cfg.schedule}-pp{cfg.pp}-m{cfg.microbatches}" + ("-ssend" if cfg.sync_sends else "")
+            + ("-checkpoint" if cfg.checkpoint else "") + (f"-{cfg.partition}" if cfg.partition != "uniform" else ""))
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +72,14 @@ def test_measured_stash_matches_schedule(results):
                     "1f1b": [min(p - s, m) for s in range(p)]}[cfg.schedule]
         assert trace["peak_stashed"] == expected, _id(cfg)
         assert all(b > 0 for b in trace["peak_stashed_bytes"]), _id(cfg)
+
+
+@pytest.mark.mpi
+def test_checkpointing_stashes_only_stage_inputs(results):
+    """Same number of stashed microbatches, far fewer bytes: only each stage's input is kept."""
+    for model in MODELS:
+        plain = results[f"{model}-1f1b-pp2-m3"]["trace"]
+        recompute = results[f"{model}-1f1b-pp2-m3-checkpoint"]["trace"]
+        assert recompute["peak_stashed"] == plain["peak_stashed"]
+        for kept, full in zip(recompute["peak_stashed_bytes"], plain["peak_stashed_bytes"]):
+            assert 0 < kept < full / 2, (model, recompute["peak_stashed_bytes"], plain["peak_stashed_bytes"])
