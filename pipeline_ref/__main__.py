@@ -25,6 +25,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pp", type=int, default=2, help="pipeline stages")
     p.add_argument("--dp", type=int, default=1, help="data-parallel replicas")
     p.add_argument("--microbatches", type=int, default=4)
+    p.add_argument("--chunks", type=int, default=1, help="model chunks per rank (interleaved schedule)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> RunConfig:
-    return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches,
+    return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches, chunks=args.chunks,
                      steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
                      seed=args.seed, sync_sends=args.sync_sends,
                      overlap_allreduce=args.overlap_allreduce, partition=args.partition,

@@ -44,6 +44,7 @@ class RunConfig:
     overlap_allreduce: bool = False   # start a stage's gradient all-reduce right after its last backward
     partition: str = "uniform"        # layers -> stages: uniform, parameters, or time (measured)
     checkpoint: bool = False          # activation checkpointing: keep stage inputs, recompute in backward
+    chunks: int = 1                   # model chunks per rank, for the interleaved schedule
     stall_timeout: float = 120.0      # seconds without progress before a rank ends the run
     verbose: bool = False             # print a progress line per step
 
@@ -62,12 +63,14 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     elif cfg.schedule not in schedules.GENERATORS:
         raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(schedules.GENERATORS)}, "
                           f"or give your own generator as pkg.module:function")
-    for name in ("pp", "dp", "microbatches", "steps"):
+    for name in ("pp", "dp", "microbatches", "steps", "chunks"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.chunks > 1 and cfg.schedule != "interleaved":
+        raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved")
     if cfg.partition not in PARTITIONS:
         raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:
@@ -93,11 +96,16 @@ def build_model(cfg: RunConfig):
     return layers, loss_fn, batch
 
 
-def check_fits(cfg: RunConfig, num_layers: int, batch_size: int) -> None:
+def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1,
+               split_backward: bool = False) -> None:
     """Checks that need the model: enough layers for the stages, a batch the microbatches divide."""
-    if cfg.pp > num_layers:
-        raise ConfigError(f"--pp {cfg.pp} stages but the model has only {num_layers} layers; "
-                          f"use at most {num_layers} stages")
+    if cfg.pp * chunks > num_layers:
+        pieces = f"--pp {cfg.pp} stages" + (f" x {chunks} chunks" if chunks > 1 else "")
+        raise ConfigError(f"{pieces} but the model has only {num_layers} layers; every "
+                          f"{'chunk' if chunks > 1 else 'stage'} needs at least one")
+    if split_backward and cfg.checkpoint:
+        raise ConfigError(f"--checkpoint cannot be combined with schedule {cfg.schedule!r}, whose backward is "
+                          f"split into I and W (it would recompute the forward twice)")
     per_replica, rest = divmod(batch_size, cfg.dp)
     if rest or per_replica % cfg.microbatches:
         raise ConfigError(f"the global batch of {batch_size} samples does not split into {cfg.dp} "
@@ -123,7 +131,11 @@ def make_schedule(cfg: RunConfig) -> list:
     if ":" in cfg.schedule:
         schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches)
     else:
-        schedule = schedules.build(cfg.schedule, cfg.pp, cfg.microbatches)
+        options = {"chunks": cfg.chunks} if cfg.schedule == "interleaved" else {}
+        try:
+            schedule = schedules.build(cfg.schedule, cfg.pp, cfg.microbatches, **options)
+        except schedules.ScheduleError as err:
+            raise ConfigError(str(err)) from None
     if not isinstance(schedule, (list, tuple)) or len(schedule) != cfg.pp:
         raise ConfigError(f"schedule {cfg.schedule!r} must give one list of actions per stage ({cfg.pp}), "
                           f"got {type(schedule).__name__} of length {len(schedule) if hasattr(schedule, '__len__') else '?'}")

@@ -53,17 +53,20 @@ def agree_specs(comm, stage: Stage, rank: int, num_stages: int, num_chunks: int,
         holder, chunk = schedules.rank_of(v, num_stages)
         if holder != rank:
             continue
+        source = schedules.rank_of(v - 1, num_stages)[0]
         if v == 0:
             x = sample_input
         else:
-            spec = comm.recv(source=schedules.rank_of(v - 1, num_stages)[0], tag=v)
+            # A blocking send to oneself would never return, so a rank's own chunks pass it by hand.
+            spec = out_specs[chunk - 1] if source == rank else comm.recv(source=source, tag=v)
             x = torch.zeros(spec.shape, dtype=spec.dtype, device=sample_input.device)
         in_specs[chunk] = Spec(tuple(x.shape), x.dtype)
         with torch.no_grad():
             y = stage.modules[chunk](x)
         out_specs[chunk] = Spec(tuple(y.shape), y.dtype)
-        if v < last:
-            comm.send(out_specs[chunk], dest=schedules.rank_of(v + 1, num_stages)[0], tag=v + 1)
+        dest = schedules.rank_of(v + 1, num_stages)[0]
+        if v < last and dest != rank:
+            comm.send(out_specs[chunk], dest=dest, tag=v + 1)
     return in_specs, out_specs
 
 
@@ -86,14 +89,14 @@ class Executor:
             if not self.stage.is_last[action.chunk]:
                 dest, chunk = schedules.rank_of(v + 1, num_stages)
                 send = (dest, tag(ACTIVATION, chunk))
-        elif action.op == "B":
+        elif action.op in ("B", "I"):          # I: the input-gradient half of a split backward
             if dep:
                 recv = (dep[0], tag(GRADIENT, action.chunk), out_specs[action.chunk], "gradient")
             if not self.stage.is_first[action.chunk]:
                 dest, chunk = schedules.rank_of(v - 1, num_stages)
                 send = (dest, tag(GRADIENT, chunk))
-        else:
-            raise NotImplementedError(f"rank {self.rank}: the executor does not run {action.op!r} actions yet")
+        elif action.op != "W":                  # W: weight gradients, local, no message
+            raise ValueError(f"rank {self.rank}: unknown action {action}")
         return Step(action, recv, send)
 
     def _sync(self):
@@ -137,8 +140,12 @@ class Executor:
             if a.op == "F":
                 out = stage.forward(a.microbatch, a.chunk, inputs[a.microbatch] if x is None else x,
                                     targets[a.microbatch] if stage.is_last[a.chunk] else None)
-            else:
+            elif a.op == "B":
                 out = stage.backward(a.microbatch, a.chunk, x)
+            elif a.op == "I":
+                out = stage.backward_input(a.microbatch, a.chunk, x)
+            else:
+                out = stage.backward_weight(a.microbatch, a.chunk)
             self._sync()
             end = time.perf_counter()
             events.append(Event(rank, a.op, a.microbatch, a.chunk, start - t0, end - t0))

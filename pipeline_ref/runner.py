@@ -26,7 +26,7 @@ import time
 import torch
 from torch import nn
 
-from . import partition
+from . import partition, schedules
 from .config import RunConfig, build_model, check_config, check_fits, make_schedule
 from .trace import Trace, Wait
 
@@ -52,22 +52,29 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     watchdog.beat("checking the configuration")
     check_config(cfg, comm.Get_size())
     layers, loss_fn, (inputs, targets) = build_model(cfg)
-    check_fits(cfg, len(layers), inputs.shape[0])
     schedule = make_schedule(cfg)
+    chunks = schedules.num_chunks(schedule)         # model chunks per rank (interleaved: more than one)
+    split_backward = any(a.op in ("I", "W") for actions in schedule for a in actions)
+    check_fits(cfg, len(layers), inputs.shape[0], chunks=chunks, split_backward=split_backward)
     device = _device(cfg)
     per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
-    ranges, predicted = choose_partition(comm, cfg, layers, inputs[:per_replica // m].to(device))
+    ranges, predicted = choose_partition(comm, cfg, layers, inputs[:per_replica // m].to(device),
+                                         num_pieces=num_stages * chunks)
 
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
     pipe, rank = topo.pipeline, topo.stage
-    check_tag_range(pipe, m, 1)
+    check_tag_range(pipe, m, chunks)
 
     # Names as torch.nn.Sequential(*layers) gives them, so anyone can compare with one device.
     names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
-    module = nn.Sequential(*layers[ranges[rank].start:ranges[rank].stop]).to(device)
-    stage = Stage([module], [rank == 0], [rank == num_stages - 1], loss_fn, m, recompute=cfg.checkpoint)
+    # Chunk c of this rank is virtual stage c * num_stages + rank (one chunk unless interleaved).
+    mine_v = [c * num_stages + rank for c in range(chunks)]
+    last_v = num_stages * chunks - 1
+    modules = [nn.Sequential(*layers[ranges[v].start:ranges[v].stop]).to(device) for v in mine_v]
+    stage = Stage(modules, [v == 0 for v in mine_v], [v == last_v for v in mine_v], loss_fn, m,
+                  recompute=cfg.checkpoint, split_backward=split_backward)
     params = list(stage.parameters())
     by_name = {names[id(p)]: p for p in params}
 
@@ -77,13 +84,13 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     sample = micro_inputs[0] if rank == 0 else torch.empty(0, device=device)
 
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
-    in_specs, out_specs = agree_specs(pipe, stage, rank, num_stages, 1, sample)
+    in_specs, out_specs = agree_specs(pipe, stage, rank, num_stages, chunks, sample)
     executor = Executor(stage, schedule[rank], Messenger(pipe, sync_sends=cfg.sync_sends), rank,
-                        num_stages, 1, m, in_specs, out_specs, device)
+                        num_stages, chunks, m, in_specs, out_specs, device)
 
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
     dp_reducer = GradientReducer(topo.data, params, average=True)
-    tied = tied_groups(layers, ranges)
+    tied = tied_groups(layers, ranges, num_stages)
     tie_reducers = []
     for name, holders in tied:            # Split is collective: every rank takes part in each
         member = rank in holders
@@ -95,7 +102,7 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
 
     if cfg.verbose and comm.Get_rank() == 0:
         print(f"{cfg.schedule}: {num_stages} stages x {cfg.dp} replica(s), {m} microbatches, {cfg.steps} "
-              f"step(s), layers per stage {[len(r) for r in ranges]}"
+              f"step(s), layers per {'virtual ' if chunks > 1 else ''}stage {[len(r) for r in ranges]}"
               + (f", tied {[n for n, _ in tied]}" if tied else ""), flush=True)
         if predicted:
             print(f"  {cfg.partition} partition: predicted forward+backward per microbatch and stage "
@@ -160,27 +167,30 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
             "tied": tied}
 
 
-def choose_partition(comm, cfg: RunConfig, layers, sample) -> tuple[list[range], list[float] | None]:
-    """Layers -> stages, the same on every rank; with "time", also each stage's predicted seconds.
+def choose_partition(comm, cfg: RunConfig, layers, sample, num_pieces: int) -> tuple[list[range], list[float] | None]:
+    """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", each one's predicted seconds.
 
     "time" profiles every layer once, on world rank 0, and broadcasts the costs:
     every rank must cut the model at the same places, and timings differ between ranks.
     """
     if cfg.partition == "uniform":
-        return partition.uniform(len(layers), cfg.pp), None
+        return partition.uniform(len(layers), num_pieces), None
     if cfg.partition == "parameters":
-        return partition.by_parameters(layers, cfg.pp), None
+        return partition.by_parameters(layers, num_pieces), None
     from .profiling import layer_costs
     costs = comm.bcast(layer_costs(layers, sample) if comm.Get_rank() == 0 else None, root=0)
-    ranges = partition.by_cost(costs, cfg.pp)
+    ranges = partition.by_cost(costs, num_pieces)
     return ranges, partition.stage_costs(costs, ranges)
 
 
 def run_many(comm, configs: list[RunConfig]) -> list[dict | None]:
     """Each run on the first pp x dp ranks of ``comm``; the rest wait. Results as rank 0 of ``comm`` sees them."""
     from mpi4py import MPI
+    from . import watchdog
     results = []
-    for cfg in configs:
+    for index, cfg in enumerate(configs):
+        # Ranks left out of a run wait here for as long as it takes: not a stall.
+        watchdog.beat(f"waiting for run {index} ({cfg.schedule}, {cfg.world_size} ranks)", watched=False)
         color = 0 if comm.Get_rank() < cfg.world_size else MPI.UNDEFINED
         sub = comm.Split(color, comm.Get_rank())
         if sub != MPI.COMM_NULL:

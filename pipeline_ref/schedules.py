@@ -71,7 +71,7 @@ def one_f_one_b(num_stages: int, num_microbatches: int) -> Schedule:
     return schedule
 
 
-GENERATORS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b}
+GENERATORS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b}  # more are added at the end of this file
 
 
 def build(name: str, num_stages: int, num_microbatches: int, **options) -> Schedule:
@@ -219,3 +219,10 @@ def describe(schedule: Schedule) -> str:
     width = max(len(str(a)) for actions in schedule for a in actions) if any(schedule) else 2
     return "\n".join(f"rank {r}: " + " ".join(f"{str(a):>{width}}" for a in actions)
                      for r, actions in enumerate(schedule))
+
+
+# The schedules past the textbooks live in their own files; they build on Action, defined above.
+from .interleaved import interleaved  # noqa: E402
+from .zero_bubble import zb_h1  # noqa: E402
+
+GENERATORS.update({"interleaved": interleaved, "zb-h1": zb_h1})

@@ -28,13 +28,16 @@ from torch import nn
 
 class Stage:
     def __init__(self, modules: list[nn.Module], is_first: list[bool], is_last: list[bool],
-                 loss_fn=None, num_microbatches: int = 1, recompute: bool = False):
+                 loss_fn=None, num_microbatches: int = 1, recompute: bool = False, split_backward: bool = False):
         self.modules = modules                   # indexed by chunk
         self.is_first = is_first                 # chunk holds virtual stage 0 (its input is data)
         self.is_last = is_last                   # chunk holds the last virtual stage (applies the loss)
         self.loss_fn = loss_fn
         self.loss_scale = 1.0 / num_microbatches
         self.recompute = recompute               # activation checkpointing (GPipe's re-materialisation)
+        if recompute and split_backward:
+            raise ValueError("activation checkpointing with a split backward (I/W) is not supported")
+        self.weight_grads = WeightGradients(modules) if split_backward else None
         self._param_storages = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
         self.stash: dict[tuple[int, int], tuple] = {}
         self.stash_bytes = 0
@@ -81,7 +84,11 @@ class Stage:
             self.stash[(microbatch, chunk)] = (x, None, target, saved[0])
         else:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                y = self._forward(chunk, x, target)
+                if self.weight_grads:
+                    with self.weight_grads.capture((microbatch, chunk)):
+                        y = self._forward(chunk, x, target)
+                else:
+                    y = self._forward(chunk, x, target)
             self.stash[(microbatch, chunk)] = (x, y, target, saved[0])
         self.stash_bytes += saved[0]
         self.peak_stashed = max(self.peak_stashed, len(self.stash))
@@ -112,3 +119,89 @@ class Stage:
         else:
             torch.autograd.backward(y, grad_output)
         return None if self.is_first[chunk] else x.grad
+
+    def backward_input(self, microbatch: int, chunk: int, grad_output: torch.Tensor | None):
+        """Zero-bubble ``I``: only the input's gradient (to send upstream), keeping what ``W`` needs."""
+        x, y, _, _ = self.stash[(microbatch, chunk)]
+        wants = [] if self.is_first[chunk] else [x]
+        grads = self.weight_grads.input_pass((microbatch, chunk), y, grad_output, wants)
+        return None if self.is_first[chunk] else grads[0]
+
+    def backward_weight(self, microbatch: int, chunk: int) -> None:
+        """Zero-bubble ``W``: the weights' gradients, from what ``I`` kept; then the stash is freed."""
+        *_, nbytes = self.stash.pop((microbatch, chunk))
+        self.stash_bytes -= nbytes
+        self.weight_grads.weight_pass((microbatch, chunk))
+
+
+class WeightGradients:
+    """The split backward: input gradients now (``I``), weight gradients later (``W``), nothing twice.
+
+    During the forward, the output of every module that owns parameters directly
+    (a Linear, a LayerNorm, an Embedding, a head holding a tied weight) is kept.
+    ``I`` asks autograd for the gradient of the stage input *and* of those outputs:
+    autograd then skips every weight-gradient kernel (it computes only what leads
+    to the tensors asked for). ``W`` asks, module by module, for the gradient of
+    its own parameters from its output and the output gradient ``I`` kept: only
+    the weight-gradient kernels run. (A module whose parameters are used before a
+    child module inside it would recompute through that child; our models have none.)
+
+    A Parameter that two modules of this rank use (a tied embedding and head on one
+    stage) is the exception: from the head's output, autograd would reach it again
+    through the embedding, counting that part twice. Its gradient is taken in ``I``.
+    The same idea as torch.distributed.pipelining's stage_backward_input/weight,
+    at the granularity of modules rather than autograd nodes.
+    """
+
+    def __init__(self, modules: list[nn.Module]):
+        self.owners = [m for chunk in modules for m in chunk.modules() if any(True for _ in m.parameters(recurse=False))]
+        users: dict[int, int] = {}
+        for module in self.owners:
+            for p in module.parameters(recurse=False):
+                users[id(p)] = users.get(id(p), 0) + 1
+        unique = {id(p): p for m in self.owners for p in m.parameters(recurse=False) if p.requires_grad}
+        self.shared = [p for key, p in unique.items() if users[key] > 1]
+        self._current: list | None = None
+        self._outputs: dict[tuple, list] = {}      # (microbatch, chunk) -> [(module, output)]
+        self._pending: dict[tuple, list] = {}      # (microbatch, chunk) -> [(module, output, grad)]
+        for module in self.owners:
+            module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if self._current is not None and isinstance(output, torch.Tensor) and output.requires_grad:
+            self._current.append((module, output))
+
+    class _Capture:
+        def __init__(self, owner, key):
+            self.owner, self.key = owner, key
+
+        def __enter__(self):
+            self.owner._current = []
+
+        def __exit__(self, *exc):
+            self.owner._outputs[self.key] = self.owner._current
+            self.owner._current = None
+
+    def capture(self, key):
+        return self._Capture(self, key)
+
+    def input_pass(self, key, y, grad_output, wants: list) -> list:
+        captured = self._outputs.pop(key)
+        outputs = [o for _, o in captured]
+        grads = torch.autograd.grad(y, wants + outputs + self.shared, grad_outputs=grad_output, retain_graph=True,
+                                    allow_unused=True)
+        for p, g in zip(self.shared, grads[len(wants) + len(outputs):]):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+        self._pending[key] = [(m, o, g) for (m, o), g in zip(captured, grads[len(wants):]) if g is not None]
+        return list(grads[:len(wants)])
+
+    def weight_pass(self, key) -> None:
+        for module, output, grad in self._pending.pop(key):
+            shared = {id(p) for p in self.shared}
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in shared]
+            if not params:
+                continue
+            for p, g in zip(params, torch.autograd.grad(output, params, grad, retain_graph=True, allow_unused=True)):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g

@@ -18,13 +18,14 @@ import time
 
 _rank: int = -1
 _doing: str = "starting"
-_since: float = time.monotonic()
+_since: float | None = time.monotonic()
 MARK = "[pipeline_ref]"   # launch.py finds the ranks' reports in stderr by this prefix
 
 
-def beat(doing: str) -> None:
+def beat(doing: str, watched: bool = True) -> None:
+    """Report what this rank does now; ``watched=False`` for waits that may rightly last (an idle rank)."""
     global _doing, _since
-    _doing, _since = doing, time.monotonic()
+    _doing, _since = doing, time.monotonic() if watched else None
 
 
 def doing() -> str:
@@ -45,7 +46,8 @@ def start(rank: int, stall_timeout: float | None) -> None:
     def watch():
         while True:
             time.sleep(min(1.0, stall_timeout / 4))
-            stalled = time.monotonic() - _since
+            since = _since
+            stalled = 0.0 if since is None else time.monotonic() - since
             if stalled > stall_timeout:
                 report(f"stuck for {stalled:.0f} s while {_doing}; ending the run")
                 os._exit(124)

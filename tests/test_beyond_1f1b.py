@@ -1,0 +1,117 @@
+"""Interleaved 1F1B and zero-bubble ZB-H1: equal to one device, deadlock-free, and the split backward
+computes nothing twice."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline_ref import models, schedules
+from pipeline_ref.config import ConfigError, RunConfig, build_model, check_config, check_fits, make_schedule
+from pipeline_ref.launch import launch
+from pipeline_ref.stage import Stage
+
+MODELS = {"mlp": {"depth": 12, "width": 8, "batch": 12},
+          "gpt_tied": {"dim": 16, "heads": 2, "blocks": 6, "seq_len": 8, "batch": 12, "vocab": 32}}
+
+
+def _cfg(schedule, pp, m, model, chunks=1, dp=1, sync=False):
+    return RunConfig(schedule=schedule, pp=pp, dp=dp, microbatches=m, chunks=chunks, model=model,
+                     model_kwargs=MODELS[model], dtype="float64", collect_grads=True, sync_sends=sync,
+                     stall_timeout=60)
+
+
+CONFIGS = ([_cfg("interleaved", p, m, model, chunks=v, sync=sync)
+            for model in MODELS for p, m, v in ((1, 2, 2), (2, 2, 2), (2, 4, 3), (3, 3, 2), (4, 4, 2))
+            for sync in (False, True)]
+           + [_cfg("zb-h1", p, m, model, sync=sync)
+              for model in MODELS for p, m in ((1, 2), (2, 1), (2, 3), (3, 6), (4, 2), (4, 4))
+              for sync in (False, True)]
+           + [_cfg(s, 2, 2, "gpt_tied", chunks=v, dp=2) for s, v in (("interleaved", 2), ("zb-h1", 1))])
+
+
+def _id(cfg):
+    return (f"{cfg.model}-{cfg.schedule}-pp{cfg.pp}-dp{cfg.dp}-m{cfg.microbatches}-v{cfg.chunks}"
+            + ("-ssend" if cfg.sync_sends else ""))
+
+
+@pytest.fixture(scope="module")
+def results():
+    ran = launch(4, "pipeline_ref.runner:run_many", CONFIGS, timeout=240)[0]
+    return {_id(cfg): r for cfg, r in zip(CONFIGS, ran)}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_id)
+def test_equals_one_device(cfg, results):
+    layers, loss_fn, (inputs, targets) = build_model(cfg)
+    loss, grads = models.reference_step(layers, loss_fn, inputs, targets)
+    result = results[_id(cfg)]
+    assert result["losses"][0] == pytest.approx(loss, rel=1e-12, abs=1e-12)
+    assert set(result["grads"]) == set(grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.mpi
+def test_interleaved_gives_each_rank_its_chunks(results):
+    # 12 layers, 2 ranks x 3 chunks: virtual stages of 2 layers, rank 0 holding virtual stages 0, 2, 4.
+    assert results["mlp-interleaved-pp2-dp1-m4-v3"]["partition"] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
+    # the tied embedding and head of the GPT sit on rank 0 (virtual stage 0) and rank 1 (the last one)
+    assert results["gpt_tied-interleaved-pp2-dp1-m2-v2"]["tied"] == [("0.token.weight", [0, 1])]
+
+
+def test_refused_before_any_rank_starts():
+    with pytest.raises(ConfigError, match=r"num_microbatches \(3\) must be a multiple of num_stages \(2\)"):
+        make_schedule(RunConfig(schedule="interleaved", pp=2, microbatches=3, chunks=2))
+    with pytest.raises(ConfigError, match=r"--chunks 2 applies only to --schedule interleaved"):
+        check_config(RunConfig(schedule="1f1b", chunks=2))
+    with pytest.raises(ConfigError, match=r"--pp 4 stages x 3 chunks but the model has only 8 layers"):
+        check_fits(RunConfig(schedule="interleaved", pp=4, microbatches=4, chunks=3), 8, 32, chunks=3)
+    with pytest.raises(ConfigError, match=r"--checkpoint cannot be combined with schedule 'zb-h1'"):
+        check_fits(RunConfig(schedule="zb-h1", checkpoint=True), 8, 32, split_backward=True)
+
+
+@pytest.mark.parametrize("factory, options", [(models.mlp, {"depth": 4, "width": 16, "batch": 8}),
+                                              (models.tiny_gpt, {"blocks": 2, "batch": 4, "tie_weights": True})])
+@pytest.mark.parametrize("where", ["first", "last", "whole"])
+def test_split_backward_computes_nothing_twice(factory, options, where):
+    """I + W give the gradients of B, and their FLOPs add up to exactly B's (also with the tied
+    embedding and head on one stage: "whole")."""
+    torch.manual_seed(0)
+    layers, loss_fn, batch = factory(**options)
+    layers, (x, t) = models.to_dtype(layers, batch, torch.float64)
+    cut = {"first": len(layers) // 2, "last": len(layers) // 2, "whole": len(layers)}[where]
+    first, last = where in ("first", "whole"), where in ("last", "whole")
+    part = nn.Sequential(*(layers[:cut] if first else layers[cut:]))
+    inputs = x if first else nn.Sequential(*layers[:cut])(x).detach()
+    whole, split = copy.deepcopy(part), copy.deepcopy(part)
+    plain = Stage([whole], [first], [last], loss_fn)
+    zero_bubble = Stage([split], [first], [last], loss_fn, split_backward=True)
+    out = plain.forward(0, 0, inputs, t)
+    zero_bubble.forward(0, 0, inputs, t)
+    grad = None if last else torch.randn_like(out)
+    with FlopCounterMode(display=False) as full:
+        expected_input_grad = plain.backward(0, 0, grad)
+    with FlopCounterMode(display=False) as input_half:
+        input_grad = zero_bubble.backward_input(0, 0, grad)
+    shared = {id(p) for p in zero_bubble.weight_grads.shared}    # tied on this stage: taken in I
+    assert all(p.grad is None for p in split.parameters() if id(p) not in shared), "I computed weight gradients"
+    with FlopCounterMode(display=False) as weight_half:
+        zero_bubble.backward_weight(0, 0)
+    assert input_half.get_total_flops() + weight_half.get_total_flops() == full.get_total_flops()
+    assert input_half.get_total_flops() > 0 and weight_half.get_total_flops() > 0
+    if not first:
+        torch.testing.assert_close(input_grad, expected_input_grad)
+    else:
+        assert input_grad is None and expected_input_grad is None
+    for p, q in zip(whole.parameters(), split.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+    assert zero_bubble.stash == {}
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("num_microbatches", [1, 2, 3, 4, 5, 8, 10])
+def test_zb_h1_is_valid(num_stages, num_microbatches):
+    schedules.validate(schedules.build("zb-h1", num_stages, num_microbatches))
