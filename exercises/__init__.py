@@ -1,0 +1,19 @@
+"""The course's exercises: each file holds functions for you to write, one lesson per file.
+
+    ex00_mpi_tensors.py   lesson 00: send and receive torch tensors of any shape and dtype with mpi4py
+    ex01_naive_split.py   lesson 01: a model split over ranks, forward and backward with Send/Recv
+    ex02_gpipe.py         lesson 02: microbatches, gradient accumulation, and the GPipe schedule as data
+    ex03_1f1b.py          lesson 03: the 1F1B schedule as data (warmup, steady state, cooldown)
+
+Every function starts as a stub that raises ``NotImplementedError("Exercise N.k: ...")``. Replace
+the ``raise`` with your code, then grade it:
+
+    make grade                                                       # every exercise, with a score table
+    .venv/bin/python -m pytest tests/exercises/test_ex02_gpipe.py    # one file
+    .venv/bin/python -m pytest tests/exercises -k "gpipe"            # the tests whose name matches
+
+The tests take your functions as they are and run them for real: on MPI ranks (lessons 00-01),
+through the validator and the simulator, and through ``pipeline_ref``'s executor on real ranks,
+whose gradients must equal those of the unsplit model on one process.
+Stuck? ``solutions/`` holds one answer for each function.
+"""

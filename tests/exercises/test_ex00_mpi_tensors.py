@@ -1,0 +1,74 @@
+"""Graded: exercise 0, tensors of any shape and dtype between 2 MPI ranks (exercises/ex00_mpi_tensors.py).
+
+    .venv/bin/python -m pytest tests/exercises/test_ex00_mpi_tensors.py            # your functions
+    .venv/bin/python -m pytest tests/exercises/test_ex00_mpi_tensors.py --impl solutions
+
+Your functions run on real ranks (the rank side is in rank_checks.py); the ranks start once for all the
+tests of this file, and the comparisons happen here.
+"""
+import pytest
+import torch
+
+from tests.exercises import rank_checks
+
+pytestmark = pytest.mark.mpi
+
+
+def assert_same_tensor(got, expected, what: str) -> None:
+    assert isinstance(got, torch.Tensor), f"{what}: received a {type(got).__name__}, not a tensor"
+    assert got.dtype == expected.dtype, f"{what}: received dtype {got.dtype}, sent {expected.dtype}"
+    assert tuple(got.shape) == tuple(expected.shape), (
+        f"{what}: received shape {tuple(got.shape)}, sent {tuple(expected.shape)}")
+    assert torch.equal(got, expected.detach()), f"{what}: the values differ from those sent"
+
+
+@pytest.mark.points(2)
+def test_send_recv_float32_matrix(on_ranks):
+    """send_tensor on rank 0, recv_tensor on rank 1: the same shape, dtype and values arrive."""
+    received = on_ranks("ex00.matrix")[1]
+    assert_same_tensor(received, rank_checks.payloads()["float32 (3, 7)"], "float32 (3, 7)")
+
+
+@pytest.mark.points(3)
+def test_send_recv_any_dtype_and_shape(on_ranks):
+    """Every dtype (bfloat16 and bool too), a 0-d scalar, an empty tensor, a strided view, 4 MB."""
+    received = on_ranks("ex00.every_kind")[1]
+    problems = []
+    for name, expected in rank_checks.payloads().items():
+        try:
+            assert_same_tensor(received.get(name), expected, name)
+        except AssertionError as err:
+            problems.append(str(err))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.points(2)
+def test_data_travels_as_raw_bytes(on_ranks):
+    """The 4 MB of data go by comm.Send (a buffer), only the small (shape, dtype) is pickled."""
+    sent, received = on_ranks("ex00.raw_bytes")[:2]
+    nbytes = rank_checks.big().nbytes
+    assert sent["buffer_bytes"] >= nbytes, (
+        f"send_tensor passed {sent['buffer_bytes']} bytes to comm.Send (or another buffer send) for a tensor "
+        f"of {nbytes} bytes: the data must travel as a buffer")
+    assert sent["pickled_bytes"] < 10_000, (
+        f"send_tensor pickled {sent['pickled_bytes']} bytes with a lowercase send: pickle only the shape "
+        f"and dtype, not the data")
+    assert_same_tensor(received, rank_checks.big(), "4 MB float32")
+
+
+@pytest.mark.points(2)
+def test_isend_irecv_match_by_tag(on_ranks):
+    """Two messages in flight at once; the receiver asks for the second first, by its tag."""
+    received = on_ranks("ex00.tags")[1]
+    assert_same_tensor(received["B"], rank_checks.big(torch.float64, seed=3), "the message with tag 7")
+    assert_same_tensor(received["A"], rank_checks.big(seed=2), "the message with tag 5")
+
+
+@pytest.mark.points(3)
+def test_isend_does_not_block(on_ranks):
+    """Both ranks isend 2 MB to each other before either receives: a blocking send would deadlock here."""
+    results = on_ranks("ex00.exchange")
+    for rank in (0, 1):
+        other = 1 - rank
+        assert_same_tensor(results[rank], rank_checks.big(torch.bfloat16, seed=10 + other).t().contiguous(),
+                           f"what rank {rank} received (a transposed bfloat16 view sent by rank {other})")
