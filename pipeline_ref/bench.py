@@ -1,9 +1,330 @@
-"""Placeholder until the benchmark sweep lands (issue 3)."""
+"""The benchmark sweep: schedules x microbatches (x stages) measured on local ranks, beside theory and the simulator.
 
+    python -m pipeline_ref bench [--out out/bench] [--schedules naive gpipe 1f1b] [--microbatches 1 2 4 8 16]
+                                 [--stages 2 [4]] [--steps 2] [--repeats 3]
+                                 [--model-depth 8] [--model-width 1024] [--batch 1024] [--gantt 8]
+                                 [--min-cpu-share 0.95] [--retries 3]
+
+For each pipeline depth it starts that many ranks once (``mpiexec``, one thread
+each) and plays every (schedule, microbatches) run ``--repeats`` times inside
+that one launch, since starting ranks costs seconds. Each run trains
+``--steps`` steps and keeps its last one (the first warms up). A progress line
+per run goes to stderr. A run during which another process took part of a rank's
+core (CPU share, see ``sweep_rank``) is played again, up to ``--retries`` times.
+Into ``--out`` it writes
+
+    results.csv          one row per run (medians over the repeats), every number
+    results.md           the same as a markdown table, under the machine it ran on
+    utilization_pP.png   measured utilization over the m/(m+p-1) and 1/p curves
+    gantt_S_pP_mM.png    measured step above the simulator's prediction from its own costs
+
+Per run: utilization and theory, the calibrated prediction (``simulate.costs_from_trace``)
+and its step-time error, per-stage forward/backward time, message latency, the
+executor's gaps (time between a rank's actions spent neither computing nor
+waiting) and peak stashed activations (count and bytes). Timings mean little
+when ranks share cores: it warns when asked for more ranks than free cores.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+from . import schedules, simulate
+from .config import ConfigError, RunConfig, check_config, check_fits, make_schedule
+from .trace import Trace, executor_gaps
+
+SCHEDULES = ("naive", "gpipe", "1f1b")
+MICROBATCHES = (1, 2, 4, 8, 16)
+COLUMNS = ("schedule", "stages", "microbatches", "repeats", "step_s", "measured", "measured_min", "measured_max",
+           "theory", "ratio", "predicted", "prediction_error", "forward_ms", "backward_ms", "comm_us",
+           "gaps", "gap_per_action_us", "peak_stashed", "theory_peak_stashed", "peak_stashed_bytes",
+           "cpu_share", "retried")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def core_warning(num_ranks: int, free_cores: int) -> str | None:
+    if num_ranks <= free_cores:
+        return None
+    return (f"{num_ranks} ranks on {free_cores} free core(s): ranks share cores, so these timings mean "
+            f"little (utilization measures the OS scheduler, not the pipeline)")
+
+
+def plan(schedule_names, microbatches, stages, steps: int = 2, model_kwargs: dict | None = None,
+         dtype: str = "float32") -> list[tuple[int, list[RunConfig]]]:
+    """The sweep as (stage count, runs) groups, one launch per group; refuses bad requests before any launch."""
+    model_kwargs = dict(model_kwargs or {})
+    depth, batch = model_kwargs.get("depth", 8), model_kwargs.get("batch", 32)
+    groups = []
+    for pp in stages:
+        configs = [RunConfig(schedule=name, pp=pp, microbatches=m, steps=steps, model="mlp",
+                             model_kwargs=model_kwargs, dtype=dtype) for name in schedule_names for m in microbatches]
+        for cfg in configs:
+            check_config(cfg, cfg.pp)
+            check_fits(cfg, depth, batch)
+        groups.append((pp, configs))
+    return groups
+
+
+def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0, total: int | None = None,
+               min_cpu_share: float = 0.0, retries: int = 0):
+    """Rank side: every run ``repeats`` times; rank 0 prints progress and returns [[result per repeat] per run].
+
+    CPU share: the rank's CPU time over wall time during a run. Alone on its core a rank
+    is ~1.0 even while it waits (MPICH polls); less means another process took part of
+    the core, so the run measured the OS scheduler. Such a run (the lowest share over the
+    ranks below ``min_cpu_share``) is played again, at most ``retries`` extra times per config.
+    """
+    from mpi4py import MPI
+    from .runner import run_rank
+    total = total or len(configs)
+    results = []
+    for i, cfg in enumerate(configs):
+        runs, retried = [], 0
+        while len(runs) < repeats:
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = run_rank(comm, cfg)
+            share = comm.allreduce((time.process_time() - cpu) / (time.perf_counter() - wall), op=MPI.MIN)
+            if share < min_cpu_share and retried < retries:
+                retried += 1                # every rank saw the same share: all agree to play it again
+                continue
+            if result is not None:
+                result.update(cpu_share=share, retried=retried)
+            runs.append(result)
+        results.append(runs)
+        if comm.Get_rank() == 0:
+            traces = [Trace.from_dict(r["trace"]) for r in runs]
+            theory = _theory(cfg.schedule, cfg.pp, cfg.microbatches)
+            print(f"[{first + i + 1:>{len(str(total))}}/{total}] {cfg.schedule} p={cfg.pp} m={cfg.microbatches}"
+                  f"  step {median(t.makespan for t in traces) * 1e3:.1f} ms"
+                  f"  utilization {median(t.utilization for t in traces):.3f}"
+                  + (f" (theory {theory:.3f})" if theory else "")
+                  + f"  cpu share {min(r['cpu_share'] for r in runs):.2f}"
+                  + (f" ({retried} run(s) played again)" if retried else ""), file=sys.stderr, flush=True)
+    return results if comm.Get_rank() == 0 else None
+
+
+def measure(num_ranks: int, configs: list[RunConfig], repeats: int = 1, first: int = 0, total: int | None = None,
+            timeout: float = 1800, min_cpu_share: float = 0.0, retries: int = 0) -> list[list[dict]]:
+    """Start ``num_ranks`` local ranks once and run every config ``repeats`` times: [[result per repeat] per config]."""
+    from .launch import launch
+    return launch(num_ranks, "pipeline_ref.bench:sweep_rank", configs, repeats, first, total, min_cpu_share,
+                  retries, echo=True, timeout=timeout)[0]
+
+
+# --------------------------------------------------------------------------- numbers of one run
+
+def _theory(name: str, pp: int, m: int) -> float | None:
+    try:
+        return simulate.theory_utilization(name, pp, m)
+    except ValueError:      # a user's own generator has no closed form
+        return None
+
+
+def run_numbers(result: dict) -> tuple[dict, Trace, Trace]:
+    """(numbers, measured trace, calibrated prediction) of one run's result."""
+    cfg = RunConfig(**result["config"])
+    measured = Trace.from_dict(result["trace"])
+    costs = simulate.costs_from_trace(measured)
+    predicted = simulate.simulate(make_schedule(cfg), **costs, time_unit="s")
+    gaps = executor_gaps(measured)
+    theory = _theory(cfg.schedule, cfg.pp, cfg.microbatches)
+    try:
+        theory_stash = simulate.theory_peak_stashed(cfg.schedule, cfg.pp, cfg.microbatches)
+    except ValueError:
+        theory_stash = None
+    numbers = {"schedule": cfg.schedule, "stages": cfg.pp, "microbatches": cfg.microbatches,
+               "step_s": measured.makespan, "measured": measured.utilization, "theory": theory,
+               "ratio": measured.utilization / theory if theory else None,
+               "predicted": predicted.utilization,
+               "prediction_error": simulate.prediction_error(measured, predicted)["makespan_error"],
+               "forward_ms": [round(c * 1e3, 3) for c in costs["forward"]],
+               "backward_ms": [round(c * 1e3, 3) for c in costs["backward"]],
+               "comm_us": costs["comm"] * 1e6, "gaps": gaps["fraction"],
+               "gap_per_action_us": gaps["per_action_s"] * 1e6,
+               "peak_stashed": measured.peak_stashed or measured.stash_counts(),
+               "theory_peak_stashed": theory_stash, "peak_stashed_bytes": measured.peak_stashed_bytes,
+               "cpu_share": result.get("cpu_share"), "retried": result.get("retried", 0)}
+    return numbers, measured, predicted
+
+
+def summarize(runs: list[dict]) -> tuple[dict, Trace, Trace]:
+    """One row for the repeats of a run: medians of the numbers, lists and traces from the median-step repeat."""
+    measured = [run_numbers(r) for r in runs]
+    order = sorted(range(len(measured)), key=lambda i: measured[i][0]["step_s"])
+    row, trace, predicted = measured[order[len(order) // 2]]
+    row = dict(row, repeats=len(runs), retried=max(n["retried"] for n, _, _ in measured))
+    for key in ("step_s", "measured", "ratio", "predicted", "prediction_error", "comm_us", "gaps",
+                "gap_per_action_us", "cpu_share"):
+        values = [n[key] for n, _, _ in measured if n[key] is not None]
+        row[key] = median(values) if values else None
+    row["measured_min"] = min(n["measured"] for n, _, _ in measured)
+    row["measured_max"] = max(n["measured"] for n, _, _ in measured)
+    return row, trace, predicted
+
+
+# --------------------------------------------------------------------------- writing
+
+def write_csv(rows: list[dict], path) -> Path:
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _per_stage(values, fmt: str = ".1f") -> str:
+    return "-" if values is None else " / ".join(format(v, fmt) for v in values)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ("| schedule | p | m | step (ms) | utilization (min-max) | theory | measured / theory "
+            "| calibrated prediction (step error) | F per stage (ms) | B per stage (ms) | message (µs) "
+            "| executor gaps | peak stashed (theory) | peak stashed (MiB) | CPU share |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        mib = None if r["peak_stashed_bytes"] is None else [b / 2 ** 20 for b in r["peak_stashed_bytes"]]
+        lines.append(
+            f"| {r['schedule']} | {r['stages']} | {r['microbatches']} | {r['step_s'] * 1e3:.1f} "
+            f"| {r['measured']:.3f} ({r['measured_min']:.3f}-{r['measured_max']:.3f}) | {_num(r['theory'], '.3f')} "
+            f"| {_num(r['ratio'], '.3f')} | {r['predicted']:.3f} ({r['prediction_error']:+.1%}) "
+            f"| {_per_stage(r['forward_ms'])} | {_per_stage(r['backward_ms'])} | {r['comm_us']:.0f} "
+            f"| {r['gaps']:.2%} | {_per_stage(r['peak_stashed'], 'd')} ({_per_stage(r['theory_peak_stashed'], 'd')}) "
+            f"| {_per_stage(mib, '.2f')} | {_num(r.get('cpu_share'), '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine_info() -> dict:
+    """Where numbers came from: CPU, cores, versions, date and how busy the machine was."""
+    import datetime
+    import importlib.metadata as metadata
+    import platform
+    import torch
+    cpu = platform.processor() or "unknown"
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    versions = {}
+    for package in ("mpi4py", "mpich"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {"cpu": cpu, "cores": cores(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, **versions,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+def machine_markdown(info: dict) -> str:
+    return (f"Machine: {info['cpu']}, {info['cores']} free core(s) of {info['cpu_count']}; {info['platform']}; "
+            f"Python {info['python']}, torch {info['torch']}, mpi4py {info['mpi4py']}, MPICH {info['mpich']}; "
+            f"{info['date']}; load average before the run {info['load_average']}"
+            + (f", after {info['load_average_after']}" if info.get("load_average_after") else "") + ".\n")
+
+
+def write_markdown(rows: list[dict], path, info: dict | None = None, note: str = "") -> Path:
+    path = Path(path)
+    text = "# Pipeline schedules measured against theory\n\n" + (machine_markdown(info) + "\n" if info else "")
+    text += (note + "\n\n" if note else "") + markdown_table(rows) + (
+        "\ntheory: naive 1/p; GPipe and 1F1B m/(m+p-1). Calibrated prediction: the simulator played with the "
+        "run's own median forward/backward time per stage and median message latency. Executor gaps: worst "
+        "rank's time between its actions spent neither computing nor waiting, as a share of the step. CPU share: "
+        "the lowest rank's CPU time over wall time during a run (1.0: it had its core to itself; runs below "
+        "the threshold were played again).\n")
+    path.write_text(text)
+    return path
+
+
+def write_plots(rows: list[dict], traces: dict, out: Path, gantt_microbatches=None) -> list[Path]:
+    """Utilization curves per depth and Gantt charts (for the listed microbatch counts; all if None)."""
+    import matplotlib.pyplot as plt
+    from . import plot
+    written = []
+    for depth in dict.fromkeys(r["stages"] for r in rows):
+        points = [(r["schedule"], r["microbatches"], r["measured"]) for r in rows if r["stages"] == depth]
+        ax = plot.utilization_curve(points, depth, path=out / f"utilization_p{depth}.png")
+        plt.close(ax.figure)
+        written.append(out / f"utilization_p{depth}.png")
+    for (name, depth, m), (measured, predicted) in traces.items():
+        if gantt_microbatches is not None and m not in gantt_microbatches:
+            continue
+        path = out / f"gantt_{name.replace(':', '_')}_p{depth}_m{m}.png"
+        fig = plot.compare_gantt(measured, predicted, path=path,
+                                 title=f"{name}, {depth} stages, {m} microbatches (below: calibrated simulation)")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- command line
 
 def add_parser(sub) -> None:
-    sub.add_parser("bench", help="sweep schedules x microbatches and measure (not written yet)")
+    from .demo import DEMO_MODEL
+    p = sub.add_parser("bench", help="sweep schedules x microbatches (x stages), measured vs theory, tables and plots")
+    p.add_argument("--out", default="out/bench", help="folder for results.csv, results.md and the plots")
+    p.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
+    p.add_argument("--microbatches", type=int, nargs="+", default=list(MICROBATCHES))
+    p.add_argument("--stages", type=int, nargs="+", help="pipeline depths (default: 2, and 4 with 4+ free cores)")
+    p.add_argument("--steps", type=int, default=2, help="steps per run; the last one is measured")
+    p.add_argument("--repeats", type=int, default=3, help="runs per configuration; the table shows medians")
+    p.add_argument("--model-depth", type=int, default=DEMO_MODEL["depth"], help="layers of the MLP")
+    p.add_argument("--model-width", type=int, default=DEMO_MODEL["width"], help="width of the MLP")
+    p.add_argument("--batch", type=int, default=DEMO_MODEL["batch"], help="global batch (split into microbatches)")
+    p.add_argument("--gantt", type=int, nargs="*", metavar="M", help="Gantt charts only for these microbatch counts")
+    p.add_argument("--min-cpu-share", type=float, default=0.95,
+                   help="play a run again if a rank got less of its core than this (another process ran)")
+    p.add_argument("--retries", type=int, default=3, help="extra runs per configuration for that")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds one launch may take")
+
+
+def run_sweep(args) -> tuple[list[dict], dict]:
+    """Plan, measure and write everything; returns (rows, {(schedule, p, m): (measured, predicted)})."""
+    free = cores()
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
+    model = {"depth": args.model_depth, "width": args.model_width, "batch": args.batch}
+    groups = plan(args.schedules, args.microbatches, args.stages or ([2, 4] if free >= 4 else [2]),
+                  args.steps, model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    total, done, rows, traces = sum(len(c) for _, c in groups), 0, [], {}
+    for depth, configs in groups:
+        warning = core_warning(depth, free)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        print(f"starting {depth} local ranks for runs {done + 1}-{done + len(configs)} of {total} "
+              f"({args.repeats} repeat(s) each)", file=sys.stderr, flush=True)
+        retries = 0 if warning else args.retries        # sharing cores is the norm then: don't retry
+        for runs in measure(depth, configs, args.repeats, done, total, args.timeout, args.min_cpu_share, retries):
+            row, measured, predicted = summarize(runs)
+            rows.append(row)
+            traces[(row["schedule"], row["stages"], row["microbatches"])] = (measured, predicted)
+        done += len(configs)
+    if hasattr(os, "getloadavg"):       # other work on the machine during the sweep shows here
+        info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    write_csv(rows, out / "results.csv")
+    note = (f"MLP depth {model['depth']}, width {model['width']}, global batch {model['batch']}, float32, one "
+            f"thread per rank; {args.steps} step(s) per run (last one measured), median of {args.repeats} run(s).")
+    write_markdown(rows, out / "results.md", info, note)
+    write_plots(rows, traces, out, args.gantt)
+    return rows, traces
 
 
 def main(args) -> int:
-    raise NotImplementedError("python -m pipeline_ref bench is being written")
+    rows, _ = run_sweep(args)
+    print(markdown_table(rows))
+    print(f"results.csv, results.md, utilization curves and Gantt charts are in {args.out}/")
+    return 0

@@ -11,8 +11,14 @@ executor measures, so plots and numbers compare one to one.
     >>> trace.makespan, round(trace.utilization, 4), simulate.theory_utilization("gpipe", 4, 8)
     (33.0, 0.7273, 0.7272727272727273)
 
-Costs are in any unit you like (the demo passes measured seconds per rank, which
-calibrates the prediction against a real run).
+Costs are in any unit you like. Calibration: ``costs_from_trace(measured)`` reads
+each rank's median forward/backward time and the median message latency off a
+real run, so the simulator predicts that run, and ``prediction_error`` says how
+close the prediction came:
+
+    costs = simulate.costs_from_trace(measured)          # {"forward": [...], "backward": [...], "comm": s}
+    predicted = simulate.simulate(schedule, **costs, time_unit="s")
+    simulate.prediction_error(measured, predicted)       # {"makespan_error": ..., "utilization_difference": ...}
 """
 from __future__ import annotations
 
@@ -156,3 +162,66 @@ def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int) -> li
     if name == "gpipe":
         return [m] * p
     return [min(p - s, m) for s in range(p)]
+
+
+# --------------------------------------------------------------------------- calibration
+
+def message_latencies(trace: Trace) -> list[float]:
+    """Latency of every message a rank was already blocked on when it was sent, from a trace's waits.
+
+    For each wait that ends right before an action with a cross-rank dependency, the
+    latency is the wait's end minus the end of the producing action, provided the
+    receiver was waiting before the producer finished (otherwise the message may
+    have arrived long before it was asked for, and the wait says nothing about the
+    wire). Waits that are not receives (e.g. an all-reduce) are skipped.
+    """
+    num_stages = trace.num_ranks
+    chunks = 1 + max((e.chunk for e in trace.events), default=0)
+    ended = {(e.rank, e.chunk, e.microbatch, _kind(e.op)): e.end for e in trace.events}
+    by_rank = {r: sorted((e for e in trace.events if e.rank == r), key=lambda e: e.start) for r in range(num_stages)}
+    latencies = []
+    for w in trace.waits:
+        if not w.what.startswith("recv"):
+            continue
+        after = next((e for e in by_rank.get(w.rank, []) if e.start >= w.end - 1e-12), None)
+        if after is None:
+            continue
+        dep = schedules.dependency(Action(after.op, after.microbatch, after.chunk), w.rank, num_stages, chunks)
+        if dep is None:
+            continue
+        src, needed = dep
+        produced = ended.get((src, needed.chunk, needed.microbatch, _kind(needed.op)))
+        if produced is not None and w.start <= produced:
+            latencies.append(max(0.0, w.end - produced))   # ranks' clocks agree only to a few µs
+    return latencies
+
+
+def costs_from_trace(trace: Trace) -> dict:
+    """Per-rank median forward and backward time, and the median message latency, of a (measured) trace.
+
+    Returns ``{"forward": [...], "backward": [...], "comm": float}``: exactly the keywords
+    :func:`simulate` takes, so ``simulate(schedule, **costs_from_trace(measured))`` is the
+    prediction calibrated on a real run. A rank without any F (or B) gets 0.0, and a trace
+    without a blocked receive gets comm 0.0.
+    """
+    from statistics import median
+    costs = {"forward": [], "backward": []}
+    for rank in range(trace.num_ranks):
+        for op, key in (("F", "forward"), ("B", "backward")):
+            durations = [e.duration for e in trace.events if e.rank == rank and e.op == op]
+            costs[key].append(median(durations) if durations else 0.0)
+    latencies = message_latencies(trace)
+    costs["comm"] = median(latencies) if latencies else 0.0
+    return costs
+
+
+def prediction_error(measured: Trace, simulated: Trace) -> dict:
+    """How far a prediction is from a measurement.
+
+    ``makespan_error``: (simulated - measured) / measured makespan (relative; + means the
+    prediction is slower); ``utilization_difference``: simulated - measured utilization
+    (absolute, in utilization units).
+    """
+    span = measured.makespan
+    return {"makespan_error": (simulated.makespan - span) / span if span > 0 else 0.0,
+            "utilization_difference": simulated.utilization - measured.utilization}

@@ -6,6 +6,7 @@ the executor both produce it, so every number below, and every plot in
 ``plot.py``, works the same on a prediction and on a measurement.
 
     utilization = busy time / (ranks x makespan)      bubble = 1 - utilization
+    executor gaps = time between a rank's actions spent neither computing nor waiting
 
 Exports, for looking at a trace outside Python:
 
@@ -116,6 +117,28 @@ class Trace:
                 data[key] = list(data[key])
         data["meta"] = dict(data.get("meta") or {})
         return cls(**data)
+
+
+def executor_gaps(trace: Trace) -> dict:
+    """Time between a rank's first and last action spent neither computing nor blocked on a receive.
+
+    In a measured trace that is the executor's own work between actions (posting
+    receives, starting sends, bookkeeping): ``fraction`` of the makespan (worst rank)
+    and ``per_action_s`` (mean over ranks). A simulated trace has none.
+    """
+    span, fractions, per_action = trace.makespan, [], []
+    for rank in range(trace.num_ranks):
+        events = [e for e in trace.events if e.rank == rank]
+        if not events or span <= 0:
+            continue
+        first, last = min(e.start for e in events), max(e.end for e in events)
+        waited = sum(w.end - w.start for w in trace.waits
+                     if w.rank == rank and w.start >= first - 1e-9 and w.end <= last + 1e-9)
+        gap = max(0.0, (last - first) - sum(e.duration for e in events) - waited)
+        fractions.append(gap / span)
+        per_action.append(gap / max(1, len(events) - 1))
+    return {"fraction": max(fractions, default=0.0),
+            "per_action_s": sum(per_action) / len(per_action) if per_action else 0.0}
 
 
 # --------------------------------------------------------------------------- exports
