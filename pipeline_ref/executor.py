@@ -99,10 +99,17 @@ class Executor:
             raise ValueError(f"rank {self.rank}: unknown action {action}")
         return Step(action, recv, send)
 
-    def _sync(self):
-        # Host clocks around asynchronous GPU work would time the launch, not the kernels.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _clock(self):
+        """A point in time on this rank's compute: a host clock reading on CPU, a CUDA event on GPU.
+
+        Host clocks around asynchronous GPU work would time the kernel launches, not the
+        kernels; CUDA events are timestamped by the GPU itself, read after the step.
+        """
+        if self.device.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def run(self, inputs, targets, step_index: int = 0, t0: float | None = None, after_last_backward=None):
         """One training step's actions; returns (events, waits) timed from ``t0``.
@@ -119,6 +126,7 @@ class Executor:
         posted: dict[int, object] = {}
         next_post = 0
         t0 = time.perf_counter() if t0 is None else t0
+        origin = (self._clock(), time.perf_counter()) if self.device.type == "cuda" else None
         for i, step in enumerate(self.plan):
             a = step.action
             while next_post < len(needs_recv) and len(posted) < self.lookahead:
@@ -136,7 +144,7 @@ class Executor:
                 w1 = time.perf_counter()
                 waits.append(Wait(rank, f"recv {what} {a.microbatch} from rank {src}", w0 - t0, w1 - t0))
             watchdog.beat(f"{a} of step {step_index}: computing")
-            start = time.perf_counter()
+            start = self._clock()
             if a.op == "F":
                 out = stage.forward(a.microbatch, a.chunk, inputs[a.microbatch] if x is None else x,
                                     targets[a.microbatch] if stage.is_last[a.chunk] else None)
@@ -146,9 +154,7 @@ class Executor:
                 out = stage.backward_input(a.microbatch, a.chunk, x)
             else:
                 out = stage.backward_weight(a.microbatch, a.chunk)
-            self._sync()
-            end = time.perf_counter()
-            events.append(Event(rank, a.op, a.microbatch, a.chunk, start - t0, end - t0))
+            events.append((a, start, self._clock()))
             if step.send:
                 messenger.isend(out, *step.send)
             if i == last_backward and after_last_backward is not None:
@@ -156,4 +162,13 @@ class Executor:
             messenger.progress()
         watchdog.beat(f"end of step {step_index}: waiting for {messenger.pending_sends} sends to be received")
         messenger.finish_sends()
-        return events, waits
+        return self._timed(events, t0, origin), waits
+
+    def _timed(self, marks, t0: float, origin) -> list[Event]:
+        """Events in seconds since ``t0``: GPU timestamps are placed on the host timeline at ``origin``."""
+        if self.device.type != "cuda":
+            return [Event(self.rank, a.op, a.microbatch, a.chunk, s - t0, e - t0) for a, s, e in marks]
+        torch.cuda.synchronize(self.device)
+        event0, host0 = origin
+        return [Event(self.rank, a.op, a.microbatch, a.chunk, host0 - t0 + event0.elapsed_time(s) / 1e3,
+                      host0 - t0 + event0.elapsed_time(e) / 1e3) for a, s, e in marks]

@@ -111,6 +111,8 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     for step in range(cfg.steps):
         watchdog.beat(f"waiting for the other ranks before step {step}")
         comm.Barrier()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)     # the trace reports this step's peak
         began = time.perf_counter()
         events, waits = executor.run(micro_inputs, micro_targets, step, t0=began,
                                      after_last_backward=dp_reducer.start if cfg.overlap_allreduce else None)

@@ -56,3 +56,22 @@ def unbalanced_mlp(width: int = 384, batch: int = 128):
     inputs = torch.randn(batch, width, generator=generator)
     targets = torch.randn(batch, width, generator=generator)
     return layers, nn.functional.mse_loss, (inputs, targets)
+
+
+def cuda_round_trip(comm, sync_sends: bool = True):
+    """Rank 0 sends CUDA tensors of several dtypes to rank 1 through the Messenger; rank 1 returns them on CPU."""
+    from pipeline_ref.comm import Messenger
+    device = torch.device("cuda", comm.Get_rank() % torch.cuda.device_count())
+    generator = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(5, 7, generator=generator).to(dtype)
+               for dtype in (torch.float32, torch.float64, torch.bfloat16)]
+    tensors.append(torch.randint(0, 100, (3, 4, 2), generator=generator))
+    messenger = Messenger(comm, sync_sends=sync_sends)
+    if comm.Get_rank() == 0:
+        for tag, t in enumerate(tensors):
+            messenger.isend(t.to(device), dest=1, tag=tag)
+        messenger.finish_sends()
+        return tensors
+    received = [messenger.irecv(t.shape, t.dtype, device, source=0, tag=tag).wait().cpu()
+                for tag, t in enumerate(tensors)]
+    return received
