@@ -4,6 +4,9 @@
     ex01_naive_split.py   lesson 01: a model split over ranks, forward and backward with Send/Recv
     ex02_gpipe.py         lesson 02: microbatches, gradient accumulation, and the GPipe schedule as data
     ex03_1f1b.py          lesson 03: the 1F1B schedule as data (warmup, steady state, cooldown)
+    ex04_data_parallel.py lesson 04: the pp x dp grid, its communicators (Comm.Split), gradient all-reduce
+    ex05_balancing.py     lesson 05: the optimal balanced partition of layers into stages
+    ex06_beyond_1f1b.py   lesson 06: interleaved 1F1B and zero-bubble ZB-H1 schedules as data
 
 Every function starts as a stub that raises ``NotImplementedError("Exercise N.k: ...")``. Replace
 the ``raise`` with your code, then grade it:

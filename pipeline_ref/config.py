@@ -69,8 +69,8 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
             raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    if cfg.chunks > 1 and cfg.schedule != "interleaved":
-        raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved")
+    if cfg.chunks > 1 and cfg.schedule != "interleaved" and ":" not in cfg.schedule:
+        raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved (or your own generator)")
     if cfg.partition not in PARTITIONS:
         raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:
@@ -129,7 +129,8 @@ def _schedule_function(spec: str):
 def make_schedule(cfg: RunConfig) -> list:
     """The run's schedule, validated: a built-in name, or a user's ``pkg.module:function(num_stages, num_microbatches)``."""
     if ":" in cfg.schedule:
-        schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches)
+        options = {"chunks": cfg.chunks} if cfg.chunks > 1 else {}
+        schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches, **options)
     else:
         options = {"chunks": cfg.chunks} if cfg.schedule == "interleaved" else {}
         try:

@@ -65,7 +65,7 @@ def test_interleaved_gives_each_rank_its_chunks(results):
 def test_refused_before_any_rank_starts():
     with pytest.raises(ConfigError, match=r"num_microbatches \(3\) must be a multiple of num_stages \(2\)"):
         make_schedule(RunConfig(schedule="interleaved", pp=2, microbatches=3, chunks=2))
-    with pytest.raises(ConfigError, match=r"--chunks 2 applies only to --schedule interleaved"):
+    with pytest.raises(ConfigError, match=r"--chunks 2 applies only to --schedule interleaved \(or your own generator\)"):
         check_config(RunConfig(schedule="1f1b", chunks=2))
     with pytest.raises(ConfigError, match=r"--pp 4 stages x 3 chunks but the model has only 8 layers"):
         check_fits(RunConfig(schedule="interleaved", pp=4, microbatches=4, chunks=3), 8, 32, chunks=3)

@@ -140,7 +140,8 @@ def _explain(name: str, failure: str) -> str:
     if "stuck for" in failure:
         hint = (f"\n(A rank made no progress for {STALL_SECONDS} s: a deadlock? e.g. a blocking send that "
                 f"waits for a receive the other rank has not posted, or a receive nobody sends to.)")
-    return f"the ranks failed in check {name!r} (tests/exercises/rank_checks.py):\n{failure}{hint}"
+    where = rank_checks.CHECKS[name].function.__module__.replace(".", "/") + ".py" if name in rank_checks.CHECKS else "tests/exercises/rank_checks.py"
+    return f"the ranks failed in check {name!r} ({where}):\n{failure}{hint}"
 
 
 @pytest.fixture(scope="session")

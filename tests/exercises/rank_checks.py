@@ -344,3 +344,7 @@ def gpipe_on_ranks(comm, impl):
 @check("ex03.executor", "ex03_1f1b", (("ex03_1f1b", "one_f_one_b"),), ranks=3)
 def one_f_one_b_on_ranks(comm, impl):
     return _executor(comm, impl, "ex03_1f1b:one_f_one_b", ONE_F_ONE_B_CASES)
+
+
+# The checks of exercises 4 and 6 live in rank_checks_parallel.py; importing it registers them in CHECKS.
+from tests.exercises import rank_checks_parallel  # noqa: E402,F401

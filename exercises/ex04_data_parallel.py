@@ -1,0 +1,72 @@
+"""Exercise 4 (lesson 04, lessons/04_data_parallel.ipynb): pipeline + data parallelism from MPI communicators.
+
+``pp x dp`` ranks form a grid: ``dp`` replicas of one ``pp``-stage pipeline, each replica training on its own
+slice of the batch. The ranks of one pipeline are neighbours:
+
+    rank = replica * pp + stage
+
+    pp = 4, dp = 2:      stage 0  stage 1  stage 2  stage 3
+         replica 0:      rank 0   rank 1   rank 2   rank 3     <- a pipeline communicator (a row)
+         replica 1:      rank 4   rank 5   rank 6   rank 7
+                           ^ a data communicator (a column: the same stage in every replica)
+
+Every rank needs two communicators: its pipeline's (activations and their gradients travel there, between
+neighbouring stages) and its stage's data communicator (the replicas of the same layers average their
+gradients there, once per step). ``comm.Split(color, key)`` makes both: the ranks that pass the same
+``color`` land in one new communicator, ordered by ``key``.
+
+    4.1 grid_coords           (stage, replica) of a rank
+    4.2 make_communicators    the pipeline and the data communicator of this rank, with Comm.Split
+    4.3 allreduce_gradients   average the gradients over the replicas, in a few large messages (buckets)
+
+Import mpi4py inside your functions if you need it, not at the top of this file: the grader imports this
+file in its own process (which never starts MPI) to test grid_coords.
+
+Grade it (the tests start 4 MPI ranks: grids of 2 x 2, 1 x 4 and 4 x 1):
+
+    .venv/bin/python -m pytest tests/exercises/test_ex04_data_parallel.py
+"""
+from __future__ import annotations
+
+import torch  # noqa: F401  (for allreduce_gradients)
+
+
+def grid_coords(rank: int, pp: int, dp: int) -> tuple[int, int]:
+    """``(stage, replica)`` of world rank ``rank`` in a ``pp x dp`` grid, where ``rank = replica * pp + stage``.
+
+    Raises ValueError for a rank outside ``0 .. pp * dp - 1``.
+    """
+    raise NotImplementedError(
+        "Exercise 4.1: (stage, replica) of a rank: invert rank = replica * pp + stage. Hint: divmod(rank, "
+        "pp) gives (replica, stage); check 0 <= rank < pp * dp first.")
+
+
+def make_communicators(comm, pp: int, dp: int):
+    """``(pipeline_comm, data_comm)`` of this rank, made from ``comm`` (whose size must be ``pp * dp``).
+
+    In the pipeline communicator the rank is the stage; in the data communicator, the replica. Every rank
+    of ``comm`` calls this (``Split`` is collective). Raises ValueError, on every rank and before any
+    Split, when ``comm.Get_size() != pp * dp``.
+    """
+    raise NotImplementedError(
+        "Exercise 4.2: two comm.Split calls, one per communicator. stage, replica = "
+        "grid_coords(comm.Get_rank(), pp, dp); the pipeline communicator groups the ranks of one replica "
+        "(color=replica, key=stage), the data communicator those of one stage (color=stage, key=replica). "
+        "Hint: comm.Split(color=..., key=...) returns the new communicator; call it twice, in the same "
+        "order on every rank.")
+
+
+def allreduce_gradients(data_comm, parameters) -> None:
+    """Replace every parameter's ``.grad`` by its mean over the ranks of ``data_comm`` (the replicas).
+
+    ``parameters``: an iterable of tensors whose ``.grad`` is set (CPU, float32 or float64), the same
+    shapes in the same order on every rank of ``data_comm``. Bucketed: pack the gradients into one flat
+    buffer (or a few, e.g. one per dtype), one ``Allreduce`` per buffer, never one message per parameter,
+    then write the means back into ``.grad``.
+    """
+    raise NotImplementedError(
+        "Exercise 4.3: average the gradients over data_comm in one flat buffer. flat = "
+        "torch.cat([p.grad.reshape(-1) for p in params]); sum it over data_comm with "
+        "data_comm.Allreduce(MPI.IN_PLACE, flat.numpy()); divide by data_comm.Get_size(); copy each slice "
+        "back with p.grad.copy_(flat[offset:offset + n].view_as(p.grad)). Hint: from mpi4py import MPI "
+        "inside the function; list(parameters) first, a generator runs out after one pass.")

@@ -1,0 +1,45 @@
+"""Exercise 5 (lesson 05, lessons/05_balancing.ipynb): balance the stages, so the slowest one is as fast as it can be.
+
+A pipeline in its steady state moves at the pace of its slowest stage: every other stage waits for it.
+Splitting the layers into equal counts is only fair when every layer costs the same; real models are
+not like that (an embedding, a large output head, attention over long sequences). Given each layer's
+measured cost, choose where to cut the model so that the slowest stage costs as little as possible.
+
+A split is one ``range`` of layer indices per stage: in order, contiguous, none empty, together covering
+every layer once. For layer costs ``[1, 2, 3, 4, 5, 6]`` on 3 stages:
+
+    equal counts   range(0, 2) range(2, 4) range(4, 6)   stage costs 3, 7, 11   slowest 11
+    greedy         range(0, 3) range(3, 4) range(4, 6)   stage costs 6, 4, 11   slowest 11
+                   (fill each stage until the next layer would pass total / stages = 7)
+    balanced       range(0, 3) range(3, 5) range(5, 6)   stage costs 6, 9, 6    slowest 9 (the best possible)
+
+    5.1 balanced_partition   the contiguous split whose slowest stage is as cheap as possible (optimal)
+    5.2 bottleneck           what a split's slowest stage costs
+
+Grade it (pure Python, no MPI: your split is compared with a brute-force search over every split):
+
+    .venv/bin/python -m pytest tests/exercises/test_ex05_balancing.py
+"""
+from __future__ import annotations
+
+
+def balanced_partition(costs, num_stages: int) -> list[range]:
+    """The contiguous split of the layers (``costs[i]`` is layer i's cost, >= 0) into ``num_stages`` stages
+    that minimises the cost of the slowest stage: one ``range`` per stage, in order, none empty.
+
+    Optimal, not approximately so: no other split may have a cheaper slowest stage (when several are
+    optimal, any of them will do). Raises ValueError when ``num_stages`` is below 1 or above the number
+    of layers (every stage needs a layer; the message says both numbers).
+    """
+    raise NotImplementedError(
+        "Exercise 5.1: the optimal split, by dynamic programming over where the last stage starts: "
+        "best[k][j] = the cheapest slowest stage when the first j layers form k stages = min over i of "
+        "max(best[k - 1][i], cost of layers i..j-1); remember the best i to rebuild the ranges. Hint: "
+        "prefix sums give the cost of any run in O(1); greedy filling is not optimal (see the example above).")
+
+
+def bottleneck(costs, ranges: list[range]) -> float:
+    """The cost of the slowest stage: the largest sum of ``costs`` over one of ``ranges``."""
+    raise NotImplementedError(
+        "Exercise 5.2: the cost of the slowest stage: sum the costs of each stage's layers and take the "
+        "largest. Hint: costs[r.start:r.stop] are the costs of the layers in range r.")

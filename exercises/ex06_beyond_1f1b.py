@@ -1,0 +1,72 @@
+"""Exercise 6 (lesson 06, lessons/06_beyond_1f1b.ipynb): past 1F1B, interleaved virtual stages and zero bubble.
+
+1F1B leaves each rank idle for (p - 1)(F + B) per step, the time it takes to fill and drain p stages. Two
+ways to shrink that, both still schedules as data (lists of ``Action``):
+
+**Interleaved 1F1B** (Megatron-LM). Each rank holds ``chunks`` (v) smaller pieces of the model: chunk c on
+rank r is *virtual stage* ``c * p + r``, so a microbatch crosses the ranks v times, and a forward or backward
+of one chunk costs 1/v of a whole stage's. Filling the pipeline takes v times less time:
+utilization v m / (v m + p - 1). ``Action("F", 3, 1)`` is the forward of microbatch 3 through chunk 1.
+
+Every rank runs its forwards in groups of p microbatches per chunk: microbatches 0..p-1 through chunk 0,
+the same ones through chunk 1, ..., then microbatches p..2p-1 through chunk 0, and so on (which is why m
+must be a multiple of p); its backwards in the same order with the chunks reversed (the last chunk first).
+Rank r runs (p - r - 1) * 2 + (v - 1) * p warm-up forwards (all of them if there are fewer), then
+alternates one forward and one backward, then runs the backwards left. With one chunk it is plain 1F1B
+(warm-up p - r - 1). For 2 ranks, 4 microbatches, 2 chunks (``F2.1`` = ``Action("F", 2, 1)``):
+
+    rank 0:  F0   F1   F0.1 F1.1 F2   B0.1 F3   B1.1 F2.1 B0   F3.1 B1   B2.1 B3.1 B2   B3
+    rank 1:  F0   F1   F0.1 B0.1 F1.1 B1.1 F2   B0   F3   B1   F2.1 B2.1 F3.1 B3.1 B2   B3
+
+**ZB-H1** (Qi et al., 2023, "Zero Bubble Pipeline Parallelism"). A backward is two computations: ``I``, the
+gradient of the stage's input (the previous stage waits for it), and ``W``, the gradient of its weights
+(nobody needs it before the optimizer step). Run 1F1B with ``B`` split into ``I`` then ``W``, and let stage
+s hold back its first s weight gradients, so that they fill the cool-down where 1F1B sits idle. Stage s runs:
+
+    warm-up     p - s - 1      forwards                        F
+    then        s times        a forward and an input grad     F I        (no W yet)
+    steady      while forwards remain                          F I W
+    cool-down   while input gradients remain                   I W
+    tail        the held-back weight gradients                 W
+
+(with fewer microbatches than stages, each section stops when its microbatches run out). With F = I = W
+each rank idles p - 1 instead of 1F1B's 3 (p - 1), and no stage holds more than p microbatches (one stays
+stashed until its W). For 3 stages and 4 microbatches:
+
+    stage 0:  F0 F1 F2 I0 W0 F3 I1 W1 I2 W2 I3 W3
+    stage 1:  F0 F1 I0 F2 I1 W0 F3 I2 W1 I3 W2 W3
+    stage 2:  F0 I0 F1 I1 F2 I2 W0 F3 I3 W1 W2 W3
+
+    6.1 interleaved   interleaved 1F1B with ``chunks`` chunks per rank
+    6.2 zb_h1         ZB-H1: 1F1B with the backward split into I and W, the Ws deferred into the bubble
+
+Grade it (your schedules go through the validator, the simulator, and the real executor on 3 MPI ranks):
+
+    .venv/bin/python -m pytest tests/exercises/test_ex06_beyond_1f1b.py
+"""
+from __future__ import annotations
+
+from pipeline_ref.schedules import Action  # noqa: F401  (what the schedules are lists of)
+
+
+def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> list[list[Action]]:
+    """Interleaved 1F1B: one list of ``Action(op, microbatch, chunk)`` per rank, ops ``F`` and ``B``.
+
+    Raises ValueError when ``chunks`` is not a positive integer or ``num_microbatches`` is not a multiple
+    of ``num_stages``.
+    """
+    raise NotImplementedError(
+        "Exercise 6.1: interleaved 1F1B over v chunks per rank. First write nth(k, op), the k-th forward "
+        "(or backward) every rank runs: group, within = divmod(k, num_stages * chunks); chunk = within // "
+        "num_stages (reversed for B); microbatch = group * num_stages + within % num_stages. Then per rank: "
+        "warm-up forwards, pairs nth(warmup + i, 'F'), nth(i, 'B'), and the backwards left, as in 1F1B. "
+        "Hint: every rank runs num_microbatches * chunks actions of each kind.")
+
+
+def zb_h1(num_stages: int, num_microbatches: int) -> list[list[Action]]:
+    """ZB-H1: one list of ``Action`` per stage with ops ``F``, ``I`` and ``W`` (no ``B``)."""
+    raise NotImplementedError(
+        "Exercise 6.2: ZB-H1, 1F1B with each B split into I and W. Per stage, keep a counter per op (the "
+        "next microbatch it runs) and a helper run(*ops) that appends Action(op, count[op]) and advances "
+        "the counter; then the five sections of the table above, each a loop. Hint: guard every loop with "
+        "the counters (while count['F'] < m, ...) so that few microbatches simply end the sections early.")

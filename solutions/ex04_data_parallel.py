@@ -1,0 +1,78 @@
+"""Exercise 4 (lesson 04, lessons/04_data_parallel.ipynb): pipeline + data parallelism from MPI communicators.
+
+``pp x dp`` ranks form a grid: ``dp`` replicas of one ``pp``-stage pipeline, each replica training on its own
+slice of the batch. The ranks of one pipeline are neighbours:
+
+    rank = replica * pp + stage
+
+    pp = 4, dp = 2:      stage 0  stage 1  stage 2  stage 3
+         replica 0:      rank 0   rank 1   rank 2   rank 3     <- a pipeline communicator (a row)
+         replica 1:      rank 4   rank 5   rank 6   rank 7
+                           ^ a data communicator (a column: the same stage in every replica)
+
+    grid_coords           (stage, replica) of a rank
+    make_communicators    the pipeline and the data communicator of this rank, with Comm.Split
+    allreduce_gradients   average the gradients over the replicas, in a few large messages (buckets)
+
+pipeline_ref does the same in ``topology.py`` (the grid, ``Comm.Split``) and ``reduce.py`` (buckets of a
+few MB, started without waiting so the all-reduce can overlap the pipeline's cool-down).
+
+Grade it (the tests start 4 MPI ranks: grids of 2 x 2, 1 x 4 and 4 x 1):
+
+    .venv/bin/python -m pytest tests/exercises/test_ex04_data_parallel.py --impl solutions
+"""
+from __future__ import annotations
+
+import torch
+
+
+def grid_coords(rank: int, pp: int, dp: int) -> tuple[int, int]:
+    """``(stage, replica)`` of world rank ``rank`` in a ``pp x dp`` grid, where ``rank = replica * pp + stage``.
+
+    Raises ValueError for a rank outside ``0 .. pp * dp - 1``.
+    """
+    if not 0 <= rank < pp * dp:
+        raise ValueError(f"rank {rank} is not in a {pp} x {dp} grid (ranks 0 to {pp * dp - 1})")
+    replica, stage = divmod(rank, pp)
+    return stage, replica
+
+
+def make_communicators(comm, pp: int, dp: int):
+    """``(pipeline_comm, data_comm)`` of this rank, made from ``comm`` (whose size must be ``pp * dp``).
+
+    In the pipeline communicator the rank is the stage; in the data communicator, the replica. Every rank
+    of ``comm`` calls this (``Split`` is collective). Raises ValueError, on every rank and before any
+    Split, when ``comm.Get_size() != pp * dp``.
+    """
+    if comm.Get_size() != pp * dp:    # every rank sees the same size, so all refuse together: no hang
+        raise ValueError(f"{comm.Get_size()} ranks cannot form a grid of {pp} stages x {dp} replicas "
+                         f"({pp * dp} ranks)")
+    stage, replica = grid_coords(comm.Get_rank(), pp, dp)
+    pipeline = comm.Split(color=replica, key=stage)     # one row: this replica's stages
+    data = comm.Split(color=stage, key=replica)         # one column: this stage in every replica
+    return pipeline, data
+
+
+def allreduce_gradients(data_comm, parameters) -> None:
+    """Replace every parameter's ``.grad`` by its mean over the ranks of ``data_comm`` (the replicas).
+
+    ``parameters``: an iterable of tensors whose ``.grad`` is set (CPU, float32 or float64), the same
+    shapes in the same order on every rank of ``data_comm``. Bucketed: pack the gradients into one flat
+    buffer (or a few, e.g. one per dtype), one ``Allreduce`` per buffer, never one message per parameter,
+    then write the means back into ``.grad``.
+    """
+    from mpi4py import MPI
+    size = data_comm.Get_size()
+    if size == 1:
+        return
+    buckets: dict[torch.dtype, list] = {}     # one flat buffer per dtype: MPI sums numbers of one type
+    for p in parameters:
+        buckets.setdefault(p.grad.dtype, []).append(p)
+    for params in buckets.values():
+        flat = torch.cat([p.grad.detach().reshape(-1) for p in params])     # a copy: safe to reduce in place
+        data_comm.Allreduce(MPI.IN_PLACE, flat.numpy(), op=MPI.SUM)
+        flat /= size          # each replica's loss is a mean over its slice: the step's gradient is their mean
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+            offset += p.grad.numel()

@@ -1,0 +1,163 @@
+"""The rank side of the graded tests of exercises 4 (data parallel) and 6 (beyond 1F1B).
+
+The same machinery as rank_checks.py (which imports this module at its end, so that these checks join
+``CHECKS`` wherever rank_checks is imported: in pytest and on the ranks): each check is registered with
+``@check(name, module, needs, ranks)``, runs on the first ``ranks`` ranks, and returns what the tests
+compare. Nothing here imports mpi4py at import time.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline_ref import partition, topology
+from pipeline_ref.config import RunConfig, build_model
+from tests.exercises.rank_checks import _executor, _student, check
+
+# =========================================================================== exercise 4: pipeline + data parallel
+
+EX04 = "ex04_data_parallel"
+GRIDS = ((2, 2), (1, 4), (4, 1))        # (pp, dp) on 4 ranks
+NOT_GRIDS = ((3, 2), (2, 4), (8, 1))    # more ranks than 4: every rank's grid_coords still succeeds, so an
+                                        # implementation that forgets to refuse returns instead of hanging
+COMMUNICATORS = ((EX04, "make_communicators"), (EX04, "grid_coords"))
+ALLREDUCE = ((EX04, "allreduce_gradients"),)
+# The whole model on each rank, each replica on its slice of the batch (the pipeline part is exercises 2-3).
+DP_MODEL = RunConfig(model="mlp", model_kwargs={"depth": 4, "width": 6, "batch": 8}, dtype="float64")
+DP_STEP_GRIDS = ((2, 2), (1, 4))
+
+
+def gradient_case(stage: int, replica: int, dtype: torch.dtype) -> list[nn.Parameter]:
+    """Parameters of one stage with this replica's gradients: the same shapes on every replica of the stage.
+
+    Built the same way on the ranks and in pytest (which computes the mean on its own).
+    """
+    g = torch.Generator().manual_seed(1000 * stage + replica)
+    params = []
+    for shape in ((3, 4), (4,), (), (2, 3, 5), (stage + 1, 2)):
+        p = nn.Parameter(torch.randn(shape, generator=g, dtype=dtype))
+        p.grad = torch.randn(shape, generator=g, dtype=dtype)
+        params.append(p)
+    return params
+
+
+class CountingComm:
+    """Passes every call on to the real communicator, and counts the reductions by kind."""
+
+    BUFFER = ("Allreduce", "Iallreduce", "Reduce", "Ireduce", "Reduce_scatter", "Reduce_scatter_block")
+    PICKLED = ("allreduce", "reduce", "iallreduce")
+
+    def __init__(self, comm):
+        self._comm = comm
+        self.buffer_calls = 0
+        self.pickled_calls = 0
+
+    def __getattr__(self, name):
+        method = getattr(self._comm, name)
+        if name in self.BUFFER or name in self.PICKLED:
+            def counted(*args, **kwargs):
+                if name in self.BUFFER:
+                    self.buffer_calls += 1
+                else:
+                    self.pickled_calls += 1
+                return method(*args, **kwargs)
+            return counted
+        return method
+
+
+def _describe(comm, world_rank: int) -> dict:
+    return {"size": comm.Get_size(), "rank": comm.Get_rank(), "members": comm.allgather(world_rank)}
+
+
+@check("ex04.communicators", EX04, COMMUNICATORS, ranks=4)
+def communicators(comm, impl):
+    """Each rank's two communicators, per grid: size, own rank, and the world ranks of the members in order."""
+    ex = _student(impl, EX04)
+    results = {}
+    for pp, dp in GRIDS:
+        pipeline, data = ex.make_communicators(comm, pp, dp)
+        results[(pp, dp)] = {"pipeline": _describe(pipeline, comm.Get_rank()), "data": _describe(data, comm.Get_rank())}
+        pipeline.Free()
+        data.Free()
+    return results
+
+
+@check("ex04.refuses", EX04, COMMUNICATORS, ranks=4)
+def refuses_wrong_sizes(comm, impl):
+    ex = _student(impl, EX04)
+    results = {}
+    for pp, dp in NOT_GRIDS:
+        try:
+            got = ex.make_communicators(comm, pp, dp)
+            results[(pp, dp)] = f"returned {type(got).__name__}"
+            for c in got if isinstance(got, tuple) else ():
+                c.Free()
+        except ValueError:
+            results[(pp, dp)] = "ValueError"
+        except Exception as err:    # the student's own bug: report it, don't crash the check
+            results[(pp, dp)] = f"{type(err).__name__}: {err}"
+    return results
+
+
+@check("ex04.allreduce", EX04, ALLREDUCE, ranks=4)
+def allreduce(comm, impl):
+    """Per grid and dtype: the gradients after allreduce_gradients over the reference data communicator."""
+    ex = _student(impl, EX04)
+    results = {}
+    for pp, dp in GRIDS:
+        topo = topology.split(comm, pp, dp)     # the reference communicators: only exercise 4.3 is graded here
+        for dtype in (torch.float64, torch.float32):
+            params = gradient_case(topo.stage, topo.replica, dtype)
+            values = [p.detach().clone() for p in params]
+            spy = CountingComm(topo.data)
+            ex.allreduce_gradients(spy, (p for p in params))    # a generator, as model.parameters() is
+            results[(pp, dp, str(dtype))] = {
+                "grads": [None if p.grad is None else p.grad.detach().clone() for p in params],
+                "values_unchanged": all(torch.equal(p.detach(), v) for p, v in zip(params, values)),
+                "buffer_calls": spy.buffer_calls, "pickled_calls": spy.pickled_calls}
+        topo.pipeline.Free()
+        topo.data.Free()
+    return results
+
+
+@check("ex04.step", EX04, COMMUNICATORS + ALLREDUCE, ranks=4)
+def data_parallel_step(comm, impl):
+    """Each replica: the whole model on its slice of the batch; then its stage's gradients averaged over your
+    data communicator. Returns {name: grad} of this rank's stage, which must be the full batch's."""
+    ex = _student(impl, EX04)
+    results = {}
+    for pp, dp in DP_STEP_GRIDS:
+        pipeline, data = ex.make_communicators(comm, pp, dp)
+        stage, replica = topology.Grid(pp, dp).coords(comm.Get_rank())
+        layers, loss_fn, (inputs, targets) = build_model(DP_MODEL)
+        model = nn.Sequential(*layers)
+        per_replica = inputs.shape[0] // dp
+        mine = slice(replica * per_replica, (replica + 1) * per_replica)
+        loss_fn(model(inputs[mine]), targets[mine]).backward()
+        names = {id(p): name for name, p in model.named_parameters()}
+        owned = partition.uniform(len(layers), pp)[stage]
+        params = [p for layer in layers[owned.start:owned.stop] for p in layer.parameters()]
+        ex.allreduce_gradients(data, params)
+        results[(pp, dp)] = {names[id(p)]: p.grad.detach().clone() for p in params}
+        pipeline.Free()
+        data.Free()
+    return results
+
+
+# =========================================================================== exercise 6: beyond 1F1B
+
+EX06 = "ex06_beyond_1f1b"
+# The runner calls a generator as f(num_stages, num_microbatches): interleaved runs with its default 2 chunks.
+# 6 layers: 3 stages x 2 chunks is one layer per virtual stage.
+INTERLEAVED_CASES = ((2, 2), (2, 4), (3, 3))
+ZB_H1_CASES = ((2, 3), (3, 2), (3, 6))
+
+
+@check("ex06.interleaved", EX06, ((EX06, "interleaved"),), ranks=3)
+def interleaved_on_ranks(comm, impl):
+    return _executor(comm, impl, f"{EX06}:interleaved", INTERLEAVED_CASES)
+
+
+@check("ex06.zb_h1", EX06, ((EX06, "zb_h1"),), ranks=3)
+def zb_h1_on_ranks(comm, impl):
+    return _executor(comm, impl, f"{EX06}:zb_h1", ZB_H1_CASES)

@@ -1,0 +1,116 @@
+"""Graded: exercise 5, balancing the stages (exercises/ex05_balancing.py).
+
+    .venv/bin/python -m pytest tests/exercises/test_ex05_balancing.py                 # your functions
+    .venv/bin/python -m pytest tests/exercises/test_ex05_balancing.py --impl solutions
+
+Pure Python, no MPI: your split must be a split (contiguous, in order, none empty), and its slowest
+stage must cost exactly what the best split found by brute force costs, on seeded random layer costs
+and on the cases where filling the stages greedily goes wrong.
+"""
+import itertools
+import math
+import random
+
+import pytest
+
+# (costs, stages, the best slowest stage): greedy splits miss each of these, whether they fill a stage up to
+# total / stages or just past it, from the first layer or from the last.
+TRAPS = [([1, 2, 3, 4, 5, 6], 3, 9), ([9, 6, 6, 8, 5], 3, 13), ([4, 5, 5, 8, 9, 7, 1], 4, 13),
+         ([6, 8, 8, 2, 1, 5, 7], 4, 12), ([1, 4, 1, 7, 3, 1, 3, 8], 3, 11), ([7, 9, 4, 9, 8, 4, 9, 1], 4, 16)]
+
+
+@pytest.fixture
+def ex(impl):
+    return impl("ex05_balancing")
+
+
+def stage_costs(costs, ranges) -> list[float]:
+    return [math.fsum(costs[r.start:r.stop]) for r in ranges]
+
+
+def brute_force(costs, num_stages: int) -> float:
+    """The cheapest slowest stage over every way of cutting len(costs) layers into num_stages runs."""
+    n = len(costs)
+    return min(max(stage_costs(costs, [range(a, b) for a, b in zip((0, *cuts), (*cuts, n))]))
+               for cuts in itertools.combinations(range(1, n), num_stages - 1))
+
+
+def random_cases(count: int = 300):
+    """Seeded: integer costs (many ties), float costs, and a few layers far costlier than the rest."""
+    rng = random.Random(2024)
+    for case in range(count):
+        n = rng.randint(1, 10)
+        kind = case % 3
+        if kind == 0:
+            costs = [rng.randint(0, 9) for _ in range(n)]
+        elif kind == 1:
+            costs = [rng.uniform(0.1, 5.0) for _ in range(n)]
+        else:
+            costs = [rng.choice([1.0, 1.0, 1.0, 20.0]) * rng.uniform(0.5, 1.5) for _ in range(n)]
+        yield costs, rng.randint(1, n)
+
+
+def assert_split(ranges, num_layers: int, num_stages: int, where: str) -> None:
+    assert isinstance(ranges, list), f"{where}: returned a {type(ranges).__name__}, not a list of ranges"
+    assert len(ranges) == num_stages, f"{where}: {len(ranges)} stages, not {num_stages}: {ranges}"
+    start = 0
+    for stage, r in enumerate(ranges):
+        assert isinstance(r, range) and r.step == 1, f"{where}: stage {stage} is {r!r}, not a range of step 1"
+        assert r.start == start and len(r) > 0, (
+            f"{where}: stage {stage} is {r!r}; it should start at layer {start} and hold at least one layer "
+            f"(contiguous, in order, none empty): {ranges}")
+        start = r.stop
+    assert start == num_layers, f"{where}: the stages cover layers 0..{start - 1}, not all {num_layers}: {ranges}"
+
+
+@pytest.mark.points(2)
+def test_bottleneck(ex):
+    assert ex.bottleneck([1, 2, 3, 4, 5, 6], [range(0, 3), range(3, 4), range(4, 6)]) == pytest.approx(11)
+    assert ex.bottleneck([1, 2, 3, 4, 5, 6], [range(0, 3), range(3, 5), range(5, 6)]) == pytest.approx(9)
+    assert ex.bottleneck([7.5], [range(0, 1)]) == pytest.approx(7.5)
+    assert ex.bottleneck([0.1] * 10, [range(0, 3), range(3, 10)]) == pytest.approx(0.7)
+    assert ex.bottleneck([4, 0, 0, 1], [range(0, 1), range(1, 2), range(2, 4)]) == pytest.approx(4)
+
+
+@pytest.mark.points(2)
+def test_balanced_partition_is_a_split(ex):
+    """One non-empty range per stage, contiguous and in order, covering every layer (zero costs too)."""
+    for costs, num_stages in [([1, 2, 3], 1), ([1, 2, 3], 3), ([0, 0, 0, 0], 2), ([5, 0, 0, 0, 0], 3),
+                              ([1.5] * 7, 4), ([0, 0, 9], 3)]:
+        assert_split(ex.balanced_partition(costs, num_stages), len(costs), num_stages,
+                     f"balanced_partition({costs}, {num_stages})")
+
+
+@pytest.mark.points(3)
+def test_balanced_partition_beats_greedy(ex):
+    """The cases where filling stages greedily up to total / stages leaves a slower stage than necessary."""
+    for costs, num_stages, best in TRAPS:
+        where = f"balanced_partition({costs}, {num_stages})"
+        ranges = ex.balanced_partition(costs, num_stages)
+        assert_split(ranges, len(costs), num_stages, where)
+        got = max(stage_costs(costs, ranges))
+        assert got == pytest.approx(best), (f"{where} = {ranges}: stage costs {stage_costs(costs, ranges)}, "
+                                            f"slowest {got:g}; the best split's slowest stage costs {best}")
+
+
+@pytest.mark.points(4)
+def test_balanced_partition_is_optimal(ex):
+    """On 300 seeded random cases (up to 10 layers), as good as the best of every possible split."""
+    for costs, num_stages in random_cases():
+        where = f"balanced_partition({[round(c, 3) for c in costs]}, {num_stages})"
+        ranges = ex.balanced_partition(costs, num_stages)
+        assert_split(ranges, len(costs), num_stages, where)
+        got, best = max(stage_costs(costs, ranges)), brute_force(costs, num_stages)
+        assert got == pytest.approx(best, rel=1e-9, abs=1e-12), (
+            f"{where} = {ranges}: slowest stage {got:.6g}, but the best split's costs {best:.6g}")
+
+
+@pytest.mark.points(1)
+def test_balanced_partition_refuses_impossible_splits(ex):
+    with pytest.raises(ValueError) as refused:
+        ex.balanced_partition([1.0, 2.0, 3.0], 4)
+    assert "3" in str(refused.value) and "4" in str(refused.value), (
+        f"the message should say the number of layers (3) and of stages (4): {refused.value}")
+    for bad in (0, -1):
+        with pytest.raises(ValueError):
+            ex.balanced_partition([1.0, 2.0], bad)
