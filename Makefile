@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m pipeline_ref demo --out out/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q --impl solutions tests
+	$(PY) -m pytest -q --impl solutions --nbval-lax --nbval-current-env tests lessons
 
 # Grade your exercises (IMPL=solutions to check the reference answers).
 IMPL ?= exercises

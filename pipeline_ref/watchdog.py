@@ -33,7 +33,9 @@ def doing() -> str:
 
 
 def report(message: str) -> None:
-    print(f"{MARK} rank {_rank}: {message}", file=sys.stderr, flush=True)
+    # One write per report, so two ranks' lines do not interleave.
+    sys.stderr.write(f"{MARK} rank {_rank}: {message}\n")
+    sys.stderr.flush()
 
 
 def start(rank: int, stall_timeout: float | None) -> None:

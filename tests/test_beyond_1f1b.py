@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline_ref import models, schedules
 from pipeline_ref.config import ConfigError, RunConfig, build_model, check_config, check_fits, make_schedule
 from pipeline_ref.launch import launch
+from tests.one_device import assert_equals_one_device, reference
 from pipeline_ref.stage import Stage
 
 MODELS = {"mlp": {"depth": 12, "width": 8, "batch": 12},
@@ -45,13 +46,7 @@ def results():
 @pytest.mark.mpi
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_id)
 def test_equals_one_device(cfg, results):
-    layers, loss_fn, (inputs, targets) = build_model(cfg)
-    loss, grads = models.reference_step(layers, loss_fn, inputs, targets)
-    result = results[_id(cfg)]
-    assert result["losses"][0] == pytest.approx(loss, rel=1e-12, abs=1e-12)
-    assert set(result["grads"]) == set(grads)
-    for name, grad in grads.items():
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert_equals_one_device(results[_id(cfg)], *reference(cfg))
 
 
 @pytest.mark.mpi

@@ -12,6 +12,7 @@ import torch
 from pipeline_ref import models
 from pipeline_ref.config import RunConfig, build_model
 from pipeline_ref.launch import launch
+from tests.one_device import assert_equals_one_device, reference
 
 # microbatches per depth: fewer than the stages, equal, and not a multiple of them
 MICROBATCHES = {1: [1, 3], 2: [1, 2, 3], 3: [2, 3, 4], 4: [2, 4, 6]}
@@ -46,20 +47,14 @@ def references():
     cache = {}
     for cfg in CONFIGS:
         if cfg.model not in cache:
-            layers, loss_fn, (inputs, targets) = build_model(cfg)
-            cache[cfg.model] = models.reference_step(layers, loss_fn, inputs, targets)
+            cache[cfg.model] = reference(cfg)
     return cache
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_id)
 def test_pipelined_step_equals_one_device(cfg, results, references):
-    result = results[_id(cfg)]
-    loss, grads = references[cfg.model]
-    assert result["losses"][0] == pytest.approx(loss, rel=1e-12, abs=1e-12)
-    assert set(result["grads"]) == set(grads)
-    for name, grad in grads.items():
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert_equals_one_device(results[_id(cfg)], *references[cfg.model])
 
 
 @pytest.mark.mpi

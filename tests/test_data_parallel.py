@@ -11,6 +11,7 @@ import torch
 from pipeline_ref import models
 from pipeline_ref.config import RunConfig, build_model
 from pipeline_ref.launch import launch
+from tests.one_device import assert_equals_one_device, reference
 
 GRIDS = [(1, 2), (2, 1), (2, 2), (4, 1)]
 GPT = {"dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "batch": 12, "vocab": 32}
@@ -50,12 +51,8 @@ def _one_device(model: str, steps: int = 1, lr: float = 0.0):
 @pytest.mark.mpi
 @pytest.mark.parametrize("cfg", STEP_CONFIGS, ids=_id)
 def test_step_equals_one_device(cfg, results):
-    result = results[_id(cfg)]
     loss, grads, _ = _one_device(cfg.model)
-    assert result["losses"][0] == pytest.approx(loss, rel=1e-12, abs=1e-12)
-    assert set(result["grads"]) == set(grads)           # a tied weight appears once, under its first name
-    for name, grad in grads.items():
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert_equals_one_device(results[_id(cfg)], loss, grads)
 
 
 @pytest.mark.mpi

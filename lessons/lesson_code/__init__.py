@@ -1,0 +1,14 @@
+"""Rank-side code of the lessons: what each notebook starts on its MPI ranks.
+
+Every public function here that takes ``comm`` first is run on every rank by
+``pipeline_ref.launch.launch(n, "lesson_code.<module>:<function>", ...)``. The
+ranks start in ``lessons/``, so this package is importable there, and the
+notebooks print the functions with ``inspect.getsource``: the code you read in a
+lesson is the code that ran.
+
+    l00_mpi       lesson 00: ranks, Send/Recv of tensors, Isend/Irecv, deadlocks, communicators
+    l01_naive     lesson 01: one training step split over two ranks, written out with Send/Recv
+    l03_blocking  lesson 03: 1F1B played with blocking sends, the obvious code that deadlocks
+    common        helpers the notebooks share: the timing model, core count, memory arithmetic
+    diagrams      the pictures the notebooks draw with matplotlib (no image files)
+"""

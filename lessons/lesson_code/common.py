@@ -1,0 +1,68 @@
+"""Small helpers the lesson notebooks share (no MPI here)."""
+from __future__ import annotations
+
+import os
+
+# The model the timing demos train (pipeline_ref.models.mlp): 8 equal blocks, so 2 or 4 stages cost the same, and
+# a stage's matrix products (microbatch x 512 x 512 per block) outweigh its message (microbatch x 512 floats).
+# Smaller than the demo's model (pipeline_ref/demo.py), so that a notebook runs in well under a minute on 2 cores.
+TIMING_MODEL = {"depth": 8, "width": 512, "batch": 512}
+
+
+def cores() -> int:
+    """CPU cores this process may run on: what the ranks share."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def stash_bytes_theory(blocks: int, microbatch: int, width: int, last: bool, itemsize: int = 4) -> int:
+    """Bytes autograd keeps for one microbatch on a stage of ``blocks`` blocks of ``models.mlp``.
+
+    Each block Linear -> Tanh saves Linear's input and Tanh's output, and a block's output is the next
+    block's input: a stage keeps blocks + 1 tensors of microbatch x width. The last stage's loss (MSE) also
+    keeps the targets.
+    """
+    return (blocks + 1 + (1 if last else 0)) * microbatch * width * itemsize
+
+
+def mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.2f} MiB"
+
+
+def launch_error_summary(err: Exception) -> str:
+    """A LaunchError's message without the tail of the ranks' output that follows it."""
+    return str(err).split("\n--- last lines")[0]
+
+
+def classify_waits(trace) -> list[dict]:
+    """Each receive a rank waited on in ``trace``, and whether its message was ready before it was asked for.
+
+    A wait ends when the message is there. The action it precedes needs one message, produced by an action on
+    a neighbouring rank (``schedules.dependency``). If that action had ended before the wait began, the rank
+    only waited for the transfer ("ready before asked"); otherwise it first waited for the other rank's
+    computation (a dependency: the bubble, or a slower neighbour), then for the transfer; ``latency`` is then the
+    time from the producer's end to the wait's end, the message's latency as this rank saw it (None otherwise).
+    Both ranks time from the same barrier, so their clocks agree to within microseconds.
+    """
+    from pipeline_ref import schedules
+
+    def kind(op):
+        return "B" if op in ("B", "I") else op
+
+    chunks = 1 + max((e.chunk for e in trace.events), default=0)
+    ended = {(e.rank, e.chunk, e.microbatch, kind(e.op)): e.end for e in trace.events}
+    rows = []
+    for w in trace.waits:
+        after = min((e for e in trace.events if e.rank == w.rank and e.start >= w.end - 1e-9),
+                    key=lambda e: e.start, default=None)
+        if after is None:
+            continue
+        action = schedules.Action(after.op, after.microbatch, after.chunk)
+        dep = schedules.dependency(action, w.rank, trace.num_ranks, chunks)
+        if dep is None:
+            continue
+        source, needed = dep
+        produced = ended[(source, needed.chunk, needed.microbatch, kind(needed.op))]
+        ready = produced <= w.start
+        rows.append({"rank": w.rank, "action": str(action), "wait": w.end - w.start, "ready before asked": ready,
+                     "latency": None if ready else max(0.0, w.end - produced)})
+    return rows

@@ -1,0 +1,86 @@
+"""Pure tests of the lessons' own code (lessons/lesson_code): no MPI, milliseconds each.
+
+The notebooks themselves run under nbval (``pytest --nbval-lax --nbval-current-env lessons/``); these tests pin
+the arithmetic the notebooks print next to their measurements, so a change in pipeline_ref that breaks a lesson's
+theory fails here, by name.
+"""
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+matplotlib.use("Agg")
+
+LESSONS = Path(__file__).resolve().parents[1] / "lessons"
+if str(LESSONS) not in sys.path:
+    sys.path.insert(0, str(LESSONS))
+
+from lesson_code import common, diagrams  # noqa: E402
+from pipeline_ref import models, partition, schedules, simulate  # noqa: E402
+from pipeline_ref.stage import Stage  # noqa: E402
+from pipeline_ref.trace import Event, Trace, Wait  # noqa: E402
+
+
+@pytest.mark.parametrize("num_stages, microbatches", [(1, 1), (2, 1), (2, 4), (4, 8)])
+def test_stash_theory_matches_what_stage_measures(num_stages, microbatches):
+    """Lessons 01-03 print common.stash_bytes_theory beside the executor's peak_stashed_bytes."""
+    depth, width, batch = 8, 16, 32
+    torch.manual_seed(0)
+    layers, loss_fn, (inputs, targets) = models.mlp(depth=depth, width=width, batch=batch)
+    ranges = partition.uniform(depth, num_stages)
+    last = num_stages - 1
+    x, t = inputs.tensor_split(microbatches)[0], targets.tensor_split(microbatches)[0]
+    for s, r in enumerate(ranges):
+        stage = Stage([nn.Sequential(*layers[r.start:r.stop])], [s == 0], [s == last], loss_fn, microbatches)
+        stage.start_step()
+        y = stage.forward(0, 0, x, t if s == last else None)
+        assert stage.peak_stashed_bytes == common.stash_bytes_theory(len(r), batch // microbatches, width,
+                                                                     last=s == last)
+        x = y
+
+
+def test_classify_waits_on_a_simulated_trace():
+    """With a message latency and no other delay, every simulated wait is for work, and its latency is comm."""
+    trace = simulate.simulate(schedules.build("1f1b", 2, 4), forward=1.0, backward=2.0, comm=0.25)
+    rows = common.classify_waits(trace)
+    assert len(rows) == len(trace.waits) > 0
+    assert all(not r["ready before asked"] and r["latency"] == pytest.approx(0.25) for r in rows)
+
+
+def test_classify_waits_tells_a_ready_message_from_a_late_one():
+    # Rank 0 runs F0 (0-1) and F1 (1-2); rank 1 asks for activation 0 at 1.5 (ready since 1.0) and for
+    # activation 1 at 1.5 after F0, before rank 0 has finished F1 (at 2.0).
+    events = [Event(0, "F", 0, 0, 0.0, 1.0), Event(0, "F", 1, 0, 1.0, 2.0),
+              Event(1, "F", 0, 0, 1.5, 1.6), Event(1, "F", 1, 0, 2.1, 2.2)]
+    waits = [Wait(1, "recv activation 0 from rank 0", 1.5, 1.5), Wait(1, "recv activation 1 from rank 0", 1.6, 2.1)]
+    rows = common.classify_waits(Trace(num_ranks=2, events=events, waits=waits))
+    assert [(r["action"], r["ready before asked"]) for r in rows] == [("F0", True), ("F1", False)]
+    assert rows[0]["latency"] is None and rows[1]["latency"] == pytest.approx(0.1)
+
+
+def test_launch_error_summary_drops_the_ranks_output():
+    err = RuntimeError("the run on 2 ranks failed:\n  rank 0: stuck\n--- last lines the ranks printed ---\nnoise")
+    assert common.launch_error_summary(err) == "the run on 2 ranks failed:\n  rank 0: stuck"
+
+
+def test_mib():
+    assert common.mib(3 * 2**19) == "1.50 MiB"
+
+
+def test_diagrams_draw():
+    import matplotlib.pyplot as plt
+    memberships = [{"world": r, "pipeline": r // 2, "stage": r % 2, "pipeline members": [r - r % 2, r - r % 2 + 1],
+                    "data members": [r % 2, r % 2 + 2]} for r in range(4)]
+    figures = [diagrams.deadlock_diagram(), diagrams.communicator_grid(memberships),
+               diagrams.split_model_diagram(8, partition.uniform(8, 2))]
+    schedule = schedules.build("1f1b", 4, 8)
+    trace = simulate.simulate(schedule)
+    from pipeline_ref import plot
+    ax = diagrams.mark_phases(plot.gantt(trace), schedule, trace)
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"warmup", "steady", "cooldown"} <= set(labels)
+    for fig in figures + [ax.figure]:
+        plt.close(fig)
