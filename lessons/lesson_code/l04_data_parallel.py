@@ -1,0 +1,134 @@
+"""Lesson 04, on the ranks and beside them: pipeline x data parallel, its communicators, its memory and speed.
+
+``lesson`` is what the notebook starts on 4 ranks, once: every rank first reports the two communicators
+``pipeline_ref.topology.split`` gives it, then the ranks play the lesson's training runs one after another
+(``pipeline_ref.runner.run_many``), in the same ``mpiexec``:
+
+    launch(4, "lesson_code.l04_data_parallel:lesson", 2, 2, configs)   # -> rank 0: {"communicators", "runs"}
+
+The other functions run in the notebook: the arithmetic of memory per rank and of a step's time.
+"""
+from __future__ import annotations
+
+import torch
+
+from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.trace import Trace
+
+# The model of the DDP-vs-pipeline comparison (pipeline_ref.models.mlp): 8 equal blocks, 1M parameters each
+# (4 MiB in float32), so a replica's all-reduce is large; a block's product on a microbatch of 64 samples
+# (64 x 1024 x 1024) takes a few milliseconds, so per-action overheads stay small.
+COMPARE_MODEL = {"depth": 8, "width": 1024, "batch": 512}
+# A small GPT for the float64 correctness checks: exact, and quick.
+SMALL_GPT = {"vocab": 32, "dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "batch": 16}
+
+
+def communicators(comm, pp: int, dp: int) -> dict:
+    """This rank's place in the pp x dp grid and the world ranks in each of its two communicators."""
+    from pipeline_ref import topology
+    topo = topology.split(comm, pp, dp)
+    world = comm.Get_rank()
+    report = {"world rank": world, "stage": topo.stage, "replica": topo.replica,
+              "rank in pipeline comm": topo.pipeline.Get_rank(), "pipeline comm": topo.pipeline.allgather(world),
+              "rank in data comm": topo.data.Get_rank(), "data comm": topo.data.allgather(world)}
+    topo.pipeline.Free()
+    topo.data.Free()
+    return report
+
+
+def lesson(comm, pp: int, dp: int, configs: list[RunConfig]):
+    """The communicators of a pp x dp grid, then the training runs; rank 0 returns both, the others None."""
+    from pipeline_ref import runner
+    reports = comm.gather(communicators(comm, pp, dp), root=0)
+    runs = runner.run_many(comm, configs)
+    return {"communicators": reports, "runs": runs} if comm.Get_rank() == 0 else None
+
+
+# ------------------------------------------------------------------------------------------ in the notebook
+
+def parameter_bytes_per_stage(cfg: RunConfig, ranges) -> list[int]:
+    """Bytes of the parameters each pipeline stage holds: every replica of a stage holds the same.
+
+    ``ranges`` is a run's ``result["partition"]``, as (start, stop) pairs. A Parameter used by layers on two
+    stages (a tied weight) counts on both: each keeps a copy.
+    """
+    layers, _, _ = build_model(cfg)
+    sizes = []
+    for start, stop in ranges:
+        unique = {id(p): p for layer in layers[start:stop] for p in layer.parameters()}
+        sizes.append(sum(p.numel() * p.element_size() for p in unique.values()))
+    return sizes
+
+
+def step_time(trace: Trace) -> float:
+    """From the barrier to the last thing any rank of the trace did: its last action, or its all-reduce."""
+    return max([e.end for e in trace.events] + [w.end for w in trace.waits])
+
+
+def allreduce_time(trace: Trace) -> float:
+    """The longest gradient all-reduce of the step, as the ranks of the trace waited for it."""
+    return max((w.end - w.start for w in trace.waits if w.what == "all-reduce gradients"), default=0.0)
+
+
+def split_tied_gradient(model_kwargs: dict) -> dict:
+    """On one device: the tiny GPT's tied weight gets two gradients, one through each layer that uses it.
+
+    The embedding (first stage) and the output head (last stage) share the Parameter. Untie a copy (the
+    head gets its own Parameter with the same values) and each part of the gradient appears separately;
+    their sum is the tied model's gradient. A pipeline holds one copy per stage, so it must add them.
+    """
+    cfg = RunConfig(model="gpt_tied", model_kwargs=model_kwargs, dtype="float64")
+    layers, loss_fn, (inputs, targets) = build_model(cfg)
+    model = torch.nn.Sequential(*layers)
+    embedding, head = layers[0].token, layers[-1].out
+    tied = torch.autograd.grad(loss_fn(model(inputs), targets), embedding.weight)[0]
+    head.weight = torch.nn.Parameter(embedding.weight.detach().clone())       # untie: same values
+    through_embedding, through_head = torch.autograd.grad(loss_fn(model(inputs), targets),
+                                                          [embedding.weight, head.weight])
+    return {"tied": tied, "through the embedding (stage 0)": through_embedding,
+            "through the head (last stage)": through_head}
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+def layout_bars(rows: list[dict]):
+    """Memory per rank and throughput of each layout, side by side (rows: name, params, stash, samples/s)."""
+    import matplotlib.pyplot as plt
+    fig, (memory, speed) = plt.subplots(1, 2, figsize=(11, 3.2))
+    names = [r["name"] for r in rows]
+    params = [r["parameter bytes"] / 2**20 for r in rows]
+    stash = [r["stash bytes"] / 2**20 for r in rows]
+    memory.barh(names, params, color="#4C72B0", label="parameters\n(gradients: as much again)")
+    memory.barh(names, stash, left=params, color="#DD8452", label="peak stashed activations")
+    memory.set_xlabel("MiB on the fullest rank")
+    memory.set_xlim(0, 1.9 * max(p + s for p, s in zip(params, stash)))
+    memory.invert_yaxis()
+    memory.legend(fontsize=8, loc="lower right", frameon=False)
+    memory.set_title("memory per rank (measured)", fontsize=10)
+    speed.barh(names, [r["samples/s"] for r in rows], color="#55A868")
+    speed.set_xlabel("samples per second (4 ranks on 2 cores: indicative)")
+    speed.invert_yaxis()
+    speed.set_yticklabels([])
+    speed.set_title("throughput (measured)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mark_allreduce_posted(ax, trace: Trace, overlap: bool):
+    """A black tick on each rank's row where its gradient all-reduce was posted.
+
+    With ``overlap_allreduce`` the runner posts it right after the rank's last backward; without, after the
+    executor returns (its last action done and its sends completed), which is where the recorded wait starts.
+    """
+    for rank in range(trace.num_ranks):
+        if overlap:
+            at = max(e.end for e in trace.events if e.rank == rank and e.op in ("B", "W"))
+        else:
+            at = min(w.start for w in trace.waits if w.rank == rank and w.what == "all-reduce gradients")
+        ax.plot([at, at], [rank - 0.45, rank + 0.45], color="black", linewidth=2)
+    ax.plot([], [], color="black", linewidth=2, label="all-reduce posted")
+    handles, labels = ax.get_legend_handles_labels()
+    old = ax.get_legend()
+    extra = old.legend_handles if old is not None else []
+    ax.legend(handles=list(extra) + handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    return ax
