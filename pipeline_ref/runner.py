@@ -181,9 +181,19 @@ def choose_partition(comm, cfg: RunConfig, layers, sample, num_pieces: int) -> t
     if cfg.partition == "parameters":
         return partition.by_parameters(layers, num_pieces), None
     from .profiling import layer_costs
-    costs = comm.bcast(layer_costs(layers, sample) if comm.Get_rank() == 0 else None, root=0)
+    costs = layer_costs(layers, sample) if comm.Get_rank() == 0 else None
+    wait_quietly(comm)                 # the others sleep while rank 0 profiles, instead of spinning
+    costs = comm.bcast(costs, root=0)
     ranges = partition.by_cost(costs, num_pieces)
     return ranges, partition.stage_costs(costs, ranges)
+
+
+def wait_quietly(comm, poll: float = 0.0005) -> None:
+    """A barrier that sleeps between polls. MPICH's blocking calls spin on a core; a rank idling in
+    one would slow down the ranks that work when they share cores (a laptop, this course's CI)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll)
 
 
 def run_many(comm, configs: list[RunConfig]) -> list[dict | None]:
@@ -194,6 +204,7 @@ def run_many(comm, configs: list[RunConfig]) -> list[dict | None]:
     for index, cfg in enumerate(configs):
         # Ranks left out of a run wait here for as long as it takes: not a stall.
         watchdog.beat(f"waiting for run {index} ({cfg.schedule}, {cfg.world_size} ranks)", watched=False)
+        wait_quietly(comm)
         color = 0 if comm.Get_rank() < cfg.world_size else MPI.UNDEFINED
         sub = comm.Split(color, comm.Get_rank())
         if sub != MPI.COMM_NULL:
