@@ -9,6 +9,9 @@ lesson is the code that ran.
     l00_mpi       lesson 00: ranks, Send/Recv of tensors, Isend/Irecv, deadlocks, communicators
     l01_naive     lesson 01: one training step split over two ranks, written out with Send/Recv
     l03_blocking  lesson 03: 1F1B played with blocking sends, the obvious code that deadlocks
+    l04_data_parallel  lesson 04: the communicators of a pp x dp grid, DDP vs pipeline vs both
+    l05_balancing lesson 05: an unbalanced GPT, per-layer profiles, the three partitions
+    l06_beyond    lesson 06: interleaved and ZB-H1 theory, message counts, FLOPs of I and W, torch's orders
     common        helpers the notebooks share: the timing model, core count, memory arithmetic
     diagrams      the pictures the notebooks draw with matplotlib (no image files)
 """
