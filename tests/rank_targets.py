@@ -47,7 +47,7 @@ def user_model():
     return layers, nn.functional.mse_loss, (inputs, targets)
 
 
-def unbalanced_mlp(width: int = 384, batch: int = 128):
+def unbalanced_mlp(width: int = 512, batch: int = 256):
     """A first layer as costly as six of the others: on 2 stages the uniform split gives stage 0
     nine units of work and stage 1 three; the balanced split [1 | 6] gives six and six."""
     generator = torch.Generator().manual_seed(2)
