@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for the plots and tables")
     demo.add_argument("--microbatches", type=int, default=8)
     demo.add_argument("--steps", type=int, default=3)
-    demo.add_argument("--stages", type=int, nargs="*", help="pipeline depths (default: 2, and 4 with 4+ cores)")
+    demo.add_argument("--stages", type=int, nargs="*", help="pipeline depths (default: 2, and 4, 8 where they fit)")
+    demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one rank per GPU")
 
     from .bench import add_parser as add_bench_parser   # bench.py owns its own options
     add_bench_parser(sub)
@@ -85,9 +86,9 @@ def _report(result: dict, args) -> None:
     from . import simulate, trace as trace_mod
     trace = trace_mod.Trace.from_dict(result["trace"])
     cfg = result["config"]
-    theory = simulate.theory_utilization(cfg["schedule"], cfg["pp"], cfg["microbatches"])
+    theory = _theory(cfg["schedule"], cfg["pp"], cfg["microbatches"], cfg["chunks"])
     print(f"{cfg['schedule']} on {cfg['pp']} stages, {cfg['microbatches']} microbatches: "
-          f"last step utilization {trace.utilization:.3f} (theory {theory:.3f}), "
+          f"last step utilization {trace.utilization:.3f}{theory}, "
           f"peak stashed activations per stage {trace.peak_stashed}")
     if args.save_grads:
         torch.save(result["grads"], args.save_grads)
@@ -124,18 +125,31 @@ def _run(args) -> int:
     return 0
 
 
+def _theory(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
+    """" (theory 0.800)", or nothing where no closed form applies (a user's schedule, ZB-H1 with m < p)."""
+    from . import simulate
+    try:
+        return f" (theory {simulate.theory_utilization(name, pp, microbatches, chunks=chunks, **costs):.4f})"
+    except ValueError:
+        return ""
+
+
 def _simulate(args) -> int:
     from . import schedules, simulate
-    schedule = schedules.build(args.schedule, args.pp, args.microbatches)
-    trace = simulate.simulate(schedule, forward=args.forward, backward=args.backward, comm=args.comm)
+    options = {"chunks": args.chunks} if args.schedule == "interleaved" else {}
+    schedule = schedules.build(args.schedule, args.pp, args.microbatches, **options)
+    # An interleaved chunk is 1/v of a stage; ZB-H1 splits the backward into two halves.
+    scale = 1.0 / args.chunks if args.schedule == "interleaved" else 1.0
+    trace = simulate.simulate(schedule, forward=args.forward * scale, backward=args.backward * scale, comm=args.comm)
     print(schedules.describe(schedule))
-    theory = simulate.theory_utilization(args.schedule, args.pp, args.microbatches)
-    print(f"utilization {trace.utilization:.4f} (closed form, no communication: {theory:.4f}); "
+    theory = _theory(args.schedule, args.pp, args.microbatches, args.chunks, forward=args.forward,
+                     input_grad=args.backward / 2, weight_grad=args.backward / 2)
+    print(f"utilization {trace.utilization:.4f}{theory.replace('theory', 'closed form, no communication:')}; "
           f"makespan {trace.makespan:g}; peak stashed per stage {trace.peak_stashed}")
     if args.plot:
         from . import plot
-        fig = plot.gantt(trace, title=f"{args.schedule}, {args.pp} stages, {args.microbatches} microbatches (simulated)")
-        fig.figure.savefig(args.plot, dpi=120, bbox_inches="tight") if hasattr(fig, "figure") else fig.savefig(args.plot)
+        axes = plot.gantt(trace, title=f"{args.schedule}, {args.pp} stages, {args.microbatches} microbatches (simulated)")
+        axes.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"Gantt chart -> {args.plot}")
     return 0
 

@@ -3,14 +3,15 @@
     python -m pipeline_ref bench [--out out/bench] [--schedules naive gpipe 1f1b] [--microbatches 1 2 4 8 16]
                                  [--stages 2 [4]] [--steps 2] [--repeats 3]
                                  [--model-depth 8] [--model-width 1024] [--batch 1024] [--gantt 8]
-                                 [--min-cpu-share 0.95] [--retries 3]
+                                 [--min-cpu-share 0.9] [--retries 2] [--quiet-wait 10]
 
 For each pipeline depth it starts that many ranks once (``mpiexec``, one thread
 each) and plays every (schedule, microbatches) run ``--repeats`` times inside
 that one launch, since starting ranks costs seconds. Each run trains
 ``--steps`` steps and keeps its last one (the first warms up). A progress line
 per run goes to stderr. A run during which another process took part of a rank's
-core (CPU share, see ``sweep_rank``) is played again, up to ``--retries`` times.
+core (CPU share, see ``sweep_rank``) is played again, up to ``--retries`` times,
+once the cores are idle again (waiting up to ``--quiet-wait`` s).
 Into ``--out`` it writes
 
     results.csv          one row per run (medians over the repeats), every number
@@ -35,6 +36,7 @@ from statistics import median
 
 from . import schedules, simulate
 from .config import ConfigError, RunConfig, check_config, check_fits, make_schedule
+from .machine import core_warning, cores, machine_info, machine_markdown, wait_until_quiet
 from .trace import Trace, executor_gaps
 
 SCHEDULES = ("naive", "gpipe", "1f1b")
@@ -43,17 +45,6 @@ COLUMNS = ("schedule", "stages", "microbatches", "repeats", "step_s", "measured"
            "theory", "ratio", "predicted", "prediction_error", "forward_ms", "backward_ms", "comm_us",
            "gaps", "gap_per_action_us", "peak_stashed", "theory_peak_stashed", "peak_stashed_bytes",
            "cpu_share", "retried")
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def core_warning(num_ranks: int, free_cores: int) -> str | None:
-    if num_ranks <= free_cores:
-        return None
-    return (f"{num_ranks} ranks on {free_cores} free core(s): ranks share cores, so these timings mean "
-            f"little (utilization measures the OS scheduler, not the pipeline)")
 
 
 def plan(schedule_names, microbatches, stages, steps: int = 2, model_kwargs: dict | None = None,
@@ -73,56 +64,64 @@ def plan(schedule_names, microbatches, stages, steps: int = 2, model_kwargs: dic
 
 
 def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0, total: int | None = None,
-               min_cpu_share: float = 0.0, retries: int = 0):
+               min_cpu_share: float = 0.0, retries: int = 0, quiet_wait: float = 0.0):
     """Rank side: every run ``repeats`` times; rank 0 prints progress and returns [[result per repeat] per run].
 
     CPU share: the rank's CPU time over wall time during a run. Alone on its core a rank
     is ~1.0 even while it waits (MPICH polls); less means another process took part of
     the core, so the run measured the OS scheduler. Such a run (the lowest share over the
-    ranks below ``min_cpu_share``) is played again, at most ``retries`` extra times per config.
+    ranks below ``min_cpu_share``) is played again, at most ``retries`` extra times per config,
+    after waiting up to ``quiet_wait`` s for the machine to be idle; the ``repeats`` runs
+    with the highest shares are kept.
     """
     from mpi4py import MPI
     from .runner import run_rank
     total = total or len(configs)
     results = []
     for i, cfg in enumerate(configs):
-        runs, retried = [], 0
-        while len(runs) < repeats:
+        tried = []                          # (cpu share, result) of every run played
+        # Every rank sees the same (lowest) share, so all agree on whether to play again.
+        while sum(share >= min_cpu_share for share, _ in tried) < repeats and len(tried) < repeats + retries:
+            if tried and tried[-1][0] < min_cpu_share and quiet_wait > 0:
+                wait_until_quiet(comm, quiet_wait)
             wall, cpu = time.perf_counter(), time.process_time()
             result = run_rank(comm, cfg)
-            share = comm.allreduce((time.process_time() - cpu) / (time.perf_counter() - wall), op=MPI.MIN)
-            if share < min_cpu_share and retried < retries:
-                retried += 1                # every rank saw the same share: all agree to play it again
-                continue
-            if result is not None:
-                result.update(cpu_share=share, retried=retried)
-            runs.append(result)
+            tried.append((comm.allreduce((time.process_time() - cpu) / (time.perf_counter() - wall), op=MPI.MIN),
+                          result))
+        # The least disturbed runs, in the order they were played.
+        kept = sorted(sorted(range(len(tried)), key=lambda k: -tried[k][0])[:repeats])
+        runs = [tried[k][1] for k in kept]
+        for k in kept:
+            if tried[k][1] is not None:
+                tried[k][1].update(cpu_share=tried[k][0], retried=len(tried) - repeats)
         results.append(runs)
         if comm.Get_rank() == 0:
             traces = [Trace.from_dict(r["trace"]) for r in runs]
-            theory = _theory(cfg.schedule, cfg.pp, cfg.microbatches)
+            theory = _theory(simulate.theory_utilization, cfg.schedule, cfg.pp, cfg.microbatches)
             print(f"[{first + i + 1:>{len(str(total))}}/{total}] {cfg.schedule} p={cfg.pp} m={cfg.microbatches}"
                   f"  step {median(t.makespan for t in traces) * 1e3:.1f} ms"
                   f"  utilization {median(t.utilization for t in traces):.3f}"
                   + (f" (theory {theory:.3f})" if theory else "")
                   + f"  cpu share {min(r['cpu_share'] for r in runs):.2f}"
-                  + (f" ({retried} run(s) played again)" if retried else ""), file=sys.stderr, flush=True)
+                  + (f" ({len(tried) - repeats} extra run(s))" if len(tried) > repeats else ""),
+                  file=sys.stderr, flush=True)
     return results if comm.Get_rank() == 0 else None
 
 
 def measure(num_ranks: int, configs: list[RunConfig], repeats: int = 1, first: int = 0, total: int | None = None,
-            timeout: float = 1800, min_cpu_share: float = 0.0, retries: int = 0) -> list[list[dict]]:
+            timeout: float = 1800, min_cpu_share: float = 0.0, retries: int = 0,
+            quiet_wait: float = 0.0) -> list[list[dict]]:
     """Start ``num_ranks`` local ranks once and run every config ``repeats`` times: [[result per repeat] per config]."""
     from .launch import launch
     return launch(num_ranks, "pipeline_ref.bench:sweep_rank", configs, repeats, first, total, min_cpu_share,
-                  retries, echo=True, timeout=timeout)[0]
+                  retries, quiet_wait, echo=True, timeout=timeout)[0]
 
 
 # --------------------------------------------------------------------------- numbers of one run
 
-def _theory(name: str, pp: int, m: int) -> float | None:
+def _theory(function, name: str, pp: int, m: int):
     try:
-        return simulate.theory_utilization(name, pp, m)
+        return function(name, pp, m)
     except ValueError:      # a user's own generator has no closed form
         return None
 
@@ -134,11 +133,7 @@ def run_numbers(result: dict) -> tuple[dict, Trace, Trace]:
     costs = simulate.costs_from_trace(measured)
     predicted = simulate.simulate(make_schedule(cfg), **costs, time_unit="s")
     gaps = executor_gaps(measured)
-    theory = _theory(cfg.schedule, cfg.pp, cfg.microbatches)
-    try:
-        theory_stash = simulate.theory_peak_stashed(cfg.schedule, cfg.pp, cfg.microbatches)
-    except ValueError:
-        theory_stash = None
+    theory = _theory(simulate.theory_utilization, cfg.schedule, cfg.pp, cfg.microbatches)
     numbers = {"schedule": cfg.schedule, "stages": cfg.pp, "microbatches": cfg.microbatches,
                "step_s": measured.makespan, "measured": measured.utilization, "theory": theory,
                "ratio": measured.utilization / theory if theory else None,
@@ -149,7 +144,8 @@ def run_numbers(result: dict) -> tuple[dict, Trace, Trace]:
                "comm_us": costs["comm"] * 1e6, "gaps": gaps["fraction"],
                "gap_per_action_us": gaps["per_action_s"] * 1e6,
                "peak_stashed": measured.peak_stashed or measured.stash_counts(),
-               "theory_peak_stashed": theory_stash, "peak_stashed_bytes": measured.peak_stashed_bytes,
+               "theory_peak_stashed": _theory(simulate.theory_peak_stashed, cfg.schedule, cfg.pp, cfg.microbatches),
+               "peak_stashed_bytes": measured.peak_stashed_bytes,
                "cpu_share": result.get("cpu_share"), "retried": result.get("retried", 0)}
     return numbers, measured, predicted
 
@@ -205,35 +201,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_info() -> dict:
-    """Where numbers came from: CPU, cores, versions, date and how busy the machine was."""
-    import datetime
-    import importlib.metadata as metadata
-    import platform
-    import torch
-    cpu = platform.processor() or "unknown"
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    versions = {}
-    for package in ("mpi4py", "mpich"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return {"cpu": cpu, "cores": cores(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, **versions,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
-
-
-def machine_markdown(info: dict) -> str:
-    return (f"Machine: {info['cpu']}, {info['cores']} free core(s) of {info['cpu_count']}; {info['platform']}; "
-            f"Python {info['python']}, torch {info['torch']}, mpi4py {info['mpi4py']}, MPICH {info['mpich']}; "
-            f"{info['date']}; load average before the run {info['load_average']}"
-            + (f", after {info['load_average_after']}" if info.get("load_average_after") else "") + ".\n")
-
-
 def write_markdown(rows: list[dict], path, info: dict | None = None, note: str = "") -> Path:
     path = Path(path)
     text = "# Pipeline schedules measured against theory\n\n" + (machine_markdown(info) + "\n" if info else "")
@@ -247,25 +214,18 @@ def write_markdown(rows: list[dict], path, info: dict | None = None, note: str =
     return path
 
 
-def write_plots(rows: list[dict], traces: dict, out: Path, gantt_microbatches=None) -> list[Path]:
+def write_plots(rows: list[dict], traces: dict, out: Path, gantt_microbatches=None) -> None:
     """Utilization curves per depth and Gantt charts (for the listed microbatch counts; all if None)."""
     import matplotlib.pyplot as plt
     from . import plot
-    written = []
     for depth in dict.fromkeys(r["stages"] for r in rows):
         points = [(r["schedule"], r["microbatches"], r["measured"]) for r in rows if r["stages"] == depth]
-        ax = plot.utilization_curve(points, depth, path=out / f"utilization_p{depth}.png")
-        plt.close(ax.figure)
-        written.append(out / f"utilization_p{depth}.png")
+        plt.close(plot.utilization_curve(points, depth, path=out / f"utilization_p{depth}.png").figure)
     for (name, depth, m), (measured, predicted) in traces.items():
-        if gantt_microbatches is not None and m not in gantt_microbatches:
-            continue
-        path = out / f"gantt_{name.replace(':', '_')}_p{depth}_m{m}.png"
-        fig = plot.compare_gantt(measured, predicted, path=path,
-                                 title=f"{name}, {depth} stages, {m} microbatches (below: calibrated simulation)")
-        plt.close(fig)
-        written.append(path)
-    return written
+        if gantt_microbatches is None or m in gantt_microbatches:
+            path = out / f"gantt_{name.replace(':', '_')}_p{depth}_m{m}.png"
+            title = f"{name}, {depth} stages, {m} microbatches (below: calibrated simulation)"
+            plt.close(plot.compare_gantt(measured, predicted, path=path, title=title))
 
 
 # --------------------------------------------------------------------------- command line
@@ -283,9 +243,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model-width", type=int, default=DEMO_MODEL["width"], help="width of the MLP")
     p.add_argument("--batch", type=int, default=DEMO_MODEL["batch"], help="global batch (split into microbatches)")
     p.add_argument("--gantt", type=int, nargs="*", metavar="M", help="Gantt charts only for these microbatch counts")
-    p.add_argument("--min-cpu-share", type=float, default=0.95,
+    p.add_argument("--min-cpu-share", type=float, default=0.9,
                    help="play a run again if a rank got less of its core than this (another process ran)")
-    p.add_argument("--retries", type=int, default=3, help="extra runs per configuration for that")
+    p.add_argument("--retries", type=int, default=2, help="extra runs per configuration for that")
+    p.add_argument("--quiet-wait", type=float, default=10, help="seconds to wait for idle cores before such a run")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one launch may take")
 
 
@@ -308,7 +269,8 @@ def run_sweep(args) -> tuple[list[dict], dict]:
         print(f"starting {depth} local ranks for runs {done + 1}-{done + len(configs)} of {total} "
               f"({args.repeats} repeat(s) each)", file=sys.stderr, flush=True)
         retries = 0 if warning else args.retries        # sharing cores is the norm then: don't retry
-        for runs in measure(depth, configs, args.repeats, done, total, args.timeout, args.min_cpu_share, retries):
+        for runs in measure(depth, configs, args.repeats, done, total, args.timeout, args.min_cpu_share, retries,
+                            args.quiet_wait):
             row, measured, predicted = summarize(runs)
             rows.append(row)
             traces[(row["schedule"], row["stages"], row["microbatches"])] = (measured, predicted)

@@ -1,8 +1,9 @@
 """The course's main demo: naive, GPipe and 1F1B on local CPU ranks, measured against theory.
 
-    python -m pipeline_ref demo [--out out/demo] [--microbatches 8] [--steps 3] [--stages 2 4]
+    python -m pipeline_ref demo [--out out/demo] [--microbatches 8] [--steps 3] [--stages 2 4] [--device cuda]
 
-For each pipeline depth (2, and 4 when the machine has 4 cores) it starts that
+For each pipeline depth (2, and 4 or 8 when the machine has that many cores, or
+GPUs with ``--device cuda``: one rank per GPU) it starts that
 many ranks once, trains a compute-heavy MLP whose stages cost the same for a few
 steps with each schedule, and takes the last step's trace. It prints measured
 utilization beside the closed-form theory (1/p for naive, m/(m+p-1) for GPipe and
@@ -13,12 +14,12 @@ simulator predicts from the measured per-stage costs and message latency
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from . import plot, schedules, simulate
 from .config import RunConfig
 from .launch import launch
+from .machine import core_warning, cores
 from .trace import Trace
 
 SCHEDULES = ("naive", "gpipe", "1f1b")
@@ -32,22 +33,33 @@ SCHEDULES = ("naive", "gpipe", "1f1b")
 DEMO_MODEL = {"depth": 8, "width": 1024, "batch": 1024}
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def pipeline_depths(device: str, cores: int, gpus: int) -> list[int]:
+    """Depths the machine can run one rank per core (CPU) or per GPU: 2, and 4 and 8 where they fit."""
+    units = gpus if device == "cuda" else cores
+    return [d for d in (2, 4, 8) if d <= units] or [2]
 
 
 def main(args) -> int:
-    cores = _cores()
-    depths = args.stages or ([2, 4] if cores >= 4 else [2])
+    import torch
+    device = getattr(args, "device", "cpu")
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    if device == "cuda" and gpus == 0:
+        print("error: --device cuda, but torch sees no GPU", flush=True)
+        return 2
+    depths = args.stages or pipeline_depths(device, cores(), gpus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for depth in depths:
-        if depth > cores:
-            print(f"warning: {depth} ranks on {cores} cores share cores, so the timings mean little")
-        print(f"\n== {depth} stages: starting {depth} local CPU ranks ==", flush=True)
+        warning = (f"{depth} ranks share {gpus} GPU(s): correct, but not a speed measurement"
+                   if device == "cuda" and depth > gpus else None if device == "cuda" else core_warning(depth, cores()))
+        if warning:
+            print(f"warning: {warning}")
+        where = f"{depth} ranks, one GPU each" if device == "cuda" else f"{depth} local CPU ranks"
+        print(f"\n== {depth} stages: starting {where} ==", flush=True)
         configs = [RunConfig(schedule=name, pp=depth, microbatches=args.microbatches, steps=args.steps,
-                             model="mlp", model_kwargs=DEMO_MODEL, verbose=True) for name in SCHEDULES]
+                             model="mlp", model_kwargs=DEMO_MODEL, device=device, verbose=True)
+                   for name in SCHEDULES]
         results = launch(depth, "pipeline_ref.runner:run_many", configs, echo=True, timeout=900)[0]
         for cfg, result in zip(configs, results):
             measured = Trace.from_dict(result["trace"])

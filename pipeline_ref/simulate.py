@@ -30,7 +30,7 @@ from .trace import Event, Trace, Wait
 
 Cost = float | Sequence[float]  # one cost for every rank, or one per rank
 
-THEORY_SCHEDULES = ("naive", "gpipe", "1f1b")
+THEORY_SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1")
 
 
 def _per_rank(name: str, cost: Cost, num_stages: int) -> list[float]:
@@ -125,35 +125,50 @@ def _check(name: str, num_stages: int, num_microbatches: int) -> None:
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
 
-def theory_utilization(name: str, num_stages: int, num_microbatches: int) -> float:
+def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks: int = 2,
+                       forward: float = 1.0, input_grad: float = 1.0, weight_grad: float = 1.0) -> float:
     """Fraction of time the ranks compute, with equal stages and free messages.
 
-    With p = num_stages and m = num_microbatches:
+    With p = num_stages, m = num_microbatches, v = chunks:
 
-    - naive:        1 / p             (one microbatch crosses all p stages at a time)
-    - gpipe, 1f1b:  m / (m + p - 1)   (p - 1 slots of fill and drain around m slots of work)
-
-    It does not depend on the forward/backward ratio: the bubble is (p - 1)(F + B)
-    against m (F + B) of work per rank.
+    - naive:        1 / p               (one microbatch crosses all p stages at a time)
+    - gpipe, 1f1b:  m / (m + p - 1)     (p - 1 slots of fill and drain around m slots of work;
+                                         independent of the forward/backward ratio)
+    - interleaved:  v m / (v m + p - 1) (the fill and drain shrink to 1/v: chunks are 1/v of a stage;
+                                         Megatron's layout, m a multiple of p)
+    - zb-h1:        m (F + I + W) / (m (F + I + W) + (p - 1)(F + I - W)), for m >= p: the deferred
+                    weight gradients W fill part of 1F1B's (p - 1)(F + I + W) of idle time
+                    (forward, input_grad, weight_grad: the costs F, I, W; a third of 1F1B's bubble
+                    when they are equal).
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
     if name == "naive":
         return 1.0 / p
+    if name == "interleaved":
+        return chunks * m / (chunks * m + p - 1)
+    if name == "zb-h1":
+        if m < p:
+            raise ValueError(f"the ZB-H1 closed form needs num_microbatches >= num_stages ({m} < {p}); "
+                             f"use simulate() for fewer microbatches")
+        work = m * (forward + input_grad + weight_grad)
+        return work / (work + (p - 1) * (forward + input_grad - weight_grad))
     return m / (m + p - 1)
 
 
-def theory_bubble(name: str, num_stages: int, num_microbatches: int) -> float:
-    """Idle fraction, 1 - utilization: naive (p - 1) / p; gpipe and 1f1b (p - 1) / (m + p - 1)."""
-    return 1.0 - theory_utilization(name, num_stages, num_microbatches)
+def theory_bubble(name: str, num_stages: int, num_microbatches: int, **costs) -> float:
+    """Idle fraction, 1 - utilization: naive (p - 1) / p; gpipe and 1f1b (p - 1) / (m + p - 1); ..."""
+    return 1.0 - theory_utilization(name, num_stages, num_microbatches, **costs)
 
 
-def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int) -> list[int]:
+def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int, chunks: int = 2) -> list[int]:
     """Most microbatches whose activations stage s holds at once, one number per stage.
 
-    - naive:  1                  (each backward follows its forward)
-    - gpipe:  m                  (all forwards run before any backward)
-    - 1f1b:   min(p - s, m)      (p - s - 1 warmup forwards, plus one in the steady state)
+    - naive:        1                  (each backward follows its forward)
+    - gpipe:        m                  (all forwards run before any backward)
+    - 1f1b:         min(p - s, m)      (p - s - 1 warmup forwards, plus one in the steady state)
+    - interleaved:  min(2 (p - s - 1) + (v - 1) p + 1, v m) chunk-microbatches (Megatron's warm-up, plus one)
+    - zb-h1:        min(p, m)          (every stage, until each microbatch's W)
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
@@ -161,6 +176,12 @@ def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int) -> li
         return [1] * p
     if name == "gpipe":
         return [m] * p
+    if name == "interleaved":
+        if chunks == 1:
+            return [min(p - s, m) for s in range(p)]
+        return [min(2 * (p - s - 1) + (chunks - 1) * p + 1, chunks * m) for s in range(p)]
+    if name == "zb-h1":
+        return [min(p, m)] * p
     return [min(p - s, m) for s in range(p)]
 
 
@@ -201,15 +222,17 @@ def costs_from_trace(trace: Trace) -> dict:
 
     Returns ``{"forward": [...], "backward": [...], "comm": float}``: exactly the keywords
     :func:`simulate` takes, so ``simulate(schedule, **costs_from_trace(measured))`` is the
-    prediction calibrated on a real run. A rank without any F (or B) gets 0.0, and a trace
-    without a blocked receive gets comm 0.0.
+    prediction calibrated on a real run. A trace of a split-backward schedule (zero bubble)
+    also gives ``input_grad`` and ``weight_grad``. A rank without an op gets 0.0 for it,
+    and a trace without a blocked receive gets comm 0.0.
     """
     from statistics import median
-    costs = {"forward": [], "backward": []}
-    for rank in range(trace.num_ranks):
-        for op, key in (("F", "forward"), ("B", "backward")):
-            durations = [e.duration for e in trace.events if e.rank == rank and e.op == op]
-            costs[key].append(median(durations) if durations else 0.0)
+    costs = {}
+    for op, key in (("F", "forward"), ("B", "backward"), ("I", "input_grad"), ("W", "weight_grad")):
+        if op in "FB" or any(e.op == op for e in trace.events):
+            durations = [[e.duration for e in trace.events if e.rank == rank and e.op == op]
+                         for rank in range(trace.num_ranks)]
+            costs[key] = [median(d) if d else 0.0 for d in durations]
     latencies = message_latencies(trace)
     costs["comm"] = median(latencies) if latencies else 0.0
     return costs

@@ -110,3 +110,32 @@ def test_split_backward_computes_nothing_twice(factory, options, where):
 @pytest.mark.parametrize("num_microbatches", [1, 2, 3, 4, 5, 8, 10])
 def test_zb_h1_is_valid(num_stages, num_microbatches):
     schedules.validate(schedules.build("zb-h1", num_stages, num_microbatches))
+
+
+@pytest.mark.parametrize("num_stages, num_microbatches, chunks",
+                         [(p, m, v) for p in (1, 2, 3, 4) for m in (p, 2 * p, 4 * p) for v in (1, 2, 3)])
+def test_interleaved_simulation_equals_the_formula(num_stages, num_microbatches, chunks):
+    from pipeline_ref import simulate
+    schedule = schedules.build("interleaved", num_stages, num_microbatches, chunks=chunks)
+    trace = simulate.simulate(schedule, forward=1.0 / chunks, backward=2.0 / chunks)   # a chunk is 1/v of a stage
+    assert trace.utilization == pytest.approx(
+        simulate.theory_utilization("interleaved", num_stages, num_microbatches, chunks=chunks), abs=1e-12)
+    assert trace.peak_stashed == simulate.theory_peak_stashed("interleaved", num_stages, num_microbatches, chunks)
+
+
+@pytest.mark.parametrize("num_stages, num_microbatches", [(p, m) for p in (1, 2, 3, 4, 6) for m in (p, p + 1, 3 * p)])
+@pytest.mark.parametrize("costs", [(1.0, 1.0, 1.0), (1.0, 1.5, 0.5)])
+def test_zb_h1_simulation_equals_the_formula(num_stages, num_microbatches, costs):
+    from pipeline_ref import simulate
+    forward, input_grad, weight_grad = costs
+    schedule = schedules.build("zb-h1", num_stages, num_microbatches)
+    trace = simulate.simulate(schedule, forward=forward, input_grad=input_grad, weight_grad=weight_grad)
+    assert trace.utilization == pytest.approx(simulate.theory_utilization(
+        "zb-h1", num_stages, num_microbatches, forward=forward, input_grad=input_grad, weight_grad=weight_grad),
+        abs=1e-12)
+    assert trace.peak_stashed == simulate.theory_peak_stashed("zb-h1", num_stages, num_microbatches)
+    one_f_one_b = simulate.simulate(schedules.build("1f1b", num_stages, num_microbatches),
+                                    forward=forward, backward=input_grad + weight_grad)
+    if num_stages > 1 and costs == (1.0, 1.0, 1.0):     # a third of 1F1B's idle time
+        ideal = num_microbatches * 3.0
+        assert trace.makespan - ideal == pytest.approx((one_f_one_b.makespan - ideal) / 3, abs=1e-12)
