@@ -136,7 +136,7 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
                                          independent of the forward/backward ratio)
     - interleaved:  v m / (v m + p - 1) (the fill and drain shrink to 1/v: chunks are 1/v of a stage;
                                          Megatron's layout, m a multiple of p)
-    - zb-h1:        m (F + I + W) / (m (F + I + W) + (p - 1)(F + I - W)), for m >= p: the deferred
+    - zb-h1:        m (F + I + W) / (m (F + I + W) + (p - 1)(F + I - W)), for m >= p and W <= min(F, I): the deferred
                     weight gradients W fill part of 1F1B's (p - 1)(F + I + W) of idle time
                     (forward, input_grad, weight_grad: the costs F, I, W; a third of 1F1B's bubble
                     when they are equal).
@@ -151,6 +151,10 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
         if m < p:
             raise ValueError(f"the ZB-H1 closed form needs num_microbatches >= num_stages ({m} < {p}); "
                              f"use simulate() for fewer microbatches")
+        if p > 1 and weight_grad > min(forward, input_grad):
+            # Checked against the simulator: beyond this a deferred W no longer fits the slot it fills.
+            raise ValueError(f"the ZB-H1 closed form holds for W <= min(F, I); here W = {weight_grad:g}, "
+                             f"F = {forward:g}, I = {input_grad:g}: use simulate()")
         work = m * (forward + input_grad + weight_grad)
         return work / (work + (p - 1) * (forward + input_grad - weight_grad))
     return m / (m + p - 1)

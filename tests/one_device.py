@@ -12,9 +12,17 @@ def reference(cfg: RunConfig):
     return models.reference_step(layers, loss_fn, inputs, targets)
 
 
-def assert_equals_one_device(result: dict, loss: float, grads: dict) -> None:
-    """A run's first-step loss and gradients equal the one-process ones (float64 tolerances)."""
-    assert result["losses"][0] == pytest.approx(loss, rel=1e-12, abs=1e-12)
-    assert set(result["grads"]) == set(grads)      # a tied weight appears once, under its first name
+def assert_equals_one_device(result: dict, loss: float, grads: dict, where: str = "") -> None:
+    """A run's first-step loss and gradients equal the one-process ones (float64 tolerances).
+
+    ``where`` starts each failure message (the graded tests say which run a student's code failed).
+    """
+    __tracebackhide__ = True
+    prefix = f"{where}: " if where else ""
+    got = result["losses"][0]
+    assert got == pytest.approx(loss, rel=1e-12, abs=1e-12), f"{prefix}loss {got}, one device {loss}"
+    # a tied weight appears once, under its first name
+    assert set(result["grads"]) == set(grads), f"{prefix}gradients of {sorted(result['grads'])}"
     for name, grad in grads.items():
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12,
+                                   msg=lambda msg, name=name: f"{prefix}{name}: {msg}")

@@ -139,3 +139,21 @@ def test_zb_h1_simulation_equals_the_formula(num_stages, num_microbatches, costs
     if num_stages > 1 and costs == (1.0, 1.0, 1.0):     # a third of 1F1B's idle time
         ideal = num_microbatches * 3.0
         assert trace.makespan - ideal == pytest.approx((one_f_one_b.makespan - ideal) / 3, abs=1e-12)
+
+
+def test_zb_h1_closed_form_holds_exactly_where_it_claims_to():
+    """Random costs: the formula equals the simulator when W <= min(F, I), and refuses otherwise."""
+    import random
+    from pipeline_ref import simulate
+    rng = random.Random(7)
+    for _ in range(200):
+        forward, input_grad, weight_grad = (rng.uniform(0.2, 2.0) for _ in range(3))
+        p = rng.randint(2, 5)
+        m = rng.randint(p, 3 * p)
+        costs = {"forward": forward, "input_grad": input_grad, "weight_grad": weight_grad}
+        simulated = simulate.simulate(schedules.build("zb-h1", p, m), **costs).utilization
+        if weight_grad <= min(forward, input_grad):
+            assert simulate.theory_utilization("zb-h1", p, m, **costs) == pytest.approx(simulated, abs=1e-12)
+        else:
+            with pytest.raises(ValueError, match=r"W <= min\(F, I\)"):
+                simulate.theory_utilization("zb-h1", p, m, **costs)

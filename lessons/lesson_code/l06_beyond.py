@@ -29,18 +29,11 @@ MEASURE_MODEL = {"depth": 8, "width": 1024, "batch": 512}
 
 def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks: int = 2,
                        f: float = 1.0, i: float = 1.0, w: float = 1.0) -> float:
-    """Closed-form utilization, equal stages, free messages.
-
-    naive, gpipe, 1f1b: ``simulate.theory_utilization``. interleaved: v m / (v m + p - 1).
-    zb-h1: each rank works m (F + I + W) and idles (p - 1)(F + I - W) (f, i, w: the three ops' costs).
-    """
-    p, m = num_stages, num_microbatches
-    if name == "interleaved":
-        return chunks * m / (chunks * m + p - 1)
-    if name == "zb-h1":
-        work = m * (f + i + w)
-        return work / (work + (p - 1) * max(0.0, f + i - w))
-    return simulate.theory_utilization(name, p, m)
+    """Closed-form utilization, equal stages, free messages: ``simulate.theory_utilization``,
+    where interleaved is v m / (v m + p - 1) and ZB-H1 works m (F + I + W) per rank and
+    idles (p - 1)(F + I - W) (f, i, w: the costs of the three ops)."""
+    return simulate.theory_utilization(name, num_stages, num_microbatches, chunks=chunks,
+                                       forward=f, input_grad=i, weight_grad=w)
 
 
 def count_messages(schedule) -> int:

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline_ref import models
-from pipeline_ref.config import build_model
 from pipeline_ref.launch import LaunchError, launch
+from tests import one_device
 from tests.exercises import rank_checks
 from tests.exercises.grading_plugin import module_path, stub_message
 
@@ -149,15 +148,8 @@ def assert_equals_one_device():
     """``assert_equals_one_device(cfg, result)``: a run of pipeline_ref's runner gave the unsplit model's step."""
     def check(cfg, result):
         __tracebackhide__ = True
-        where = f"{cfg.pp} stages, {cfg.microbatches} microbatches"
-        layers, loss_fn, (inputs, targets) = build_model(cfg)
-        loss, grads = models.reference_step(layers, loss_fn, inputs, targets)
-        got = result["losses"][0]
-        assert got == pytest.approx(loss, rel=1e-12), f"{where}: loss {got}, one device {loss}"
-        assert set(result["grads"]) == set(grads), f"{where}: gradients of {sorted(result['grads'])}"
-        for name, grad in grads.items():
-            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12,
-                                       msg=lambda msg: f"{where}, {name}: {msg}")
+        one_device.assert_equals_one_device(result, *one_device.reference(cfg),
+                                            where=f"{cfg.pp} stages, {cfg.microbatches} microbatches")
     return check
 
 
