@@ -12,7 +12,8 @@ the others None:
 
     {"config", "losses": [mean loss per step], "grads": {name: tensor} (first step, if
      cfg.collect_grads), "params": [per world rank {name: tensor}] (after the last step,
-     if cfg.collect_params), "trace": replica 0's Trace of the last step, "partition", "tied"}
+     if cfg.collect_params), "trace": replica 0's Trace of the last step, "partition",
+     "layer_costs" and "predicted_stage_costs" (seconds, with cfg.partition == "time"), "tied"}
 
 ``run_many(comm, configs)`` plays several runs one after another on the first
 pp x dp ranks of ``comm``: one ``mpiexec`` for a whole test matrix or demo, since
@@ -59,8 +60,9 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     device = _device(cfg)
     per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
-    ranges, predicted = choose_partition(comm, cfg, layers, inputs[:per_replica // m].to(device),
-                                         num_pieces=num_stages * chunks)
+    ranges, costs = choose_partition(comm, cfg, layers, inputs[:per_replica // m].to(device),
+                                     num_pieces=num_stages * chunks)
+    predicted = partition.stage_costs(costs, ranges) if costs else None
 
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
@@ -167,11 +169,11 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     return {"config": cfg.to_dict(), "losses": losses, "grads": grads, "trace": trace.to_dict(),
             "params": [g.get("params") for g in gathered] if cfg.collect_params else None,
             "partition": [(r.start, r.stop) for r in ranges], "predicted_stage_costs": predicted,
-            "tied": tied}
+            "layer_costs": costs, "tied": tied}
 
 
 def choose_partition(comm, cfg: RunConfig, layers, sample, num_pieces: int) -> tuple[list[range], list[float] | None]:
-    """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", each one's predicted seconds.
+    """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", also each layer's seconds.
 
     "time" profiles every layer once, on world rank 0, and broadcasts the costs:
     every rank must cut the model at the same places, and timings differ between ranks.
@@ -184,8 +186,7 @@ def choose_partition(comm, cfg: RunConfig, layers, sample, num_pieces: int) -> t
     costs = layer_costs(layers, sample) if comm.Get_rank() == 0 else None
     wait_quietly(comm)                 # the others sleep while rank 0 profiles, instead of spinning
     costs = comm.bcast(costs, root=0)
-    ranges = partition.by_cost(costs, num_pieces)
-    return ranges, partition.stage_costs(costs, ranges)
+    return partition.by_cost(costs, num_pieces), costs
 
 
 def wait_quietly(comm, poll: float = 0.0005) -> None:
