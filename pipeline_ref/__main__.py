@@ -138,7 +138,7 @@ def _simulate(args) -> int:
     from . import schedules, simulate
     options = {"chunks": args.chunks} if args.schedule == "interleaved" else {}
     schedule = schedules.build(args.schedule, args.pp, args.microbatches, **options)
-    # An interleaved chunk is 1/v of a stage; ZB-H1 splits the backward into two halves.
+    # An interleaved chunk is 1/v of a stage; ZB-H1 and ZB-H2 split the backward into two halves.
     scale = 1.0 / args.chunks if args.schedule == "interleaved" else 1.0
     trace = simulate.simulate(schedule, forward=args.forward * scale, backward=args.backward * scale, comm=args.comm)
     print(schedules.describe(schedule))

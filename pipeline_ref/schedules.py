@@ -223,6 +223,6 @@ def describe(schedule: Schedule) -> str:
 
 # The schedules past the textbooks live in their own files; they build on Action, defined above.
 from .interleaved import interleaved  # noqa: E402
-from .zero_bubble import zb_h1  # noqa: E402
+from .zero_bubble import zb_h1, zb_h2  # noqa: E402
 
-GENERATORS.update({"interleaved": interleaved, "zb-h1": zb_h1})
+GENERATORS.update({"interleaved": interleaved, "zb-h1": zb_h1, "zb-h2": zb_h2})

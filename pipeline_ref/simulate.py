@@ -30,7 +30,7 @@ from .trace import Event, Trace, Wait
 
 Cost = float | Sequence[float]  # one cost for every rank, or one per rank
 
-THEORY_SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1")
+THEORY_SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2")
 
 
 def _per_rank(name: str, cost: Cost, num_stages: int) -> list[float]:
@@ -140,6 +140,10 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
                     weight gradients W fill part of 1F1B's (p - 1)(F + I + W) of idle time
                     (forward, input_grad, weight_grad: the costs F, I, W; a third of 1F1B's bubble
                     when they are equal).
+    - zb-h2:        3 m / (3 m + p - 1), for m >= p and F = I = W: the synchronous step's lower bound,
+                    (p - 1) F before the last stage can start plus its m (F + I + W) of work. The same as
+                    ZB-H1's: ZB-H2's extra memory removes the idle time *inside* each stage's span
+                    (``Trace.idle_inside``), not the step's fill. For other costs use simulate().
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
@@ -157,6 +161,14 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
                              f"F = {forward:g}, I = {input_grad:g}: use simulate()")
         work = m * (forward + input_grad + weight_grad)
         return work / (work + (p - 1) * (forward + input_grad - weight_grad))
+    if name == "zb-h2":
+        if m < p:
+            raise ValueError(f"the ZB-H2 closed form needs num_microbatches >= num_stages ({m} < {p}); "
+                             f"use simulate() for fewer microbatches")
+        if p > 1 and not forward == input_grad == weight_grad:
+            raise ValueError(f"the ZB-H2 closed form holds for F = I = W (the costs its order is built for); "
+                             f"here F = {forward:g}, I = {input_grad:g}, W = {weight_grad:g}: use simulate()")
+        return 3 * m / (3 * m + p - 1)
     return m / (m + p - 1)
 
 
@@ -173,6 +185,7 @@ def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int, chunk
     - 1f1b:         min(p - s, m)      (p - s - 1 warmup forwards, plus one in the steady state)
     - interleaved:  min(2 (p - s - 1) + (v - 1) p + 1, v m) chunk-microbatches (Megatron's warm-up, plus one)
     - zb-h1:        min(p, m)          (every stage, until each microbatch's W)
+    - zb-h2:        min(2 p - 1, m)    (every stage: the price of its longer warm-up)
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
@@ -186,6 +199,8 @@ def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int, chunk
         return [min(2 * (p - s - 1) + (chunks - 1) * p + 1, chunks * m) for s in range(p)]
     if name == "zb-h1":
         return [min(p, m)] * p
+    if name == "zb-h2":
+        return [min(2 * p - 1, m)] * p
     return [min(p - s, m) for s in range(p)]
 
 

@@ -77,6 +77,18 @@ class Trace:
     def waited(self, rank: int) -> float:
         return sum(w.end - w.start for w in self.waits if w.rank == rank)
 
+    def idle_inside(self, rank: int) -> float:
+        """Time ``rank`` sits idle between the start of its first action and the end of its last.
+
+        The step's idle time minus the rank's late start and early finish: the bubble a
+        rank would still have if it did not wait for the others at the step's ends
+        (what ZB-H2 brings to zero).
+        """
+        mine = [e for e in self.events if e.rank == rank]
+        if not mine:
+            return 0.0
+        return max(e.end for e in mine) - min(e.start for e in mine) - sum(e.duration for e in mine)
+
     @property
     def utilization(self) -> float:
         """Compute time over (ranks x makespan): 1.0 means no rank was ever idle."""

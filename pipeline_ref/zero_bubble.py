@@ -1,4 +1,4 @@
-"""Zero-bubble ZB-H1 (Qi et al., 2023, "Zero Bubble Pipeline Parallelism"), as data.
+"""Zero-bubble schedules ZB-H1 and ZB-H2 (Qi et al., 2023, "Zero Bubble Pipeline Parallelism"), as data.
 
 The backward of a layer is two computations that need not run together:
 ``I``, the gradient of its input (the previous stage is waiting for it), and
@@ -17,10 +17,17 @@ Every stage then holds at most p microbatches (a microbatch stays stashed until
 its W), the same peak as 1F1B's first stage, and with F = I = W the bubble is
 (p - 1)(F + I - W) = (p - 1) F: a third of 1F1B's (p - 1)(F + I + W).
 With fewer microbatches than stages the sections simply run out early.
+
+ZB-H2 lets every stage hold up to 2p - 1 microbatches instead of p, and spends
+the extra memory on more warm-up forwards: stage s runs 2(p - s) - 1 of them,
+exactly enough to keep it busy until the first input gradient comes back, and
+the Ws move to where they fill what is left. With F = I = W every stage then
+computes without a gap from its first action to its last. See :func:`zb_h2`
+for why that is not yet a shorter step.
 """
 from __future__ import annotations
 
-from .schedules import Action
+from .schedules import Action, ScheduleError
 
 
 def zb_h1(num_stages: int, num_microbatches: int) -> list:
@@ -47,4 +54,68 @@ def zb_h1(num_stages: int, num_microbatches: int) -> list:
         while count["W"] < m:
             run("W")
         schedule.append(actions)
+    return schedule
+
+
+def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = None) -> list:
+    """ZB-H2: each stage keeps busy from its first action to its last, holding up to 2p - 1 microbatches.
+
+    The order is found the way the paper's own scheduler finds its orders: by playing
+    the pipeline with F = I = W = 1 and letting each stage, whenever it is free, take
+
+    1. the input gradient ``I`` of its oldest microbatch, if the gradient has arrived
+       (the stage upstream is waiting for it: the critical path);
+    2. else the next forward ``F``, if its input has arrived and the stage holds fewer
+       than ``max_in_flight`` microbatches (a microbatch is held from its F to its W);
+    3. else a deferred weight gradient ``W`` (nobody waits for it);
+    4. else nothing until something arrives.
+
+    The default ``max_in_flight = 2p - 1`` is ZB-H2's memory: stage s then runs
+    2(p - s) - 1 warm-up forwards, just enough to cover the time until its first I
+    comes back, and no stage ever waits between its first and its last action.
+    With ``max_in_flight = p`` (ZB-H1's memory) the same rules leave gaps, which is why
+    ZB-H1 is written out by hand above.
+
+    Zero bubble *inside* each stage is not a shorter synchronous step: the last stage
+    still starts (p - 1) F late, and a step ends when its last stage does, so the step is
+    (p - 1) F + m (F + I + W) long, exactly ZB-H1's with F = I = W (and shorter than ZB-H1's
+    (p - 1)(F + I - W) bubble only when I > W). The paper removes the remaining (p - 1) F
+    by not waiting at the optimizer step ("post-validation"), so that step n + 1's first
+    forwards overlap step n's last backwards: beyond one synchronous step, and beyond this course.
+    """
+    p, m = num_stages, num_microbatches
+    limit = 2 * p - 1 if max_in_flight is None else max_in_flight
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ScheduleError(f"max_in_flight must be a positive integer, got {max_in_flight!r}")
+    done = [{"F": 0, "I": 0, "W": 0} for _ in range(p)]   # how many of each op stage s has started
+    f_end: list[list[int]] = [[] for _ in range(p)]         # when stage s's k-th forward ends
+    i_end: list[list[int]] = [[] for _ in range(p)]         # when stage s's k-th input gradient ends
+    busy_until = [0] * p
+    schedule: list[list[Action]] = [[] for _ in range(p)]
+
+    def arrived(ends: list[int], k: int, now: int) -> bool:
+        return k < len(ends) and ends[k] <= now
+
+    now, left = 0, 3 * p * m
+    while left:                      # one unit of time per turn: every action costs 1
+        for s in range(p):
+            if busy_until[s] > now:
+                continue
+            n = done[s]
+            gradient_from = f_end[s] if s == p - 1 else i_end[s + 1]   # the last stage starts its own
+            if n["I"] < n["F"] and arrived(gradient_from, n["I"], now):
+                op = "I"
+            elif n["F"] < m and n["F"] - n["W"] < limit and (s == 0 or arrived(f_end[s - 1], n["F"], now)):
+                op = "F"
+            elif n["W"] < n["I"]:
+                op = "W"
+            else:
+                continue
+            schedule[s].append(Action(op, n[op]))
+            n[op] += 1
+            busy_until[s] = now + 1
+            if op != "W":
+                (f_end if op == "F" else i_end)[s].append(now + 1)
+            left -= 1
+        now += 1
     return schedule

@@ -1,5 +1,5 @@
-"""Interleaved 1F1B and zero-bubble ZB-H1: equal to one device, deadlock-free, and the split backward
-computes nothing twice."""
+"""Interleaved 1F1B and zero-bubble ZB-H1 and ZB-H2: equal to one device, deadlock-free, simulated as the
+formulas say, and the split backward computes nothing twice."""
 import copy
 
 import pytest
@@ -29,7 +29,9 @@ CONFIGS = ([_cfg("interleaved", p, m, model, chunks=v, sync=sync)
            + [_cfg("zb-h1", p, m, model, sync=sync)
               for model in MODELS for p, m in ((1, 2), (2, 1), (2, 3), (3, 6), (4, 2), (4, 4))
               for sync in (False, True)]
-           + [_cfg(s, 2, 2, "gpt_tied", chunks=v, dp=2) for s, v in (("interleaved", 2), ("zb-h1", 1))])
+           + [_cfg("zb-h2", p, m, model, sync=sync)
+              for model in MODELS for p, m, sync in ((2, 1, False), (2, 3, True), (3, 6, False), (4, 4, True))]
+           + [_cfg(s, 2, 2, "gpt_tied", chunks=v, dp=2) for s, v in (("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1))])
 
 
 def _id(cfg):
@@ -157,3 +159,70 @@ def test_zb_h1_closed_form_holds_exactly_where_it_claims_to():
         else:
             with pytest.raises(ValueError, match=r"W <= min\(F, I\)"):
                 simulate.theory_utilization("zb-h1", p, m, **costs)
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("num_microbatches", [1, 2, 3, 4, 5, 8, 10])
+def test_zb_h2_is_valid_and_holds_at_most_2p_minus_1(num_stages, num_microbatches):
+    from pipeline_ref import simulate
+    schedule = schedules.build("zb-h2", num_stages, num_microbatches)
+    schedules.validate(schedule)
+    assert {a.op for actions in schedule for a in actions} <= {"F", "I", "W"}
+    trace = simulate.simulate(schedule, forward=1.0, input_grad=1.0, weight_grad=1.0)
+    assert trace.peak_stashed == simulate.theory_peak_stashed("zb-h2", num_stages, num_microbatches)
+    assert max(trace.peak_stashed) <= 2 * num_stages - 1
+
+
+@pytest.mark.parametrize("num_stages, num_microbatches", [(p, m) for p in (1, 2, 3, 4, 6) for m in (p, 2 * p - 1, 3 * p)])
+def test_zb_h2_reaches_the_synchronous_lower_bound(num_stages, num_microbatches):
+    """F = I = W = 1: the step is (p - 1) + 3m, the formula's; ZB-H1's too; and from m = 2p - 1 on,
+    no stage idles between its first and its last action (ZB-H1's stages do, except the last)."""
+    from pipeline_ref import simulate
+    p, m = num_stages, num_microbatches
+    costs = {"forward": 1.0, "input_grad": 1.0, "weight_grad": 1.0}
+    trace = simulate.simulate(schedules.build("zb-h2", p, m), **costs)
+    assert trace.makespan == (p - 1) + 3 * m
+    assert trace.utilization == pytest.approx(simulate.theory_utilization("zb-h2", p, m, **costs), abs=1e-12)
+    h1 = simulate.simulate(schedules.build("zb-h1", p, m), **costs)
+    assert h1.makespan == trace.makespan
+    if m >= 2 * p - 1:
+        assert [trace.idle_inside(r) for r in range(p)] == [0.0] * p
+    if p > 1:
+        assert h1.idle_inside(0) > 0
+
+
+def test_zb_h2_needs_its_warm_up_to_fill_every_stage():
+    from pipeline_ref import simulate
+    # below m = 2p - 1 there are not enough forwards to cover the first gradient's round trip
+    assert simulate.simulate(schedules.build("zb-h2", 4, 6), forward=1.0, input_grad=1.0, weight_grad=1.0).idle_inside(0) > 0
+    # and with only ZB-H1's memory (p per stage) the same rules leave gaps that the hand-made ZB-H1 avoids
+    limited = simulate.simulate(schedules.build("zb-h2", 4, 8, max_in_flight=4), forward=1.0, input_grad=1.0, weight_grad=1.0)
+    assert limited.peak_stashed == [4, 4, 4, 4]
+    assert limited.makespan > simulate.simulate(schedules.build("zb-h1", 4, 8), forward=1.0, input_grad=1.0,
+                                                weight_grad=1.0).makespan
+    with pytest.raises(schedules.ScheduleError, match=r"max_in_flight must be a positive integer, got 0"):
+        schedules.build("zb-h2", 2, 2, max_in_flight=0)
+
+
+def test_zb_h2_is_never_slower_than_zb_h1_and_faster_when_i_exceeds_w():
+    """Random costs with m >= p: ZB-H2's order (built for F = I = W) never loses to ZB-H1's; with I > W
+    it wins, since ZB-H1 keeps (p - 1)(F + I - W) of idle time and the lower bound is (p - 1) F."""
+    import random
+    from pipeline_ref import simulate
+    rng = random.Random(11)
+    for _ in range(150):
+        costs = {k: rng.uniform(0.2, 2.0) for k in ("forward", "input_grad", "weight_grad")}
+        p = rng.randint(2, 5)
+        m = rng.randint(p, 3 * p)
+        h2 = simulate.simulate(schedules.build("zb-h2", p, m), **costs).makespan
+        h1 = simulate.simulate(schedules.build("zb-h1", p, m), **costs).makespan
+        assert h2 <= h1 + 1e-9, (costs, p, m)
+        assert h2 >= (p - 1) * costs["forward"] + m * sum(costs.values()) - 1e-9      # the lower bound
+    costs = {"forward": 1.0, "input_grad": 2.0, "weight_grad": 1.0}
+    h2 = simulate.simulate(schedules.build("zb-h2", 4, 8), **costs).makespan
+    h1 = simulate.simulate(schedules.build("zb-h1", 4, 8), **costs).makespan
+    assert (h1, h2) == (8 * 4 + 3 * 2.0, 8 * 4 + 3 * 1.0)          # bubble (p-1)(F+I-W) = 6 against (p-1)F = 3
+    with pytest.raises(ValueError, match=r"ZB-H2 closed form holds for F = I = W"):
+        simulate.theory_utilization("zb-h2", 4, 8, **costs)
+    with pytest.raises(ValueError, match=r"ZB-H2 closed form needs num_microbatches >= num_stages \(3 < 4\)"):
+        simulate.theory_utilization("zb-h2", 4, 3)

@@ -34,6 +34,8 @@ def test_derived_numbers_by_hand():
     assert t.utilization == pytest.approx(12 / 18)
     assert t.bubble_fraction == pytest.approx(1 / 3)
     assert t.stash_counts() == [2, 1]
+    # rank 0 waits twice for gradients between its first and last action; rank 1 only starts late and ends early
+    assert t.idle_inside(0) == 3 and t.idle_inside(1) == 0
 
 
 def test_makespan_ignores_a_common_offset():
@@ -58,7 +60,7 @@ def test_split_backward_frees_at_w():
 
 def test_empty_trace():
     t = Trace(num_ranks=3)
-    assert t.makespan == 0 and t.utilization == 0 and t.stash_counts() == [0, 0, 0]
+    assert t.makespan == 0 and t.utilization == 0 and t.stash_counts() == [0, 0, 0] and t.idle_inside(1) == 0
 
 
 def test_a_rank_with_nothing_to_do_counts_in_the_denominator():
