@@ -30,8 +30,8 @@ MEASURE_MODEL = {"depth": 8, "width": 1024, "batch": 512}
 def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks: int = 2,
                        f: float = 1.0, i: float = 1.0, w: float = 1.0) -> float:
     """Closed-form utilization, equal stages, free messages: ``simulate.theory_utilization``,
-    where interleaved is v m / (v m + p - 1) and ZB-H1 works m (F + I + W) per rank and
-    idles (p - 1)(F + I - W) (f, i, w: the costs of the three ops)."""
+    where interleaved is v m / (v m + p - 1), ZB-H1 works m (F + I + W) per rank and
+    idles (p - 1)(F + I - W), and ZB-H2 idles (p - 1) F (f, i, w: the costs of the three ops)."""
     return simulate.theory_utilization(name, num_stages, num_microbatches, chunks=chunks,
                                        forward=f, input_grad=i, weight_grad=w)
 
