@@ -60,7 +60,7 @@ def zb_h1(num_stages: int, num_microbatches: int) -> list:
 def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = None) -> list:
     """ZB-H2: each stage keeps busy from its first action to its last, holding up to 2p - 1 microbatches.
 
-    The order is found the way the paper's own scheduler finds its orders: by playing
+    The order is found the way the paper's heuristic scheduler finds one: by playing
     the pipeline with F = I = W = 1 and letting each stage, whenever it is free, take
 
     1. the input gradient ``I`` of its oldest microbatch, if the gradient has arrived
@@ -78,8 +78,10 @@ def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = No
 
     Zero bubble *inside* each stage is not a shorter synchronous step: the last stage
     still starts (p - 1) F late, and a step ends when its last stage does, so the step is
-    (p - 1) F + m (F + I + W) long, exactly ZB-H1's with F = I = W (and shorter than ZB-H1's
-    (p - 1)(F + I - W) bubble only when I > W). The paper removes the remaining (p - 1) F
+    (p - 1) F + m (F + I + W) long, exactly ZB-H1's with F = I = W. It is shorter than
+    ZB-H1's only where ZB-H1 misses that bound: when I > W (ZB-H1 idles (p - 1)(F + I - W)),
+    and often when W > F (a deferred W outgrows its slot); with I <= W <= F both reach it
+    (tests/test_beyond_1f1b.py checks this on random costs). The paper removes the remaining (p - 1) F
     by not waiting at the optimizer step ("post-validation"), so that step n + 1's first
     forwards overlap step n's last backwards: beyond one synchronous step, and beyond this course.
     """
