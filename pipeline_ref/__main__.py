@@ -102,7 +102,9 @@ def _run(args) -> int:
     cfg = _config(args)
     check_config(cfg, args.ranks)               # refuse before any rank starts or communicates
     if args.ranks is not None:
+        from .config import preflight
         from .launch import launch
+        preflight(cfg, args.ranks)              # and what needs the model: layers, batch, schedule
         result = launch(args.ranks, "pipeline_ref.runner:run_rank", cfg, timeout=args.timeout,
                         stall_timeout=args.stall_timeout, echo=True)[0]
         _report(result, args)

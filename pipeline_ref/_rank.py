@@ -6,7 +6,8 @@ PAYLOAD is a pickle of (target "pkg.module:function", args, kwargs, stall_timeou
 The rank calls ``function(MPI.COMM_WORLD, *args, **kwargs)`` and saves what it
 returns to OUTDIR/rank<r>.pt. If it raises, the rank prints one line naming
 itself and what it was doing (launch.py reads it), then the exception propagates
-and ``python -m mpi4py`` aborts every rank.
+and ``python -m mpi4py`` aborts every rank (a refused configuration aborts at once,
+without a traceback: the one line is the whole story).
 """
 import importlib
 import os
@@ -18,6 +19,7 @@ import torch
 from mpi4py import MPI
 
 from . import watchdog
+from .config import ConfigError
 
 
 def main(payload_path: str, outdir: str) -> None:
@@ -34,6 +36,8 @@ def main(payload_path: str, outdir: str) -> None:
     except BaseException as err:
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
         watchdog.report(f"failed while {watchdog.doing()}: {detail}")
+        if isinstance(err, ConfigError):   # the user's request, refused: the line above says it all
+            MPI.COMM_WORLD.Abort(2)
         raise
     torch.save(result, f"{outdir}/rank{rank}.pt")
 

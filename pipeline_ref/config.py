@@ -114,6 +114,22 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1
 
 
 
+
+def preflight(cfg: RunConfig, world_size: int | None = None):
+    """Every check, in the order a rank needs their results; nothing here communicates.
+
+    Returns ``(layers, loss_fn, (inputs, targets), schedule)``. Each rank calls it before its
+    first message; ``python -m pipeline_ref run -n N`` also calls it before starting any rank,
+    so a batch that the microbatches don't divide is one line of error, not N ranks' tracebacks.
+    """
+    check_config(cfg, world_size)
+    layers, loss_fn, batch = build_model(cfg)
+    schedule = make_schedule(cfg)
+    split_backward = any(a.op in ("I", "W") for actions in schedule for a in actions)
+    check_fits(cfg, len(layers), batch[0].shape[0], chunks=schedules.num_chunks(schedule),
+               split_backward=split_backward)
+    return layers, loss_fn, batch, schedule
+
 def _schedule_function(spec: str):
     import importlib
     module_name, _, name = spec.partition(":")

@@ -144,11 +144,30 @@ def _tail(out: list, err: list, lines: int = 30) -> str:
     return f"--- last lines the ranks printed ---\n{text}" if text.strip() else ""
 
 
+def _merge_reports(reports: list[str]) -> list[str]:
+    """"rank 0: X" and "rank 1: X" become "ranks 0, 1: X" (a refused configuration fails every rank alike)."""
+    ranks_by_message: dict[str, list[int]] = {}
+    for report in reports:
+        head, _, message = report.partition(": ")
+        if head.startswith("rank ") and head[5:].isdigit():
+            ranks_by_message.setdefault(message, []).append(int(head[5:]))
+        else:
+            ranks_by_message.setdefault(report, [])
+    merged = []
+    for message, ranks in ranks_by_message.items():
+        ranks.sort()
+        if not ranks:
+            merged.append(message)
+        else:
+            merged.append(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {message}")
+    return sorted(merged)
+
+
 def _failure(num_ranks, code, timed_out, timeout, out, err) -> str:
-    reports = sorted({line.strip() for line in err if line.startswith(MARK)})
+    reports = _merge_reports(sorted({line.strip()[len(MARK):].strip() for line in err if line.startswith(MARK)}))
     if timed_out:
         head = f"the run on {num_ranks} ranks did not finish within {timeout:.0f} s and was stopped"
     else:
         head = f"the run on {num_ranks} ranks failed (exit code {code})"
-    body = "\n".join("  " + r[len(MARK):].strip() for r in reports) or "  (no rank reported what it was doing)"
+    body = "\n".join("  " + r for r in reports) or "  (no rank reported what it was doing)"
     return f"{head}:\n{body}\n{_tail(out, err)}"

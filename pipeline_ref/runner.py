@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import partition, schedules
-from .config import RunConfig, build_model, check_config, check_fits, make_schedule
+from .config import RunConfig, preflight
 from .trace import Trace, Wait
 
 
@@ -51,12 +51,9 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
 
     num_stages, m = cfg.pp, cfg.microbatches
     watchdog.beat("checking the configuration")
-    check_config(cfg, comm.Get_size())
-    layers, loss_fn, (inputs, targets) = build_model(cfg)
-    schedule = make_schedule(cfg)
+    layers, loss_fn, (inputs, targets), schedule = preflight(cfg, comm.Get_size())
     chunks = schedules.num_chunks(schedule)         # model chunks per rank (interleaved: more than one)
     split_backward = any(a.op in ("I", "W") for actions in schedule for a in actions)
-    check_fits(cfg, len(layers), inputs.shape[0], chunks=chunks, split_backward=split_backward)
     device = _device(cfg)
     per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")

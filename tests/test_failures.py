@@ -40,6 +40,9 @@ def test_model_factory_that_does_not_import():
     (["--schedule", "zigzag"], "unknown schedule 'zigzag'"),
     (["--pp", "2", "-n", "3"], "the run has 3 ranks but --pp 2 x --dp 1 needs 2"),
     (["--model", "nowhere:factory"], "nowhere:factory"),
+    # these two need the model: the CLI builds it before starting ranks
+    (["--pp", "2", "-n", "2", "--microbatches", "5"], "the global batch of 32 samples does not split into 1 replica(s) x 5"),
+    (["--pp", "9", "-n", "9"], "--pp 9 stages but the model has only 8 layers"),
 ])
 def test_cli_refuses_before_starting_ranks(argv, message):
     started = time.monotonic()
@@ -70,10 +73,20 @@ def _no_rank_left():
 
 @pytest.mark.mpi
 def test_config_refused_inside_ranks_names_the_problem():
-    with pytest.raises(LaunchError, match=r"--pp 2 stages but the model has only 1 layers"):
+    with pytest.raises(LaunchError, match=r"--pp 2 stages but the model has only 1 layers") as failure:
         _launch(2, "pipeline_ref.runner:run_rank",
                RunConfig(pp=2, model="pipeline_ref.models:mlp", model_kwargs={"depth": 1}), timeout=60)
+    # one line per rank that got to say it, not a traceback per rank
+    assert "failed while checking the configuration: pipeline_ref.config.ConfigError" in str(failure.value)
+    assert "Traceback" not in str(failure.value)
     _no_rank_left()
+
+
+def test_identical_rank_reports_are_merged():
+    from pipeline_ref.launch import _merge_reports
+    assert _merge_reports(["rank 2: failed X", "rank 0: failed X", "rank 1: stuck Y"]) == \
+        ["rank 1: stuck Y", "ranks 0, 2: failed X"]
+    assert _merge_reports(["rank 0: failed X"]) == ["rank 0: failed X"]
 
 
 @pytest.mark.mpi
