@@ -140,8 +140,9 @@ def _simulate(args) -> int:
     from . import schedules, simulate
     options = {"chunks": args.chunks} if args.schedule == "interleaved" else {}
     schedule = schedules.build(args.schedule, args.pp, args.microbatches, **options)
-    # An interleaved chunk is 1/v of a stage; ZB-H1 and ZB-H2 split the backward into two halves.
-    scale = 1.0 / args.chunks if args.schedule == "interleaved" else 1.0
+    # A chunk (interleaved: v per rank; ZB-V: 2) is that fraction of a stage; the zero-bubble schedules split
+    # the backward into two halves.
+    scale = 1.0 / schedules.num_chunks(schedule)
     trace = simulate.simulate(schedule, forward=args.forward * scale, backward=args.backward * scale, comm=args.comm)
     print(schedules.describe(schedule))
     theory = _theory(args.schedule, args.pp, args.microbatches, args.chunks, forward=args.forward,

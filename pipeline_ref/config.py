@@ -70,7 +70,8 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     if cfg.chunks > 1 and cfg.schedule != "interleaved" and ":" not in cfg.schedule:
-        raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved (or your own generator)")
+        raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved (or your own generator); "
+                          f"zbv always holds 2 chunks per rank")
     if cfg.partition not in PARTITIONS:
         raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:

@@ -41,7 +41,8 @@ class Step:
     send: tuple | None      # (dest rank, tag)                  message the result goes to
 
 
-def agree_specs(comm, stage: Stage, rank: int, num_stages: int, num_chunks: int, sample_input):
+def agree_specs(comm, stage: Stage, rank: int, num_stages: int, num_chunks: int, sample_input,
+                layout: str = "interleaved"):
     """Walk the virtual stages in order once, so each learns the shape its input arrives in.
 
     Each holder runs its chunk on a zero tensor of the announced shape (no grad) and
@@ -50,21 +51,21 @@ def agree_specs(comm, stage: Stage, rank: int, num_stages: int, num_chunks: int,
     in_specs, out_specs = {}, {}
     last = num_stages * num_chunks - 1
     for v in range(last + 1):
-        holder, chunk = schedules.rank_of(v, num_stages)
+        holder, chunk = schedules.rank_of(v, num_stages, layout)
         if holder != rank:
             continue
-        source = schedules.rank_of(v - 1, num_stages)[0]
+        source, source_chunk = schedules.rank_of(v - 1, num_stages, layout)
         if v == 0:
             x = sample_input
         else:
             # A blocking send to oneself would never return, so a rank's own chunks pass it by hand.
-            spec = out_specs[chunk - 1] if source == rank else comm.recv(source=source, tag=v)
+            spec = out_specs[source_chunk] if source == rank else comm.recv(source=source, tag=v)
             x = torch.zeros(spec.shape, dtype=spec.dtype, device=sample_input.device)
         in_specs[chunk] = Spec(tuple(x.shape), x.dtype)
         with torch.no_grad():
             y = stage.modules[chunk](x)
         out_specs[chunk] = Spec(tuple(y.shape), y.dtype)
-        dest = schedules.rank_of(v + 1, num_stages)[0]
+        dest = schedules.rank_of(v + 1, num_stages, layout)[0]
         if v < last and dest != rank:
             comm.send(out_specs[chunk], dest=dest, tag=v + 1)
     return in_specs, out_specs
@@ -73,27 +74,29 @@ def agree_specs(comm, stage: Stage, rank: int, num_stages: int, num_chunks: int,
 class Executor:
     def __init__(self, stage: Stage, actions: list, messenger: Messenger, rank: int,
                  num_stages: int, num_chunks: int, num_microbatches: int,
-                 in_specs: dict, out_specs: dict, device: torch.device, lookahead: int = 2):
+                 in_specs: dict, out_specs: dict, device: torch.device, lookahead: int = 2,
+                 layout: str = "interleaved"):
         self.stage, self.messenger, self.rank, self.device = stage, messenger, rank, device
-        self.lookahead = lookahead
+        self.lookahead, self.layout = lookahead, layout
         self.plan = [self._plan(a, num_stages, num_chunks, in_specs, out_specs) for a in actions]
 
     def _plan(self, action, num_stages, num_chunks, in_specs, out_specs) -> Step:
-        v = schedules.virtual_stage(self.rank, action.chunk, num_stages)
+        layout = self.layout
+        v = schedules.virtual_stage(self.rank, action.chunk, num_stages, layout)
         tag = lambda direction, chunk: message_tag(direction, action.microbatch, chunk, num_chunks)
         recv = send = None
-        dep = schedules.dependency(action, self.rank, num_stages, num_chunks)
+        dep = schedules.dependency(action, self.rank, num_stages, num_chunks, layout)
         if action.op == "F":
             if dep:
                 recv = (dep[0], tag(ACTIVATION, action.chunk), in_specs[action.chunk], "activation")
             if not self.stage.is_last[action.chunk]:
-                dest, chunk = schedules.rank_of(v + 1, num_stages)
+                dest, chunk = schedules.rank_of(v + 1, num_stages, layout)
                 send = (dest, tag(ACTIVATION, chunk))
         elif action.op in ("B", "I"):          # I: the input-gradient half of a split backward
             if dep:
                 recv = (dep[0], tag(GRADIENT, action.chunk), out_specs[action.chunk], "gradient")
             if not self.stage.is_first[action.chunk]:
-                dest, chunk = schedules.rank_of(v - 1, num_stages)
+                dest, chunk = schedules.rank_of(v - 1, num_stages, layout)
                 send = (dest, tag(GRADIENT, chunk))
         elif action.op != "W":                  # W: weight gradients, local, no message
             raise ValueError(f"rank {self.rank}: unknown action {action}")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from mpi4py import MPI
 
+from . import schedules
+
 _MPI_TYPES = {torch.float32: MPI.FLOAT, torch.float64: MPI.DOUBLE}
 
 
@@ -61,19 +63,19 @@ class GradientReducer:
         self.wait()
 
 
-def tied_groups(layers, ranges, num_stages: int) -> list[tuple[str, list[int]]]:
+def tied_groups(layers, ranges, num_stages: int, layout: str = "interleaved") -> list[tuple[str, list[int]]]:
     """Parameters used by layers on more than one rank: (name, pipeline ranks holding a copy), by name.
 
     Found from the model itself: the same Parameter object reached from layers on
     different stages (e.g. the tiny GPT's embedding and output head). ``ranges``
-    holds one range per virtual stage; virtual stage v lives on rank v % num_stages,
-    and two chunks on one rank share the one Parameter object, needing no message.
+    holds one range per virtual stage; virtual stage v lives on ``schedules.rank_of(v, ...)``'s
+    rank, and two chunks on one rank share the one Parameter object, needing no message.
     """
     stages_of: dict[int, set] = {}
     name_of: dict[int, str] = {}
     for vstage, r in enumerate(ranges):
         for index in r:
             for name, p in layers[index].named_parameters():
-                stages_of.setdefault(id(p), set()).add(vstage % num_stages)
+                stages_of.setdefault(id(p), set()).add(schedules.rank_of(vstage, num_stages, layout)[0])
                 name_of.setdefault(id(p), f"{index}.{name}")
     return sorted((name_of[k], sorted(v)) for k, v in stages_of.items() if len(v) > 1)

@@ -52,7 +52,8 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     num_stages, m = cfg.pp, cfg.microbatches
     watchdog.beat("checking the configuration")
     layers, loss_fn, (inputs, targets), schedule = preflight(cfg, comm.Get_size())
-    chunks = schedules.num_chunks(schedule)         # model chunks per rank (interleaved: more than one)
+    chunks = schedules.num_chunks(schedule)         # model chunks per rank (interleaved, ZB-V: more than one)
+    layout = schedules.layout_of(schedule)          # which virtual stage each chunk holds
     split_backward = any(a.op in ("I", "W") for actions in schedule for a in actions)
     device = _device(cfg)
     per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
@@ -68,9 +69,10 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
 
     # Names as torch.nn.Sequential(*layers) gives them, so anyone can compare with one device.
     names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
-    # Chunk c of this rank is virtual stage c * num_stages + rank (one chunk unless interleaved).
-    mine_v = [c * num_stages + rank for c in range(chunks)]
+    # Chunk c of this rank is virtual stage c * num_stages + rank (one chunk unless interleaved), or in a V.
+    mine_v = [schedules.virtual_stage(rank, c, num_stages, layout) for c in range(chunks)]
     last_v = num_stages * chunks - 1
+    loss_rank = schedules.rank_of(last_v, num_stages, layout)[0]     # holds the last stage: needs the targets
     modules = [nn.Sequential(*layers[ranges[v].start:ranges[v].stop]).to(device) for v in mine_v]
     stage = Stage(modules, [v == 0 for v in mine_v], [v == last_v for v in mine_v], loss_fn, m,
                   recompute=cfg.checkpoint, split_backward=split_backward)
@@ -79,17 +81,17 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
 
     mine = slice(topo.replica * per_replica, (topo.replica + 1) * per_replica)
     micro_inputs = [x.to(device) for x in inputs[mine].tensor_split(m)] if rank == 0 else None
-    micro_targets = [t.to(device) for t in targets[mine].tensor_split(m)] if rank == num_stages - 1 else None
+    micro_targets = [t.to(device) for t in targets[mine].tensor_split(m)] if rank == loss_rank else None
     sample = micro_inputs[0] if rank == 0 else torch.empty(0, device=device)
 
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
-    in_specs, out_specs = agree_specs(pipe, stage, rank, num_stages, chunks, sample)
+    in_specs, out_specs = agree_specs(pipe, stage, rank, num_stages, chunks, sample, layout)
     executor = Executor(stage, schedule[rank], Messenger(pipe, sync_sends=cfg.sync_sends), rank,
-                        num_stages, chunks, m, in_specs, out_specs, device)
+                        num_stages, chunks, m, in_specs, out_specs, device, layout=layout)
 
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
     dp_reducer = GradientReducer(topo.data, params, average=True)
-    tied = tied_groups(layers, ranges, num_stages)
+    tied = tied_groups(layers, ranges, num_stages, layout)
     tie_reducers = []
     for name, holders in tied:            # Split is collective: every rank takes part in each
         member = rank in holders
@@ -161,7 +163,7 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
                   peak_stashed=[g["peak"] for g in replica0],
                   peak_stashed_bytes=[g["peak_bytes"] for g in replica0],
                   peak_memory_bytes=memory if None not in memory else None,
-                  meta={"source": "measured", "schedule": cfg.schedule, "num_stages": num_stages,
+                  meta={"source": "measured", "schedule": cfg.schedule, "num_stages": num_stages, "layout": layout,
                         "num_microbatches": m, "dp": cfg.dp, "device": str(device), "time_unit": "s"})
     return {"config": cfg.to_dict(), "losses": losses, "grads": grads, "trace": trace.to_dict(),
             "params": [g.get("params") for g in gathered] if cfg.collect_params else None,

@@ -11,7 +11,8 @@ between actions, so the same list can be played by the simulator
     ['F0 F1 B0 F2 B1 B2', 'F0 B0 F1 B1 F2 B2']
     >>> schedules.validate(sched)
 
-Dependencies (``v`` = virtual stage, ``c * num_stages + rank`` for chunk ``c``):
+Dependencies (``v`` = virtual stage: ``c * num_stages + rank`` for chunk ``c``, or
+the V layout of :func:`virtual_stage` for a schedule that says so):
 the forward of microbatch i on v needs the forward of i on v - 1; its backward
 (or input-gradient ``I``) needs the backward of i on v + 1; the weight gradient
 ``W`` needs the local ``I``.
@@ -32,7 +33,23 @@ class Action(NamedTuple):
         return f"{self.op}{self.microbatch}" + (f".{self.chunk}" if self.chunk else "")
 
 
-Schedule = list  # list[list[Action]], one list per pipeline rank
+LAYOUTS = ("interleaved", "v")   # which virtual stage chunk c of rank r holds: see virtual_stage()
+
+
+class Schedule(list):
+    """One list of :class:`Action` per pipeline rank, and the ``layout`` of its chunks.
+
+    A plain ``list`` of lists is a schedule too, with the interleaved layout: only a
+    schedule whose chunks sit otherwise (ZB-V's "v") needs this class to say so.
+    """
+
+    def __init__(self, per_rank=(), layout: str = "interleaved"):
+        super().__init__(per_rank)
+        self.layout = layout
+
+
+def layout_of(schedule) -> str:
+    return getattr(schedule, "layout", "interleaved")
 
 
 class ScheduleError(ValueError):
@@ -94,28 +111,41 @@ def count_microbatches(schedule: Schedule) -> int:
     return 1 + max((a.microbatch for actions in schedule for a in actions), default=-1)
 
 
-def virtual_stage(rank: int, chunk: int, num_stages: int) -> int:
-    """Megatron's interleaved layout: chunk c on rank r is virtual stage c * num_stages + r."""
+def virtual_stage(rank: int, chunk: int, num_stages: int, layout: str = "interleaved") -> int:
+    """The virtual stage that chunk ``chunk`` of ``rank`` holds.
+
+    interleaved (Megatron): chunk c on rank r is c * p + r, so a microbatch goes round
+    the ranks once per chunk: 0, 1, ..., p - 1, 0, 1, ...
+    v (ZB-V): even chunks go down the ranks, odd chunks come back up: chunk 1 on rank r
+    is 2p - 1 - r, so with two chunks rank 0 holds the first and the last stage, and
+    the last rank holds two neighbours (p - 1 and p) and passes between them locally.
+    """
+    if layout == "v" and chunk % 2:
+        return (chunk + 1) * num_stages - 1 - rank
     return chunk * num_stages + rank
 
 
-def rank_of(vstage: int, num_stages: int) -> tuple[int, int]:
-    """(rank, chunk) that holds virtual stage ``vstage``."""
-    return vstage % num_stages, vstage // num_stages
+def rank_of(vstage: int, num_stages: int, layout: str = "interleaved") -> tuple[int, int]:
+    """(rank, chunk) that holds virtual stage ``vstage``: the inverse of :func:`virtual_stage`."""
+    chunk, within = divmod(vstage, num_stages)
+    if layout == "v" and chunk % 2:
+        return num_stages - 1 - within, chunk
+    return within, chunk
 
 
-def dependency(action: Action, rank: int, num_stages: int, chunks: int) -> tuple[int, Action] | None:
-    """The action on another rank whose message ``action`` waits for, as (rank, action), or None.
+def dependency(action: Action, rank: int, num_stages: int, chunks: int,
+               layout: str = "interleaved") -> tuple[int, Action] | None:
+    """The action (on this or another rank) whose result ``action`` waits for, as (rank, action), or None.
 
     This is exactly what the executor receives before running ``action``.
     """
-    v = virtual_stage(rank, action.chunk, num_stages)
+    v = virtual_stage(rank, action.chunk, num_stages, layout)
     last = chunks * num_stages - 1
     if action.op == "F" and v > 0:
-        src, chunk = rank_of(v - 1, num_stages)
+        src, chunk = rank_of(v - 1, num_stages, layout)
         return src, Action("F", action.microbatch, chunk)
     if action.op in ("B", "I") and v < last:
-        src, chunk = rank_of(v + 1, num_stages)
+        src, chunk = rank_of(v + 1, num_stages, layout)
         return src, Action("B", action.microbatch, chunk)  # "B" stands for B or I there
     return None
 
@@ -170,6 +200,9 @@ def validate(schedule: Schedule, num_microbatches: int | None = None) -> None:
     if not isinstance(schedule, (list, tuple)) or not schedule:
         raise ScheduleError("a schedule is a non-empty list with one list of actions per rank")
     num_stages = len(schedule)
+    layout = layout_of(schedule)
+    if layout not in LAYOUTS:
+        raise ScheduleError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     # Types first: num_chunks / count_microbatches below read .chunk and .microbatch.
     for rank, actions in enumerate(schedule):
         if not isinstance(actions, (list, tuple)):
@@ -185,7 +218,7 @@ def validate(schedule: Schedule, num_microbatches: int | None = None) -> None:
     position = [0] * num_stages
 
     def produced(rank: int, action: Action) -> bool:
-        v = virtual_stage(rank, action.chunk, num_stages)
+        v = virtual_stage(rank, action.chunk, num_stages, layout)
         kind = "B" if action.op in ("B", "I") else action.op
         return (v, action.microbatch, kind) in done
 
@@ -195,10 +228,10 @@ def validate(schedule: Schedule, num_microbatches: int | None = None) -> None:
         for rank, actions in enumerate(schedule):
             while position[rank] < len(actions):
                 action = actions[position[rank]]
-                dep = dependency(action, rank, num_stages, chunks)
+                dep = dependency(action, rank, num_stages, chunks, layout)
                 if dep is not None and not produced(*dep):
                     break
-                v = virtual_stage(rank, action.chunk, num_stages)
+                v = virtual_stage(rank, action.chunk, num_stages, layout)
                 done.add((v, action.microbatch, "B" if action.op in ("B", "I") else action.op))
                 position[rank] += 1
                 progress = True
@@ -207,7 +240,7 @@ def validate(schedule: Schedule, num_microbatches: int | None = None) -> None:
         waits = []
         for r in stuck:
             action = schedule[r][position[r]]
-            src, needed = dependency(action, r, num_stages, chunks)
+            src, needed = dependency(action, r, num_stages, chunks, layout)
             blocker = schedule[src][position[src]] if position[src] < len(schedule[src]) else None
             waits.append(f"rank {r} waits at {action} for {needed} from rank {src}"
                          + (f" (which is itself stuck at {blocker})" if blocker else ""))
@@ -223,6 +256,6 @@ def describe(schedule: Schedule) -> str:
 
 # The schedules past the textbooks live in their own files; they build on Action, defined above.
 from .interleaved import interleaved  # noqa: E402
-from .zero_bubble import zb_h1, zb_h2  # noqa: E402
+from .zero_bubble import zb_h1, zb_h2, zbv  # noqa: E402
 
-GENERATORS.update({"interleaved": interleaved, "zb-h1": zb_h1, "zb-h2": zb_h2})
+GENERATORS.update({"interleaved": interleaved, "zb-h1": zb_h1, "zb-h2": zb_h2, "zbv": zbv})

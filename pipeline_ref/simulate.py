@@ -30,7 +30,7 @@ from .trace import Event, Trace, Wait
 
 Cost = float | Sequence[float]  # one cost for every rank, or one per rank
 
-THEORY_SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2")
+THEORY_SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zbv")
 
 
 def _per_rank(name: str, cost: Cost, num_stages: int) -> list[float]:
@@ -68,6 +68,7 @@ def simulate(schedule: schedules.Schedule, forward: Cost = 1.0, backward: Cost =
     cost["W"] = (_per_rank("weight_grad", weight_grad, num_stages) if weight_grad is not None
                  else [b / 2 for b in cost["B"]])
     chunks = schedules.num_chunks(schedule)
+    layout = schedules.layout_of(schedule)
 
     ended: dict[tuple[int, int, int, str], float] = {}  # (rank, chunk, microbatch, kind) -> end time
     free = [0.0] * num_stages
@@ -83,7 +84,7 @@ def simulate(schedule: schedules.Schedule, forward: Cost = 1.0, backward: Cost =
             while position[rank] < len(actions):
                 action: Action = actions[position[rank]]
                 ready, what = free[rank], None
-                dep = schedules.dependency(action, rank, num_stages, chunks)
+                dep = schedules.dependency(action, rank, num_stages, chunks, layout)
                 if dep is not None:
                     src, needed = dep
                     key = (src, needed.chunk, needed.microbatch, _kind(needed.op))
@@ -108,7 +109,7 @@ def simulate(schedule: schedules.Schedule, forward: Cost = 1.0, backward: Cost =
 
     trace = Trace(num_ranks=num_stages, events=events, waits=waits)
     trace.peak_stashed = trace.stash_counts()
-    trace.meta = {"source": "simulated", "num_stages": num_stages, "time_unit": time_unit,
+    trace.meta = {"source": "simulated", "num_stages": num_stages, "time_unit": time_unit, "layout": layout,
                   "num_microbatches": schedules.count_microbatches(schedule),
                   "costs": {"forward": cost["F"], "backward": cost["B"], "input_grad": cost["I"],
                             "weight_grad": cost["W"], "comm": float(comm)}}
@@ -144,6 +145,9 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
                     (p - 1) F before the last stage can start plus its m (F + I + W) of work. The same as
                     ZB-H1's: ZB-H2's extra memory removes the idle time *inside* each stage's span
                     (``Trace.idle_inside``), not the step's fill. For other costs use simulate().
+    - zbv:          6 m / (6 m + p - 1), for m >= 2p - 1 and F = I = W (the costs of a whole stage; a chunk
+                    costs half): the last rank starts (p - 1) F / 2 late, half of ZB-H1's (p - 1) F, because
+                    the V's first p chunks are half stages, and then no rank idles until it is done.
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
@@ -169,6 +173,14 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
             raise ValueError(f"the ZB-H2 closed form holds for F = I = W (the costs its order is built for); "
                              f"here F = {forward:g}, I = {input_grad:g}, W = {weight_grad:g}: use simulate()")
         return 3 * m / (3 * m + p - 1)
+    if name == "zbv":
+        if m < 2 * p - 1:
+            raise ValueError(f"the ZB-V closed form needs num_microbatches >= 2 num_stages - 1 ({m} < {2 * p - 1}); "
+                             f"use simulate() for fewer microbatches")
+        if p > 1 and not forward == input_grad == weight_grad:
+            raise ValueError(f"the ZB-V closed form holds for F = I = W; here F = {forward:g}, I = {input_grad:g}, "
+                             f"W = {weight_grad:g}: use simulate()")
+        return 6 * m / (6 * m + p - 1)
     return m / (m + p - 1)
 
 
@@ -186,6 +198,8 @@ def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int, chunk
     - interleaved:  min(2 (p - s - 1) + (v - 1) p + 1, v m) chunk-microbatches (Megatron's warm-up, plus one)
     - zb-h1:        min(p, m)          (every stage, until each microbatch's W)
     - zb-h2:        min(2 p - 1, m)    (every stage: the price of its longer warm-up)
+    - zbv:          min(2 p, m + 1 + s, 2 m) chunk-microbatches of half a stage each: p whole microbatches'
+                    worth on every rank once m >= 2p - 1, 1F1B's first stage's
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
@@ -201,6 +215,8 @@ def theory_peak_stashed(name: str, num_stages: int, num_microbatches: int, chunk
         return [min(p, m)] * p
     if name == "zb-h2":
         return [min(2 * p - 1, m)] * p
+    if name == "zbv":
+        return [min(2 * p, m + 1 + s, 2 * m) for s in range(p)]
     return [min(p - s, m) for s in range(p)]
 
 
@@ -217,6 +233,7 @@ def message_latencies(trace: Trace) -> list[float]:
     """
     num_stages = trace.num_ranks
     chunks = 1 + max((e.chunk for e in trace.events), default=0)
+    layout = trace.meta.get("layout", "interleaved")
     ended = {(e.rank, e.chunk, e.microbatch, _kind(e.op)): e.end for e in trace.events}
     by_rank = {r: sorted((e for e in trace.events if e.rank == r), key=lambda e: e.start) for r in range(num_stages)}
     latencies = []
@@ -226,7 +243,8 @@ def message_latencies(trace: Trace) -> list[float]:
         after = next((e for e in by_rank.get(w.rank, []) if e.start >= w.end - 1e-12), None)
         if after is None:
             continue
-        dep = schedules.dependency(Action(after.op, after.microbatch, after.chunk), w.rank, num_stages, chunks)
+        dep = schedules.dependency(Action(after.op, after.microbatch, after.chunk), w.rank, num_stages, chunks,
+                                   layout)
         if dep is None:
             continue
         src, needed = dep

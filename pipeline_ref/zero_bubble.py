@@ -1,4 +1,4 @@
-"""Zero-bubble schedules ZB-H1 and ZB-H2 (Qi et al., 2023, "Zero Bubble Pipeline Parallelism"), as data.
+"""Zero-bubble schedules ZB-H1, ZB-H2 and ZB-V (Qi et al., 2023, "Zero Bubble Pipeline Parallelism"), as data.
 
 The backward of a layer is two computations that need not run together:
 ``I``, the gradient of its input (the previous stage is waiting for it), and
@@ -24,10 +24,15 @@ exactly enough to keep it busy until the first input gradient comes back, and
 the Ws move to where they fill what is left. With F = I = W every stage then
 computes without a gap from its first action to its last. See :func:`zb_h2`
 for why that is not yet a shorter step.
+
+ZB-V gives each rank two chunks of half a stage, placed in a V (``layout="v"``):
+rank r holds virtual stages r and 2p - 1 - r, so the forward goes down the ranks
+and back up, rank 0 holds both the first and the last stage, and each rank's
+two chunks together cost as much as one stage. See :func:`zbv`.
 """
 from __future__ import annotations
 
-from .schedules import Action, ScheduleError
+from .schedules import Action, Schedule, ScheduleError
 
 
 def zb_h1(num_stages: int, num_microbatches: int) -> list:
@@ -120,4 +125,64 @@ def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = No
                 (f_end if op == "F" else i_end)[s].append(now + 1)
             left -= 1
         now += 1
+    return schedule
+
+
+def zbv(num_stages: int, num_microbatches: int) -> Schedule:
+    """ZB-V: two chunks per rank in a V, the backward split into I and W (the paper's section 6).
+
+    Rank r holds chunk 0 = virtual stage r (going down) and chunk 1 = virtual stage
+    2p - 1 - r (coming back up). With n = max(m, 2p - 1) microbatches, rank r runs:
+
+        2(p - r) - 1  x  F (chunk 0)                    down the V, until the turn comes back
+        r             x  F (chunk 1), F (chunk 0)
+        p - r         x  F, I, W (chunk 1)              the first gradients start on the way up
+        steady        F, I, W (chunk 0), F, I, W (chunk 1), until both chunks have run n forwards
+        r             x  I (chunk 0), I (chunk 1)       cool-down: Ws held back
+        p - r         x  I (chunk 0), W (chunk 0)
+        then the held-back Ws of chunk 1, then of chunk 0
+
+    The phases are written for n >= 2p - 1; with fewer microbatches the actions of the
+    missing ones are left out, which keeps every rank's order and every dependency
+    (torch.distributed.pipelining's ScheduleZBVZeroBubble does the same).
+    """
+    p, m = num_stages, num_microbatches
+    n = max(m, 2 * p - 1)
+    schedule = Schedule(layout="v")
+    for r in range(p):
+        actions: list[Action] = []
+        count = {(op, chunk): 0 for op in "FIW" for chunk in (0, 1)}
+
+        def run(op: str, chunk: int) -> None:
+            actions.append(Action(op, count[op, chunk], chunk))
+            count[op, chunk] += 1
+
+        for _ in range(2 * (p - r) - 1):
+            run("F", 0)
+        for _ in range(r):
+            run("F", 1)
+            run("F", 0)
+        for _ in range(p - r):
+            run("F", 1)
+            run("I", 1)
+            run("W", 1)
+        while count["F", 1] < count["F", 0] or count["F", 0] < n:
+            if count["F", 0] < n:
+                run("F", 0)
+            run("I", 0)
+            run("W", 0)
+            run("F", 1)
+            run("I", 1)
+            run("W", 1)
+        for _ in range(r):
+            run("I", 0)
+            run("I", 1)
+        for _ in range(p - r):
+            run("I", 0)
+            run("W", 0)
+        while count["W", 1] < count["I", 1]:
+            run("W", 1)
+        while count["W", 0] < count["I", 0]:
+            run("W", 0)
+        schedule.append([a for a in actions if a.microbatch < m])
     return schedule

@@ -1,5 +1,6 @@
-"""Interleaved 1F1B and zero-bubble ZB-H1 and ZB-H2: equal to one device, deadlock-free, simulated as the
-formulas say, and the split backward computes nothing twice."""
+"""Interleaved 1F1B and zero-bubble ZB-H1, ZB-H2 and ZB-V: equal to one device, deadlock-free, simulated as
+the formulas say, the same orders as torch.distributed.pipelining's, and the split backward computes nothing
+twice."""
 import copy
 
 import pytest
@@ -31,7 +32,10 @@ CONFIGS = ([_cfg("interleaved", p, m, model, chunks=v, sync=sync)
               for sync in (False, True)]
            + [_cfg("zb-h2", p, m, model, sync=sync)
               for model in MODELS for p, m, sync in ((2, 1, False), (2, 3, True), (3, 6, False), (4, 4, True))]
-           + [_cfg(s, 2, 2, "gpt_tied", chunks=v, dp=2) for s, v in (("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1))])
+           + [_cfg("zbv", p, m, model, sync=sync)
+              for model in MODELS for p, m, sync in ((1, 2, False), (2, 1, True), (2, 4, False), (3, 6, True), (4, 6, False))]
+           + [_cfg(s, 2, 2, "gpt_tied", chunks=v, dp=2)
+              for s, v in (("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1), ("zbv", 1))])
 
 
 def _id(cfg):
@@ -57,6 +61,17 @@ def test_interleaved_gives_each_rank_its_chunks(results):
     assert results["mlp-interleaved-pp2-dp1-m4-v3"]["partition"] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
     # the tied embedding and head of the GPT sit on rank 0 (virtual stage 0) and rank 1 (the last one)
     assert results["gpt_tied-interleaved-pp2-dp1-m2-v2"]["tied"] == [("0.token.weight", [0, 1])]
+
+
+@pytest.mark.mpi
+def test_zbv_places_its_chunks_in_a_v(results):
+    # 12 layers, 3 ranks x 2 chunks: rank 0 holds virtual stages 0 and 5, rank 2 holds 2 and 3
+    assert results["mlp-zbv-pp3-dp1-m6-v1-ssend"]["partition"] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
+    trace = results["mlp-zbv-pp3-dp1-m6-v1-ssend"]["trace"]
+    assert trace["meta"]["layout"] == "v"
+    # the V puts the GPT's embedding (first stage) and head (last stage) on rank 0: no tied copy to sum
+    assert results["gpt_tied-zbv-pp4-dp1-m6-v1"]["tied"] == []
+    assert results["gpt_tied-interleaved-pp4-dp1-m4-v2"]["tied"] == [("0.token.weight", [0, 3])]
 
 
 def test_refused_before_any_rank_starts():
@@ -230,3 +245,45 @@ def test_zb_h2_is_never_slower_than_zb_h1_and_faster_when_i_exceeds_w():
         simulate.theory_utilization("zb-h2", 4, 8, **costs)
     with pytest.raises(ValueError, match=r"ZB-H2 closed form needs num_microbatches >= num_stages \(3 < 4\)"):
         simulate.theory_utilization("zb-h2", 4, 3)
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("num_microbatches", [1, 2, 3, 4, 5, 8, 10])
+def test_zbv_is_valid_with_two_chunks_in_a_v(num_stages, num_microbatches):
+    from pipeline_ref import simulate
+    schedule = schedules.build("zbv", num_stages, num_microbatches)
+    assert schedules.layout_of(schedule) == "v"
+    schedules.validate(schedule)
+    assert {(a.op, a.chunk) for actions in schedule for a in actions} == {(op, c) for op in "FIW" for c in (0, 1)}
+    trace = simulate.simulate(schedule, forward=0.5, input_grad=0.5, weight_grad=0.5)
+    assert trace.peak_stashed == simulate.theory_peak_stashed("zbv", num_stages, num_microbatches)
+
+
+@pytest.mark.parametrize("num_stages, num_microbatches", [(p, m) for p in (1, 2, 3, 4, 6) for m in (2 * p - 1, 2 * p, 3 * p)])
+def test_zbv_simulation_equals_the_formula(num_stages, num_microbatches):
+    """A chunk is half a stage (F = I = W = 1/2 per chunk): from m = 2p - 1 on, ZB-V idles (p - 1) / 2 per
+    rank, half of ZB-H1's (p - 1), only before its first action; and holds p whole microbatches' worth."""
+    from pipeline_ref import simulate
+    p, m = num_stages, num_microbatches
+    trace = simulate.simulate(schedules.build("zbv", p, m), forward=0.5, input_grad=0.5, weight_grad=0.5)
+    assert trace.utilization == pytest.approx(simulate.theory_utilization("zbv", p, m), abs=1e-12)
+    assert trace.makespan - 3 * m == pytest.approx((p - 1) / 2, abs=1e-12)
+    h1 = simulate.simulate(schedules.build("zb-h1", p, m), forward=1.0, input_grad=1.0, weight_grad=1.0)
+    assert trace.makespan - 3 * m == pytest.approx((h1.makespan - 3 * m) / 2, abs=1e-12)
+    assert [trace.idle_inside(r) for r in range(p)] == [0.0] * p
+    assert trace.peak_stashed == [2 * p] * p                     # 2p half stages = 1F1B's first stage's p
+    with pytest.raises(ValueError, match=r"ZB-V closed form holds for F = I = W"):
+        simulate.theory_utilization("zbv", max(p, 2), m + 4, forward=1.0, input_grad=2.0, weight_grad=1.0)
+    with pytest.raises(ValueError, match=r"ZB-V closed form needs num_microbatches >= 2 num_stages - 1"):
+        simulate.theory_utilization("zbv", p + 1, 2 * p)
+
+
+def test_zbv_is_torch_distributed_pipelining_order():
+    """torch's ScheduleZBVZeroBubble, built on a fake process group (no other process), runs the same order."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lessons"))
+    from lesson_code import l06_beyond
+    for p in (1, 2, 3, 4):
+        for m in (1, p, 2 * p - 1, 2 * p + 1):
+            assert l06_beyond.torch_schedule("zbv", p, m, chunks=2) == schedules.build("zbv", p, m), (p, m)

@@ -27,7 +27,7 @@ def test_batch_not_divided_by_microbatches():
 
 
 def test_unknown_schedule():
-    with pytest.raises(ConfigError, match=r"unknown schedule 'zigzag'; choose one of naive, gpipe, 1f1b, interleaved, zb-h1, zb-h2, or give your own"):
+    with pytest.raises(ConfigError, match=r"unknown schedule 'zigzag'; choose one of naive, gpipe, 1f1b, interleaved, zb-h1, zb-h2, zbv, or give your own"):
         check_config(RunConfig(schedule="zigzag"))
 
 

@@ -194,15 +194,30 @@ def test_dependency_across_chunks():
     assert schedules.dependency(Action("B", 0, 1), 1, 2, 2) is None             # virtual stage 3 is last
 
 
-def test_virtual_stage_and_rank_of_are_inverse():
+@pytest.mark.parametrize("layout", schedules.LAYOUTS)
+def test_virtual_stage_and_rank_of_are_inverse(layout):
     for num_stages in range(1, 5):
         seen = set()
         for rank in range(num_stages):
             for chunk in range(3):
-                v = schedules.virtual_stage(rank, chunk, num_stages)
-                assert schedules.rank_of(v, num_stages) == (rank, chunk)
+                v = schedules.virtual_stage(rank, chunk, num_stages, layout)
+                assert schedules.rank_of(v, num_stages, layout) == (rank, chunk)
                 seen.add(v)
         assert seen == set(range(3 * num_stages))
+
+
+def test_v_layout_goes_down_and_back_up():
+    # 3 ranks x 2 chunks in a V: rank 0 holds stages 0 and 5, rank 2 holds the neighbours 2 and 3
+    assert [[schedules.virtual_stage(r, c, 3, "v") for c in (0, 1)] for r in range(3)] == [[0, 5], [1, 4], [2, 3]]
+    assert schedules.dependency(Action("F", 0, 1), 2, 3, 2, "v") == (2, Action("F", 0, 0))   # same rank
+    assert schedules.dependency(Action("F", 0, 1), 1, 3, 2, "v") == (2, Action("F", 0, 1))
+    assert schedules.dependency(Action("I", 0, 1), 0, 3, 2, "v") is None                     # stage 5 is last
+    assert schedules.dependency(Action("I", 0, 0), 0, 3, 2, "v") == (1, Action("B", 0, 0))
+    # the same lists under the interleaved layout would mean another pipeline: the layout travels with them
+    v = schedules.Schedule([acts("F0 F0.1 I0.1 I0 W0.1 W0")], layout="v")
+    schedules.validate(v)
+    with pytest.raises(ScheduleError, match=r"unknown layout 'w'; choose one of interleaved, v"):
+        schedules.validate(schedules.Schedule([acts("F0 B0")], layout="w"))
 
 
 def test_counts():

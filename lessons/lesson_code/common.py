@@ -57,7 +57,7 @@ def classify_waits(trace) -> list[dict]:
         if after is None:
             continue
         action = schedules.Action(after.op, after.microbatch, after.chunk)
-        dep = schedules.dependency(action, w.rank, trace.num_ranks, chunks)
+        dep = schedules.dependency(action, w.rank, trace.num_ranks, chunks, trace.meta.get("layout", "interleaved"))
         if dep is None:
             continue
         source, needed = dep

@@ -38,9 +38,9 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
 
 def count_messages(schedule) -> int:
     """Messages one step sends between ranks: one per action whose input comes from another rank."""
-    chunks = schedules.num_chunks(schedule)
+    chunks, layout = schedules.num_chunks(schedule), schedules.layout_of(schedule)
     return sum(1 for rank, actions in enumerate(schedule) for a in actions
-               if (dep := schedules.dependency(a, rank, len(schedule), chunks)) is not None and dep[0] != rank)
+               if (dep := schedules.dependency(a, rank, len(schedule), chunks, layout)) is not None and dep[0] != rank)
 
 
 def op_costs(trace: Trace) -> dict:
@@ -95,7 +95,8 @@ def split_backward_flops(depth: int = 4, width: int = 256, batch: int = 64) -> d
 
 # ------------------------------------------------------------------------------ torch.distributed.pipelining
 
-TORCH_CLASSES = {"interleaved": "ScheduleInterleaved1F1B", "zb-h1": "ScheduleInterleavedZeroBubble"}
+TORCH_CLASSES = {"interleaved": "ScheduleInterleaved1F1B", "zb-h1": "ScheduleInterleavedZeroBubble",
+                 "zbv": "ScheduleZBVZeroBubble"}
 
 
 def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: int = 1) -> list:
@@ -104,27 +105,31 @@ def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: in
     torch's multi-stage schedules compute their whole order (``pipeline_order``) when built, for every
     rank. Building one needs a process group and ``PipelineStage`` objects, but no other process: a
     *fake* process group (torch's own testing backend) says "rank 0 of ``num_stages``" and sends nothing.
-    torch numbers stages ``chunk * num_stages + rank`` (Megatron's layout, the same as pipeline_ref's
-    virtual stages), so stage s of rank r is chunk s // num_stages. ScheduleInterleavedZeroBubble (the
-    paper's ZB1P) with one stage per rank (``chunks=1``) is ZB-H1. (GPipe and 1F1B are torch classes of
-    another kind, ScheduleGPipe and Schedule1F1B, which decide their order while they run.)
+    torch numbers stages as pipeline_ref numbers virtual stages: ``chunk * num_stages + rank`` (Megatron's
+    layout), or in a V for ScheduleZBVZeroBubble (``chunks=2``), so ``schedules.rank_of`` turns a stage back
+    into its chunk. ScheduleInterleavedZeroBubble (the paper's ZB1P) with one stage per rank (``chunks=1``)
+    is ZB-H1. (GPipe and 1F1B are torch classes of another kind, ScheduleGPipe and Schedule1F1B, which
+    decide their order while they run.)
     """
     import torch.distributed as dist
     import torch.distributed.pipelining as pipelining
     from torch.distributed.pipelining import PipelineStage
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    layout = "v" if name == "zbv" else "interleaved"
     started = not dist.is_initialized()
     if started:
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=num_stages)
     try:
         total = num_stages * chunks
-        stages = [PipelineStage(nn.Linear(2, 2), c * num_stages, total, torch.device("cpu")) for c in range(chunks)]
+        stages = [PipelineStage(nn.Linear(2, 2), schedules.virtual_stage(0, c, num_stages, layout), total,
+                                torch.device("cpu")) for c in range(chunks)]
         schedule = getattr(pipelining, TORCH_CLASSES[name])(stages, n_microbatches=num_microbatches,
                                                               loss_fn=lambda out, target: out.sum())
         order = schedule.pipeline_order
     finally:
         if started:
             dist.destroy_process_group()
-    return [[Action(a.computation_type.value, a.microbatch_index, a.stage_index // num_stages)
-             for a in order[rank] if a is not None] for rank in range(num_stages)]
+    return schedules.Schedule([[Action(a.computation_type.value, a.microbatch_index,
+                                       schedules.rank_of(a.stage_index, num_stages, layout)[1])
+                                for a in order[rank] if a is not None] for rank in range(num_stages)], layout)
