@@ -1,4 +1,4 @@
-"""Past 1F1B in real runs: interleaved 1F1B, ZB-H1 and ZB-H2 against 1F1B on the same model and ranks.
+"""Past 1F1B in real runs: interleaved 1F1B, ZB-H1, ZB-H2 and ZB-V against 1F1B on the same model and ranks.
 
     .venv/bin/python benchmarks/schedules.py [--repeats 9] [--out benchmarks/results/schedules]
 
@@ -35,7 +35,7 @@ from pipeline_ref.trace import Trace
 
 HERE = Path(__file__).resolve().parent
 MODEL_KWARGS = {"depth": 8, "width": 1024, "batch": 512}    # lessons/lesson_code/l06_beyond.py: MEASURE_MODEL
-SCHEDULES = (("1f1b", 1), ("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1))
+SCHEDULES = (("1f1b", 1), ("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1), ("zbv", 1))
 
 
 def theory(cfg: RunConfig, costs: dict) -> float | None:
@@ -120,9 +120,9 @@ def main() -> None:
     info["load_average_after"] = machine.machine_info()["load_average"]
 
     names = {"forward": "F", "backward": "B", "input_grad": "I", "weight_grad": "W"}
-    lines = ["# Past 1F1B: interleaved, ZB-H1 and ZB-H2 in real runs", "",
+    lines = ["# Past 1F1B: interleaved, ZB-H1, ZB-H2 and ZB-V in real runs", "",
              machine.machine_markdown(info),
-             f"Model `mlp` with {MODEL_KWARGS}, 2 ranks (one thread each), interleaved with 2 chunks per rank; "
+             f"Model `mlp` with {MODEL_KWARGS}, 2 ranks (one thread each), interleaved and ZB-V with 2 chunks per rank; "
              f"each cell is over {args.repeats} runs, each run's second step, played in {args.repeats} rounds of "
              f"every configuration.", "",
              "| m | schedule | step: median (min-max) | ÷ 1F1B, same round (median) | utilization | closed form (rank 0's op times) "
@@ -136,7 +136,7 @@ def main() -> None:
                      f"| {'n/a' if r['theory'] is None else format(r['theory'], '.3f')} "
                      f"| {100 * r['prediction_error']:+.1f}% | {ops} | {stash} |")
     lines += ["", "Closed forms: 1F1B m/(m+p-1); interleaved vm/(vm+p-1); ZB-H1 only for W <= min(F, I); ZB-H2 only "
-              "for F = I = W (n/a: the run's op times are outside the range where the formula holds). Lowest CPU "
+              "for F = I = W; ZB-V only for F = I = W and m >= 2p - 1 (n/a: the run's op times are outside the range where the formula holds). Lowest CPU "
               f"share of any kept run: {min(r['cpu_share'] for r in rows):.2f}."]
     cost = deferred_w()
     lines += ["", "## What deferring W costs here", "",
