@@ -114,8 +114,6 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1
                           f"(and --dp) so that their product divides {batch_size}")
 
 
-
-
 def preflight(cfg: RunConfig, world_size: int | None = None):
     """Every check, in the order a rank needs their results; nothing here communicates.
 
@@ -130,6 +128,7 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
     check_fits(cfg, len(layers), batch[0].shape[0], chunks=schedules.num_chunks(schedule),
                split_backward=split_backward)
     return layers, loss_fn, batch, schedule
+
 
 def _schedule_function(spec: str):
     import importlib
