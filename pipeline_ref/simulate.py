@@ -166,22 +166,24 @@ def theory_utilization(name: str, num_stages: int, num_microbatches: int, chunks
         work = m * (forward + input_grad + weight_grad)
         return work / (work + (p - 1) * (forward + input_grad - weight_grad))
     if name == "zb-h2":
-        if m < p:
-            raise ValueError(f"the ZB-H2 closed form needs num_microbatches >= num_stages ({m} < {p}); "
-                             f"use simulate() for fewer microbatches")
-        if p > 1 and not forward == input_grad == weight_grad:
-            raise ValueError(f"the ZB-H2 closed form holds for F = I = W (the costs its order is built for); "
-                             f"here F = {forward:g}, I = {input_grad:g}, W = {weight_grad:g}: use simulate()")
+        _needs_equal_costs("ZB-H2", p, m, p, "num_stages", forward, input_grad, weight_grad)
         return 3 * m / (3 * m + p - 1)
     if name == "zbv":
-        if m < 2 * p - 1:
-            raise ValueError(f"the ZB-V closed form needs num_microbatches >= 2 num_stages - 1 ({m} < {2 * p - 1}); "
-                             f"use simulate() for fewer microbatches")
-        if p > 1 and not forward == input_grad == weight_grad:
-            raise ValueError(f"the ZB-V closed form holds for F = I = W; here F = {forward:g}, I = {input_grad:g}, "
-                             f"W = {weight_grad:g}: use simulate()")
+        _needs_equal_costs("ZB-V", p, m, 2 * p - 1, "2 num_stages - 1", forward, input_grad, weight_grad)
         return 6 * m / (6 * m + p - 1)
     return m / (m + p - 1)
+
+
+def _needs_equal_costs(label: str, p: int, m: int, least: int, least_name: str, *costs: float) -> None:
+    """ZB-H2's and ZB-V's closed forms hold from ``least`` microbatches on, with F = I = W (the costs their
+    orders are built for); elsewhere only the simulator answers."""
+    if m < least:
+        raise ValueError(f"the {label} closed form needs num_microbatches >= {least_name} ({m} < {least}); "
+                         f"use simulate() for fewer microbatches")
+    if p > 1 and len(set(costs)) > 1:
+        forward, input_grad, weight_grad = costs
+        raise ValueError(f"the {label} closed form holds for F = I = W; here F = {forward:g}, I = {input_grad:g}, "
+                         f"W = {weight_grad:g}: use simulate()")
 
 
 def theory_bubble(name: str, num_stages: int, num_microbatches: int, **costs) -> float:
