@@ -131,6 +131,7 @@ def run_numbers(result: dict) -> tuple[dict, Trace, Trace]:
     cfg = RunConfig(**result["config"])
     measured = Trace.from_dict(result["trace"])
     costs = simulate.costs_from_trace(measured)
+    zero = [0.0] * measured.num_ranks
     predicted = simulate.simulate(make_schedule(cfg), **costs, time_unit="s")
     gaps = executor_gaps(measured)
     theory = _theory(simulate.theory_utilization, cfg.schedule, cfg.pp, cfg.microbatches)
@@ -140,7 +141,9 @@ def run_numbers(result: dict) -> tuple[dict, Trace, Trace]:
                "predicted": predicted.utilization,
                "prediction_error": simulate.prediction_error(measured, predicted)["makespan_error"],
                "forward_ms": [round(c * 1e3, 3) for c in costs["forward"]],
-               "backward_ms": [round(c * 1e3, 3) for c in costs["backward"]],
+               # a split backward (zero bubble) has no B: its I + W is the backward's cost
+               "backward_ms": [round((b + i + w) * 1e3, 3) for b, i, w in
+                               zip(costs["backward"], costs.get("input_grad", zero), costs.get("weight_grad", zero))],
                "comm_us": costs["comm"] * 1e6, "gaps": gaps["fraction"],
                "gap_per_action_us": gaps["per_action_s"] * 1e6,
                "peak_stashed": measured.peak_stashed or measured.stash_counts(),
@@ -186,7 +189,7 @@ def _per_stage(values, fmt: str = ".1f") -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     head = ("| schedule | p | m | step (ms) | utilization (min-max) | theory | measured / theory "
-            "| calibrated prediction (step error) | F per stage (ms) | B per stage (ms) | message (µs) "
+            "| calibrated prediction (step error) | F per stage (ms) | B (or I + W) per stage (ms) | message (µs) "
             "| executor gaps | peak stashed (theory) | peak stashed (MiB) | CPU share |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
