@@ -58,6 +58,11 @@ def test_numbers_of_a_run_beside_theory_and_the_calibrated_prediction():
     assert predicted.makespan == pytest.approx(measured.makespan)
 
 
+def test_a_split_backward_counts_its_i_and_w_as_the_backward():
+    numbers, _, _ = bench.run_numbers(_result("zb-h1", 2, 4, forward=0.01, backward=0.02))   # I = W = 10 ms
+    assert numbers["backward_ms"] == [20.0, 20.0]
+
+
 def test_summary_takes_medians_over_repeats_and_the_median_step_for_lists():
     runs = [_result(forward=f, backward=2 * f) for f in (1.0, 3.0, 2.0)]
     row, trace, _ = bench.summarize(runs)
