@@ -23,7 +23,8 @@ def test_cuda_tensors_cross_ranks_unchanged():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("schedule, chunks", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb-h1", 1)])
+@pytest.mark.parametrize("schedule, chunks", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1),
+                                             ("zbv", 1)])
 def test_cuda_pipeline_equals_one_device(schedule, chunks):
     cfg = RunConfig(schedule=schedule, pp=2, microbatches=4, chunks=chunks, model="gpt_tied", model_kwargs=GPT,
                     dtype="float64", device="cuda", collect_grads=True, sync_sends=True)
