@@ -153,36 +153,30 @@ def zbv(num_stages: int, num_microbatches: int) -> Schedule:
         actions: list[Action] = []
         count = {(op, chunk): 0 for op in "FIW" for chunk in (0, 1)}
 
-        def run(op: str, chunk: int) -> None:
-            actions.append(Action(op, count[op, chunk], chunk))
-            count[op, chunk] += 1
+        def run(*names: str) -> None:
+            """Run the next action of each name: "F0" is the next forward of chunk 0, "W1" the next W of chunk 1."""
+            for name in names:
+                op, chunk = name[0], int(name[1])
+                actions.append(Action(op, count[op, chunk], chunk))
+                count[op, chunk] += 1
 
         for _ in range(2 * (p - r) - 1):
-            run("F", 0)
+            run("F0")
         for _ in range(r):
-            run("F", 1)
-            run("F", 0)
+            run("F1", "F0")
         for _ in range(p - r):
-            run("F", 1)
-            run("I", 1)
-            run("W", 1)
+            run("F1", "I1", "W1")
         while count["F", 1] < count["F", 0] or count["F", 0] < n:
             if count["F", 0] < n:
-                run("F", 0)
-            run("I", 0)
-            run("W", 0)
-            run("F", 1)
-            run("I", 1)
-            run("W", 1)
+                run("F0")
+            run("I0", "W0", "F1", "I1", "W1")
         for _ in range(r):
-            run("I", 0)
-            run("I", 1)
+            run("I0", "I1")
         for _ in range(p - r):
-            run("I", 0)
-            run("W", 0)
+            run("I0", "W0")
         while count["W", 1] < count["I", 1]:
-            run("W", 1)
+            run("W1")
         while count["W", 0] < count["I", 0]:
-            run("W", 0)
+            run("W0")
         schedule.append([a for a in actions if a.microbatch < m])
     return schedule
