@@ -124,9 +124,8 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
     check_config(cfg, world_size)
     layers, loss_fn, batch = build_model(cfg)
     schedule = make_schedule(cfg)
-    split_backward = any(a.op in ("I", "W") for actions in schedule for a in actions)
     check_fits(cfg, len(layers), batch[0].shape[0], chunks=schedules.num_chunks(schedule),
-               split_backward=split_backward)
+               split_backward=schedules.splits_backward(schedule))
     return layers, loss_fn, batch, schedule
 
 

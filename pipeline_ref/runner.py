@@ -54,7 +54,7 @@ def run_rank(comm, cfg: RunConfig) -> dict | None:
     layers, loss_fn, (inputs, targets), schedule = preflight(cfg, comm.Get_size())
     chunks = schedules.num_chunks(schedule)         # model chunks per rank (interleaved, ZB-V: more than one)
     layout = schedules.layout_of(schedule)          # which virtual stage each chunk holds
-    split_backward = any(a.op in ("I", "W") for actions in schedule for a in actions)
+    split_backward = schedules.splits_backward(schedule)
     device = _device(cfg)
     per_replica = inputs.shape[0] // cfg.dp          # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")

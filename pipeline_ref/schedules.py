@@ -107,6 +107,11 @@ def num_chunks(schedule: Schedule) -> int:
     return 1 + max((a.chunk for actions in schedule for a in actions), default=0)
 
 
+def splits_backward(schedule: Schedule) -> bool:
+    """Whether the schedule runs the backward as I and W (zero bubble) rather than as B."""
+    return any(a.op in ("I", "W") for actions in schedule for a in actions)
+
+
 def count_microbatches(schedule: Schedule) -> int:
     return 1 + max((a.microbatch for actions in schedule for a in actions), default=-1)
 
