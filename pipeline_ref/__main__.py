@@ -121,7 +121,7 @@ def _run(args) -> int:
         result = run_rank(comm, cfg)
     except Exception as err:                    # one rank's failure must end all of them, not hang them
         watchdog.report(f"failed while {watchdog.doing()}: {type(err).__name__}: {err}")
-        comm.Abort(1)
+        watchdog.abort_all(comm, 1)
     if comm.Get_rank() == 0:
         _report(result, args)
     return 0

@@ -37,7 +37,7 @@ def main(payload_path: str, outdir: str) -> None:
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
         watchdog.report(f"failed while {watchdog.doing()}: {detail}")
         if isinstance(err, ConfigError):   # the user's request, refused: the line above says it all
-            MPI.COMM_WORLD.Abort(2)
+            watchdog.abort_all(MPI.COMM_WORLD, 2)
         raise
     torch.save(result, f"{outdir}/rank{rank}.pt")
 

@@ -38,6 +38,17 @@ def report(message: str) -> None:
     sys.stderr.flush()
 
 
+def abort_all(comm, code: int) -> None:
+    """End every rank of ``comm`` now, this one included; never returns.
+
+    MPICH's ``MPI_Abort`` may return before the kill it asks for arrives (seen with MPICH 5),
+    so this process leaves by itself: nothing after the failure runs, no traceback is printed.
+    """
+    sys.stderr.flush()
+    comm.Abort(code)
+    os._exit(code)
+
+
 def start(rank: int, stall_timeout: float | None) -> None:
     """Remember this process's rank; if ``stall_timeout`` is set, watch for stalls."""
     global _rank

@@ -82,6 +82,19 @@ def test_config_refused_inside_ranks_names_the_problem():
     _no_rank_left()
 
 
+def test_abort_all_never_returns_even_when_mpi_abort_does():
+    # MPICH 5's MPI_Abort returned before its kill arrived, and the rank went on to print a traceback.
+    program = ("import sys\n"
+               "from pipeline_ref import watchdog\n"
+               "class ReturningComm:\n"
+               "    def Abort(self, code): print('asked to abort with', code, flush=True)\n"
+               "watchdog.abort_all(ReturningComm(), 3)\n"
+               "print('went on after the abort', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "asked to abort with 3\n"
+
+
 def test_identical_rank_reports_are_merged():
     from pipeline_ref.launch import _merge_reports
     assert _merge_reports(["rank 2: failed X", "rank 0: failed X", "rank 1: stuck Y"]) == \
