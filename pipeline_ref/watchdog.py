@@ -44,6 +44,7 @@ def abort_all(comm, code: int) -> None:
     MPICH's ``MPI_Abort`` may return before the kill it asks for arrives (seen with MPICH 5),
     so this process leaves by itself: nothing after the failure runs, no traceback is printed.
     """
+    sys.stdout.flush()      # os._exit below drops what is still buffered
     sys.stderr.flush()
     comm.Abort(code)
     os._exit(code)
