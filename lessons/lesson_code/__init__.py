@@ -11,7 +11,11 @@ lesson is the code that ran.
     l03_blocking  lesson 03: 1F1B played with blocking sends, the obvious code that deadlocks
     l04_data_parallel  lesson 04: the communicators of a pp x dp grid, DDP vs pipeline vs both
     l05_balancing lesson 05: an unbalanced GPT, per-layer profiles, the three partitions
-    l06_beyond    lesson 06: interleaved and ZB-H1 theory, message counts, FLOPs of I and W, torch's orders
-    common        helpers the notebooks share: the timing model, core count, memory arithmetic
+    l06_interleaved  lesson 06: the bubble in both conventions, message counts, the lessons' measured model
+    l07_zero_bubble  lesson 07: the synchronous bound, bytes held per schedule, FLOPs of I and W
+    torch_orders  lessons 06-07: torch.distributed.pipelining's own orders, on a fake process group
+    sizing        lessons 01 and 04: bytes of training state, GPT-3's stages, the decision guide
+    simulator_widget  lessons 02-03: sliders that redraw the simulated Gantt chart (ipywidgets)
+    common        helpers the notebooks share: the timing model, core count, memory arithmetic, calibration
     diagrams      the pictures the notebooks draw with matplotlib (no image files)
 """

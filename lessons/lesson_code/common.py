@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from statistics import median
 
 # The model the timing demos train (pipeline_ref.models.mlp): 8 equal blocks, so 2 or 4 stages cost the same, and
 # a stage's matrix products (microbatch x 512 x 512 per block) outweigh its message (microbatch x 512 floats).
@@ -66,3 +67,44 @@ def classify_waits(trace) -> list[dict]:
         rows.append({"rank": w.rank, "action": str(action), "wait": w.end - w.start, "ready before asked": ready,
                      "latency": None if ready else max(0.0, w.end - produced)})
     return rows
+
+
+def op_costs(trace) -> dict:
+    """Median duration of each op kind per rank in a (measured) trace: {"F": [...], "B": [...], ...}."""
+    out = {}
+    for op in ("F", "B", "I", "W"):
+        per_rank = [[e.duration for e in trace.events if e.rank == r and e.op == op] for r in range(trace.num_ranks)]
+        if any(per_rank):
+            out[op] = [median(d) if d else 0.0 for d in per_rank]
+    return out
+
+
+def calibrated(schedule, measured):
+    """The simulator's prediction of ``schedule`` with each rank's measured median F, B (or I and W) and latency.
+
+    For a schedule with several chunks per rank a "stage" in the simulator is a chunk: its measured costs are
+    per chunk already.
+    """
+    from pipeline_ref import simulate
+    costs = op_costs(measured)
+    comm = simulate.costs_from_trace(measured)["comm"]
+    zero = [0.0] * measured.num_ranks
+    return simulate.simulate(schedule, forward=costs["F"], backward=costs.get("B", zero), comm=comm,
+                             input_grad=costs.get("I"), weight_grad=costs.get("W"), time_unit="s")
+
+
+def step_ratio_sentence(steps: dict, baseline: str) -> str:
+    """One sentence of a run's measured steps against ``baseline``'s: what the prose under a table may quote.
+
+    ``steps`` maps a name to its step in seconds. Printed by the cell, so the sentence and the table come from
+    the same run (tests/test_lesson_prose.py checks that the prose quotes only numbers the cells print).
+    """
+    base = steps[baseline]
+    parts = []
+    for name, step in steps.items():
+        if name == baseline:
+            continue
+        ratio = step / base
+        word = "shorter" if ratio < 1 else "longer" if ratio > 1 else "as long"
+        parts.append(f"{name} {ratio:.2f} ({word})")
+    return f"this run's step against {baseline}'s ({base * 1e3:.1f} ms): " + ", ".join(parts)

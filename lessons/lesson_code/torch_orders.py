@@ -1,0 +1,54 @@
+"""The orders torch.distributed.pipelining's own schedule classes run, as pipeline_ref Actions (lessons 06, 07).
+
+    torch_schedule("interleaved", 2, 4, chunks=2)   # ScheduleInterleaved1F1B
+    torch_schedule("zb-h1", 3, 4)                   # ScheduleInterleavedZeroBubble with one stage per rank
+    torch_schedule("zbv", 2, 4, chunks=2)           # ScheduleZBVZeroBubble
+
+Built on torch's *fake* process group: no other process, no message. Nothing here starts MPI.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline_ref import schedules
+from pipeline_ref.schedules import Action
+
+TORCH_CLASSES = {"interleaved": "ScheduleInterleaved1F1B", "zb-h1": "ScheduleInterleavedZeroBubble",
+                 "zbv": "ScheduleZBVZeroBubble"}
+
+
+def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: int = 1) -> list:
+    """The order torch.distributed.pipelining's schedule class runs, as pipeline_ref Actions (one list per rank).
+
+    torch's multi-stage schedules compute their whole order (``pipeline_order``) when built, for every
+    rank. Building one needs a process group and ``PipelineStage`` objects, but no other process: a
+    *fake* process group (torch's own testing backend) says "rank 0 of ``num_stages``" and sends nothing.
+    torch numbers stages as pipeline_ref numbers virtual stages: ``chunk * num_stages + rank`` (Megatron's
+    layout), or in a V for ScheduleZBVZeroBubble (``chunks=2``), so ``schedules.rank_of`` turns a stage back
+    into its chunk. ScheduleInterleavedZeroBubble (the paper's ZB1P) with one stage per rank (``chunks=1``)
+    is ZB-H1. (GPipe and 1F1B are torch classes of another kind, ScheduleGPipe and Schedule1F1B, which
+    decide their order while they run.)
+    """
+    import torch.distributed as dist
+    import torch.distributed.pipelining as pipelining
+    from torch.distributed.pipelining import PipelineStage
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    layout = "v" if name == "zbv" else "interleaved"
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=num_stages)
+    try:
+        total = num_stages * chunks
+        stages = [PipelineStage(nn.Linear(2, 2), schedules.virtual_stage(0, c, num_stages, layout), total,
+                                torch.device("cpu")) for c in range(chunks)]
+        schedule = getattr(pipelining, TORCH_CLASSES[name])(stages, n_microbatches=num_microbatches,
+                                                              loss_fn=lambda out, target: out.sum())
+        order = schedule.pipeline_order
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return schedules.Schedule([[Action(a.computation_type.value, a.microbatch_index,
+                                       schedules.rank_of(a.stage_index, num_stages, layout)[1])
+                                for a in order[rank] if a is not None] for rank in range(num_stages)], layout)
