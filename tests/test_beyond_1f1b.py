@@ -45,7 +45,7 @@ def _id(cfg):
 
 @pytest.fixture(scope="module")
 def results():
-    ran = launch(4, "pipeline_ref.runner:run_many", CONFIGS, timeout=240)[0]
+    ran = launch(4, "pipeline_ref.train:run_many", CONFIGS, timeout=240)[0]
     return {_id(cfg): r for cfg, r in zip(CONFIGS, ran)}
 
 
@@ -58,20 +58,20 @@ def test_equals_one_device(cfg, results):
 @pytest.mark.mpi
 def test_interleaved_gives_each_rank_its_chunks(results):
     # 12 layers, 2 ranks x 3 chunks: virtual stages of 2 layers, rank 0 holding virtual stages 0, 2, 4.
-    assert results["mlp-interleaved-pp2-dp1-m4-v3"]["partition"] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
+    assert results["mlp-interleaved-pp2-dp1-m4-v3"].partition == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
     # the tied embedding and head of the GPT sit on rank 0 (virtual stage 0) and rank 1 (the last one)
-    assert results["gpt_tied-interleaved-pp2-dp1-m2-v2"]["tied"] == [("0.token.weight", [0, 1])]
+    assert results["gpt_tied-interleaved-pp2-dp1-m2-v2"].tied == [("0.token.weight", [0, 1])]
 
 
 @pytest.mark.mpi
 def test_zbv_places_its_chunks_in_a_v(results):
     # 12 layers, 3 ranks x 2 chunks: rank 0 holds virtual stages 0 and 5, rank 2 holds 2 and 3
-    assert results["mlp-zbv-pp3-dp1-m6-v1-ssend"]["partition"] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
-    trace = results["mlp-zbv-pp3-dp1-m6-v1-ssend"]["trace"]
-    assert trace["meta"]["layout"] == "v"
+    assert results["mlp-zbv-pp3-dp1-m6-v1-ssend"].partition == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
+    trace = results["mlp-zbv-pp3-dp1-m6-v1-ssend"].trace
+    assert trace.meta["layout"] == "v"
     # the V puts the GPT's embedding (first stage) and head (last stage) on rank 0: no tied copy to sum
-    assert results["gpt_tied-zbv-pp4-dp1-m6-v1"]["tied"] == []
-    assert results["gpt_tied-interleaved-pp4-dp1-m4-v2"]["tied"] == [("0.token.weight", [0, 3])]
+    assert results["gpt_tied-zbv-pp4-dp1-m6-v1"].tied == []
+    assert results["gpt_tied-interleaved-pp4-dp1-m4-v2"].tied == [("0.token.weight", [0, 3])]
 
 
 def test_refused_before_any_rank_starts():
@@ -99,19 +99,19 @@ def test_split_backward_computes_nothing_twice(factory, options, where):
     part = nn.Sequential(*(layers[:cut] if first else layers[cut:]))
     inputs = x if first else nn.Sequential(*layers[:cut])(x).detach()
     whole, split = copy.deepcopy(part), copy.deepcopy(part)
-    plain = Stage([whole], [first], [last], loss_fn)
-    zero_bubble = Stage([split], [first], [last], loss_fn, split_backward=True)
-    out = plain.forward(0, 0, inputs, t)
-    zero_bubble.forward(0, 0, inputs, t)
-    grad = None if last else torch.randn_like(out)
+    plain = Stage(whole, first, last, loss_fn)
+    zero_bubble = Stage(split, first, last, loss_fn, split_backward=True)
+    out = plain.forward(0, inputs, t)
+    zero_bubble.forward(0, inputs, t)
+    grad = None if last else (torch.randn_like(out[0]),)
     with FlopCounterMode(display=False) as full:
-        expected_input_grad = plain.backward(0, 0, grad)
+        expected_input_grad = plain.backward(0, grad)
     with FlopCounterMode(display=False) as input_half:
-        input_grad = zero_bubble.backward_input(0, 0, grad)
+        input_grad = zero_bubble.backward_input(0, grad)
     shared = {id(p) for p in zero_bubble.weight_grads.shared}    # tied on this stage: taken in I
     assert all(p.grad is None for p in split.parameters() if id(p) not in shared), "I computed weight gradients"
     with FlopCounterMode(display=False) as weight_half:
-        zero_bubble.backward_weight(0, 0)
+        zero_bubble.backward_weight(0)
     assert input_half.get_total_flops() + weight_half.get_total_flops() == full.get_total_flops()
     assert input_half.get_total_flops() > 0 and weight_half.get_total_flops() > 0
     if not first:
@@ -120,7 +120,7 @@ def test_split_backward_computes_nothing_twice(factory, options, where):
         assert input_grad is None and expected_input_grad is None
     for p, q in zip(whole.parameters(), split.parameters()):
         torch.testing.assert_close(q.grad, p.grad)
-    assert zero_bubble.stash == {}
+    assert zero_bubble.stash == {} and zero_bubble.meter.nbytes == 0
 
 
 @pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])
@@ -252,7 +252,7 @@ def test_zb_h2_is_never_slower_than_zb_h1_and_faster_when_i_exceeds_w():
 def test_zbv_is_valid_with_two_chunks_in_a_v(num_stages, num_microbatches):
     from pipeline_ref import simulate
     schedule = schedules.build("zbv", num_stages, num_microbatches)
-    assert schedules.layout_of(schedule) == "v"
+    assert schedule.layout == "v"
     schedules.validate(schedule)
     assert {(a.op, a.chunk) for actions in schedule for a in actions} == {(op, c) for op in "FIW" for c in (0, 1)}
     trace = simulate.simulate(schedule, forward=0.5, input_grad=0.5, weight_grad=0.5)
@@ -283,7 +283,7 @@ def test_zbv_is_torch_distributed_pipelining_order():
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lessons"))
-    from lesson_code import l06_beyond
+    from lesson_code import torch_orders
     for p in (1, 2, 3, 4):
         for m in (1, p, 2 * p - 1, 2 * p + 1):
-            assert l06_beyond.torch_schedule("zbv", p, m, chunks=2) == schedules.build("zbv", p, m), (p, m)
+            assert torch_orders.torch_schedule("zbv", p, m, chunks=2) == schedules.build("zbv", p, m), (p, m)
