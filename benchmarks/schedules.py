@@ -34,7 +34,7 @@ from pipeline_ref.stage import Stage
 from pipeline_ref.trace import Trace
 
 HERE = Path(__file__).resolve().parent
-MODEL_KWARGS = {"depth": 8, "width": 1024, "batch": 512}    # lessons/lesson_code/l06_beyond.py: MEASURE_MODEL
+MODEL_KWARGS = models.MEASURE_MLP        # the lessons' model (lesson_code.common.LESSON_MODEL)
 SCHEDULES = (("1f1b", 1), ("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1), ("zbv", 1))
 
 
@@ -49,7 +49,7 @@ def theory(cfg: RunConfig, costs: dict) -> float | None:
 
 def row(cfg: RunConfig, runs: list[dict]) -> dict:
     numbers = [bench.run_numbers(r) for r in runs]
-    traces = [Trace.from_dict(r["trace"]) for r in runs]
+    traces = [r.trace for r in runs]
     middle = sorted(range(len(runs)), key=lambda k: traces[k].makespan)[len(runs) // 2]
     costs = simulate.costs_from_trace(traces[middle])
     return {"schedule": cfg.schedule, "m": cfg.microbatches,
@@ -82,15 +82,15 @@ def deferred_w(repeats: int = 16, others: int = 2, blocks: int = 4, rows: int = 
 
     hot, deferred = [], []
     for _ in range(repeats + 1):                  # the first repeat warms up and is dropped
-        stage = Stage([nn.Sequential(*copy.deepcopy(layers))], [True], [False], loss_fn, len(inputs),
-                      split_backward=True)
+        stage = Stage(nn.Sequential(*copy.deepcopy(layers)), is_first=True, loss_fn=loss_fn,
+                      num_microbatches=len(inputs), split_backward=True)
         for i, x_i in enumerate(inputs):
-            stage.forward(i, 0, x_i, None)
-        stage.backward_input(0, 0, grad)
-        hot.append(timed(lambda: stage.backward_weight(0, 0)))
+            stage.forward(i, x_i)
+        stage.backward_input(0, (grad,))
+        hot.append(timed(lambda: stage.backward_weight(0)))
         for i in range(1, len(inputs)):
-            stage.backward_input(i, 0, grad)
-        deferred.append(timed(lambda: stage.backward_weight(1, 0)))
+            stage.backward_input(i, (grad,))
+        deferred.append(timed(lambda: stage.backward_weight(1)))
     return {"hot_s": median(hot[1:]), "deferred_s": median(deferred[1:]), "repeats": repeats, "others": others,
             "deferred_slower": sum(d > h for h, d in zip(hot[1:], deferred[1:]))}
 
@@ -115,7 +115,7 @@ def main() -> None:
     rows = [row(cfg, runs) for cfg, runs in zip(configs, results)]
     for r, runs in zip(rows, results):
         base = next(b for cfg, b in zip(configs, results) if cfg.schedule == "1f1b" and cfg.microbatches == r["m"])
-        r["paired"] = median(Trace.from_dict(a["trace"]).makespan / Trace.from_dict(b["trace"]).makespan
+        r["paired"] = median(a.trace.makespan / b.trace.makespan
                              for a, b in zip(runs, base))
     info["load_average_after"] = machine.machine_info()["load_average"]
 

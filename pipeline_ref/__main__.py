@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train with a pipeline schedule on MPI ranks")
     _add_run_options(run)
     run.add_argument("-n", "--ranks", type=int, help="start this many local ranks (else: run under mpiexec)")
-    run.add_argument("--steps", type=int, default=1)
+    run.add_argument("--steps", type=int, default=4, help="training steps (the first warms up; the report is "
+                     "the median of the others)")
     run.add_argument("--model", default="mlp", help="'mlp', 'gpt' or pkg.module:factory")
     run.add_argument("--dtype", default="float32", choices=list(DTYPES))
     run.add_argument("--device", default="cpu", choices=list(DEVICES))
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(simulate)
     simulate.add_argument("--forward", type=float, default=1.0, help="cost of a forward")
     simulate.add_argument("--backward", type=float, default=2.0, help="cost of a backward")
-    simulate.add_argument("--comm", type=float, default=0.0, help="latency of one message")
+    simulate.add_argument("--latency", type=float, default=0.0, help="latency of one message")
     simulate.add_argument("--plot", metavar="FILE", help="save a Gantt chart")
     return parser
 
@@ -81,21 +82,28 @@ def _config(args) -> RunConfig:
                      stall_timeout=args.stall_timeout, verbose=True)
 
 
-def _report(result: dict, args) -> None:
+def _report(result, args) -> None:
+    """What a run measured: the warm steps' median (the first step warms up), then the files asked for."""
     import torch
-    from . import simulate, trace as trace_mod
-    trace = trace_mod.Trace.from_dict(result["trace"])
-    cfg = result["config"]
-    theory = _theory(cfg["schedule"], cfg["pp"], cfg["microbatches"], cfg["chunks"])
-    print(f"{cfg['schedule']} on {cfg['pp']} stages, {cfg['microbatches']} microbatches: "
-          f"last step utilization {trace.utilization:.3f}{theory}, "
-          f"peak stashed activations per stage {trace.peak_stashed}")
+    from . import trace as trace_mod
+    cfg = result.config
+    theory = _theory(cfg.schedule, cfg.pp, cfg.microbatches, cfg.chunks)
+    steps = len(result.step_utilization)
+    if steps > 1:
+        which = f"median of steps 2-{steps}" if steps > 2 else "step 2"
+        measured = (f"utilization {result.warm_utilization:.3f} ({which}; step 1, the warm-up: "
+                    f"{result.step_utilization[0]:.3f}){theory}, step {result.warm_step_seconds * 1e3:.1f} ms")
+    else:
+        measured = (f"utilization {result.step_utilization[0]:.3f} of a single, cold step (a warm-up; use --steps 3 "
+                    f"or more for a steady number){theory}")
+    print(f"{cfg.schedule} on {cfg.pp} stages, {cfg.microbatches} microbatches: {measured}, "
+          f"peak stashed activations per stage {result.trace.peak_stashed}")
     if args.save_grads:
-        torch.save(result["grads"], args.save_grads)
-        print(f"gradients of the first step ({len(result['grads'])} tensors) -> {args.save_grads}")
+        torch.save(result.grads, args.save_grads)
+        print(f"gradients of the first step ({len(result.grads)} tensors) -> {args.save_grads}")
     if args.trace:
-        trace_mod.write_chrome_trace(trace, args.trace)
-        print(f"trace -> {args.trace} (open it in https://ui.perfetto.dev)")
+        trace_mod.write_chrome_trace(result.trace, args.trace)
+        print(f"trace of the last step -> {args.trace} (open it in https://ui.perfetto.dev)")
 
 
 def _run(args) -> int:
@@ -105,13 +113,13 @@ def _run(args) -> int:
         from .config import preflight
         from .launch import launch
         preflight(cfg, args.ranks)              # and what needs the model: layers, batch, schedule
-        result = launch(args.ranks, "pipeline_ref.runner:run_rank", cfg, timeout=args.timeout,
+        result = launch(args.ranks, "pipeline_ref.train:run_rank", cfg, timeout=args.timeout,
                         stall_timeout=args.stall_timeout, echo=True)[0]
         _report(result, args)
         return 0
     from mpi4py import MPI
     from . import watchdog
-    from .runner import run_rank
+    from .train import run_rank
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1 and cfg.world_size > 1:
         raise ConfigError(f"--pp {cfg.pp} x --dp {cfg.dp} needs {cfg.world_size} ranks: add "
@@ -129,9 +137,9 @@ def _run(args) -> int:
 
 def _theory(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
     """" (theory 0.800)", or nothing where no closed form applies (a user's schedule, ZB-H1 with m < p)."""
-    from . import simulate
+    from . import theory
     try:
-        return f" (theory {simulate.theory_utilization(name, pp, microbatches, chunks=chunks, **costs):.4f})"
+        return f" (theory {theory.utilization(name, pp, microbatches, chunks=chunks, **costs):.4f})"
     except ValueError:
         return ""
 
@@ -142,8 +150,9 @@ def _simulate(args) -> int:
     schedule = schedules.build(args.schedule, args.pp, args.microbatches, **options)
     # A chunk (interleaved: v per rank; ZB-V: 2) is that fraction of a stage; the zero-bubble schedules split
     # the backward into two halves.
-    scale = 1.0 / schedules.num_chunks(schedule)
-    trace = simulate.simulate(schedule, forward=args.forward * scale, backward=args.backward * scale, comm=args.comm)
+    scale = 1.0 / schedule.num_chunks
+    trace = simulate.simulate(schedule, forward=args.forward * scale, backward=args.backward * scale,
+                              latency=args.latency)
     print(schedules.describe(schedule))
     theory = _theory(args.schedule, args.pp, args.microbatches, args.chunks, forward=args.forward,
                      input_grad=args.backward / 2, weight_grad=args.backward / 2)

@@ -31,12 +31,14 @@ import csv
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
-from . import schedules, simulate
+from . import simulate, theory
 from .config import ConfigError, RunConfig, check_config, check_fits, make_schedule
 from .machine import core_warning, cores, machine_info, machine_markdown, wait_until_quiet
+from .results import RunResult
 from .trace import Trace, executor_gaps
 
 SCHEDULES = ("naive", "gpipe", "1f1b")
@@ -75,7 +77,7 @@ def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0,
     with the highest shares are kept.
     """
     from mpi4py import MPI
-    from .runner import run_rank
+    from .train import run_rank
     total = total or len(configs)
     results = []
     for i, cfg in enumerate(configs):
@@ -90,19 +92,16 @@ def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0,
                           result))
         # The least disturbed runs, in the order they were played.
         kept = sorted(sorted(range(len(tried)), key=lambda k: -tried[k][0])[:repeats])
-        runs = [tried[k][1] for k in kept]
-        for k in kept:
-            if tried[k][1] is not None:
-                tried[k][1].update(cpu_share=tried[k][0], retried=len(tried) - repeats)
+        runs = [Measured(tried[k][1], tried[k][0], len(tried) - repeats) for k in kept]
         results.append(runs)
         if comm.Get_rank() == 0:
-            traces = [Trace.from_dict(r["trace"]) for r in runs]
-            theory = _theory(simulate.theory_utilization, cfg.schedule, cfg.pp, cfg.microbatches)
+            traces = [r.result.trace for r in runs]
+            expected = _theory(theory.utilization, cfg.schedule, cfg.pp, cfg.microbatches)
             print(f"[{first + i + 1:>{len(str(total))}}/{total}] {cfg.schedule} p={cfg.pp} m={cfg.microbatches}"
                   f"  step {median(t.makespan for t in traces) * 1e3:.1f} ms"
                   f"  utilization {median(t.utilization for t in traces):.3f}"
-                  + (f" (theory {theory:.3f})" if theory else "")
-                  + f"  cpu share {min(r['cpu_share'] for r in runs):.2f}"
+                  + (f" (theory {expected:.3f})" if expected else "")
+                  + f"  cpu share {min(r.cpu_share for r in runs):.2f}"
                   + (f" ({len(tried) - repeats} extra run(s))" if len(tried) > repeats else ""),
                   file=sys.stderr, flush=True)
     return results if comm.Get_rank() == 0 else None
@@ -110,7 +109,7 @@ def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0,
 
 def measure(num_ranks: int, configs: list[RunConfig], repeats: int = 1, first: int = 0, total: int | None = None,
             timeout: float = 1800, min_cpu_share: float = 0.0, retries: int = 0,
-            quiet_wait: float = 0.0) -> list[list[dict]]:
+            quiet_wait: float = 0.0) -> list[list["Measured"]]:
     """Start ``num_ranks`` local ranks once and run every config ``repeats`` times: [[result per repeat] per config]."""
     from .launch import launch
     return launch(num_ranks, "pipeline_ref.bench:sweep_rank", configs, repeats, first, total, min_cpu_share,
@@ -119,41 +118,46 @@ def measure(num_ranks: int, configs: list[RunConfig], repeats: int = 1, first: i
 
 # --------------------------------------------------------------------------- numbers of one run
 
+@dataclass
+class Measured:
+    """One played run, the lowest rank's CPU share during it, and how many extra runs its config took."""
+    result: RunResult
+    cpu_share: float | None = None
+    retried: int = 0
+
 def _theory(function, name: str, pp: int, m: int):
     try:
         return function(name, pp, m)
-    except ValueError:      # a user's own generator has no closed form
+    except ValueError:      # a user's own generator, or ZB-H1 with m < p: no closed form
         return None
 
 
-def run_numbers(result: dict) -> tuple[dict, Trace, Trace]:
+def run_numbers(run: Measured) -> tuple[dict, Trace, Trace]:
     """(numbers, measured trace, calibrated prediction) of one run's result."""
-    cfg = RunConfig(**result["config"])
-    measured = Trace.from_dict(result["trace"])
-    costs = simulate.costs_from_trace(measured)
-    zero = [0.0] * measured.num_ranks
+    cfg, measured = run.result.config, run.result.trace
+    costs, zero = simulate.costs_from_trace(measured), [0.0] * measured.num_ranks
     predicted = simulate.simulate(make_schedule(cfg), **costs, time_unit="s")
     gaps = executor_gaps(measured)
-    theory = _theory(simulate.theory_utilization, cfg.schedule, cfg.pp, cfg.microbatches)
+    expected = _theory(theory.utilization, cfg.schedule, cfg.pp, cfg.microbatches)
     numbers = {"schedule": cfg.schedule, "stages": cfg.pp, "microbatches": cfg.microbatches,
-               "step_s": measured.makespan, "measured": measured.utilization, "theory": theory,
-               "ratio": measured.utilization / theory if theory else None,
+               "step_s": measured.makespan, "measured": measured.utilization, "theory": expected,
+               "ratio": measured.utilization / expected if expected else None,
                "predicted": predicted.utilization,
                "prediction_error": simulate.prediction_error(measured, predicted)["makespan_error"],
                "forward_ms": [round(c * 1e3, 3) for c in costs["forward"]],
                # a split backward (zero bubble) has no B: its I + W is the backward's cost
                "backward_ms": [round((b + i + w) * 1e3, 3) for b, i, w in
                                zip(costs["backward"], costs.get("input_grad", zero), costs.get("weight_grad", zero))],
-               "comm_us": costs["comm"] * 1e6, "gaps": gaps["fraction"],
+               "comm_us": costs["latency"] * 1e6, "gaps": gaps["fraction"],
                "gap_per_action_us": gaps["per_action_s"] * 1e6,
                "peak_stashed": measured.peak_stashed or measured.stash_counts(),
-               "theory_peak_stashed": _theory(simulate.theory_peak_stashed, cfg.schedule, cfg.pp, cfg.microbatches),
+               "theory_peak_stashed": _theory(theory.peak_stashed, cfg.schedule, cfg.pp, cfg.microbatches),
                "peak_stashed_bytes": measured.peak_stashed_bytes,
-               "cpu_share": result.get("cpu_share"), "retried": result.get("retried", 0)}
+               "cpu_share": run.cpu_share, "retried": run.retried}
     return numbers, measured, predicted
 
 
-def summarize(runs: list[dict]) -> tuple[dict, Trace, Trace]:
+def summarize(runs: list[Measured]) -> tuple[dict, Trace, Trace]:
     """One row for the repeats of a run: medians of the numbers, lists and traces from the median-step repeat."""
     measured = [run_numbers(r) for r in runs]
     order = sorted(range(len(measured)), key=lambda i: measured[i][0]["step_s"])

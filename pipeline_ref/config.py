@@ -98,8 +98,13 @@ def build_model(cfg: RunConfig):
 
 
 def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1,
-               split_backward: bool = False) -> None:
-    """Checks that need the model: enough layers for the stages, a batch the microbatches divide."""
+               split_backward: bool = False, target_size: int | None = None) -> None:
+    """Checks that need the model: enough layers for the stages, a batch the microbatches divide.
+
+    ``target_size``: the targets' first dimension when it is not the batch's (targets flattened per
+    token, (B*T,) for inputs (B, T)): it must split into the same number of equal microbatches, which
+    then pair up with the inputs' in order, as torch.distributed.pipelining splits them.
+    """
     if cfg.pp * chunks > num_layers:
         pieces = f"--pp {cfg.pp} stages" + (f" x {chunks} chunks" if chunks > 1 else "")
         raise ConfigError(f"{pieces} but the model has only {num_layers} layers; every "
@@ -107,11 +112,16 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1
     if split_backward and cfg.checkpoint:
         raise ConfigError(f"--checkpoint cannot be combined with schedule {cfg.schedule!r}, whose backward is "
                           f"split into I and W (it would recompute the forward twice)")
-    per_replica, rest = divmod(batch_size, cfg.dp)
-    if rest or per_replica % cfg.microbatches:
+    pieces = cfg.dp * cfg.microbatches
+    if batch_size % pieces:
         raise ConfigError(f"the global batch of {batch_size} samples does not split into {cfg.dp} "
                           f"replica(s) x {cfg.microbatches} equal microbatches; choose --microbatches "
                           f"(and --dp) so that their product divides {batch_size}")
+    if target_size is not None and target_size != batch_size and target_size % pieces:
+        raise ConfigError(f"the targets' first dimension ({target_size}) does not split into {cfg.dp} replica(s) x "
+                          f"{cfg.microbatches} equal microbatches as the inputs' ({batch_size}) do; give targets "
+                          f"whose first dimension is the batch (e.g. targets.view({batch_size}, -1)) or a multiple "
+                          f"of it in the inputs' order (per token: (batch * tokens,))")
 
 
 def preflight(cfg: RunConfig, world_size: int | None = None):
@@ -124,8 +134,8 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
     check_config(cfg, world_size)
     layers, loss_fn, batch = build_model(cfg)
     schedule = make_schedule(cfg)
-    check_fits(cfg, len(layers), batch[0].shape[0], chunks=schedules.num_chunks(schedule),
-               split_backward=schedules.splits_backward(schedule))
+    check_fits(cfg, len(layers), batch[0].shape[0], chunks=schedule.num_chunks,
+               split_backward=schedule.splits_backward, target_size=batch[1].shape[0])
     return layers, loss_fn, batch, schedule
 
 
@@ -141,7 +151,7 @@ def _schedule_function(spec: str):
     return function
 
 
-def make_schedule(cfg: RunConfig) -> list:
+def make_schedule(cfg: RunConfig) -> schedules.Schedule:
     """The run's schedule, validated: a built-in name, or a user's ``pkg.module:function(num_stages, num_microbatches)``."""
     if ":" in cfg.schedule:
         options = {"chunks": cfg.chunks} if cfg.chunks > 1 else {}
@@ -156,4 +166,4 @@ def make_schedule(cfg: RunConfig) -> list:
         raise ConfigError(f"schedule {cfg.schedule!r} must give one list of actions per stage ({cfg.pp}), "
                           f"got {type(schedule).__name__} of length {len(schedule) if hasattr(schedule, '__len__') else '?'}")
     schedules.validate(schedule, cfg.microbatches)
-    return schedule
+    return schedules.Schedule.of(schedule)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from . import plot, schedules, simulate
+from . import plot, schedules, simulate, theory
 from .config import RunConfig
 from .launch import launch
 from .machine import core_warning, cores
-from .trace import Trace
 
 SCHEDULES = ("naive", "gpipe", "1f1b")
 # Compute-heavy and balanced: 8 equal layers, so the stages of 2 or 4 cost nearly the same
@@ -60,9 +59,9 @@ def main(args) -> int:
         configs = [RunConfig(schedule=name, pp=depth, microbatches=args.microbatches, steps=args.steps,
                              model="mlp", model_kwargs=DEMO_MODEL, device=device, verbose=True)
                    for name in SCHEDULES]
-        results = launch(depth, "pipeline_ref.runner:run_many", configs, echo=True, timeout=900)[0]
+        results = launch(depth, "pipeline_ref.train:run_many", configs, echo=True, timeout=900)[0]
         for cfg, result in zip(configs, results):
-            measured = Trace.from_dict(result["trace"])
+            measured = result.trace
             predicted = simulate.simulate(schedules.build(cfg.schedule, depth, cfg.microbatches),
                                           **simulate.costs_from_trace(measured), time_unit="s")
             error = simulate.prediction_error(measured, predicted)
@@ -71,7 +70,7 @@ def main(args) -> int:
                                title=f"{cfg.schedule}, {depth} stages, {cfg.microbatches} microbatches")
             rows.append({"schedule": cfg.schedule, "stages": depth, "microbatches": cfg.microbatches,
                          "measured": measured.utilization,
-                         "theory": simulate.theory_utilization(cfg.schedule, depth, cfg.microbatches),
+                         "theory": theory.utilization(cfg.schedule, depth, cfg.microbatches),
                          "simulated": predicted.utilization, "step_s": measured.makespan,
                          "predicted_step_s": predicted.makespan, "prediction_error": error["makespan_error"],
                          "peak_stashed": measured.peak_stashed, "chart": str(chart)})

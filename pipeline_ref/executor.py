@@ -1,18 +1,24 @@
 """Play one rank's list of actions for real: receive, compute, send, record.
 
-The executor knows nothing about GPipe or 1F1B: it reads the schedule (see
-``schedules.py``) and works out, for every action, which message it must receive
-first and which message it produces (``schedules.dependency`` is the single
-definition of both, shared with the validator and the simulator).
+The executor knows nothing about GPipe or 1F1B. For each action of the rank's list it asks the
+pipeline's geometry (``geometry.Pipeline.receives`` / ``sends``) which message the action must
+receive first and where its result goes, once, into a named plan (:class:`Step`); then
+:meth:`Executor.run` plays the plan:
 
-Why it cannot deadlock on a valid schedule: sends are non-blocking, so a rank
-only ever blocks on a receive, that is on a message its next action truly needs.
-The validator has checked that this wait-for relation has no cycle. This holds
-with synchronous sends too (``Issend``, no eager buffering), which the tests run.
+    for each step:   take its message (posted earlier)  ->  compute on its Stage  ->  start its send
 
-Overlap: the receives for the next ``lookahead`` actions that need one are kept
-posted, so a message lands while the current action computes. Each posted
-receive holds a buffer, so the look-ahead is kept small.
+Why it cannot deadlock on a valid schedule: sends are non-blocking, so a rank only ever blocks on
+a receive, that is on a message its next action truly needs, and the validator (``replay.py``)
+has checked that this wait-for relation has no cycle. This holds with synchronous sends too
+(``Issend``, no eager buffering), which the tests run.
+
+Overlap: a :class:`ReceiveWindow` keeps the receives of the next ``lookahead`` actions that need
+one posted, so a message lands while the current action computes (``lookahead=0`` posts each
+receive only when its action needs it). A receive's buffer goes back to the Messenger's pool
+once nothing reads it: a gradient after its B (or the W after its I), an activation after the
+backward (or W) of its microbatch, which is when the stash lets go of it.
+
+Timing: a :class:`Clock` per device kind, host clock on CPU, CUDA events on GPU.
 """
 from __future__ import annotations
 
@@ -21,157 +27,226 @@ from dataclasses import dataclass
 
 import torch
 
-from . import schedules, watchdog
-from .comm import ACTIVATION, GRADIENT, Messenger, message_tag
+from . import watchdog
+from .geometry import Action, Pipeline
+from .message import ACTIVATION, GRADIENT, Messenger, PendingRecv, gradient_specs, message_tag, specs_of
 from .stage import Stage
 from .trace import Event, Wait
 
 
 @dataclass(frozen=True)
-class Spec:
-    """Shape and dtype of the tensor a chunk receives as input (its gradient has the output's)."""
-    shape: tuple
-    dtype: torch.dtype
+class Receive:
+    """The message an action waits for: from ``source``, with ``tag``, shaped as ``specs``."""
+    source: int
+    tag: int
+    specs: tuple
+    what: str                  # "activation" or "gradient", for messages and traces
+
+
+@dataclass(frozen=True)
+class Send:
+    dest: int
+    tag: int
 
 
 @dataclass(frozen=True)
 class Step:
-    action: schedules.Action
-    recv: tuple | None      # (source rank, tag, Spec, what)   message to receive first
-    send: tuple | None      # (dest rank, tag)                  message the result goes to
+    """One action of the plan: what it receives first, and where its result goes (None: nothing)."""
+    action: Action
+    receive: Receive | None
+    send: Send | None
+    frees: tuple = ()          # earlier receives whose buffers this action is the last to read
 
 
-def agree_specs(comm, stage: Stage, rank: int, num_stages: int, num_chunks: int, sample_input,
-                layout: str = "interleaved"):
-    """Walk the virtual stages in order once, so each learns the shape its input arrives in.
+def plan(actions, pipeline: Pipeline, rank: int, in_specs: dict, out_specs: dict) -> list[Step]:
+    """The rank's actions as steps; ``in_specs[chunk]``/``out_specs[chunk]``: the chunk's boundary specs."""
+    tag = lambda direction, microbatch, chunk: message_tag(direction, microbatch, chunk, pipeline.num_chunks)
+    steps = []
+    for a in actions:
+        source, dest = pipeline.receives(a, rank), pipeline.sends(a, rank)
+        receive = send = None
+        if a.op == "F":
+            if source:
+                receive = Receive(source.rank, tag(ACTIVATION, a.microbatch, a.chunk), in_specs[a.chunk], "activation")
+            if dest:
+                send = Send(dest.rank, tag(ACTIVATION, a.microbatch, dest.chunk))
+        elif a.op in ("B", "I"):
+            if source:
+                receive = Receive(source.rank, tag(GRADIENT, a.microbatch, a.chunk),
+                                  gradient_specs(out_specs[a.chunk]), "gradient")
+            if dest:
+                send = Send(dest.rank, tag(GRADIENT, a.microbatch, dest.chunk))
+        # The stash reads a received activation until the backward (B, or the W after an I); the output
+        # gradient an I received is kept for its W, which may read it as it is (autograd passes it through).
+        frees = {"B": (Action("F", a.microbatch, a.chunk),),
+                 "W": (Action("F", a.microbatch, a.chunk), Action("I", a.microbatch, a.chunk))}.get(a.op, ())
+        steps.append(Step(a, receive, send, frees))
+    return steps
 
-    Each holder runs its chunk on a zero tensor of the announced shape (no grad) and
-    announces its output's shape to the next. Returns (input specs, output specs) by chunk.
+
+def agree_specs(transport, stages: dict[int, Stage], pipeline: Pipeline, rank: int, sample_inputs: tuple):
+    """Walk the virtual stages in order once, so each learns the specs its input arrives in.
+
+    Each holder runs its chunk on zero tensors of the announced specs (no grad) and announces its
+    outputs' specs to the next. Returns (input specs, output specs) by chunk, and sets each stage's
+    ``wants_grad``. A blocking send to oneself would never return, so a rank's own chunks pass it by hand.
     """
     in_specs, out_specs = {}, {}
-    last = num_stages * num_chunks - 1
-    for v in range(last + 1):
-        holder, chunk = schedules.rank_of(v, num_stages, layout)
+    device = sample_inputs[0].device
+    for v in range(pipeline.num_virtual_stages):
+        holder, chunk = pipeline.place(v)
         if holder != rank:
             continue
-        source, source_chunk = schedules.rank_of(v - 1, num_stages, layout)
         if v == 0:
-            x = sample_input
+            inputs = sample_inputs
+            specs = specs_of(inputs)
         else:
-            # A blocking send to oneself would never return, so a rank's own chunks pass it by hand.
-            spec = out_specs[source_chunk] if source == rank else comm.recv(source=source, tag=v)
-            x = torch.zeros(spec.shape, dtype=spec.dtype, device=sample_input.device)
-        in_specs[chunk] = Spec(tuple(x.shape), x.dtype)
-        with torch.no_grad():
-            y = stage.modules[chunk](x)
-        out_specs[chunk] = Spec(tuple(y.shape), y.dtype)
-        dest = schedules.rank_of(v + 1, num_stages, layout)[0]
-        if v < last and dest != rank:
-            comm.send(out_specs[chunk], dest=dest, tag=v + 1)
+            source = pipeline.place(v - 1)
+            specs = out_specs[source.chunk] if source.rank == rank else transport.recv_object(source.rank, tag=v)
+            inputs = tuple(torch.zeros(s.shape, dtype=s.dtype, device=device).requires_grad_(s.requires_grad)
+                           for s in specs)
+            stages[chunk].wants_grad = tuple(s.requires_grad for s in specs)
+        in_specs[chunk] = specs
+        with torch.enable_grad():   # requires_grad on the outputs says which get a gradient back
+            outputs = stages[chunk].module(*inputs)
+        out_specs[chunk] = specs_of(outputs if isinstance(outputs, tuple) else (outputs,))
+        dest = pipeline.place(v + 1) if v + 1 < pipeline.num_virtual_stages else None
+        if dest is not None and dest.rank != rank:
+            transport.send_object(out_specs[chunk], dest.rank, tag=v + 1)
     return in_specs, out_specs
 
 
-class Executor:
-    def __init__(self, stage: Stage, actions: list, messenger: Messenger, rank: int,
-                 num_stages: int, num_chunks: int, num_microbatches: int,
-                 in_specs: dict, out_specs: dict, device: torch.device, lookahead: int = 2,
-                 layout: str = "interleaved"):
-        self.stage, self.messenger, self.rank, self.device = stage, messenger, rank, device
-        self.lookahead, self.layout = lookahead, layout
-        self.plan = [self._plan(a, num_stages, num_chunks, in_specs, out_specs) for a in actions]
+class ReceiveWindow:
+    """The receives of the next ``size`` steps that need one, kept posted."""
 
-    def _plan(self, action, num_stages, num_chunks, in_specs, out_specs) -> Step:
-        layout = self.layout
-        v = schedules.virtual_stage(self.rank, action.chunk, num_stages, layout)
-        tag = lambda direction, chunk: message_tag(direction, action.microbatch, chunk, num_chunks)
-        recv = send = None
-        dep = schedules.dependency(action, self.rank, num_stages, num_chunks, layout)
-        if action.op == "F":
-            if dep:
-                recv = (dep[0], tag(ACTIVATION, action.chunk), in_specs[action.chunk], "activation")
-            if not self.stage.is_last[action.chunk]:
-                dest, chunk = schedules.rank_of(v + 1, num_stages, layout)
-                send = (dest, tag(ACTIVATION, chunk))
-        elif action.op in ("B", "I"):          # I: the input-gradient half of a split backward
-            if dep:
-                recv = (dep[0], tag(GRADIENT, action.chunk), out_specs[action.chunk], "gradient")
-            if not self.stage.is_first[action.chunk]:
-                dest, chunk = schedules.rank_of(v - 1, num_stages, layout)
-                send = (dest, tag(GRADIENT, chunk))
-        elif action.op != "W":                  # W: weight gradients, local, no message
-            raise ValueError(f"rank {self.rank}: unknown action {action}")
-        return Step(action, recv, send)
+    def __init__(self, steps: list[Step], messenger: Messenger, size: int):
+        self.messenger, self.size = messenger, size
+        self._todo = [i for i, s in enumerate(steps) if s.receive]
+        self._steps = steps
+        self._next = 0
+        self.posted: dict[int, PendingRecv] = {}
 
-    def _clock(self):
-        """A point in time on this rank's compute: a host clock reading on CPU, a CUDA event on GPU.
+    def _post(self) -> None:
+        i = self._todo[self._next]
+        r = self._steps[i].receive
+        self.posted[i] = self.messenger.irecv(r.specs, r.source, r.tag)
+        self._next += 1
 
-        Host clocks around asynchronous GPU work would time the kernel launches, not the
-        kernels; CUDA events are timestamped by the GPU itself, read after the step.
-        """
-        if self.device.type != "cuda":
-            return time.perf_counter()
+    def advance(self) -> None:
+        """Post receives ahead, up to the window's size."""
+        while self._next < len(self._todo) and len(self.posted) < self.size:
+            self._post()
+
+    def take(self, i: int) -> PendingRecv:
+        """The receive of step ``i`` (posted now if the window had not reached it)."""
+        while i not in self.posted:
+            self._post()
+        return self.posted.pop(i)
+
+
+class HostClock:
+    """Seconds from the host's performance counter: right for CPU compute, which is synchronous."""
+
+    def mark(self):
+        return time.perf_counter()
+
+    def seconds(self, marks: list, t0: float) -> list[float]:
+        return [m - t0 for m in marks]
+
+
+class CudaClock:
+    """CUDA events: host clocks around asynchronous GPU work would time the kernel launches, not the
+    kernels. Events are timestamped by the GPU and read after the step, placed on the host timeline
+    at an origin taken when the step began."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.origin = (self.mark(), time.perf_counter())
+
+    def mark(self):
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
 
+    def seconds(self, marks: list, t0: float) -> list[float]:
+        torch.cuda.synchronize(self.device)
+        event0, host0 = self.origin
+        return [host0 - t0 + event0.elapsed_time(m) / 1e3 for m in marks]
+
+
+def clock_for(device: torch.device):
+    return CudaClock(device) if device.type == "cuda" else HostClock()
+
+
+class Executor:
+    def __init__(self, stages: dict[int, Stage], steps: list[Step], messenger: Messenger, rank: int,
+                 device: torch.device, lookahead: int = 2):
+        if not isinstance(lookahead, int) or lookahead < 0:
+            raise ValueError(f"lookahead must be a non-negative integer, got {lookahead!r}")
+        self.stages, self.steps, self.messenger = stages, steps, messenger
+        self.rank, self.device, self.lookahead = rank, device, lookahead
+
     def run(self, inputs, targets, step_index: int = 0, t0: float | None = None, after_last_backward=None):
         """One training step's actions; returns (events, waits) timed from ``t0``.
 
-        inputs/targets: per-microbatch tensors (None where this rank needs none).
-        ``after_last_backward()`` is called once this rank's gradients are final, so a
-        data-parallel all-reduce can start while other stages still drain the pipeline.
+        inputs/targets: per-microbatch inputs (tuples) and targets (None where this rank needs none).
+        ``after_last_backward()`` is called once this rank's gradients are final, so a data-parallel
+        all-reduce can start while other stages still drain the pipeline.
         """
-        stage, messenger, rank = self.stage, self.messenger, self.rank
-        stage.start_step()
-        events, waits = [], []
-        needs_recv = [i for i, s in enumerate(self.plan) if s.recv]
-        last_backward = max((i for i, s in enumerate(self.plan) if s.action.op in ("B", "W")), default=-1)
-        posted: dict[int, object] = {}
-        next_post = 0
+        stages, messenger, rank = self.stages, self.messenger, self.rank
+        for stage in stages.values():
+            stage.start_step()
         t0 = time.perf_counter() if t0 is None else t0
-        origin = (self._clock(), time.perf_counter()) if self.device.type == "cuda" else None
-        for i, step in enumerate(self.plan):
-            a = step.action
-            while next_post < len(needs_recv) and len(posted) < self.lookahead:
-                j = needs_recv[next_post]
-                src, tag, spec, _ = self.plan[j].recv
-                posted[j] = messenger.irecv(spec.shape, spec.dtype, self.device, src, tag)
-                next_post += 1
-            x = None
-            if step.recv:
-                src, _, _, what = step.recv
-                watchdog.beat(f"{a} of step {step_index}: waiting for the {what} of microbatch "
-                              f"{a.microbatch} from rank {src}")
+        clock = clock_for(self.device)
+        window = ReceiveWindow(self.steps, messenger, self.lookahead)
+        held: dict[Action, PendingRecv] = {}           # received buffers still read after their action
+        last_backward = max((i for i, s in enumerate(self.steps) if s.action.op in ("B", "W")), default=-1)
+        marks, waits = [], []
+        for i, step in enumerate(self.steps):
+            a, stage = step.action, stages[step.action.chunk]
+            window.advance()
+            # Receive.
+            received = None
+            if step.receive:
+                r = step.receive
+                watchdog.beat(f"{a} of step {step_index}: waiting for the {r.what} of microbatch "
+                              f"{a.microbatch} from rank {r.source}")
+                pending = window.take(i)
                 w0 = time.perf_counter()
-                x = posted.pop(i).wait()
-                w1 = time.perf_counter()
-                waits.append(Wait(rank, f"recv {what} {a.microbatch} from rank {src}", w0 - t0, w1 - t0))
+                received = pending.wait()
+                waits.append(Wait(rank, f"recv {r.what} {a.microbatch} from rank {r.source}",
+                                  w0 - t0, time.perf_counter() - t0))
+            # Compute.
             watchdog.beat(f"{a} of step {step_index}: computing")
-            start = self._clock()
+            start = clock.mark()
             if a.op == "F":
-                out = stage.forward(a.microbatch, a.chunk, inputs[a.microbatch] if x is None else x,
-                                    targets[a.microbatch] if stage.is_last[a.chunk] else None)
+                out = stage.forward(a.microbatch, inputs[a.microbatch] if received is None else received,
+                                    targets[a.microbatch] if stage.is_last else None)
             elif a.op == "B":
-                out = stage.backward(a.microbatch, a.chunk, x)
+                out = stage.backward(a.microbatch, received)
             elif a.op == "I":
-                out = stage.backward_input(a.microbatch, a.chunk, x)
+                out = stage.backward_input(a.microbatch, received)
             else:
-                out = stage.backward_weight(a.microbatch, a.chunk)
-            events.append((a, start, self._clock()))
+                out = stage.backward_weight(a.microbatch)
+            marks.append((a, start, clock.mark()))
+            # Send, and give back the buffers nothing reads any more.
             if step.send:
-                messenger.isend(out, *step.send)
+                messenger.isend(out, step.send.dest, step.send.tag)
+            if step.receive and a.op in ("F", "I"):
+                held[a] = pending
+            elif step.receive:
+                messenger.release(pending)
+            for earlier in step.frees:
+                if earlier in held:
+                    messenger.release(held.pop(earlier))
             if i == last_backward and after_last_backward is not None:
                 after_last_backward()
             messenger.progress()
         watchdog.beat(f"end of step {step_index}: waiting for {messenger.pending_sends} sends to be received")
         messenger.finish_sends()
-        return self._timed(events, t0, origin), waits
+        return self._events(marks, clock, t0), waits
 
-    def _timed(self, marks, t0: float, origin) -> list[Event]:
-        """Events in seconds since ``t0``: GPU timestamps are placed on the host timeline at ``origin``."""
-        if self.device.type != "cuda":
-            return [Event(self.rank, a.op, a.microbatch, a.chunk, s - t0, e - t0) for a, s, e in marks]
-        torch.cuda.synchronize(self.device)
-        event0, host0 = origin
-        return [Event(self.rank, a.op, a.microbatch, a.chunk, host0 - t0 + event0.elapsed_time(s) / 1e3,
-                      host0 - t0 + event0.elapsed_time(e) / 1e3) for a, s, e in marks]
+    def _events(self, marks, clock, t0: float) -> list[Event]:
+        starts = clock.seconds([s for _, s, _ in marks], t0)
+        ends = clock.seconds([e for _, _, e in marks], t0)
+        return [Event(self.rank, a.op, a.microbatch, a.chunk, s, e) for (a, _, _), s, e in zip(marks, starts, ends)]

@@ -21,7 +21,7 @@ alternates one forward and one backward, then drains the backwards.
 """
 from __future__ import annotations
 
-from .schedules import Action, ScheduleError
+from .geometry import Action, Schedule, ScheduleError
 
 
 def _nth(k: int, num_stages: int, chunks: int, op: str) -> Action:
@@ -33,7 +33,7 @@ def _nth(k: int, num_stages: int, chunks: int, op: str) -> Action:
     return Action(op, group * num_stages + within % num_stages, chunk)
 
 
-def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> list:
+def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> Schedule:
     if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
         raise ScheduleError(f"chunks must be a positive integer, got {chunks!r}")
     if num_microbatches % num_stages:
@@ -51,4 +51,4 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> list
             actions += [_nth(warmup + i, num_stages, chunks, "F"), _nth(i, num_stages, chunks, "B")]
         actions += [_nth(i, num_stages, chunks, "B") for i in range(total - warmup, total)]
         schedule.append(actions)
-    return schedule
+    return Schedule(schedule)

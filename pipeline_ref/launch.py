@@ -1,7 +1,7 @@
 """Start N MPI ranks from Python (a script, pytest, a notebook) and collect what they return.
 
     from pipeline_ref import launch
-    results = launch.launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2), timeout=120)
+    results = launch.launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2), timeout=120)
     results[0]          # what rank 0 returned
 
 Under the hood: ``mpiexec -n N python -m mpi4py -m pipeline_ref._rank ...``, with

@@ -43,12 +43,6 @@ def mlp(depth: int = 8, width: int = 64, batch: int = 32, seed: int = 0):
     return layers, F.mse_loss, (inputs, targets)
 
 
-def compute_heavy_mlp(num_layers: int = 8, width: int = 512, batch: int = 64, seed: int = 0):
-    """The MLP sized for utilization measurements: all layers cost the same, and a stage's matrix products
-    (batch x width x width per layer) dwarf the message it sends (batch x width)."""
-    return mlp(depth=num_layers, width=width, batch=batch, seed=seed)
-
-
 # ---------------------------------------------------------------------------------------------- tiny GPT
 
 class Embedding(nn.Module):
@@ -139,7 +133,11 @@ def tiny_gpt_tied(**options):
     return tiny_gpt(tie_weights=True, **options)
 
 
-FACTORIES = {"mlp": mlp, "heavy": compute_heavy_mlp, "gpt": tiny_gpt, "gpt_tied": tiny_gpt_tied}
+FACTORIES = {"mlp": mlp, "gpt": tiny_gpt, "gpt_tied": tiny_gpt_tied}
+
+# The mlp the lessons past 03 and benchmarks/schedules.py measure on: 8 equal blocks (2 or 4 stages cost the same),
+# wide enough that each action is long against the executor's few µs and a message's ~0.1 ms.
+MEASURE_MLP = {"depth": 8, "width": 1024, "batch": 512}
 
 
 # ---------------------------------------------------------------------------------------------- loading, checks
@@ -195,10 +193,13 @@ def check_model(layers, loss_fn, batch, probe: bool = True) -> None:
         if tensor.dim() == 0:
             raise ValueError(f"{name} is a 0-d tensor; dim 0 must be the batch")
     inputs, targets = batch
-    if inputs.shape[0] != targets.shape[0]:
-        raise ValueError(f"inputs and targets differ in batch size (dim 0): {inputs.shape[0]} vs {targets.shape[0]}")
+    per_sample, rest = divmod(targets.shape[0], inputs.shape[0])
+    if rest or not per_sample:
+        raise ValueError(f"the targets' first dimension ({targets.shape[0]}) is neither the batch's ({inputs.shape[0]}) "
+                         f"nor a multiple of it: give targets shaped ({inputs.shape[0]}, ...), or flattened per token "
+                         f"({inputs.shape[0]} * tokens,) in the inputs' order")
     if probe:
-        _probe(layers, loss_fn, inputs[:1], targets[:1])
+        _probe(layers, loss_fn, inputs[:1], targets[:per_sample])
 
 
 def _probe(layers, loss_fn, x, target) -> None:

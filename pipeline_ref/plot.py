@@ -20,11 +20,13 @@ OP_COLORS = {"F": "#4C72B0", "B": "#DD8452", "I": "#C44E52", "W": "#55A868"}
 OP_NAMES = {"F": "forward", "B": "backward", "I": "input grad", "W": "weight grad"}
 WAIT_COLOR = "#D9D9D9"
 WAIT_HATCH = "///"
-# Distinct from the op colours, so a schedule is never mistaken for an op.
-SCHEDULE_COLORS = {"naive": "#7F7F7F", "gpipe": "#8172B3", "1f1b": "#DA8BC3",
-                   "interleaved": "#937860", "zero-bubble": "#64B5CD"}
+# Keyed by the schedules' names (schedules.GENERATORS; a test keeps them in step), distinct from the op
+# colours, so a schedule is never mistaken for an op.
+SCHEDULE_COLORS = {"naive": "#7F7F7F", "gpipe": "#8172B3", "1f1b": "#DA8BC3", "interleaved": "#937860",
+                   "zb-h1": "#64B5CD", "zb-h2": "#2A7F9E", "zbv": "#A6D854"}
 THEORY_COLOR = "black"
-SCHEDULE_MARKERS = {"naive": "s", "gpipe": "o", "1f1b": "^", "interleaved": "D", "zero-bubble": "v"}
+SCHEDULE_MARKERS = {"naive": "s", "gpipe": "o", "1f1b": "^", "interleaved": "D", "zb-h1": "v", "zb-h2": "<",
+                    "zbv": ">"}
 EVENT_GID, WAIT_GID = "event", "wait"   # tags on the drawn rectangles, so tests can count them
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import torch
 from mpi4py import MPI
 
-from . import schedules
-
 _MPI_TYPES = {torch.float32: MPI.FLOAT, torch.float64: MPI.DOUBLE}
 
 
@@ -41,7 +39,8 @@ class GradientReducer:
             return
         for bucket in self.buckets:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket]
-            wire = torch.float64 if grads[0].dtype == torch.float64 else torch.float32  # bf16 has no MPI type
+            # The widest dtype of the bucket (mixed buckets lose nothing); bf16 has no MPI type.
+            wire = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
             flat = torch.cat([g.detach().reshape(-1).to("cpu", wire) for g in grads])
             request = self.comm.Iallreduce(MPI.IN_PLACE, [flat.numpy(), _MPI_TYPES[wire]], op=MPI.SUM)
             self._pending.append((request, flat, bucket))
@@ -63,19 +62,19 @@ class GradientReducer:
         self.wait()
 
 
-def tied_groups(layers, ranges, num_stages: int, layout: str = "interleaved") -> list[tuple[str, list[int]]]:
+def tied_groups(layers, ranges, pipeline) -> list[tuple[str, list[int]]]:
     """Parameters used by layers on more than one rank: (name, pipeline ranks holding a copy), by name.
 
     Found from the model itself: the same Parameter object reached from layers on
     different stages (e.g. the tiny GPT's embedding and output head). ``ranges``
-    holds one range per virtual stage; virtual stage v lives on ``schedules.rank_of(v, ...)``'s
-    rank, and two chunks on one rank share the one Parameter object, needing no message.
+    holds one range per virtual stage; virtual stage v lives on ``pipeline.place(v).rank`` (a
+    ``geometry.Pipeline``), and two chunks on one rank share the one Parameter object, needing no message.
     """
     stages_of: dict[int, set] = {}
     name_of: dict[int, str] = {}
     for vstage, r in enumerate(ranges):
         for index in r:
             for name, p in layers[index].named_parameters():
-                stages_of.setdefault(id(p), set()).add(schedules.rank_of(vstage, num_stages, layout)[0])
+                stages_of.setdefault(id(p), set()).add(pipeline.place(vstage).rank)
                 name_of.setdefault(id(p), f"{index}.{name}")
     return sorted((name_of[k], sorted(v)) for k, v in stages_of.items() if len(v) > 1)

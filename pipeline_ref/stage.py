@@ -1,69 +1,116 @@
-"""The layers one pipeline rank owns, and the activations it stashes between F and B.
+"""One chunk of the model on one rank (a virtual stage), and the activations it stashes between F and B.
 
-A rank holds one module per *chunk* (one chunk except in interleaved schedules).
-``forward`` runs a microbatch through a chunk and keeps what the backward will
-need; ``backward`` takes the gradient of that chunk's output, runs autograd, and
-returns the gradient of its input (which the executor sends upstream).
+    stage = Stage(module, is_first=False, is_last=False)
+    outputs = stage.forward(microbatch, inputs)            # tuple of tensors to send on (None at the loss)
+    grads_in = stage.backward(microbatch, grads_out)        # gradients of the inputs to send back
 
-The last virtual stage also applies the loss. Each microbatch's loss is divided
-by the number of microbatches, so that the gradients accumulated over the
-microbatches equal the gradient of the mean loss over the whole batch: the
-pipelined step equals the unsplit model's step.
+A rank holds one ``Stage`` per chunk (one chunk but for interleaved and ZB-V schedules), as
+torch.distributed.pipelining holds one ``PipelineStage`` per virtual stage. A boundary is a tuple
+of tensors (``message.py``): ``forward`` calls ``module(*inputs)``; ``backward`` takes one gradient
+per output that requires one, runs autograd, and returns one gradient per input that gets one
+(``wants_grad``, agreed at set-up: floating inputs the previous stage computed with grad).
 
-The stash is measured, not guessed: a saved-tensors hook counts the bytes that
-autograd keeps for each microbatch's backward (parameters excluded).
+The last virtual stage also applies the loss. Each microbatch's loss is divided by the number of
+microbatches, so that the gradients accumulated over the microbatches equal the gradient of the
+mean loss over the whole batch: the pipelined step equals the unsplit model's step.
 
-With ``recompute=True`` (activation checkpointing, GPipe's re-materialisation)
-the forward runs without recording a graph and the stash keeps only the chunk's
-input; the backward runs the forward again, recording, then differentiates.
-Memory per stashed microbatch falls to one input tensor; compute rises by about
-one forward. (Our models have no dropout; a model with random layers would need
-the RNG state saved and restored, as torch.utils.checkpoint does.)
+The stash is measured, not guessed: a saved-tensors hook counts the bytes autograd keeps for each
+microbatch's backward (parameters excluded), and with a split backward the output gradients an
+``I`` keeps for its ``W`` are counted too. A rank's stages share one :class:`StashMeter`, so the
+peak is the rank's.
+
+With ``recompute=True`` (activation checkpointing, GPipe's re-materialisation) the forward runs
+without recording a graph and the stash keeps only the chunk's inputs; the backward runs the
+forward again, recording, then differentiates. Memory per stashed microbatch falls to the inputs;
+compute rises by about one forward. (Our models have no dropout; a model with random layers would
+need the RNG state saved and restored, as torch.utils.checkpoint does.)
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
+def as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else tuple(value) if isinstance(value, list) else (value,)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _needs_grad(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad
+
+
+@dataclass
+class Stashed:
+    """What one microbatch leaves on a stage between its forward and its backward."""
+    inputs: tuple              # the chunk's inputs (leaves that collect the gradient to send back)
+    outputs: tuple | None      # its outputs, or (scaled loss,) on the last stage; None when recomputing
+    target: object
+    nbytes: int                # what autograd keeps for the backward (and an I's output gradients)
+
+
+class StashMeter:
+    """The activations a rank holds, over all its stages: how many microbatch-chunks, how many bytes, peaks."""
+
+    def __init__(self):
+        self.count = self.nbytes = self.peak_count = self.peak_bytes = 0
+
+    def add(self, nbytes: int, count: int = 1) -> None:
+        self.count += count
+        self.nbytes += nbytes
+        self.peak_count = max(self.peak_count, self.count)
+        self.peak_bytes = max(self.peak_bytes, self.nbytes)
+
+    def remove(self, nbytes: int, count: int = 1) -> None:
+        self.count -= count
+        self.nbytes -= nbytes
+
+    def reset_peaks(self) -> None:
+        self.peak_count, self.peak_bytes = self.count, self.nbytes
+
+
 class Stage:
-    def __init__(self, modules: list[nn.Module], is_first: list[bool], is_last: list[bool],
-                 loss_fn=None, num_microbatches: int = 1, recompute: bool = False, split_backward: bool = False):
-        self.modules = modules                   # indexed by chunk
-        self.is_first = is_first                 # chunk holds virtual stage 0 (its input is data)
-        self.is_last = is_last                   # chunk holds the last virtual stage (applies the loss)
-        self.loss_fn = loss_fn
-        self.loss_scale = 1.0 / num_microbatches
-        self.recompute = recompute               # activation checkpointing (GPipe's re-materialisation)
+    def __init__(self, module: nn.Module, is_first: bool = False, is_last: bool = False, loss_fn=None,
+                 num_microbatches: int = 1, recompute: bool = False, split_backward: bool = False,
+                 meter: StashMeter | None = None):
         if recompute and split_backward:
             raise ValueError("activation checkpointing with a split backward (I/W) is not supported")
-        self.weight_grads = WeightGradients(modules) if split_backward else None
-        self._param_storages = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
-        self.stash: dict[tuple[int, int], tuple] = {}
-        self.stash_bytes = 0
-        self.peak_stashed = 0
-        self.peak_stashed_bytes = 0
+        self.module = module
+        self.is_first = is_first                 # holds virtual stage 0: its input is data
+        self.is_last = is_last                   # holds the last virtual stage: applies the loss
+        self.loss_fn = loss_fn
+        self.loss_scale = 1.0 / num_microbatches
+        self.recompute = recompute
+        self.weight_grads = WeightGradients([module]) if split_backward else None
+        self.meter = meter if meter is not None else StashMeter()
+        self.wants_grad: tuple[bool, ...] | None = None   # per input; None: every floating input
+        self._param_storages = {p.untyped_storage().data_ptr() for p in module.parameters()}
+        self.stash: dict[int, Stashed] = {}
         self.losses: list[torch.Tensor] = []     # unscaled loss of each microbatch, this step
 
     def parameters(self):
-        seen = set()
-        for m in self.modules:
-            for p in m.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    yield p
+        return self.module.parameters()
 
     def start_step(self) -> None:
-        for p in self.parameters():
+        for p in self.module.parameters():
             p.grad = None
         self.losses.clear()
-        self.peak_stashed = self.peak_stashed_bytes = 0
 
-    def forward(self, microbatch: int, chunk: int, x: torch.Tensor, target=None):
-        """Run one microbatch through one chunk; return the activation to send on (None at the end)."""
-        if not self.is_first[chunk]:
-            # A leaf that requires grad: after backward its .grad is what we send upstream.
-            x = x.detach().requires_grad_(True)
+    def _leaves(self, inputs: tuple) -> tuple:
+        """The received inputs as leaves: those that get a gradient back require one."""
+        wants = self.wants_grad or tuple(t.is_floating_point() for t in inputs)
+        return tuple(t.detach().requires_grad_(True) if want else t for t, want in zip(inputs, wants))
+
+    def forward(self, microbatch: int, inputs, target=None) -> tuple | None:
+        """Run one microbatch through the chunk; return the outputs to send on (None on the last stage)."""
+        inputs = as_tuple(inputs)
+        if not self.is_first:
+            inputs = self._leaves(inputs)
         counted: set[tuple] = set()
         saved = [0]
 
@@ -77,61 +124,80 @@ class Stage:
             return t
 
         if self.recompute:
-            # Keep only the input; the backward runs the forward again, this time recording the graph.
+            # Keep only the inputs; the backward runs the forward again, this time recording the graph.
             with torch.no_grad():
-                y = self._forward(chunk, x, target)
-            saved[0] = x.numel() * x.element_size()
-            self.stash[(microbatch, chunk)] = (x, None, target, saved[0])
+                outputs = self._forward(inputs, target)
+            stashed = Stashed(inputs, None, target, _nbytes(inputs))
         else:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 if self.weight_grads:
-                    with self.weight_grads.capture((microbatch, chunk)):
-                        y = self._forward(chunk, x, target)
+                    with self.weight_grads.capture(microbatch):
+                        outputs = self._forward(inputs, target)
                 else:
-                    y = self._forward(chunk, x, target)
-            self.stash[(microbatch, chunk)] = (x, y, target, saved[0])
-        self.stash_bytes += saved[0]
-        self.peak_stashed = max(self.peak_stashed, len(self.stash))
-        self.peak_stashed_bytes = max(self.peak_stashed_bytes, self.stash_bytes)
-        return None if self.is_last[chunk] else y.detach()
+                    outputs = self._forward(inputs, target)
+            stashed = Stashed(inputs, outputs, target, saved[0])
+        self.stash[microbatch] = stashed
+        self.meter.add(stashed.nbytes)
+        return None if self.is_last else tuple(t.detach() for t in outputs)
 
-    def _forward(self, chunk: int, x: torch.Tensor, target, record: bool = True):
+    def _forward(self, inputs: tuple, target, record: bool = True) -> tuple:
         """The chunk's layers, and at the last virtual stage the loss (scaled; recorded unscaled)."""
-        y = self.modules[chunk](x)
-        if not self.is_last[chunk]:
-            return y
+        y = self.module(*inputs)
+        if not self.is_last:
+            return as_tuple(y)
         loss = self.loss_fn(y, target)
         if record:
             self.losses.append(loss.detach())
-        return loss * self.loss_scale
+        return (loss * self.loss_scale,)
 
-    def backward(self, microbatch: int, chunk: int, grad_output: torch.Tensor | None):
-        """Backward of one microbatch through one chunk; return the input's gradient (None at the start)."""
+    def _take(self, microbatch: int, op: str) -> Stashed:
         try:
-            x, y, target, nbytes = self.stash.pop((microbatch, chunk))
+            stashed = self.stash.pop(microbatch) if op != "I" else self.stash[microbatch]
         except KeyError:
-            raise RuntimeError(f"backward of microbatch {microbatch} (chunk {chunk}) before its forward") from None
-        self.stash_bytes -= nbytes
+            raise RuntimeError(f"{op} of microbatch {microbatch} before its forward") from None
+        return stashed
+
+    def _pairs(self, outputs: tuple, grads) -> tuple[list, list | None]:
+        """The outputs that carry a gradient, and the gradients received for them (None: the loss)."""
+        if self.is_last:
+            return [outputs[0]], None
+        carrying = [y for y in outputs if _needs_grad(y)]
+        return carrying, list(as_tuple(grads))
+
+    def _input_grads(self, stashed: Stashed, grads) -> tuple | None:
+        if self.is_first:
+            return None
+        return tuple(g if g is not None else torch.zeros_like(x)
+                     for x, g in zip(stashed.inputs, grads) if _needs_grad(x))
+
+    def backward(self, microbatch: int, grads) -> tuple | None:
+        """Backward of one microbatch through the chunk; return the inputs' gradients (None on the first stage)."""
+        stashed = self._take(microbatch, "B")
+        self.meter.remove(stashed.nbytes)
+        outputs = stashed.outputs
         if self.recompute:
-            y = self._forward(chunk, x, target, record=False)
-        if self.is_last[chunk]:
-            y.backward()
-        else:
-            torch.autograd.backward(y, grad_output)
-        return None if self.is_first[chunk] else x.grad
+            outputs = self._forward(stashed.inputs, stashed.target, record=False)
+        ys, gs = self._pairs(outputs, grads)
+        torch.autograd.backward(ys, gs)
+        return self._input_grads(stashed, [x.grad for x in stashed.inputs])
 
-    def backward_input(self, microbatch: int, chunk: int, grad_output: torch.Tensor | None):
-        """Zero-bubble ``I``: only the input's gradient (to send upstream), keeping what ``W`` needs."""
-        x, y, _, _ = self.stash[(microbatch, chunk)]
-        wants = [] if self.is_first[chunk] else [x]
-        grads = self.weight_grads.input_pass((microbatch, chunk), y, grad_output, wants)
-        return None if self.is_first[chunk] else grads[0]
+    def backward_input(self, microbatch: int, grads) -> tuple | None:
+        """Zero-bubble ``I``: only the inputs' gradients (to send upstream), keeping what ``W`` needs."""
+        stashed = self._take(microbatch, "I")
+        ys, gs = self._pairs(stashed.outputs, grads)
+        wants = [] if self.is_first else [x for x in stashed.inputs if _needs_grad(x)]
+        input_grads, kept = self.weight_grads.input_pass(microbatch, ys, gs, wants)
+        stashed.nbytes += kept                      # the output gradients held until W are stash too
+        self.meter.add(kept, count=0)
+        if self.is_first:
+            return None
+        return tuple(g if g is not None else torch.zeros_like(x) for x, g in zip(wants, input_grads))
 
-    def backward_weight(self, microbatch: int, chunk: int) -> None:
+    def backward_weight(self, microbatch: int) -> None:
         """Zero-bubble ``W``: the weights' gradients, from what ``I`` kept; then the stash is freed."""
-        *_, nbytes = self.stash.pop((microbatch, chunk))
-        self.stash_bytes -= nbytes
-        self.weight_grads.weight_pass((microbatch, chunk))
+        stashed = self._take(microbatch, "W")
+        self.meter.remove(stashed.nbytes)
+        self.weight_grads.weight_pass(microbatch)
 
 
 class WeightGradients:
@@ -162,8 +228,8 @@ class WeightGradients:
         unique = {id(p): p for m in self.owners for p in m.parameters(recurse=False) if p.requires_grad}
         self.shared = [p for key, p in unique.items() if users[key] > 1]
         self._current: list | None = None
-        self._outputs: dict[tuple, list] = {}      # (microbatch, chunk) -> [(module, output)]
-        self._pending: dict[tuple, list] = {}      # (microbatch, chunk) -> [(module, output, grad)]
+        self._outputs: dict[int, list] = {}        # microbatch -> [(module, output)]
+        self._pending: dict[int, list] = {}        # microbatch -> [(module, output, grad)]
         for module in self.owners:
             module.register_forward_hook(self._hook)
 
@@ -185,16 +251,19 @@ class WeightGradients:
     def capture(self, key):
         return self._Capture(self, key)
 
-    def input_pass(self, key, y, grad_output, wants: list) -> list:
+    def input_pass(self, key, ys: list, grad_outputs: list | None, wants: list) -> tuple[list, int]:
+        """Gradients of ``wants`` (the stage inputs) from ``ys``; keeps the owners' output gradients for ``W``.
+
+        Returns (the inputs' gradients, bytes of the output gradients kept until ``W``)."""
         captured = self._outputs.pop(key)
         outputs = [o for _, o in captured]
-        grads = torch.autograd.grad(y, wants + outputs + self.shared, grad_outputs=grad_output, retain_graph=True,
+        grads = torch.autograd.grad(ys, wants + outputs + self.shared, grad_outputs=grad_outputs, retain_graph=True,
                                     allow_unused=True)
         for p, g in zip(self.shared, grads[len(wants) + len(outputs):]):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
         self._pending[key] = [(m, o, g) for (m, o), g in zip(captured, grads[len(wants):]) if g is not None]
-        return list(grads[:len(wants)])
+        return list(grads[:len(wants)]), _nbytes(g for _, _, g in self._pending[key])
 
     def weight_pass(self, key) -> None:
         for module, output, grad in self._pending.pop(key):

@@ -32,10 +32,10 @@ two chunks together cost as much as one stage. See :func:`zbv`.
 """
 from __future__ import annotations
 
-from .schedules import Action, Schedule, ScheduleError
+from .geometry import Action, Schedule, ScheduleError
 
 
-def zb_h1(num_stages: int, num_microbatches: int) -> list:
+def zb_h1(num_stages: int, num_microbatches: int) -> Schedule:
     p, m = num_stages, num_microbatches
     schedule = []
     for s in range(p):
@@ -59,10 +59,10 @@ def zb_h1(num_stages: int, num_microbatches: int) -> list:
         while count["W"] < m:
             run("W")
         schedule.append(actions)
-    return schedule
+    return Schedule(schedule)
 
 
-def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = None) -> list:
+def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = None) -> Schedule:
     """ZB-H2: each stage keeps busy from its first action to its last, holding up to 2p - 1 microbatches.
 
     The order is found the way the paper's heuristic scheduler finds one: by playing
@@ -125,7 +125,7 @@ def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = No
                 (f_end if op == "F" else i_end)[s].append(now + 1)
             left -= 1
         now += 1
-    return schedule
+    return Schedule(schedule)
 
 
 def zbv(num_stages: int, num_microbatches: int) -> Schedule:
@@ -148,7 +148,7 @@ def zbv(num_stages: int, num_microbatches: int) -> Schedule:
     """
     p, m = num_stages, num_microbatches
     n = max(m, 2 * p - 1)
-    schedule = Schedule(layout="v")
+    schedule = []
     for r in range(p):
         actions: list[Action] = []
         count = {(op, chunk): 0 for op in "FIW" for chunk in (0, 1)}
@@ -179,4 +179,4 @@ def zbv(num_stages: int, num_microbatches: int) -> Schedule:
         while count["W", 0] < count["I", 0]:
             run("W0")
         schedule.append([a for a in actions if a.microbatch < m])
-    return schedule
+    return Schedule(schedule, layout="v")

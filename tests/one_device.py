@@ -19,10 +19,10 @@ def assert_equals_one_device(result: dict, loss: float, grads: dict, where: str 
     """
     __tracebackhide__ = True
     prefix = f"{where}: " if where else ""
-    got = result["losses"][0]
+    got = result.losses[0]
     assert got == pytest.approx(loss, rel=1e-12, abs=1e-12), f"{prefix}loss {got}, one device {loss}"
     # a tied weight appears once, under its first name
-    assert set(result["grads"]) == set(grads), f"{prefix}gradients of {sorted(result['grads'])}"
+    assert set(result.grads) == set(grads), f"{prefix}gradients of {sorted(result.grads)}"
     for name, grad in grads.items():
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12,
+        torch.testing.assert_close(result.grads[name], grad, rtol=1e-10, atol=1e-12,
                                    msg=lambda msg, name=name: f"{prefix}{name}: {msg}")

@@ -29,22 +29,22 @@ def test_time_partition_beats_uniform_in_the_simulator(costs, num_stages):
 def test_time_partition_beats_uniform_in_a_real_run():
     configs = [RunConfig(schedule="1f1b", pp=2, microbatches=4, steps=2, model="tests.rank_targets:unbalanced_mlp",
                          partition=p) for p in ("uniform", "time")]
-    uniform, timed = launch(2, "pipeline_ref.runner:run_many", configs, timeout=120)[0]
-    assert uniform["partition"] == [(0, 4), (4, 7)]
+    uniform, timed = launch(2, "pipeline_ref.train:run_many", configs, timeout=120)[0]
+    assert uniform.partition == [(0, 4), (4, 7)]
     # Optimal is [1 | 6] (about 5.7 and 6 units: the first layer skips one input gradient); [2 | 5] is
     # within profiling noise of it. Either way stage 0 must shed layers.
-    assert timed["partition"] in ([(0, 1), (1, 7)], [(0, 2), (2, 7)]), timed["partition"]
+    assert timed.partition in ([(0, 1), (1, 7)], [(0, 2), (2, 7)]), timed.partition
     # Judged on the run's own profile (rank 0 timed each layer on its microbatch): the split it chose must
     # leave the slowest stage well below uniform's, and the simulator, played with those costs, must give a
     # shorter step. No wall-clock comparison of the two runs: on a shared 2-core machine one noisy burst
     # decides it (CI saw uniform "win" once). The measured steps are in benchmarks/balancing.py's results.
-    costs = timed["layer_costs"]
+    costs = timed.layer_costs
     assert len(costs) == 7 and min(costs) > 0
-    timed_ranges, uniform_ranges = ([range(a, b) for a, b in run["partition"]] for run in (timed, uniform))
-    assert timed["predicted_stage_costs"] == pytest.approx(partition.stage_costs(costs, timed_ranges))
+    timed_ranges, uniform_ranges = ([range(a, b) for a, b in run.partition] for run in (timed, uniform))
+    assert timed.predicted_stage_costs == pytest.approx(partition.stage_costs(costs, timed_ranges))
     assert max(partition.stage_costs(costs, timed_ranges)) < 0.9 * max(partition.stage_costs(costs, uniform_ranges))
     assert _simulated_makespan(costs, timed_ranges, num_microbatches=4) < \
         _simulated_makespan(costs, uniform_ranges, num_microbatches=4)
-    assert Trace.from_dict(timed["trace"]).meta["schedule"] == "1f1b"   # and the run itself played the schedule
-    assert len(Trace.from_dict(timed["trace"]).events) == 2 * 2 * 4
-    assert uniform["predicted_stage_costs"] is None and uniform["layer_costs"] is None   # only "time" profiles
+    assert timed.trace.meta["schedule"] == "1f1b"   # and the run itself played the schedule
+    assert len(timed.trace.events) == 2 * 2 * 4
+    assert uniform.predicted_stage_costs is None and uniform.layer_costs is None   # only "time" profiles

@@ -10,6 +10,7 @@ import csv
 import pytest
 
 from pipeline_ref import bench, machine, schedules, simulate
+from pipeline_ref.results import RunResult
 from pipeline_ref.config import ConfigError, RunConfig
 from pipeline_ref.trace import Event, Trace, Wait, executor_gaps
 
@@ -39,12 +40,13 @@ def test_more_ranks_than_free_cores_warns():
     assert "4 ranks on 2 free core(s)" in machine.core_warning(4, 2)
 
 
-def _result(schedule="gpipe", pp=2, m=4, forward=1.0, backward=2.0, comm=0.0) -> dict:
-    """What runner.run_rank returns, with a simulated trace standing in for a measured one."""
-    trace = simulate.simulate(schedules.build(schedule, pp, m), forward, backward, comm, time_unit="s")
+def _result(schedule="gpipe", pp=2, m=4, forward=1.0, backward=2.0, latency=0.0) -> bench.Measured:
+    """What a sweep returns for a run, with a simulated trace standing in for a measured one."""
+    trace = simulate.simulate(schedules.build(schedule, pp, m), forward, backward, latency, time_unit="s")
     trace.peak_stashed_bytes = [1024 * n for n in trace.peak_stashed]
-    return {"config": RunConfig(schedule=schedule, pp=pp, microbatches=m).to_dict(), "trace": trace.to_dict(),
-            "losses": [1.0]}
+    result = RunResult(config=RunConfig(schedule=schedule, pp=pp, microbatches=m), losses=[1.0], trace=trace,
+                       step_seconds=[trace.makespan], step_utilization=[trace.utilization], memory=[])
+    return bench.Measured(result, cpu_share=1.0)
 
 
 def test_numbers_of_a_run_beside_theory_and_the_calibrated_prediction():

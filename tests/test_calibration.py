@@ -12,20 +12,20 @@ from pipeline_ref.trace import Event, Trace, Wait
 @pytest.mark.parametrize("name", ["naive", "gpipe", "1f1b"])
 def test_costs_of_a_simulated_trace_are_the_costs_it_was_played_with(name):
     schedule = schedules.build(name, 3, 5)
-    trace = simulate.simulate(schedule, forward=[1.0, 2.0, 1.5], backward=[3.0, 4.0, 2.5], comm=0.5)
+    trace = simulate.simulate(schedule, forward=[1.0, 2.0, 1.5], backward=[3.0, 4.0, 2.5], latency=0.5)
     costs = simulate.costs_from_trace(trace)
-    assert costs == {"forward": [1.0, 2.0, 1.5], "backward": [3.0, 4.0, 2.5], "comm": 0.5}
+    assert costs == {"forward": [1.0, 2.0, 1.5], "backward": [3.0, 4.0, 2.5], "latency": 0.5}
     replay = simulate.simulate(schedule, **costs)       # the calibrated prediction reproduces the run
     assert simulate.prediction_error(trace, replay) == {"makespan_error": 0.0, "utilization_difference": 0.0}
 
 
 def test_split_backward_costs_come_back_too():
     schedule = schedules.build("zb-h1", 3, 6)
-    trace = simulate.simulate(schedule, forward=1.0, backward=2.0, comm=0.25, input_grad=[1.0, 1.2, 1.1],
+    trace = simulate.simulate(schedule, forward=1.0, backward=2.0, latency=0.25, input_grad=[1.0, 1.2, 1.1],
                               weight_grad=0.7)
     costs = simulate.costs_from_trace(trace)
     assert costs["input_grad"] == pytest.approx([1.0, 1.2, 1.1])
-    assert costs["weight_grad"] == pytest.approx([0.7] * 3) and costs["comm"] == pytest.approx(0.25)
+    assert costs["weight_grad"] == pytest.approx([0.7] * 3) and costs["latency"] == pytest.approx(0.25)
     replay = simulate.simulate(schedule, **costs)
     assert simulate.prediction_error(trace, replay)["makespan_error"] == pytest.approx(0.0)
 
@@ -37,13 +37,13 @@ def test_costs_are_per_rank_medians_robust_to_one_slow_action():
     costs = simulate.costs_from_trace(Trace(num_ranks=2, events=events))
     assert costs["forward"] == [pytest.approx(1.2), 3.0]
     assert costs["backward"] == [pytest.approx(2.1), 0.0]     # a rank without B gets 0
-    assert costs["comm"] == 0.0                               # no waits: no latency measured
+    assert costs["latency"] == 0.0                               # no waits: no latency measured
 
 
 def test_free_messages_mean_zero_latency():
     trace = simulate.simulate(schedules.build("gpipe", 2, 4), forward=1.0, backward=2.0)
     assert simulate.message_latencies(trace) and set(simulate.message_latencies(trace)) == {0.0}
-    assert simulate.costs_from_trace(trace)["comm"] == 0.0
+    assert simulate.costs_from_trace(trace)["latency"] == 0.0
 
 
 def _two_rank_trace(wait_start: float) -> Trace:
@@ -58,7 +58,7 @@ def _two_rank_trace(wait_start: float) -> Trace:
 def test_latency_is_wait_end_minus_producer_end_when_the_receiver_was_already_waiting():
     latencies = simulate.message_latencies(_two_rank_trace(wait_start=0.0))
     assert latencies == [pytest.approx(0.25), pytest.approx(0.1)]
-    assert simulate.costs_from_trace(_two_rank_trace(0.0))["comm"] == pytest.approx(0.175)   # median of two
+    assert simulate.costs_from_trace(_two_rank_trace(0.0))["latency"] == pytest.approx(0.175)   # median of two
 
 
 def test_a_wait_that_began_after_the_message_was_sent_says_nothing_about_latency():
@@ -85,7 +85,7 @@ def test_prediction_error_is_relative_makespan_and_absolute_utilization():
 def test_calibrated_prediction_of_a_jittered_run_is_close():
     # A "measured" run: the simulated one with every action 0-4% longer and shifted, as real runs are.
     schedule = schedules.build("1f1b", 2, 8)
-    ideal = simulate.simulate(schedule, forward=[1.0, 1.0], backward=[2.0, 2.2], comm=0.05)
+    ideal = simulate.simulate(schedule, forward=[1.0, 1.0], backward=[2.0, 2.2], latency=0.05)
     shift, events = 0.0, []
     for k, e in enumerate(sorted(ideal.events, key=lambda e: (e.start, e.rank))):
         stretch = 1.0 + 0.04 * ((k * 7) % 5) / 4

@@ -38,7 +38,7 @@ def _id(cfg):
 
 @pytest.fixture(scope="module")
 def results():
-    ran = launch(4, "pipeline_ref.runner:run_many", CONFIGS, timeout=240)[0]
+    ran = launch(4, "pipeline_ref.train:run_many", CONFIGS, timeout=240)[0]
     return {_id(cfg): r for cfg, r in zip(CONFIGS, ran)}
 
 
@@ -61,20 +61,20 @@ def test_pipelined_step_equals_one_device(cfg, results, references):
 def test_measured_stash_matches_schedule(results):
     """GPipe holds every microbatch on every stage; 1F1B at most num_stages - stage."""
     for cfg in CONFIGS:
-        trace = results[_id(cfg)]["trace"]
+        trace = results[_id(cfg)].trace
         m, p = cfg.microbatches, cfg.pp
         expected = {"naive": [1] * p, "gpipe": [m] * p,
                     "1f1b": [min(p - s, m) for s in range(p)]}[cfg.schedule]
-        assert trace["peak_stashed"] == expected, _id(cfg)
-        assert all(b > 0 for b in trace["peak_stashed_bytes"]), _id(cfg)
+        assert trace.peak_stashed == expected, _id(cfg)
+        assert all(b > 0 for b in trace.peak_stashed_bytes), _id(cfg)
 
 
 @pytest.mark.mpi
 def test_checkpointing_stashes_only_stage_inputs(results):
     """Same number of stashed microbatches, far fewer bytes: only each stage's input is kept."""
     for model in MODELS:
-        plain = results[f"{model}-1f1b-pp2-m3"]["trace"]
-        recompute = results[f"{model}-1f1b-pp2-m3-checkpoint"]["trace"]
-        assert recompute["peak_stashed"] == plain["peak_stashed"]
-        for kept, full in zip(recompute["peak_stashed_bytes"], plain["peak_stashed_bytes"]):
-            assert 0 < kept < full / 2, (model, recompute["peak_stashed_bytes"], plain["peak_stashed_bytes"])
+        plain = results[f"{model}-1f1b-pp2-m3"].trace
+        recompute = results[f"{model}-1f1b-pp2-m3-checkpoint"].trace
+        assert recompute.peak_stashed == plain.peak_stashed
+        for kept, full in zip(recompute.peak_stashed_bytes, plain.peak_stashed_bytes):
+            assert 0 < kept < full / 2, (model, recompute.peak_stashed_bytes, plain.peak_stashed_bytes)

@@ -33,7 +33,7 @@ def _id(cfg):
 @pytest.fixture(scope="module")
 def results():
     configs = STEP_CONFIGS + TRAIN_CONFIGS
-    ran = launch(4, "pipeline_ref.runner:run_many", configs, timeout=240)[0]
+    ran = launch(4, "pipeline_ref.train:run_many", configs, timeout=240)[0]
     return {_id(cfg): r for cfg, r in zip(configs, ran)}
 
 
@@ -57,16 +57,16 @@ def test_step_equals_one_device(cfg, results):
 
 @pytest.mark.mpi
 def test_tied_weight_is_found_from_the_model(results):
-    assert results["gpt_tied-1f1b-pp2-dp1-m2"]["tied"] == [("0.token.weight", [0, 1])]
-    assert results["gpt-1f1b-pp2-dp1-m2"]["tied"] == []
-    assert results["gpt_tied-1f1b-pp1-dp2-m2"]["tied"] == []      # one stage holds both uses
+    assert results["gpt_tied-1f1b-pp2-dp1-m2"].tied == [("0.token.weight", [0, 1])]
+    assert results["gpt-1f1b-pp2-dp1-m2"].tied == []
+    assert results["gpt_tied-1f1b-pp1-dp2-m2"].tied == []      # one stage holds both uses
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("cfg", TRAIN_CONFIGS, ids=_id)
 def test_replicas_stay_identical_and_equal_one_device(cfg, results):
     _, _, expected = _one_device(cfg.model, steps=cfg.steps, lr=cfg.lr)
-    per_rank = results[_id(cfg)]["params"]
+    per_rank = results[_id(cfg)].params
     assert len(per_rank) == cfg.pp * cfg.dp
     seen = set()
     for params in per_rank:

@@ -28,12 +28,12 @@ def test_cuda_tensors_cross_ranks_unchanged():
 def test_cuda_pipeline_equals_one_device(schedule, chunks):
     cfg = RunConfig(schedule=schedule, pp=2, microbatches=4, chunks=chunks, model="gpt_tied", model_kwargs=GPT,
                     dtype="float64", device="cuda", collect_grads=True, sync_sends=True)
-    result = launch(2, "pipeline_ref.runner:run_rank", cfg, timeout=180)[0]
+    result = launch(2, "pipeline_ref.train:run_rank", cfg, timeout=180)[0]
     layers, loss_fn, (inputs, targets) = build_model(cfg)
     loss, grads = models.reference_step(layers, loss_fn, inputs, targets)
-    assert result["losses"][0] == pytest.approx(loss, rel=1e-9)
+    assert result.losses[0] == pytest.approx(loss, rel=1e-9)
     for name, grad in grads.items():
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-9, atol=1e-11, msg=name)
-    trace = result["trace"]
-    assert trace["peak_memory_bytes"] and all(b > 0 for b in trace["peak_memory_bytes"])
-    assert all(e["end"] > e["start"] for e in trace["events"])
+        torch.testing.assert_close(result.grads[name], grad, rtol=1e-9, atol=1e-11, msg=name)
+    trace = result.trace
+    assert trace.peak_memory_bytes and all(b > 0 for b in trace.peak_memory_bytes)
+    assert all(e.end > e.start for e in trace.events)

@@ -34,17 +34,17 @@ def test_stash_theory_matches_what_stage_measures(num_stages, microbatches):
     last = num_stages - 1
     x, t = inputs.tensor_split(microbatches)[0], targets.tensor_split(microbatches)[0]
     for s, r in enumerate(ranges):
-        stage = Stage([nn.Sequential(*layers[r.start:r.stop])], [s == 0], [s == last], loss_fn, microbatches)
+        stage = Stage(nn.Sequential(*layers[r.start:r.stop]), s == 0, s == last, loss_fn, microbatches)
         stage.start_step()
-        y = stage.forward(0, 0, x, t if s == last else None)
-        assert stage.peak_stashed_bytes == common.stash_bytes_theory(len(r), batch // microbatches, width,
-                                                                     last=s == last)
+        y = stage.forward(0, x, t if s == last else None)
+        assert stage.meter.peak_bytes == common.stash_bytes_theory(len(r), batch // microbatches, width,
+                                                                   last=s == last)
         x = y
 
 
 def test_classify_waits_on_a_simulated_trace():
     """With a message latency and no other delay, every simulated wait is for work, and its latency is comm."""
-    trace = simulate.simulate(schedules.build("1f1b", 2, 4), forward=1.0, backward=2.0, comm=0.25)
+    trace = simulate.simulate(schedules.build("1f1b", 2, 4), forward=1.0, backward=2.0, latency=0.25)
     rows = common.classify_waits(trace)
     assert len(rows) == len(trace.waits) > 0
     assert all(not r["ready before asked"] and r["latency"] == pytest.approx(0.25) for r in rows)

@@ -24,7 +24,7 @@ def boxes(ax, gid):
 
 
 def test_gantt_draws_one_box_per_event_and_per_wait():
-    trace = simulate.simulate(schedules.build("1f1b", 3, 4), comm=0.2)
+    trace = simulate.simulate(schedules.build("1f1b", 3, 4), latency=0.2)
     assert trace.waits                                   # latency makes ranks wait
     ax = plot.gantt(trace, title="1f1b")
     assert len(boxes(ax, plot.EVENT_GID)) == len(trace.events)
@@ -57,7 +57,7 @@ def test_gantt_on_given_axes_and_measured_unit():
 
 def test_compare_gantt_saves_a_png(tmp_path):
     sched = schedules.build("gpipe", 2, 3)
-    measured = simulate.simulate(sched, forward=[1.0, 1.3], backward=[2.2, 2.0], comm=0.1, time_unit="s")
+    measured = simulate.simulate(sched, forward=[1.0, 1.3], backward=[2.2, 2.0], latency=0.1, time_unit="s")
     measured.meta["source"] = "measured"
     predicted = simulate.simulate(sched, time_unit="s")
     path = tmp_path / "cmp.png"

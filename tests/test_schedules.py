@@ -175,44 +175,7 @@ def test_split_backward_is_valid():
     schedules.validate([acts("F0 F1 I0 I1 W0 W1"), acts("F0 I0 F1 I1 W1 W0")])
 
 
-# --------------------------------------------------------------------------- dependencies
-
-def test_dependency_follows_the_pipeline():
-    num_stages = 3
-    assert schedules.dependency(Action("F", 4), 0, num_stages, 1) is None       # first stage reads the input
-    assert schedules.dependency(Action("F", 4), 2, num_stages, 1) == (1, Action("F", 4))
-    assert schedules.dependency(Action("B", 4), 2, num_stages, 1) is None       # last stage owns the loss
-    assert schedules.dependency(Action("B", 4), 0, num_stages, 1) == (1, Action("B", 4))
-    assert schedules.dependency(Action("I", 4), 1, num_stages, 1) == (2, Action("B", 4))
-    assert schedules.dependency(Action("W", 4), 1, num_stages, 1) is None       # local: needs only its own I
-
-
-def test_dependency_across_chunks():
-    # 2 ranks x 2 chunks: rank 0 chunk 1 is virtual stage 2, fed by rank 1 chunk 0 (virtual stage 1)
-    assert schedules.dependency(Action("F", 0, 1), 0, 2, 2) == (1, Action("F", 0, 0))
-    assert schedules.dependency(Action("B", 0, 0), 1, 2, 2) == (0, Action("B", 0, 1))
-    assert schedules.dependency(Action("B", 0, 1), 1, 2, 2) is None             # virtual stage 3 is last
-
-
-@pytest.mark.parametrize("layout", schedules.LAYOUTS)
-def test_virtual_stage_and_rank_of_are_inverse(layout):
-    for num_stages in range(1, 5):
-        seen = set()
-        for rank in range(num_stages):
-            for chunk in range(3):
-                v = schedules.virtual_stage(rank, chunk, num_stages, layout)
-                assert schedules.rank_of(v, num_stages, layout) == (rank, chunk)
-                seen.add(v)
-        assert seen == set(range(3 * num_stages))
-
-
-def test_v_layout_goes_down_and_back_up():
-    # 3 ranks x 2 chunks in a V: rank 0 holds stages 0 and 5, rank 2 holds the neighbours 2 and 3
-    assert [[schedules.virtual_stage(r, c, 3, "v") for c in (0, 1)] for r in range(3)] == [[0, 5], [1, 4], [2, 3]]
-    assert schedules.dependency(Action("F", 0, 1), 2, 3, 2, "v") == (2, Action("F", 0, 0))   # same rank
-    assert schedules.dependency(Action("F", 0, 1), 1, 3, 2, "v") == (2, Action("F", 0, 1))
-    assert schedules.dependency(Action("I", 0, 1), 0, 3, 2, "v") is None                     # stage 5 is last
-    assert schedules.dependency(Action("I", 0, 0), 0, 3, 2, "v") == (1, Action("B", 0, 0))
+def test_a_schedule_keeps_its_layout():
     # the same lists under the interleaved layout would mean another pipeline: the layout travels with them
     v = schedules.Schedule([acts("F0 F0.1 I0.1 I0 W0.1 W0")], layout="v")
     schedules.validate(v)

@@ -79,15 +79,15 @@ def test_every_action_once_in_order_and_dependencies_respected():
     comm = 0.25
     for name in NAMES:
         sched = schedules.build(name, 4, 6)
-        trace = simulate.simulate(sched, forward=[1, 2, 1, 3], backward=[2, 1, 4, 2], comm=comm)
+        trace = simulate.simulate(sched, forward=[1, 2, 1, 3], backward=[2, 1, 4, 2], latency=comm)
         ends = {}
         for rank, actions in enumerate(sched):
             mine = [e for e in trace.events if e.rank == rank]
-            assert [Action(e.op, e.microbatch, e.chunk) for e in mine] == actions
+            assert [Action(e.op, e.microbatch, e.chunk) for e in mine] == list(actions)
             assert all(a.end <= b.start for a, b in zip(mine, mine[1:]))    # one thing at a time
             ends.update({(rank, e.op, e.microbatch): e.end for e in mine})
         for e in trace.events:
-            dep = schedules.dependency(Action(e.op, e.microbatch, e.chunk), e.rank, 4, 1)
+            dep = sched.pipeline.dependency(Action(e.op, e.microbatch, e.chunk), e.rank)
             if dep is not None:
                 assert e.start >= ends[(dep[0], dep[1].op, dep[1].microbatch)] + comm - 1e-12
 
@@ -98,22 +98,22 @@ def test_every_action_once_in_order_and_dependencies_respected():
 def test_comm_latency_lowers_utilization(name):
     sched = schedules.build(name, 4, 8)
     free = simulate.simulate(sched).utilization
-    assert simulate.simulate(sched, comm=0.1).utilization < free
-    assert simulate.simulate(sched, comm=1.0).utilization < simulate.simulate(sched, comm=0.1).utilization
+    assert simulate.simulate(sched, latency=0.1).utilization < free
+    assert simulate.simulate(sched, latency=1.0).utilization < simulate.simulate(sched, latency=0.1).utilization
 
 
 def test_gpipe_makespan_with_comm_by_hand():
     # Fill and drain each cross p - 1 links once: (m + p - 1)(F + B) + 2 (p - 1) c.
     num_stages, num_microbatches, comm = 3, 4, 0.5
-    trace = simulate.simulate(schedules.build("gpipe", num_stages, num_microbatches), comm=comm)
+    trace = simulate.simulate(schedules.build("gpipe", num_stages, num_microbatches), latency=comm)
     assert trace.makespan == pytest.approx((4 + 3 - 1) * 3 + 2 * 2 * 0.5)
 
 
 def test_comm_is_not_charged_within_a_rank():
     # one rank holding two chunks: chunk 1 follows chunk 0 on the same rank, no message
-    trace = simulate.simulate([acts("F0 F0.1 B0.1 B0")], forward=1.0, backward=2.0, comm=5.0)
+    trace = simulate.simulate([acts("F0 F0.1 B0.1 B0")], forward=1.0, backward=2.0, latency=5.0)
     assert trace.makespan == 6.0
-    assert simulate.simulate(schedules.build("1f1b", 1, 3), comm=5.0).makespan == 9.0
+    assert simulate.simulate(schedules.build("1f1b", 1, 3), latency=5.0).makespan == 9.0
 
 
 # --------------------------------------------------------------------------- per-rank costs
@@ -141,8 +141,8 @@ def test_cost_list_of_wrong_length_or_negative():
         simulate.simulate(schedules.build("gpipe", 3, 2), forward=[1, 1])
     with pytest.raises(ValueError, match="backward"):
         simulate.simulate(schedules.build("gpipe", 2, 2), backward=[2, -1])
-    with pytest.raises(ValueError, match="comm"):
-        simulate.simulate(schedules.build("gpipe", 2, 2), comm=-0.1)
+    with pytest.raises(ValueError, match="latency"):
+        simulate.simulate(schedules.build("gpipe", 2, 2), latency=-0.1)
 
 
 # --------------------------------------------------------------------------- split backward (I / W)
@@ -172,11 +172,11 @@ def test_malformed_schedule_raises():
 
 
 def test_meta():
-    trace = simulate.simulate(schedules.build("1f1b", 3, 5), forward=[1, 2, 3], backward=2.0, comm=0.5)
+    trace = simulate.simulate(schedules.build("1f1b", 3, 5), forward=[1, 2, 3], backward=2.0, latency=0.5)
     assert trace.meta["source"] == "simulated"
     assert trace.meta["num_microbatches"] == 5
     costs = trace.meta["costs"]
-    assert costs["forward"] == [1, 2, 3] and costs["backward"] == [2, 2, 2] and costs["comm"] == 0.5
+    assert costs["forward"] == [1, 2, 3] and costs["backward"] == [2, 2, 2] and costs["latency"] == 0.5
     assert costs["input_grad"] == [1, 1, 1] and costs["weight_grad"] == [1, 1, 1]
     assert trace.num_ranks == 3
     assert trace.meta["time_unit"] == "cost units"

@@ -1,8 +1,10 @@
 """Small helpers the lesson notebooks share (no MPI here)."""
 from __future__ import annotations
 
-import os
 from statistics import median
+
+from pipeline_ref.machine import cores  # noqa: F401  (the notebooks import it from here)
+from pipeline_ref.models import MEASURE_MLP
 
 # The model the timing demos train (pipeline_ref.models.mlp): 8 equal blocks, so 2 or 4 stages cost the same, and
 # a stage's matrix products (microbatch x 512 x 512 per block) outweigh its message (microbatch x 512 floats).
@@ -10,9 +12,8 @@ from statistics import median
 TIMING_MODEL = {"depth": 8, "width": 512, "batch": 512}
 
 
-def cores() -> int:
-    """CPU cores this process may run on: what the ranks share."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# The model the lessons past 03 measure on (the same one benchmarks/schedules.py measures).
+LESSON_MODEL = MEASURE_MLP
 
 
 def stash_bytes_theory(blocks: int, microbatch: int, width: int, last: bool, itemsize: int = 4) -> int:
@@ -37,35 +38,19 @@ def launch_error_summary(err: Exception) -> str:
 def classify_waits(trace) -> list[dict]:
     """Each receive a rank waited on in ``trace``, and whether its message was ready before it was asked for.
 
-    A wait ends when the message is there. The action it precedes needs one message, produced by an action on
-    a neighbouring rank (``schedules.dependency``). If that action had ended before the wait began, the rank
-    only waited for the transfer ("ready before asked"); otherwise it first waited for the other rank's
-    computation (a dependency: the bubble, or a slower neighbour), then for the transfer; ``latency`` is then the
-    time from the producer's end to the wait's end, the message's latency as this rank saw it (None otherwise).
-    Both ranks time from the same barrier, so their clocks agree to within microseconds.
+    A wait ends when the message is there (``simulate.receipts`` pairs each wait with the action that produced
+    its message). If that action had ended before the wait began, the rank only waited for the transfer
+    ("ready before asked"); otherwise it first waited for the other rank's computation (a dependency: the
+    bubble, or a slower neighbour), then for the transfer; ``latency`` is then the time from the producer's end
+    to the wait's end, the message's latency as this rank saw it (None otherwise). Both ranks time from the same
+    barrier, so their clocks agree to within microseconds.
     """
-    from pipeline_ref import schedules
-
-    def kind(op):
-        return "B" if op in ("B", "I") else op
-
-    chunks = 1 + max((e.chunk for e in trace.events), default=0)
-    ended = {(e.rank, e.chunk, e.microbatch, kind(e.op)): e.end for e in trace.events}
+    from pipeline_ref.simulate import receipts
     rows = []
-    for w in trace.waits:
-        after = min((e for e in trace.events if e.rank == w.rank and e.start >= w.end - 1e-9),
-                    key=lambda e: e.start, default=None)
-        if after is None:
-            continue
-        action = schedules.Action(after.op, after.microbatch, after.chunk)
-        dep = schedules.dependency(action, w.rank, trace.num_ranks, chunks, trace.meta.get("layout", "interleaved"))
-        if dep is None:
-            continue
-        source, needed = dep
-        produced = ended[(source, needed.chunk, needed.microbatch, kind(needed.op))]
-        ready = produced <= w.start
-        rows.append({"rank": w.rank, "action": str(action), "wait": w.end - w.start, "ready before asked": ready,
-                     "latency": None if ready else max(0.0, w.end - produced)})
+    for r in receipts(trace):
+        ready = r.produced <= r.wait.start
+        rows.append({"rank": r.wait.rank, "action": str(r.action), "wait": r.wait.end - r.wait.start,
+                     "ready before asked": ready, "latency": None if ready else max(0.0, r.wait.end - r.produced)})
     return rows
 
 
@@ -87,9 +72,9 @@ def calibrated(schedule, measured):
     """
     from pipeline_ref import simulate
     costs = op_costs(measured)
-    comm = simulate.costs_from_trace(measured)["comm"]
+    latency = simulate.costs_from_trace(measured)["latency"]
     zero = [0.0] * measured.num_ranks
-    return simulate.simulate(schedule, forward=costs["F"], backward=costs.get("B", zero), comm=comm,
+    return simulate.simulate(schedule, forward=costs["F"], backward=costs.get("B", zero), latency=latency,
                              input_grad=costs.get("I"), weight_grad=costs.get("W"), time_unit="s")
 
 
@@ -108,3 +93,21 @@ def step_ratio_sentence(steps: dict, baseline: str) -> str:
         word = "shorter" if ratio < 1 else "longer" if ratio > 1 else "as long"
         parts.append(f"{name} {ratio:.2f} ({word})")
     return f"this run's step against {baseline}'s ({base * 1e3:.1f} ms): " + ", ".join(parts)
+
+
+def benchmark_table(path) -> list[dict]:
+    """The first markdown table of a committed benchmark result (e.g. benchmarks/results/schedules/results.md),
+    one dict per row keyed by the header: so a lesson prints the numbers it quotes from a benchmark."""
+    from pathlib import Path
+    rows, header = [], None
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("|"):
+            if header is not None:
+                break
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not all(set(c) <= set("-: ") for c in cells):
+            rows.append(dict(zip(header, cells)))
+    return rows

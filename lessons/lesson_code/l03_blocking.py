@@ -26,7 +26,7 @@ def play_blocking(comm, schedule_name: str, num_microbatches: int = 4, width: in
                                                     batch=microbatch * num_microbatches)
     mine = partition.uniform(len(layers), num_stages)[rank]
     first, last = rank == 0, rank == num_stages - 1
-    stage = Stage([nn.Sequential(*layers[mine.start:mine.stop])], [first], [last], loss_fn, num_microbatches)
+    stage = Stage(nn.Sequential(*layers[mine.start:mine.stop]), first, last, loss_fn, num_microbatches)
     xs, ts = inputs.tensor_split(num_microbatches), targets.tensor_split(num_microbatches)
     send = comm.Ssend if synchronous else comm.Send            # Ssend: no eager buffering, ever
     nbytes = microbatch * width * 4
@@ -40,19 +40,19 @@ def play_blocking(comm, schedule_name: str, num_microbatches: int = 4, width: in
                 x = torch.empty(microbatch, width)
                 watchdog.beat(f"{action}: in Recv of activation {i} from rank {rank - 1}")
                 comm.Recv(x.numpy(), source=rank - 1, tag=i)
-            y = stage.forward(i, 0, x, ts[i] if last else None)
+            y = stage.forward(i, x, ts[i] if last else None)
             if not last:
                 watchdog.beat(f"{action}: in {send.__name__} of activation {i} ({nbytes} bytes) to rank {rank + 1}")
-                send(y.numpy(), dest=rank + 1, tag=i)
+                send(y[0].numpy(), dest=rank + 1, tag=i)      # a boundary is a tuple: here one tensor
         else:
             grad = None
             if not last:
                 grad = torch.empty(microbatch, width)
                 watchdog.beat(f"{action}: in Recv of gradient {i} from rank {rank + 1}")
                 comm.Recv(grad.numpy(), source=rank + 1, tag=i)
-            grad_x = stage.backward(i, 0, grad)
+            grad_x = stage.backward(i, grad)
             if not first:
                 watchdog.beat(f"{action}: in {send.__name__} of gradient {i} ({nbytes} bytes) to rank {rank - 1}")
-                send(grad_x.numpy(), dest=rank - 1, tag=i)
+                send(grad_x[0].numpy(), dest=rank - 1, tag=i)
     watchdog.beat("finished")
     return "finished"

@@ -2,7 +2,7 @@
 
 ``lesson`` is what the notebook starts on 4 ranks, once: every rank first reports the two communicators
 ``pipeline_ref.topology.split`` gives it, then the ranks play the lesson's training runs one after another
-(``pipeline_ref.runner.run_many``), in the same ``mpiexec``:
+(``pipeline_ref.train.run_many``), in the same ``mpiexec``:
 
     launch(4, "lesson_code.l04_data_parallel:lesson", 2, 2, configs)   # -> rank 0: {"communicators", "runs"}
 
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from lesson_code.common import LESSON_MODEL
 from pipeline_ref.config import RunConfig, build_model
 from pipeline_ref.trace import Trace
 
 # The model of the DDP-vs-pipeline comparison (pipeline_ref.models.mlp): 8 equal blocks, 1M parameters each
 # (4 MiB in float32), so a replica's all-reduce is large; a block's product on a microbatch of 64 samples
 # (64 x 1024 x 1024) takes a few milliseconds, so per-action overheads stay small.
-COMPARE_MODEL = {"depth": 8, "width": 1024, "batch": 512}
+COMPARE_MODEL = LESSON_MODEL
 # A small GPT for the float64 correctness checks: exact, and quick.
 SMALL_GPT = {"vocab": 32, "dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "batch": 16}
 
@@ -38,9 +39,9 @@ def communicators(comm, pp: int, dp: int) -> dict:
 
 def lesson(comm, pp: int, dp: int, configs: list[RunConfig]):
     """The communicators of a pp x dp grid, then the training runs; rank 0 returns both, the others None."""
-    from pipeline_ref import runner
+    from pipeline_ref import train
     reports = comm.gather(communicators(comm, pp, dp), root=0)
-    runs = runner.run_many(comm, configs)
+    runs = train.run_many(comm, configs)
     return {"communicators": reports, "runs": runs} if comm.Get_rank() == 0 else None
 
 
@@ -49,7 +50,7 @@ def lesson(comm, pp: int, dp: int, configs: list[RunConfig]):
 def parameter_bytes_per_stage(cfg: RunConfig, ranges) -> list[int]:
     """Bytes of the parameters each pipeline stage holds: every replica of a stage holds the same.
 
-    ``ranges`` is a run's ``result["partition"]``, as (start, stop) pairs. A Parameter used by layers on two
+    ``ranges`` is a run's ``result.partition``, as (start, stop) pairs. A Parameter used by layers on two
     stages (a tied weight) counts on both: each keeps a copy.
     """
     layers, _, _ = build_model(cfg)
@@ -117,7 +118,7 @@ def layout_bars(rows: list[dict]):
 def mark_allreduce_posted(ax, trace: Trace, overlap: bool):
     """A black tick on each rank's row where its gradient all-reduce was posted.
 
-    With ``overlap_allreduce`` the runner posts it right after the rank's last backward; without, after the
+    With ``overlap_allreduce`` the training loop posts it right after the rank's last backward; without, after the
     executor returns (its last action done and its sends completed), which is where the recorded wait starts.
     """
     for rank in range(trace.num_ranks):

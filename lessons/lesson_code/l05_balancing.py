@@ -4,18 +4,19 @@
     costs = layer_costs(cfg)              # seconds of forward + backward per layer, measured here on one core
     simulate_split(costs, ranges, "1f1b", 4)   # the step those costs predict for a split
 
-The ranks themselves run ``pipeline_ref.runner.run_many``; nothing here starts MPI.
+The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MPI.
 """
 from __future__ import annotations
 
 import torch
 
+from lesson_code.common import LESSON_MODEL
 from pipeline_ref import models, profiling, schedules, simulate
 from pipeline_ref.config import RunConfig, build_model
 
 # The model of the activation-checkpointing runs (pipeline_ref.models.mlp): 8 equal blocks; on 2 stages a
 # microbatch of 64 samples through 4 blocks is 4 products of 64 x 1024 x 1024.
-CHECKPOINT_MODEL = {"depth": 8, "width": 1024, "batch": 512}
+CHECKPOINT_MODEL = LESSON_MODEL
 
 
 def big_vocab_gpt(vocab: int = 8192, dim: int = 128, heads: int = 4, blocks: int = 6, seq_len: int = 32,

@@ -4,16 +4,17 @@
     count_messages(schedule)               # point-to-point messages of one step, counted from the schedule
     message_factor(4, 2)                   # (v p - 1) / (p - 1): interleaved's messages over 1F1B's
 
-The ranks themselves run ``pipeline_ref.runner.run_many``; nothing here starts MPI.
+The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MPI.
 """
 from __future__ import annotations
 
+from lesson_code.common import LESSON_MODEL
 from pipeline_ref import schedules
 
 # The model every schedule trains in lessons 06 and 07 (pipeline_ref.models.mlp): 8 equal blocks, so 2 stages
 # of 4 blocks, or 2 ranks x 2 chunks of 2 blocks, cost the same; a block's forward on 128 samples is a
 # 128 x 1024 x 1024 product (a few ms), large beside the executor's own work between actions.
-MEASURE_MODEL = {"depth": 8, "width": 1024, "batch": 512}
+MEASURE_MODEL = LESSON_MODEL
 
 
 def bubble_conventions(num_stages: int, num_microbatches: int, chunks: int = 1) -> dict:
@@ -30,9 +31,9 @@ def bubble_conventions(num_stages: int, num_microbatches: int, chunks: int = 1) 
 
 def count_messages(schedule) -> int:
     """Messages one step sends between ranks: one per action whose input comes from another rank."""
-    chunks, layout = schedules.num_chunks(schedule), schedules.layout_of(schedule)
+    pipe = schedules.Schedule.of(schedule).pipeline
     return sum(1 for rank, actions in enumerate(schedule) for a in actions
-               if (dep := schedules.dependency(a, rank, len(schedule), chunks, layout)) is not None and dep[0] != rank)
+               if (source := pipe.receives(a, rank)) is not None and source.rank != rank)
 
 
 def message_factor(num_stages: int, chunks: int) -> float:

@@ -6,7 +6,7 @@
     mlp_held_sizes(...)                                 # those sizes for the lesson's MLP, split backward or not
     split_backward_flops()                              # FLOPs of F, B, and of B split into I and W
 
-The ranks themselves run ``pipeline_ref.runner.run_many``; nothing here starts MPI.
+The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MPI.
 """
 from __future__ import annotations
 
@@ -69,15 +69,15 @@ def mlp_held_sizes(schedule, depth: int, microbatch: int, width: int, itemsize: 
     Tanh's output; the last virtual stage also its targets). A split backward keeps more, for W: each
     Linear's output from the F (k tensors) and that output's gradient from the I (k more).
     """
-    num_stages, chunks = len(schedule), schedules.num_chunks(schedule)
-    layout = schedules.layout_of(schedule)
-    total = num_stages * chunks
+    schedule = schedules.Schedule.of(schedule)
+    pipe = schedule.pipeline
+    total = pipe.num_virtual_stages
     blocks = depth // total
     one = microbatch * width * itemsize
-    split = schedules.splits_backward(schedule)
+    split = schedule.splits_backward
 
     def sizes(rank, chunk):
-        last = schedules.virtual_stage(rank, chunk, num_stages, layout) == total - 1
+        last = pipe.is_last(rank, chunk)
         saved = (blocks + 1 + (1 if last else 0)) * one
         return (saved + blocks * one, blocks * one) if split else (saved, 0)
 
@@ -96,19 +96,19 @@ def split_backward_flops(depth: int = 4, width: int = 256, batch: int = 64) -> d
     from pipeline_ref.stage import Stage
     torch.manual_seed(0)
     layers, loss_fn, (x, _) = models.mlp(depth=depth, width=width, batch=batch)
-    plain = Stage([nn.Sequential(*layers)], [False], [False], loss_fn)
-    split = Stage([copy.deepcopy(nn.Sequential(*layers))], [False], [False], loss_fn, split_backward=True)
-    grad = torch.randn(batch, width)
+    plain = Stage(nn.Sequential(*layers), loss_fn=loss_fn)
+    split = Stage(copy.deepcopy(nn.Sequential(*layers)), loss_fn=loss_fn, split_backward=True)
+    grad = (torch.randn(batch, width),)
 
     def count(run) -> int:
         with FlopCounterMode(display=False) as counter:
             run()
         return counter.get_total_flops()
 
-    flops = {"F": count(lambda: plain.forward(0, 0, x, None))}
-    split.forward(0, 0, x, None)
-    flops["B"] = count(lambda: plain.backward(0, 0, grad))
-    flops["I"] = count(lambda: split.backward_input(0, 0, grad))
-    flops["W"] = count(lambda: split.backward_weight(0, 0))
+    flops = {"F": count(lambda: plain.forward(0, x))}
+    split.forward(0, x)
+    flops["B"] = count(lambda: plain.backward(0, grad))
+    flops["I"] = count(lambda: split.backward_input(0, grad))
+    flops["W"] = count(lambda: split.backward_weight(0))
     same = all(torch.equal(p.grad, q.grad) for p, q in zip(plain.parameters(), split.parameters()))
     return {"flops": flops, "same weight gradients": same}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline_ref import schedules
+from pipeline_ref.geometry import Pipeline
 from pipeline_ref.schedules import Action
 
 TORCH_CLASSES = {"interleaved": "ScheduleInterleaved1F1B", "zb-h1": "ScheduleInterleavedZeroBubble",
@@ -25,7 +26,7 @@ def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: in
     rank. Building one needs a process group and ``PipelineStage`` objects, but no other process: a
     *fake* process group (torch's own testing backend) says "rank 0 of ``num_stages``" and sends nothing.
     torch numbers stages as pipeline_ref numbers virtual stages: ``chunk * num_stages + rank`` (Megatron's
-    layout), or in a V for ScheduleZBVZeroBubble (``chunks=2``), so ``schedules.rank_of`` turns a stage back
+    layout), or in a V for ScheduleZBVZeroBubble (``chunks=2``), so ``Pipeline.place`` turns a stage back
     into its chunk. ScheduleInterleavedZeroBubble (the paper's ZB1P) with one stage per rank (``chunks=1``)
     is ZB-H1. (GPipe and 1F1B are torch classes of another kind, ScheduleGPipe and Schedule1F1B, which
     decide their order while they run.)
@@ -41,7 +42,8 @@ def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: in
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=num_stages)
     try:
         total = num_stages * chunks
-        stages = [PipelineStage(nn.Linear(2, 2), schedules.virtual_stage(0, c, num_stages, layout), total,
+        pipe = Pipeline(num_stages, chunks, layout)
+        stages = [PipelineStage(nn.Linear(2, 2), pipe.virtual_stage(0, c), total,
                                 torch.device("cpu")) for c in range(chunks)]
         schedule = getattr(pipelining, TORCH_CLASSES[name])(stages, n_microbatches=num_microbatches,
                                                               loss_fn=lambda out, target: out.sum())
@@ -50,5 +52,5 @@ def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: in
         if started:
             dist.destroy_process_group()
     return schedules.Schedule([[Action(a.computation_type.value, a.microbatch_index,
-                                       schedules.rank_of(a.stage_index, num_stages, layout)[1])
+                                       Pipeline(num_stages, chunks, layout).place(a.stage_index).chunk)
                                 for a in order[rank] if a is not None] for rank in range(num_stages)], layout)

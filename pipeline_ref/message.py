@@ -1,0 +1,248 @@
+"""What crosses a stage boundary, and how it travels: a tuple of tensors, moved by a Transport.
+
+A boundary is a tuple of tensors of any dtype: hidden states, an attention mask, integer
+positions, a skip connection. Its :class:`TensorSpec` s (shape, dtype, and whether the tensor
+gets a gradient back: only floating tensors that need one) are agreed once at set-up
+(``executor.agree_specs``), so a message is raw bytes: no pickling, no size header. One
+boundary is one message: several tensors are packed into one byte buffer (each at an aligned
+offset), a single tensor is sent straight from its own memory.
+
+The :class:`Messenger` does what the executor needs: non-blocking sends kept until completed,
+non-blocking receives into buffers taken from a small pool (a step of a schedule receives the
+same shapes every time, so after the first step no receive allocates), and GPU staging. The
+wire itself is a :class:`Transport`, one small interface: ``isend``/``irecv`` of a byte
+buffer with a tag, returning a request with ``test()``/``wait()``, plus ``send_object`` /
+``recv_object`` for the set-up. :class:`MPITransport` is MPI's (the course's); another
+(torch.distributed) needs only those four methods.
+
+CUDA tensors: when the MPI library is CUDA-aware (``PIPELINE_REF_CUDA_AWARE=1``; MPICH and
+Open MPI builds differ and cannot be asked portably), the transport reads device memory
+directly. Otherwise each message is staged through pinned host memory: a send copies
+device -> host on a side stream and is posted once that copy is done (``progress`` checks),
+so the copy overlaps the next action's compute; a receive lands in pinned memory and is
+copied to the device on the compute stream, ahead of the kernels that use it.
+
+Synchronous sends (``MPITransport(sync_sends=True)``, ``Issend``) complete only once the
+receiver has posted the matching receive, so no send order passes a test merely because MPI
+buffered a small message eagerly. Tags name (direction, microbatch, chunk): messages match by
+meaning, not by arrival order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+ACTIVATION, GRADIENT = 0, 1   # direction of a message: forward or backward
+ALIGN = 64                    # byte offset of each packed tensor: any dtype's alignment, a cache line
+
+
+def message_tag(direction: int, microbatch: int, chunk: int, num_chunks: int) -> int:
+    """The tag of a message to ``chunk`` (the receiving chunk) about ``microbatch``."""
+    return (microbatch * num_chunks + chunk) * 2 + direction
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a boundary: its shape, dtype, and whether a gradient for it comes back."""
+    shape: tuple
+    dtype: torch.dtype
+    requires_grad: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count * torch.empty((), dtype=self.dtype).element_size()
+
+
+def specs_of(tensors: tuple) -> tuple[TensorSpec, ...]:
+    """The specs of a boundary's tensors; a gradient comes back for floating tensors that require one."""
+    return tuple(TensorSpec(tuple(t.shape), t.dtype, bool(t.requires_grad and t.is_floating_point()))
+                 for t in tensors)
+
+
+def gradient_specs(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    """The specs of the gradient message that answers a boundary: one per tensor that requires grad."""
+    return tuple(TensorSpec(s.shape, s.dtype) for s in specs if s.requires_grad)
+
+
+def _offsets(specs) -> tuple[list[int], int]:
+    offsets, end = [], 0
+    for spec in specs:
+        offsets.append(end)
+        end = -(-(end + spec.nbytes) // ALIGN) * ALIGN
+    return offsets, max(end, 1)
+
+
+def unpack(buffer: torch.Tensor, specs) -> tuple:
+    """Views of a flat byte buffer as the boundary's tensors (no copy)."""
+    offsets, _ = _offsets(specs)
+    return tuple(buffer[o:o + s.nbytes].view(s.dtype).view(s.shape) for o, s in zip(offsets, specs))
+
+
+def pack(tensors: tuple) -> torch.Tensor:
+    """The boundary's tensors as one flat byte tensor: a view of a lone contiguous tensor, else a copy."""
+    if len(tensors) == 1:
+        return tensors[0].detach().contiguous().reshape(-1).view(torch.uint8)
+    offsets, size = _offsets(specs_of(tensors))
+    buffer = torch.empty(size, dtype=torch.uint8, device=tensors[0].device)
+    for offset, t in zip(offsets, tensors):
+        flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
+        buffer[offset:offset + flat.numel()].copy_(flat)
+    return buffer
+
+
+def cuda_aware() -> bool:
+    return os.environ.get("PIPELINE_REF_CUDA_AWARE", "0") == "1"
+
+
+def _staged(device: torch.device) -> bool:
+    return device.type == "cuda" and not cuda_aware()
+
+
+# --------------------------------------------------------------------------- the wire
+
+class MPITransport:
+    """Bytes between the ranks of one MPI communicator."""
+
+    def __init__(self, comm, sync_sends: bool = False):
+        from mpi4py import MPI
+        self.comm, self.sync_sends, self._BYTE = comm, sync_sends, MPI.BYTE
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.max_tag = comm.Get_attr(MPI.TAG_UB)
+
+    def _view(self, buffer: torch.Tensor):
+        # CPU: a numpy view of the bytes (no copy); CUDA (a CUDA-aware MPI): the tensor itself.
+        return [buffer.numpy() if buffer.device.type == "cpu" else buffer, self._BYTE]
+
+    def isend(self, buffer: torch.Tensor, dest: int, tag: int):
+        send = self.comm.Issend if self.sync_sends else self.comm.Isend
+        return _MPIRequest(send(self._view(buffer), dest=dest, tag=tag))
+
+    def irecv(self, buffer: torch.Tensor, source: int, tag: int):
+        return _MPIRequest(self.comm.Irecv(self._view(buffer), source=source, tag=tag))
+
+    def send_object(self, obj, dest: int, tag: int) -> None:
+        self.comm.send(obj, dest=dest, tag=tag)
+
+    def recv_object(self, source: int, tag: int):
+        return self.comm.recv(source=source, tag=tag)
+
+
+class _MPIRequest:
+    __slots__ = ("request",)
+
+    def __init__(self, request):
+        self.request = request
+
+    def test(self) -> bool:
+        return self.request.Test()
+
+    def wait(self) -> None:
+        self.request.Wait()
+
+
+def check_tag_range(transport, num_microbatches: int, num_chunks: int) -> None:
+    """Fail at set-up, not mid-step, if the largest tag does not fit the transport's limit."""
+    largest = message_tag(GRADIENT, num_microbatches - 1, num_chunks - 1, num_chunks)
+    if largest > transport.max_tag:
+        raise ValueError(f"{num_microbatches} microbatches x {num_chunks} chunks need message tags up "
+                         f"to {largest}, but this transport allows only {transport.max_tag}")
+
+
+# --------------------------------------------------------------------------- the executor's side
+
+@dataclass
+class PendingRecv:
+    """A posted receive; ``wait()`` returns the boundary's tensors on the target device."""
+    request: object
+    buffer: torch.Tensor
+    specs: tuple
+    device: torch.device
+
+    def wait(self) -> tuple:
+        self.request.wait()
+        tensors = unpack(self.buffer, self.specs)
+        if self.buffer.device == self.device:
+            return tensors
+        # From pinned memory, asynchronously, on the stream the next kernels run on.
+        return tuple(t.to(self.device, non_blocking=True) for t in tensors)
+
+
+class Messenger:
+    """Non-blocking sends and receives of boundaries (tuples of tensors) over a :class:`Transport`."""
+
+    def __init__(self, transport, device: torch.device = torch.device("cpu")):
+        self.transport, self.device = transport, device
+        self._sends: list[tuple] = []            # (request, buffer): buffers live until the send is done
+        self._staging: list[tuple] = []          # (copy done event, host buffer, dest, tag)
+        self._free: dict[int, list[torch.Tensor]] = {}   # receive buffers by size, for reuse
+        self._copy_stream = None
+
+    def isend(self, tensors: tuple, dest: int, tag: int) -> None:
+        buffer = pack(tensors)
+        if not _staged(buffer.device):
+            if buffer.device.type == "cuda":
+                torch.cuda.current_stream(buffer.device).synchronize()   # MPI reads it right away
+            self._sends.append((self.transport.isend(buffer, dest, tag), buffer))
+            return
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(buffer.device)
+        host = torch.empty(buffer.shape, dtype=buffer.dtype, pin_memory=True)
+        self._copy_stream.wait_stream(torch.cuda.current_stream(buffer.device))   # after the kernels that made it
+        with torch.cuda.stream(self._copy_stream):
+            host.copy_(buffer, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        buffer.record_stream(self._copy_stream)      # its memory is not reused before the copy is done
+        self._staging.append((done, host, dest, tag))
+
+    def irecv(self, specs: tuple, source: int, tag: int) -> PendingRecv:
+        size = _offsets(specs)[1]
+        if _staged(self.device):
+            # A pinned buffer may still feed an asynchronous copy to the device: not pooled.
+            buffer = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        else:
+            free = self._free.get(size)
+            buffer = free.pop() if free else torch.empty(size, dtype=torch.uint8, device=self.device)
+        return PendingRecv(self.transport.irecv(buffer, source, tag), buffer, specs, self.device)
+
+    def release(self, received: PendingRecv) -> None:
+        """Give a receive's buffer back once nothing reads its tensors any more (the executor knows when)."""
+        if not _staged(self.device):
+            self._free.setdefault(received.buffer.numel(), []).append(received.buffer)
+
+    def _post_staged(self, wait: bool) -> None:
+        waiting = []
+        for done, host, dest, tag in self._staging:
+            if wait:
+                done.synchronize()
+            if wait or done.query():
+                self._sends.append((self.transport.isend(host, dest, tag), host))
+            else:
+                waiting.append((done, host, dest, tag))
+        self._staging = waiting
+
+    def progress(self) -> None:
+        """Post the sends whose staging copy is done; let the transport move messages; drop completed sends."""
+        if self._staging:
+            self._post_staged(wait=False)
+        if self._sends:
+            self._sends = [(request, buffer) for request, buffer in self._sends if not request.test()]
+
+    def finish_sends(self) -> None:
+        self._post_staged(wait=True)
+        for request, _ in self._sends:
+            request.wait()
+        self._sends.clear()
+
+    @property
+    def pending_sends(self) -> int:
+        return len(self._sends) + len(self._staging)
+
+    @property
+    def pooled_buffers(self) -> int:
+        return sum(len(free) for free in self._free.values())

@@ -1,0 +1,268 @@
+"""One pipelined (and data-parallel) training run on this rank: set up, play N steps, gather the results.
+
+``run_rank(comm, cfg)`` is what every rank calls, whoever started the ranks (``launch.py`` from
+Python, or ``mpiexec``/``srun`` on a cluster); world rank 0 returns a :class:`~pipeline_ref.results.RunResult`,
+the others None. It reads in four parts:
+
+    set_up        everything that can be refused is refused before the first message (``config.preflight``);
+                  the model is cut into stages, the ranks into a pp x dp grid, shapes agreed with the neighbours
+    train_step    the pipeline plays the schedule (``executor.py``) inside this replica's pipeline
+                  communicator; gradients averaged over the data communicator and summed over the ranks
+                  sharing a tied weight (``reduce.py``)
+    sgd           plain SGD, written out: nothing imported, nothing hidden
+    gather        every rank's report to world rank 0, which keeps the losses, the trace and the memory
+
+``run_many(comm, configs)`` plays several runs one after another on the first pp x dp ranks of ``comm``:
+one ``mpiexec`` for a whole test matrix or demo, since starting ranks (``import torch``) costs seconds and
+a step of a toy model milliseconds.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import partition, watchdog
+from .config import RunConfig, preflight
+from .results import Memory, RunResult
+from .trace import Trace, Wait
+
+
+def _device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    # One GPU per rank on a node: the launcher tells each rank its place on the node.
+    local = next((int(os.environ[k]) for k in ("MPI_LOCALRANKID", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
+                  if k in os.environ), 0)
+    return torch.device("cuda", local % torch.cuda.device_count())
+
+
+@dataclass
+class RankRun:
+    """What one rank holds for a run, once set up."""
+    cfg: RunConfig
+    comm: object
+    topo: object                 # topology.Topology: stage, replica, pipeline and data communicators
+    pipeline: object             # geometry.Pipeline
+    stages: dict                 # chunk -> Stage
+    executor: object
+    params: list
+    names: dict                  # id(Parameter) -> name as nn.Sequential(*layers) gives it
+    inputs: list | None          # per-microbatch input tuples (the first stage only)
+    targets: list | None         # per-microbatch targets (the loss stage only)
+    dp_reducer: object
+    tie_reducers: list
+    communicators: list
+    ranges: list
+    layer_costs: list | None
+    predicted: list | None
+    tied: list
+    device: torch.device
+
+
+def set_up(comm, cfg: RunConfig) -> RankRun:
+    from mpi4py import MPI
+    from . import topology
+    from .executor import Executor, agree_specs, plan
+    from .message import Messenger, MPITransport, check_tag_range
+    from .reduce import GradientReducer, tied_groups
+    from .stage import StashMeter, Stage
+
+    watchdog.beat("checking the configuration")
+    layers, loss_fn, (inputs, targets), schedule = preflight(cfg, comm.Get_size())
+    pipe = schedule.pipeline                  # num_stages, chunks per rank, and where each chunk sits
+    m, device = cfg.microbatches, _device(cfg)
+    per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
+    watchdog.beat(f"choosing the {cfg.partition} partition")
+    ranges, costs = choose_partition(comm, cfg, layers, inputs[:per_replica // m].to(device),
+                                     num_pieces=pipe.num_virtual_stages)
+    watchdog.beat("splitting the ranks into pipeline and data communicators")
+    topo = topology.split(comm, cfg.pp, cfg.dp)
+    rank = topo.stage
+    transport = MPITransport(topo.pipeline, sync_sends=cfg.sync_sends)
+    check_tag_range(transport, m, pipe.num_chunks)
+
+    meter = StashMeter()                      # the rank's stash, over all its chunks
+    stages = {}
+    for chunk in range(pipe.num_chunks):
+        piece = ranges[pipe.virtual_stage(rank, chunk)]
+        stages[chunk] = Stage(nn.Sequential(*layers[piece.start:piece.stop]).to(device),
+                              pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), loss_fn, m,
+                              recompute=cfg.checkpoint, split_backward=schedule.splits_backward, meter=meter)
+    params = list({id(p): p for s in stages.values() for p in s.parameters()}.values())
+    # Names as torch.nn.Sequential(*layers) gives them, so anyone can compare with one device.
+    names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
+
+    mine = slice(topo.replica * per_replica, (topo.replica + 1) * per_replica)
+    per_replica_targets = targets.shape[0] // cfg.dp
+    theirs = slice(topo.replica * per_replica_targets, (topo.replica + 1) * per_replica_targets)
+    micro_inputs = [(x.to(device),) for x in inputs[mine].tensor_split(m)] if rank == 0 else None
+    micro_targets = ([t.to(device) for t in targets[theirs].tensor_split(m)] if rank == pipe.loss_rank else None)
+    sample = micro_inputs[0] if rank == 0 else (torch.empty(0, device=device),)
+
+    watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
+    in_specs, out_specs = agree_specs(transport, stages, pipe, rank, sample)
+    executor = Executor(stages, plan(schedule[rank], pipe, rank, in_specs, out_specs),
+                        Messenger(transport, device), rank, device)
+
+    # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
+    dp_reducer = GradientReducer(topo.data, params, average=True)
+    by_name = {names[id(p)]: p for p in params}
+    tied = tied_groups(layers, ranges, pipe)
+    tie_reducers = []
+    for name, holders in tied:            # Split is collective: every rank takes part in each
+        member = rank in holders
+        tie_comm = comm.Split(topo.replica if member else MPI.UNDEFINED, rank)
+        if member:
+            tie_reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
+    return RankRun(cfg, comm, topo, pipe, stages, executor, params, names, micro_inputs, micro_targets,
+                   dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers],
+                   ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device)
+
+
+def train_step(run: RankRun, step: int) -> dict:
+    """One step on this rank: the schedule, then the all-reduces. Returns this rank's report of it."""
+    cfg, rank = run.cfg, run.topo.stage
+    watchdog.beat(f"waiting for the other ranks before step {step}")
+    run.comm.Barrier()
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)     # the trace reports this step's peak
+    meter = next(iter(run.stages.values())).meter
+    meter.reset_peaks()
+    began = time.perf_counter()
+    events, waits = run.executor.run(run.inputs, run.targets, step, t0=began,
+                                     after_last_backward=run.dp_reducer.start if cfg.overlap_allreduce else None)
+    watchdog.beat(f"step {step}: all-reducing gradients")
+    reduce_start = time.perf_counter()
+    if cfg.overlap_allreduce:
+        run.dp_reducer.wait()
+    else:
+        run.dp_reducer.allreduce()
+    for reducer in run.tie_reducers:
+        reducer.allreduce()
+    if cfg.dp > 1 or run.tie_reducers:
+        waits.append(Wait(rank, "all-reduce gradients", reduce_start - began, time.perf_counter() - began))
+    losses = [loss for s in run.stages.values() for loss in s.losses]
+    return {"loss": torch.stack(losses).mean().item() if losses else None,
+            "grads": ({run.names[id(p)]: p.grad.detach().cpu().clone() for p in run.params if p.grad is not None}
+                      if cfg.collect_grads and step == 0 and run.topo.replica == 0 else None),
+            "events": events, "waits": waits, "peak": meter.peak_count, "memory": _memory(run, meter)}
+
+
+def _memory(run: RankRun, meter) -> Memory:
+    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)
+    return Memory(parameters=nbytes(run.params), gradients=nbytes(p.grad for p in run.params if p.grad is not None),
+                  optimizer=0, peak_stashed_bytes=meter.peak_bytes,
+                  device_peak=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None)
+
+
+def sgd(params: list, lr: float) -> None:
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p -= lr * p.grad
+
+
+def run_rank(comm, cfg: RunConfig) -> RunResult | None:
+    run = set_up(comm, cfg)
+    if cfg.verbose and comm.Get_rank() == 0:
+        _announce(run)
+    losses, grads, seconds, utilization, gathered = [], None, [], [], None
+    for step in range(cfg.steps):
+        report = train_step(run, step)
+        sgd(run.params, cfg.lr)
+        if cfg.collect_params and step == cfg.steps - 1:
+            report["params"] = {run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
+        watchdog.beat(f"gathering the results of step {step}")
+        gathered = comm.gather(report, root=0)
+        if comm.Get_rank() == 0:
+            last_stages = [g["loss"] for g in gathered if g["loss"] is not None]
+            losses.append(sum(last_stages) / len(last_stages))
+            trace = _trace(run, gathered)
+            seconds.append(trace.makespan)
+            utilization.append(trace.utilization)
+            if step == 0 and cfg.collect_grads:
+                grads = {k: v for g in gathered if g["grads"] for k, v in g["grads"].items()}
+            if cfg.verbose:
+                print(f"  step {step + 1}/{cfg.steps}  loss {losses[-1]:.6f}  {trace.makespan:.3f} s  "
+                      f"utilization {trace.utilization:.3f}" + ("  (warm-up)" if step == 0 and cfg.steps > 1 else ""),
+                      flush=True)
+    watchdog.beat("finished")
+    for c in run.communicators:      # MPI has a limited number of them; run_many makes many runs
+        c.Free()
+    if comm.Get_rank() != 0:
+        return None
+    return RunResult(config=cfg, losses=losses, trace=trace, step_seconds=seconds, step_utilization=utilization,
+                     memory=[g["memory"] for g in gathered[:cfg.pp]], grads=grads,
+                     params=[g.get("params") for g in gathered] if cfg.collect_params else None,
+                     partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
+                     predicted_stage_costs=run.predicted, tied=run.tied)
+
+
+def _trace(run: RankRun, gathered: list) -> Trace:
+    """Replica 0's step as one trace (world ranks 0 .. pp - 1 are its stages)."""
+    replica0 = gathered[:run.cfg.pp]
+    memory = [g["memory"].device_peak for g in replica0]
+    return Trace(num_ranks=run.cfg.pp, events=[e for g in replica0 for e in g["events"]],
+                 waits=[w for g in replica0 for w in g["waits"]], peak_stashed=[g["peak"] for g in replica0],
+                 peak_stashed_bytes=[g["memory"].peak_stashed_bytes for g in replica0],
+                 peak_memory_bytes=memory if None not in memory else None,
+                 meta={"source": "measured", "schedule": run.cfg.schedule, "num_stages": run.cfg.pp,
+                       "layout": run.pipeline.layout, "num_microbatches": run.cfg.microbatches, "dp": run.cfg.dp,
+                       "device": str(run.device), "time_unit": "s"})
+
+
+def _announce(run: RankRun) -> None:
+    cfg, chunks = run.cfg, run.pipeline.num_chunks
+    print(f"{cfg.schedule}: {cfg.pp} stages x {cfg.dp} replica(s), {cfg.microbatches} microbatches, {cfg.steps} "
+          f"step(s), layers per {'virtual ' if chunks > 1 else ''}stage {[len(r) for r in run.ranges]}"
+          + (f", tied {[n for n, _ in run.tied]}" if run.tied else ""), flush=True)
+    if run.predicted:
+        print(f"  {cfg.partition} partition: predicted forward+backward per microbatch and stage "
+              f"{[f'{1e3 * c:.2f} ms' for c in run.predicted]}", flush=True)
+
+
+def choose_partition(comm, cfg: RunConfig, layers, sample, num_pieces: int) -> tuple[list[range], list[float] | None]:
+    """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", also each layer's seconds.
+
+    "time" profiles every layer once, on world rank 0, and broadcasts the costs:
+    every rank must cut the model at the same places, and timings differ between ranks.
+    """
+    if cfg.partition == "uniform":
+        return partition.uniform(len(layers), num_pieces), None
+    if cfg.partition == "parameters":
+        return partition.by_parameters(layers, num_pieces), None
+    from .profiling import layer_costs
+    costs = layer_costs(layers, sample) if comm.Get_rank() == 0 else None
+    wait_quietly(comm)                 # the others sleep while rank 0 profiles, instead of spinning
+    costs = comm.bcast(costs, root=0)
+    return partition.by_cost(costs, num_pieces), costs
+
+
+def wait_quietly(comm, poll: float = 0.0005) -> None:
+    """A barrier that sleeps between polls. MPICH's blocking calls spin on a core; a rank idling in
+    one would slow down the ranks that work when they share cores (a laptop, this course's CI)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll)
+
+
+def run_many(comm, configs: list[RunConfig]) -> list[RunResult | None]:
+    """Each run on the first pp x dp ranks of ``comm``; the rest wait. Results as rank 0 of ``comm`` sees them."""
+    from mpi4py import MPI
+    results = []
+    for index, cfg in enumerate(configs):
+        # Ranks left out of a run wait here for as long as it takes: not a stall.
+        watchdog.beat(f"waiting for run {index} ({cfg.schedule}, {cfg.world_size} ranks)", watched=False)
+        wait_quietly(comm)
+        color = 0 if comm.Get_rank() < cfg.world_size else MPI.UNDEFINED
+        sub = comm.Split(color, comm.Get_rank())
+        if sub != MPI.COMM_NULL:
+            results.append(run_rank(sub, cfg))
+            sub.Free()
+        else:
+            results.append(None)
+    return results
