@@ -40,14 +40,14 @@ def slowest_stage(trace: Trace) -> float:
 
 
 def row(cfg: RunConfig, runs: list[dict]) -> dict:
-    traces = [r.trace for r in runs]
-    profiled = next((r.layer_costs for r in runs if r.layer_costs), None)
+    traces = [r.result.trace for r in runs]
+    profiled = next((r.result.layer_costs for r in runs if r.result.layer_costs), None)
     # What the simulator predicts for this split, fed the time partitioner's profile: filled in by main().
-    return {"partition": cfg.partition, "m": cfg.microbatches, "split": runs[0].partition,
+    return {"partition": cfg.partition, "m": cfg.microbatches, "split": runs[0].result.partition,
             "step_s": median(t.makespan for t in traces), "step_min_s": min(t.makespan for t in traces),
             "step_max_s": max(t.makespan for t in traces), "slowest_stage_s": median(map(slowest_stage, traces)),
             "utilization": median(t.utilization for t in traces), "profile": profiled,
-            "cpu_share": min(r["cpu_share"] for r in runs)}
+            "cpu_share": min(r.cpu_share for r in runs)}
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
         stage = [c * scale for c in partition.stage_costs(profile, ranges)]
         simulated = simulate.simulate(schedules.build("1f1b", 2, r["m"]), forward=[c / 3 for c in stage],
                                       backward=[2 * c / 3 for c in stage]).makespan
-        base = next(u for u in rows if u["m"] == r["m"] and u.partition == "uniform")
+        base = next(u for u in rows if u["m"] == r["m"] and u["partition"] == "uniform")
         lines.append(f"| {r['m']} | {r['partition']} | {[len(x) for x in ranges]} | {1e3 * max(stage):.1f} ms "
                      f"| {1e3 * simulated:.1f} ms | {1e3 * r['slowest_stage_s']:.1f} ms "
                      f"| {1e3 * r['step_s']:.1f} ms ({1e3 * r['step_min_s']:.1f}-{1e3 * r['step_max_s']:.1f}) "

@@ -48,7 +48,7 @@ def inside_action(width: int, microbatch: int, layers: int, iterations: int) -> 
     module = nn.Sequential(*models.mlp(depth=layers, width=width, batch=microbatch)[0])
     x = torch.randn(microbatch, width)
     grad = torch.ones(microbatch, width)
-    stage = Stage([module], [False], [False], None, num_microbatches=1)
+    stage = Stage(module)
 
     def bare():
         leaf = x.detach().requires_grad_(True)
@@ -56,8 +56,8 @@ def inside_action(width: int, microbatch: int, layers: int, iterations: int) -> 
         return leaf.grad
 
     def pipelined():
-        stage.forward(0, 0, x)
-        return stage.backward(0, 0, grad)
+        stage.forward(0, x)
+        return stage.backward(0, (grad,))
 
     times = {"bare": [], "stage": []}
     for i in range(iterations + 3):
@@ -86,11 +86,11 @@ def between_actions(repeats: int) -> list[dict]:
             numbers, measured, _ = bench.run_numbers(result)
             costs = simulate.costs_from_trace(measured)
             compute_only = simulate.simulate(schedules.build(cfg.schedule, 2, 8), costs["forward"],
-                                             costs["backward"], comm=0.0)
+                                             costs["backward"], latency=0.0)
             gaps = executor_gaps(measured)
             per_run.append({"step_s": measured.makespan, "gap_fraction": gaps["fraction"],
                             "gap_per_action_s": gaps["per_action_s"], "compute_only_s": compute_only.makespan,
-                            "action_s": median(e.duration for e in measured.events), "comm_s": costs["comm"]})
+                            "action_s": median(e.duration for e in measured.events), "comm_s": costs["latency"]})
         rows.append({"schedule": cfg.schedule, "actions_per_rank": 2 * cfg.microbatches,
                      **{k: median(r[k] for r in per_run) for k in per_run[0]}})
     return rows
@@ -98,7 +98,7 @@ def between_actions(repeats: int) -> list[dict]:
 
 def calls_rank(comm, cfg: RunConfig) -> list[dict] | None:
     """Rank side of part 3: time every call the executor makes between actions, over one warm run."""
-    from pipeline_ref import comm as messages, executor, runner
+    from pipeline_ref import executor, message, train
     spent, calls = {}, {}
 
     def timed(owner, name, label):
@@ -113,15 +113,16 @@ def calls_rank(comm, cfg: RunConfig) -> list[dict] | None:
                 calls[label] = calls.get(label, 0) + 1
         setattr(owner, name, wrapper)
 
-    for owner, name, label in ((messages.Messenger, "irecv", "post a receive (allocate its buffer, Irecv)"),
-                               (messages.Messenger, "isend", "start a send (Isend)"),
-                               (messages.Messenger, "progress", "progress (Test the pending sends)"),
+    for owner, name, label in ((message.Messenger, "irecv", "post a receive (a pooled buffer, Irecv)"),
+                               (message.Messenger, "isend", "start a send (Isend)"),
+                               (message.Messenger, "progress", "progress (Test the pending sends)"),
+                               (message.Messenger, "release", "give a buffer back to the pool"),
                                (executor.watchdog, "beat", "watchdog.beat")):
         timed(owner, name, label)
-    runner.run_rank(comm, cfg)              # warm-up run, not counted
+    train.run_rank(comm, cfg)               # warm-up run, not counted
     spent.clear()
     calls.clear()
-    runner.run_rank(comm, cfg)
+    train.run_rank(comm, cfg)
     return comm.gather({label: (spent[label] / calls[label], calls[label]) for label in spent}, root=0)
 
 

@@ -47,9 +47,9 @@ def theory(cfg: RunConfig, costs: dict) -> float | None:
         return None
 
 
-def row(cfg: RunConfig, runs: list[dict]) -> dict:
+def row(cfg: RunConfig, runs: list[bench.Measured]) -> dict:
     numbers = [bench.run_numbers(r) for r in runs]
-    traces = [r.trace for r in runs]
+    traces = [r.result.trace for r in runs]
     middle = sorted(range(len(runs)), key=lambda k: traces[k].makespan)[len(runs) // 2]
     costs = simulate.costs_from_trace(traces[middle])
     return {"schedule": cfg.schedule, "m": cfg.microbatches,
@@ -57,9 +57,9 @@ def row(cfg: RunConfig, runs: list[dict]) -> dict:
             "step_min_s": min(t.makespan for t in traces), "step_max_s": max(t.makespan for t in traces),
             "utilization": median(t.utilization for t in traces), "theory": theory(cfg, costs),
             "prediction_error": median(n["prediction_error"] for n, _, _ in numbers),
-            "op_ms": {k: [1e3 * c for c in v] for k, v in costs.items() if k != "comm"},
+            "op_ms": {k: [1e3 * c for c in v] for k, v in costs.items() if k != "latency"},
             "peak_stashed": traces[middle].peak_stashed, "peak_bytes": traces[middle].peak_stashed_bytes,
-            "cpu_share": min(r["cpu_share"] for r in runs)}
+            "cpu_share": min(r.cpu_share for r in runs)}
 
 
 def deferred_w(repeats: int = 16, others: int = 2, blocks: int = 4, rows: int = 128) -> dict:
@@ -115,7 +115,7 @@ def main() -> None:
     rows = [row(cfg, runs) for cfg, runs in zip(configs, results)]
     for r, runs in zip(rows, results):
         base = next(b for cfg, b in zip(configs, results) if cfg.schedule == "1f1b" and cfg.microbatches == r["m"])
-        r["paired"] = median(a.trace.makespan / b.trace.makespan
+        r["paired"] = median(a.result.trace.makespan / b.result.trace.makespan
                              for a, b in zip(runs, base))
     info["load_average_after"] = machine.machine_info()["load_average"]
 

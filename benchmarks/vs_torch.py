@@ -66,7 +66,7 @@ def run_torch(num_ranks: int, runs: list, model: dict, timeout: float = 1800) ->
         per_rank = [torch.load(Path(tmp) / f"torch_rank{r}.pt") for r in range(num_ranks)]
     merged = []
     for parts in zip(*per_rank):
-        grads = {name: g for part in parts for name, g in part.grads.items()}
+        grads = {name: g for part in parts for name, g in part["grads"].items()}
         loss = next(p["loss"] for p in parts if p["loss"] is not None)
         merged.append(dict(parts[0], grads=grads, loss=loss))
     return merged
@@ -81,9 +81,9 @@ def grad_difference(a: dict, b: dict) -> tuple[float, float]:
     return diff, diff / scale if scale else diff
 
 
-def step_time(result: dict) -> float:
+def step_time(run: bench.Measured) -> float:
     """Barrier to the slowest rank's last action: the same span torch's step() is timed over."""
-    return max(e.end for e in result.trace.events)
+    return max(e.end for e in run.result.trace.events)
 
 
 def main() -> None:
@@ -124,8 +124,8 @@ def main() -> None:
     rows = []
     for cfg, runs, their in zip(ours_configs, ours, theirs):
         assert (cfg.schedule, cfg.microbatches, cfg.dtype) == (their["schedule"], their["microbatches"], their["dtype"])
-        mine = runs[0]
-        diff, relative = grad_difference(mine.grads, their.grads)
+        mine = runs[0].result
+        diff, relative = grad_difference(mine.grads, their["grads"])
         row = {"schedule": cfg.schedule, "stages": p, "microbatches": cfg.microbatches, "dtype": cfg.dtype,
                "max_grad_diff": diff, "max_grad_diff_relative": relative,
                "loss_diff": abs(mine.losses[0] - their["loss"]), "ours_vs_one_device": None}
@@ -133,14 +133,14 @@ def main() -> None:
             ours_steps = [step_time(r) for r in runs]
             row.update(ours_step_s=median(ours_steps), theirs_step_s=median(their["step_s"]),
                        ours_best_s=min(ours_steps), theirs_best_s=min(their["step_s"]),
-                       ours_cpu_share=min(r["cpu_share"] for r in runs), theirs_replayed=their["replayed"])
+                       ours_cpu_share=min(r.cpu_share for r in runs), theirs_replayed=their["replayed"])
             row["ratio"] = row["ours_step_s"] / row["theirs_step_s"]
             row["best_ratio"] = row["ours_best_s"] / row["theirs_best_s"]
         else:          # both against the unsplit model, one process, whole batch
             layers, loss_fn, (x, y) = build_model(cfg)
             _, reference = models.reference_step(layers, loss_fn, x, y)
             row["ours_vs_one_device"] = grad_difference(mine.grads, reference)[0]
-            row["theirs_vs_one_device"] = grad_difference(their.grads, reference)[0]
+            row["theirs_vs_one_device"] = grad_difference(their["grads"], reference)[0]
         rows.append(row)
 
     columns = ["schedule", "stages", "microbatches", "dtype", "ours_step_s", "theirs_step_s", "ratio",

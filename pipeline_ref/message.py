@@ -70,10 +70,12 @@ def gradient_specs(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
 
 
 def _offsets(specs) -> tuple[list[int], int]:
+    """Where each tensor starts in the packed bytes (aligned), and the message's exact size."""
     offsets, end = [], 0
     for spec in specs:
-        offsets.append(end)
-        end = -(-(end + spec.nbytes) // ALIGN) * ALIGN
+        start = -(-end // ALIGN) * ALIGN
+        offsets.append(start)
+        end = start + spec.nbytes
     return offsets, max(end, 1)
 
 

@@ -75,3 +75,9 @@ def cuda_round_trip(comm, sync_sends: bool = True):
     received = [messenger.irecv(t.shape, t.dtype, device, source=0, tag=tag).wait().cpu()
                 for tag, t in enumerate(tensors)]
     return received
+
+
+def gpt_flat_targets(**options):
+    """The tiny GPT with its targets flattened per token, (B * T,) for inputs (B, T), as language models often give them."""
+    layers, loss_fn, (inputs, targets) = models.tiny_gpt(**options)
+    return layers, loss_fn, (inputs, targets.reshape(-1))

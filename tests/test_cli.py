@@ -25,6 +25,8 @@ def test_run_starts_its_ranks_and_saves_grads_and_trace(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "step 2/2" in done.stdout and "utilization" in done.stdout
+    # the report is the warm step's, with the cold first step labelled as the warm-up
+    assert "utilization" in done.stdout.splitlines()[-3] and "(step 2; step 1, the warm-up: " in done.stdout
     loss, expected = _reference("gpt")
     saved = torch.load(grads_file)
     assert set(saved) == set(expected)
@@ -61,3 +63,14 @@ def test_simulate_command_prints_the_schedule_and_utilization(tmp_path):
     assert "rank 3: F0 B0 F1 B1" in text.replace("  ", " ")
     assert f"utilization {4 / (4 + 4 - 1):.4f}" in text     # simulated, against m/(m+p-1)
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_the_report_is_the_median_of_the_warm_steps():
+    from pipeline_ref.results import RunResult
+    from pipeline_ref.trace import Trace
+    result = RunResult(config=RunConfig(), losses=[1.0] * 4, trace=Trace(num_ranks=2),
+                       step_seconds=[0.5, 0.03, 0.01, 0.02], step_utilization=[0.3, 0.8, 0.7, 0.9], memory=[])
+    assert result.warm_utilization == 0.8 and result.warm_step_seconds == 0.02      # step 1 left out
+    one = RunResult(config=RunConfig(), losses=[1.0], trace=Trace(num_ranks=2), step_seconds=[0.5],
+                    step_utilization=[0.3], memory=[])
+    assert one.warm_utilization == 0.3

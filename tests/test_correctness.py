@@ -29,10 +29,14 @@ CONFIGS += [RunConfig(schedule=s, pp=p, microbatches=m, model=model, model_kwarg
 CONFIGS += [RunConfig(schedule="1f1b", pp=3, microbatches=4, model=model, model_kwargs=kwargs, dtype="float64",
                       collect_grads=True, partition=partition, stall_timeout=60)
             for model, kwargs in MODELS.items() for partition in ("parameters", "time")]
+# Targets flattened per token split along their own first dimension, as torch.distributed.pipelining splits them.
+FLAT = {"dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "batch": 8, "vocab": 32}
+CONFIGS += [RunConfig(schedule="1f1b", pp=2, dp=dp, microbatches=2, model="tests.rank_targets:gpt_flat_targets",
+                      model_kwargs=FLAT, dtype="float64", collect_grads=True, stall_timeout=60) for dp in (1, 2)]
 
 
 def _id(cfg):
-    return (f"{cfg.model}-{cfg.schedule}-pp{cfg.pp}-m{cfg.microbatches}" + ("-ssend" if cfg.sync_sends else "")
+    return (f"{cfg.model}-{cfg.schedule}-pp{cfg.pp}-m{cfg.microbatches}" + (f"-dp{cfg.dp}" if cfg.dp > 1 else "") + ("-ssend" if cfg.sync_sends else "")
             + ("-checkpoint" if cfg.checkpoint else "") + (f"-{cfg.partition}" if cfg.partition != "uniform" else ""))
 
 
@@ -49,6 +53,14 @@ def references():
         if cfg.model not in cache:
             cache[cfg.model] = reference(cfg)
     return cache
+
+
+def test_targets_that_cannot_split_say_how_to_reshape_them():
+    from pipeline_ref.config import ConfigError, check_fits
+    with pytest.raises(ConfigError, match=r"targets' first dimension \(10\) does not split into 1 replica\(s\) x 4 "
+                                          r"equal microbatches.*targets.view\(8, -1\)"):
+        check_fits(RunConfig(pp=2, microbatches=4), num_layers=4, batch_size=8, target_size=10)
+    check_fits(RunConfig(pp=2, microbatches=4), num_layers=4, batch_size=8, target_size=8 * 16)   # per token: fine
 
 
 @pytest.mark.mpi

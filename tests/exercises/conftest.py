@@ -145,7 +145,7 @@ def _explain(name: str, failure: str) -> str:
 
 @pytest.fixture(scope="session")
 def assert_equals_one_device():
-    """``assert_equals_one_device(cfg, result)``: a run of pipeline_ref's runner gave the unsplit model's step."""
+    """``assert_equals_one_device(cfg, result)``: a run of pipeline_ref's training loop gave the unsplit model's step."""
     def check(cfg, result):
         __tracebackhide__ = True
         one_device.assert_equals_one_device(result, *one_device.reference(cfg),

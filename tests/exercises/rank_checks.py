@@ -319,7 +319,7 @@ def naive_step(comm, impl):
 # =========================================================================== exercises 2 and 3: the executor
 
 def schedule_runs(impl: str, spec: str, cases) -> list[RunConfig]:
-    """Runs of the student's generator ``module:function`` by pipeline_ref's runner, one per (stages, microbatches)."""
+    """Runs of the student's generator ``module:function`` by pipeline_ref's training loop, one per (stages, microbatches)."""
     return [RunConfig(schedule=f"{impl}.{spec}", pp=p, microbatches=m, model="mlp",
                       model_kwargs={"depth": 6, "width": 8, "batch": 12}, dtype="float64",
                       collect_grads=True, sync_sends=True, stall_timeout=30) for p, m in cases]
@@ -331,7 +331,7 @@ ONE_F_ONE_B_CASES = ((2, 2), (3, 1), (3, 6))
 
 
 def _executor(comm, impl, spec, cases):
-    from pipeline_ref.runner import run_many
+    from pipeline_ref.train import run_many
     results = run_many(comm, schedule_runs(impl, spec, cases))
     return results if comm.Get_rank() == 0 else None
 

@@ -108,6 +108,6 @@ def test_gpipe_on_real_ranks_equals_one_device(on_ranks, impl_name, assert_equal
     runs = rank_checks.schedule_runs(impl_name, "ex02_gpipe:gpipe", rank_checks.GPIPE_CASES)
     for cfg, result in zip(runs, on_ranks("ex02.executor")[0]):
         assert_equals_one_device(cfg, result)
-        assert result["trace"]["peak_stashed"] == [cfg.microbatches] * cfg.pp, (
+        assert result.trace.peak_stashed == [cfg.microbatches] * cfg.pp, (
             f"{cfg.pp} stages, {cfg.microbatches} microbatches: measured activations stashed per stage "
-            f"{result['trace']['peak_stashed']}")
+            f"{result.trace.peak_stashed}")

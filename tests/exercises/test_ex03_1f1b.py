@@ -86,6 +86,6 @@ def test_1f1b_on_real_ranks_equals_one_device(on_ranks, impl_name, assert_equals
     for cfg, result in zip(runs, on_ranks("ex03.executor")[0]):
         assert_equals_one_device(cfg, result)
         expected = simulate.theory_peak_stashed("1f1b", cfg.pp, cfg.microbatches)
-        assert result["trace"]["peak_stashed"] == expected, (
+        assert result.trace.peak_stashed == expected, (
             f"{cfg.pp} stages, {cfg.microbatches} microbatches: measured activations stashed per stage "
-            f"{result['trace']['peak_stashed']}, 1F1B holds {expected}")
+            f"{result.trace.peak_stashed}, 1F1B holds {expected}")

@@ -134,6 +134,6 @@ def test_zb_h1_on_real_ranks_equals_one_device(on_ranks, impl_name, assert_equal
     runs = rank_checks.schedule_runs(impl_name, f"{checks.EX06}:zb_h1", checks.ZB_H1_CASES)
     for cfg, result in zip(runs, on_ranks("ex06.zb_h1")[0]):
         assert_equals_one_device(cfg, result)
-        stashed = result["trace"]["peak_stashed"]
+        stashed = result.trace.peak_stashed
         assert max(stashed) <= cfg.pp, (f"{cfg.pp} stages, {cfg.microbatches} microbatches: measured activations "
                                         f"stashed per stage {stashed}, more than p = {cfg.pp}")
