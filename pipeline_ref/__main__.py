@@ -3,7 +3,7 @@
     python -m pipeline_ref demo [--out DIR]                     naive / GPipe / 1F1B measured vs theory, Gantt charts
     python -m pipeline_ref run --schedule 1f1b --pp 4 --microbatches 8 -n 4 [--steps N] [--dtype float64]
                                [--device cpu|cuda|auto] [--model pkg.module:factory] [--save-grads FILE] [--trace FILE]
-    python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE]
+    python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE] [--timeline]
 
 ``run`` starts its own ranks with ``-n N``; without it, it expects to be one of
 the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--backward", type=float, default=2.0, help="cost of a backward")
     simulate.add_argument("--latency", type=float, default=0.0, help="latency of one message")
     simulate.add_argument("--plot", metavar="FILE", help="save a Gantt chart")
+    simulate.add_argument("--timeline", action="store_true",
+                          help="also print the schedule as a time grid (one column per time slot, '.' = idle)")
     return parser
 
 
@@ -154,6 +156,10 @@ def _simulate(args) -> int:
     trace = simulate.simulate(schedule, forward=args.forward * scale, backward=args.backward * scale,
                               latency=args.latency)
     print(schedules.describe(schedule))
+    if args.timeline:
+        import shutil
+        from .timeline import timeline
+        print(timeline(trace, width=shutil.get_terminal_size((100, 24)).columns))
     theory = _theory(args.schedule, args.pp, args.microbatches, args.chunks, forward=args.forward,
                      input_grad=args.backward / 2, weight_grad=args.backward / 2)
     print(f"utilization {trace.utilization:.4f}{theory.replace('theory', 'closed form, no communication:')}; "
