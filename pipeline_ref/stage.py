@@ -15,8 +15,8 @@ microbatches, so that the gradients accumulated over the microbatches equal the 
 mean loss over the whole batch: the pipelined step equals the unsplit model's step.
 
 The stash is measured, not guessed: a saved-tensors hook counts the bytes autograd keeps for each
-microbatch's backward (parameters excluded), and with a split backward the output gradients an
-``I`` keeps for its ``W`` are counted too. A rank's stages share one :class:`StashMeter`, so the
+microbatch's backward (parameters excluded); with a split backward, the module outputs kept for
+``W`` and the output gradients an ``I`` keeps for it are counted too. A rank's stages share one :class:`StashMeter`, so the
 peak is the rank's.
 
 With ``recompute=True`` (activation checkpointing, GPipe's re-materialisation) the forward runs
@@ -135,6 +135,10 @@ class Stage:
                         outputs = self._forward(inputs, target)
                 else:
                     outputs = self._forward(inputs, target)
+            if self.weight_grads:
+                # The outputs kept for W are held too, where autograd itself did not save them.
+                saved[0] += _nbytes(o for _, o in self.weight_grads.captured(microbatch)
+                                    if (o.data_ptr(), tuple(o.shape)) not in counted)
             stashed = Stashed(inputs, outputs, target, saved[0])
         self.stash[microbatch] = stashed
         self.meter.add(stashed.nbytes)
@@ -250,6 +254,10 @@ class WeightGradients:
 
     def capture(self, key):
         return self._Capture(self, key)
+
+    def captured(self, key) -> list:
+        """The (module, output) pairs the forward of ``key`` kept for its W."""
+        return self._outputs.get(key, [])
 
     def input_pass(self, key, ys: list, grad_outputs: list | None, wants: list) -> tuple[list, int]:
         """Gradients of ``wants`` (the stage inputs) from ``ys``; keeps the owners' output gradients for ``W``.
