@@ -4,6 +4,7 @@
     python -m pipeline_ref run --schedule 1f1b --pp 4 --microbatches 8 -n 4 [--steps N] [--dtype float64]
                                [--device cpu|cuda|auto] [--model pkg.module:factory] [--save-grads FILE] [--trace FILE]
     python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE] [--timeline]
+    python -m pipeline_ref doctor [--json]                      what this machine offers the course, what fails
 
 ``run`` starts its own ranks with ``-n N``; without it, it expects to be one of
 the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="activation checkpointing: stash only stage inputs, recompute in the backward")
     run.add_argument("--overlap-allreduce", action="store_true",
                      help="start a stage's gradient all-reduce right after its last backward")
+    run.add_argument("--skip-nonfinite-steps", action="store_true",
+                     help="a NaN/inf skips that step on every rank (agreed by an all-reduce) instead of ending the run")
     run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
     run.add_argument("--trace", metavar="FILE", help="write the last step's trace (Chrome/Perfetto JSON)")
     run.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (with -n)")
@@ -63,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from .bench import add_parser as add_bench_parser   # bench.py owns its own options
     add_bench_parser(sub)
+    from .doctor import add_parser as add_doctor_parser   # and doctor.py its own
+    add_doctor_parser(sub)
 
     simulate = sub.add_parser("simulate", help="play a schedule without processes")
     _add_run_options(simulate)
@@ -81,7 +86,7 @@ def _config(args) -> RunConfig:
                      seed=args.seed, sync_sends=args.sync_sends,
                      overlap_allreduce=args.overlap_allreduce, partition=args.partition,
                      checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
-                     stall_timeout=args.stall_timeout, verbose=True)
+                     stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True)
 
 
 def _report(result, args) -> None:
@@ -179,6 +184,9 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "doctor":
+            from .doctor import main as doctor_main
+            return doctor_main(args)
         if args.command == "bench":
             from .bench import main as bench_main
             return bench_main(args)

@@ -46,6 +46,7 @@ class RunConfig:
     checkpoint: bool = False          # activation checkpointing: keep stage inputs, recompute in backward
     chunks: int = 1                   # model chunks per rank, for the interleaved schedule
     stall_timeout: float = 120.0      # seconds without progress before a rank ends the run
+    skip_nonfinite: bool = False      # a NaN/inf skips that step on every rank (else it ends the run, named)
     verbose: bool = False             # print a progress line per step
 
     @property

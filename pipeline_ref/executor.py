@@ -178,13 +178,44 @@ def clock_for(device: torch.device):
     return CudaClock(device) if device.type == "cuda" else HostClock()
 
 
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf where it first appeared: "rank 1: loss is nan at F3 of step 2"."""
+
+
+def nonfinite(tensors) -> str | None:
+    """"nan" or "inf" if a floating tensor holds one, else None (one reduction per tensor)."""
+    for t in tensors:
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return "nan" if bool(torch.isnan(t).any()) else "inf"
+    return None
+
+
 class Executor:
     def __init__(self, stages: dict[int, Stage], steps: list[Step], messenger: Messenger, rank: int,
-                 device: torch.device, lookahead: int = 2):
+                 device: torch.device, lookahead: int = 2, skip_nonfinite: bool = False):
         if not isinstance(lookahead, int) or lookahead < 0:
             raise ValueError(f"lookahead must be a non-negative integer, got {lookahead!r}")
         self.stages, self.steps, self.messenger = stages, steps, messenger
         self.rank, self.device, self.lookahead = rank, device, lookahead
+        self.skip_nonfinite = skip_nonfinite
+        self.found_nonfinite: str | None = None     # the first NaN/inf of this step, when skipping
+
+    def _check(self, a: Action, stage: Stage, out, step_index: int) -> None:
+        """Catch a NaN/inf where it appears: in the loss, a stage's output, or a gradient it sends back."""
+        if a.op == "F" and stage.is_last:
+            what, kind = "loss", nonfinite(stage.losses[-1:])
+        elif a.op == "F":
+            what, kind = "output", nonfinite(out)
+        elif a.op in ("B", "I") and out is not None:
+            what, kind = "input gradient", nonfinite(out)
+        else:
+            return
+        if kind is None or self.found_nonfinite:
+            return
+        message = f"rank {self.rank}: {what} is {kind} at {a} of step {step_index}"
+        if not self.skip_nonfinite:
+            raise NonFiniteError(message)
+        self.found_nonfinite = message
 
     def run(self, inputs, targets, step_index: int = 0, t0: float | None = None, after_last_backward=None):
         """One training step's actions; returns (events, waits) timed from ``t0``.
@@ -196,6 +227,7 @@ class Executor:
         stages, messenger, rank = self.stages, self.messenger, self.rank
         for stage in stages.values():
             stage.start_step()
+        self.found_nonfinite = None
         t0 = time.perf_counter() if t0 is None else t0
         clock = clock_for(self.device)
         window = ReceiveWindow(self.steps, messenger, self.lookahead)
@@ -228,6 +260,7 @@ class Executor:
                 out = stage.backward_input(a.microbatch, received)
             else:
                 out = stage.backward_weight(a.microbatch)
+            self._check(a, stage, out, step_index)
             marks.append((a, start, clock.mark()))
             # Send, and give back the buffers nothing reads any more.
             if step.send:

@@ -42,6 +42,7 @@ class RunResult:
     layer_costs: list[float] | None = None       # seconds per layer (partition "time")
     predicted_stage_costs: list[float] | None = None
     tied: list = field(default_factory=list)     # (parameter name, pipeline ranks holding a copy)
+    skipped_steps: list[int] = field(default_factory=list)   # steps a NaN/inf skipped on every rank (skip_nonfinite)
 
     @property
     def warm_utilization(self) -> float:

@@ -106,7 +106,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
     in_specs, out_specs = agree_specs(transport, stages, pipe, rank, sample)
     executor = Executor(stages, plan(schedule[rank], pipe, rank, in_specs, out_specs),
-                        Messenger(transport, device), rank, device)
+                        Messenger(transport, device), rank, device, skip_nonfinite=cfg.skip_nonfinite)
 
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
     dp_reducer = GradientReducer(topo.data, params, average=True)
@@ -135,13 +135,20 @@ def train_step(run: RankRun, step: int) -> dict:
     began = time.perf_counter()
     events, waits = run.executor.run(run.inputs, run.targets, step, t0=began,
                                      after_last_backward=run.dp_reducer.start if cfg.overlap_allreduce else None)
+    found = run.executor.found_nonfinite or _nonfinite_gradients(run, step)
+    skip = False
+    if cfg.skip_nonfinite:
+        # Every rank of every replica must make the same choice, or the next collective would hang: reduce it.
+        watchdog.beat(f"step {step}: agreeing whether to skip the step")
+        from mpi4py import MPI
+        skip = bool(run.comm.allreduce(int(found is not None), op=MPI.MAX))
     watchdog.beat(f"step {step}: all-reducing gradients")
     reduce_start = time.perf_counter()
     if cfg.overlap_allreduce:
         run.dp_reducer.wait()
-    else:
+    elif not skip:
         run.dp_reducer.allreduce()
-    for reducer in run.tie_reducers:
+    for reducer in run.tie_reducers if not skip else ():
         reducer.allreduce()
     if cfg.dp > 1 or run.tie_reducers:
         waits.append(Wait(rank, "all-reduce gradients", reduce_start - began, time.perf_counter() - began))
@@ -149,7 +156,21 @@ def train_step(run: RankRun, step: int) -> dict:
     return {"loss": torch.stack(losses).mean().item() if losses else None,
             "grads": ({run.names[id(p)]: p.grad.detach().cpu().clone() for p in run.params if p.grad is not None}
                       if cfg.collect_grads and step == 0 and run.topo.replica == 0 else None),
-            "events": events, "waits": waits, "peak": meter.peak_count, "memory": _memory(run, meter)}
+            "events": events, "waits": waits, "peak": meter.peak_count, "memory": _memory(run, meter),
+            "skip": skip, "nonfinite": found}
+
+
+def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
+    """The weight gradients, checked once per step (the executor checks what crosses a boundary)."""
+    from .executor import NonFiniteError, nonfinite
+    kind = nonfinite(p.grad for p in run.params)
+    if kind is None:
+        return None
+    message = f"rank {run.topo.stage}: a weight gradient is {kind} after the backward of step {step}"
+    if not run.cfg.skip_nonfinite:
+        raise NonFiniteError(message)
+    return message
+
 
 
 def _memory(run: RankRun, meter) -> Memory:
@@ -170,10 +191,11 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     run = set_up(comm, cfg)
     if cfg.verbose and comm.Get_rank() == 0:
         _announce(run)
-    losses, grads, seconds, utilization, gathered = [], None, [], [], None
+    losses, grads, seconds, utilization, gathered, skipped = [], None, [], [], None, []
     for step in range(cfg.steps):
         report = train_step(run, step)
-        sgd(run.params, cfg.lr)
+        if not report["skip"]:
+            sgd(run.params, cfg.lr)
         if cfg.collect_params and step == cfg.steps - 1:
             report["params"] = {run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
         watchdog.beat(f"gathering the results of step {step}")
@@ -181,6 +203,11 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
         if comm.Get_rank() == 0:
             last_stages = [g["loss"] for g in gathered if g["loss"] is not None]
             losses.append(sum(last_stages) / len(last_stages))
+            if report["skip"]:
+                skipped.append(step)
+                if cfg.verbose:
+                    print(f"  step {step + 1}/{cfg.steps} skipped on every rank: "
+                          + "; ".join(sorted({g["nonfinite"] for g in gathered if g["nonfinite"]})), flush=True)
             trace = _trace(run, gathered)
             seconds.append(trace.makespan)
             utilization.append(trace.utilization)
@@ -199,7 +226,7 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
                      memory=[g["memory"] for g in gathered[:cfg.pp]], grads=grads,
                      params=[g.get("params") for g in gathered] if cfg.collect_params else None,
                      partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
-                     predicted_stage_costs=run.predicted, tied=run.tied)
+                     predicted_stage_costs=run.predicted, tied=run.tied, skipped_steps=skipped)
 
 
 def _trace(run: RankRun, gathered: list) -> Trace:

@@ -81,3 +81,35 @@ def gpt_flat_targets(**options):
     """The tiny GPT with its targets flattened per token, (B * T,) for inputs (B, T), as language models often give them."""
     layers, loss_fn, (inputs, targets) = models.tiny_gpt(**options)
     return layers, loss_fn, (inputs, targets.reshape(-1))
+
+
+class NaNAt(nn.Module):
+    """An identity layer whose output (forward) or input gradient (backward) turns NaN on its n-th call."""
+
+    def __init__(self, on_call: int, where: str):
+        super().__init__()
+        self.on_call, self.where, self.calls = on_call, where, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls != self.on_call:
+            return x
+        return x * float("nan") if self.where == "forward" else _NaNGradient.apply(x)
+
+
+class _NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def nan_model(where: str = "forward", on_call: int = 4):
+    """A 4-layer MLP on 2 stages with a NaN at the start of rank 1 (layers 3-4; call 1 is the shape agreement; with 2
+    microbatches, calls 2-3 are step 0 and call 4 is F0 of step 1)."""
+    layers, loss_fn, batch = models.mlp(depth=4, width=8, batch=8)
+    layers.insert(3, NaNAt(on_call, where))
+    return layers, loss_fn, batch
