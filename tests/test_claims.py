@@ -191,30 +191,40 @@ def test_decision_guide_shards_what_ddp_replicates():
 
 HELD_MODEL = {"depth": 8, "width": 16, "batch": 32}
 HELD_SCHEDULES = ["naive", "gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zbv"]
-# Stage counts what autograd saves, but not what a split backward keeps for W: each parameterised module's
-# output from F, and that output's gradient from I. Until it does, the split schedules' bytes are short.
-UNCOUNTED = pytest.mark.xfail(strict=True, reason="Stage does not yet count the outputs and output gradients a "
-                                                  "split backward keeps from F and I until W (issue 14 item 4)")
 
 
 @pytest.fixture(scope="module")
 def held_runs():
     from pipeline_ref.config import RunConfig
     from pipeline_ref.launch import launch
-    from pipeline_ref.trace import Trace
     configs = [RunConfig(schedule=name, pp=2, microbatches=4, steps=1, model="mlp", model_kwargs=HELD_MODEL,
                          chunks=2 if name == "interleaved" else 1) for name in HELD_SCHEDULES]
-    runs = launch(2, "pipeline_ref.runner:run_many", configs, timeout=120)[0]
-    return {cfg.schedule: Trace.from_dict(run["trace"]) for cfg, run in zip(configs, runs)}
+    runs = launch(2, "pipeline_ref.train:run_many", configs, timeout=120)[0]
+    return {cfg.schedule: run.trace for cfg, run in zip(configs, runs)}
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("name", [pytest.param(n, marks=UNCOUNTED) if n in ("zb-h1", "zb-h2", "zbv") else n
-                                  for n in HELD_SCHEDULES])
+@pytest.mark.parametrize("name", HELD_SCHEDULES)
 def test_peak_bytes_held_are_what_lesson_07_counts(name, held_runs):
-    """Lesson 07's memory table: the trace's peak stashed bytes per rank equal the replayed count, with the
-    output gradients held between an I and its W (and the outputs W differentiates) included."""
+    """Lessons 06-07's memory tables: the trace's peak stashed bytes per rank equal the replayed count; for a split
+    backward that includes the module outputs kept from F for W and the output gradients held from I to W."""
     schedule = schedules.build(name, 2, 4, **({"chunks": 2} if name == "interleaved" else {}))
     sizes = l07_zero_bubble.mlp_held_sizes(schedule, HELD_MODEL["depth"], HELD_MODEL["batch"] // 4,
                                            HELD_MODEL["width"])
     assert held_runs[name].peak_stashed_bytes == l07_zero_bubble.held_bytes(schedule, sizes)
+
+
+def test_megatron_layout_keeps_tensor_parallel_groups_inside_a_node():
+    """Lesson 04: in Megatron's order (tp fastest, then dp, then pp) each tensor-parallel group of 8 sits on one
+    node of 8 and each pipeline spans pp nodes; pipeline_ref's grid (pp fastest) keeps a pipeline inside a node."""
+    from lesson_code import l04_data_parallel as l04
+    groups = l04.rank_groups({"tp": 8, "dp": 2, "pp": 4}, "tp-dp-pp")
+    assert groups["tp"][0] == list(range(8)) and groups["pp"][0] == [0, 16, 32, 48] and groups["dp"][0] == [0, 8]
+    assert {len(groups[a]) for a in groups} == {8, 16, 32}
+    assert all(l04.nodes_spanned(g, 8) == 1 for g in groups["tp"])
+    assert all(l04.nodes_spanned(g, 8) == 4 for g in groups["pp"])
+    ours = l04.rank_groups({"pp": 4, "dp": 16}, "pp-dp")
+    assert ours["pp"][1] == [4, 5, 6, 7] and all(l04.nodes_spanned(g, 8) == 1 for g in ours["pp"])
+    assert sorted(r for g in groups["tp"] for r in g) == list(range(64))
+    with pytest.raises(ValueError, match="must name each of"):
+        l04.rank_groups({"tp": 2, "pp": 2}, "tp-dp")

@@ -133,3 +133,39 @@ def mark_allreduce_posted(ax, trace: Trace, overlap: bool):
     extra = old.legend_handles if old is not None else []
     ax.legend(handles=list(extra) + handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     return ax
+
+
+# ------------------------------------------------------------------------------ three axes (theory)
+
+def rank_groups(sizes: dict, order: str) -> dict:
+    """The world ranks of every group of each parallel axis, for ranks numbered in ``order``.
+
+    ``sizes``: {"tp": 8, "dp": 2, "pp": 4}; ``order``: the axes from fastest- to slowest-varying, as Megatron-LM
+    writes it ("tp-dp-pp": tensor-parallel neighbours are consecutive ranks, pipeline stages the farthest
+    apart). ``pipeline_ref``'s grid, rank = replica * pp + stage, is "pp-dp". A group of an axis holds the ranks
+    that agree on every other axis.
+    """
+    axes = order.split("-")
+    if sorted(axes) != sorted(sizes):
+        raise ValueError(f"order {order!r} must name each of {sorted(sizes)} once")
+    strides, stride = {}, 1
+    for axis in axes:
+        strides[axis], stride = stride, stride * sizes[axis]
+    world = stride
+
+    def coords(rank):
+        return {axis: rank // strides[axis] % sizes[axis] for axis in axes}
+
+    groups = {}
+    for axis in axes:
+        by_rest: dict[tuple, list[int]] = {}
+        for rank in range(world):
+            c = coords(rank)
+            by_rest.setdefault(tuple(c[a] for a in axes if a != axis), []).append(rank)
+        groups[axis] = list(by_rest.values())
+    return groups
+
+
+def nodes_spanned(group: list[int], per_node: int) -> int:
+    """How many nodes a group's ranks sit on, with nodes filled in rank order (``mpiexec``/``srun`` by default)."""
+    return len({rank // per_node for rank in group})
