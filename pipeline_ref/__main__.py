@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="activation checkpointing: stash only stage inputs, recompute in the backward")
     run.add_argument("--overlap-allreduce", action="store_true",
                      help="start a stage's gradient all-reduce right after its last backward")
+    run.add_argument("--save-checkpoint", metavar="DIR", help="save per-layer checkpoints here (atomic, any stages)")
+    run.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="with --save-checkpoint: every K steps")
+    run.add_argument("--resume", metavar="DIR", help="continue from the newest complete checkpoint in DIR "
+                     "(--steps counts from the start)")
     run.add_argument("--skip-nonfinite-steps", action="store_true",
                      help="a NaN/inf skips that step on every rank (agreed by an all-reduce) instead of ending the run")
     run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
@@ -86,7 +90,9 @@ def _config(args) -> RunConfig:
                      seed=args.seed, sync_sends=args.sync_sends,
                      overlap_allreduce=args.overlap_allreduce, partition=args.partition,
                      checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
-                     stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True)
+                     stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True,
+                     checkpoint_dir=args.save_checkpoint, checkpoint_every=args.checkpoint_every,
+                     resume_from=args.resume)
 
 
 def _report(result, args) -> None:

@@ -47,6 +47,9 @@ class RunConfig:
     chunks: int = 1                   # model chunks per rank, for the interleaved schedule
     stall_timeout: float = 120.0      # seconds without progress before a rank ends the run
     skip_nonfinite: bool = False      # a NaN/inf skips that step on every rank (else it ends the run, named)
+    checkpoint_dir: str | None = None # save a checkpoint here (checkpoint.py) every checkpoint_every steps
+    checkpoint_every: int = 1
+    resume_from: str | None = None    # continue from the newest complete checkpoint in this folder
     verbose: bool = False             # print a progress line per step
 
     @property
@@ -64,7 +67,7 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     elif cfg.schedule not in schedules.GENERATORS:
         raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(schedules.GENERATORS)}, "
                           f"or give your own generator as pkg.module:function")
-    for name in ("pp", "dp", "microbatches", "steps", "chunks"):
+    for name in ("pp", "dp", "microbatches", "steps", "chunks", "checkpoint_every"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name} must be a positive integer, got {value!r}")

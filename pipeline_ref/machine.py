@@ -69,3 +69,11 @@ def machine_markdown(info: dict) -> str:
             f"Python {info['python']}, torch {info['torch']}, mpi4py {info['mpi4py']}, MPICH {info['mpich']}; "
             f"{info['date']}; load average before the run {info['load_average']}"
             + (f", after {info['load_average_after']}" if info.get("load_average_after") else "") + ".\n")
+
+
+def wait_quietly(comm, poll: float = 0.0005) -> None:
+    """A barrier that sleeps between polls. MPICH's blocking calls spin on a core; a rank idling in
+    one would slow down the ranks that work when they share cores (a laptop, this course's CI)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll)

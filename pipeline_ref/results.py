@@ -43,6 +43,7 @@ class RunResult:
     predicted_stage_costs: list[float] | None = None
     tied: list = field(default_factory=list)     # (parameter name, pipeline ranks holding a copy)
     skipped_steps: list[int] = field(default_factory=list)   # steps a NaN/inf skipped on every rank (skip_nonfinite)
+    first_step: int = 0                          # a resumed run's first step; losses[0] is that step's
 
     @property
     def warm_utilization(self) -> float:

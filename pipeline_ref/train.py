@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import partition, watchdog
-from .config import RunConfig, preflight
+from . import machine, partition, watchdog
+from . import checkpoint
+from .config import ConfigError, RunConfig, preflight
 from .results import Memory, RunResult
 from .trace import Trace, Wait
 
@@ -61,6 +62,8 @@ class RankRun:
     predicted: list | None
     tied: list
     device: torch.device
+    layers: dict                 # global layer index -> module, the layers this rank holds (for checkpoints)
+    first_step: int              # 0, or the step a resumed run continues from
 
 
 def set_up(comm, cfg: RunConfig) -> RankRun:
@@ -77,7 +80,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     m, device = cfg.microbatches, _device(cfg)
     per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
-    ranges, costs = choose_partition(comm, cfg, layers, inputs[:per_replica // m].to(device),
+    ranges, costs = partition.choose(comm, cfg.partition, layers, inputs[:per_replica // m].to(device),
                                      num_pieces=pipe.num_virtual_stages)
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
@@ -93,6 +96,14 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
                               pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), loss_fn, m,
                               recompute=cfg.checkpoint, split_backward=schedule.splits_backward, meter=meter)
     params = list({id(p): p for s in stages.values() for p in s.parameters()}.values())
+    held = {i: layers[i] for c in range(pipe.num_chunks) for i in ranges[pipe.virtual_stage(rank, c)]}
+    first_step = 0
+    if cfg.resume_from:
+        watchdog.beat(f"loading the checkpoint in {cfg.resume_from}")
+        first_step, _ = checkpoint.load_layers(cfg.resume_from, layers, held)
+        if first_step >= cfg.steps:
+            raise ConfigError(f"the checkpoint in {cfg.resume_from} is at step {first_step}: --steps {cfg.steps} "
+                              f"leaves nothing to run (--steps counts from the start, resumed steps included)")
     # Names as torch.nn.Sequential(*layers) gives them, so anyone can compare with one device.
     names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
 
@@ -120,7 +131,8 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
             tie_reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
     return RankRun(cfg, comm, topo, pipe, stages, executor, params, names, micro_inputs, micro_targets,
                    dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers],
-                   ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device)
+                   ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device, held,
+                   first_step)
 
 
 def train_step(run: RankRun, step: int) -> dict:
@@ -155,7 +167,7 @@ def train_step(run: RankRun, step: int) -> dict:
     losses = [loss for s in run.stages.values() for loss in s.losses]
     return {"loss": torch.stack(losses).mean().item() if losses else None,
             "grads": ({run.names[id(p)]: p.grad.detach().cpu().clone() for p in run.params if p.grad is not None}
-                      if cfg.collect_grads and step == 0 and run.topo.replica == 0 else None),
+                      if cfg.collect_grads and step == run.first_step and run.topo.replica == 0 else None),
             "events": events, "waits": waits, "peak": meter.peak_count, "memory": _memory(run, meter),
             "skip": skip, "nonfinite": found}
 
@@ -180,6 +192,17 @@ def _memory(run: RankRun, meter) -> Memory:
                   device_peak=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None)
 
 
+def save_checkpoint(run: RankRun, step: int) -> None:
+    """Replica 0's ranks write their layers; once all have (a barrier), world rank 0 marks the step complete."""
+    watchdog.beat(f"saving the checkpoint of step {step}")
+    if run.topo.replica == 0:
+        checkpoint.save_layers(run.cfg.checkpoint_dir, step, run.layers)
+    run.comm.Barrier()
+    if run.comm.Get_rank() == 0:
+        checkpoint.commit(run.cfg.checkpoint_dir, step, {"num_layers": run.ranges[-1].stop,
+                                                         "schedule": run.cfg.schedule, "pp": run.cfg.pp})
+
+
 def sgd(params: list, lr: float) -> None:
     with torch.no_grad():
         for p in params:
@@ -192,10 +215,12 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     if cfg.verbose and comm.Get_rank() == 0:
         _announce(run)
     losses, grads, seconds, utilization, gathered, skipped = [], None, [], [], None, []
-    for step in range(cfg.steps):
+    for step in range(run.first_step, cfg.steps):
         report = train_step(run, step)
         if not report["skip"]:
             sgd(run.params, cfg.lr)
+        if cfg.checkpoint_dir and (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(run, step + 1)
         if cfg.collect_params and step == cfg.steps - 1:
             report["params"] = {run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
         watchdog.beat(f"gathering the results of step {step}")
@@ -211,11 +236,11 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
             trace = _trace(run, gathered)
             seconds.append(trace.makespan)
             utilization.append(trace.utilization)
-            if step == 0 and cfg.collect_grads:
+            if step == run.first_step and cfg.collect_grads:
                 grads = {k: v for g in gathered if g["grads"] for k, v in g["grads"].items()}
             if cfg.verbose:
                 print(f"  step {step + 1}/{cfg.steps}  loss {losses[-1]:.6f}  {trace.makespan:.3f} s  "
-                      f"utilization {trace.utilization:.3f}" + ("  (warm-up)" if step == 0 and cfg.steps > 1 else ""),
+                      f"utilization {trace.utilization:.3f}" + ("  (warm-up)" if step == run.first_step and cfg.steps > 1 else ""),
                       flush=True)
     watchdog.beat("finished")
     for c in run.communicators:      # MPI has a limited number of them; run_many makes many runs
@@ -226,7 +251,8 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
                      memory=[g["memory"] for g in gathered[:cfg.pp]], grads=grads,
                      params=[g.get("params") for g in gathered] if cfg.collect_params else None,
                      partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
-                     predicted_stage_costs=run.predicted, tied=run.tied, skipped_steps=skipped)
+                     predicted_stage_costs=run.predicted, tied=run.tied, skipped_steps=skipped,
+                     first_step=run.first_step)
 
 
 def _trace(run: RankRun, gathered: list) -> Trace:
@@ -252,31 +278,6 @@ def _announce(run: RankRun) -> None:
               f"{[f'{1e3 * c:.2f} ms' for c in run.predicted]}", flush=True)
 
 
-def choose_partition(comm, cfg: RunConfig, layers, sample, num_pieces: int) -> tuple[list[range], list[float] | None]:
-    """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", also each layer's seconds.
-
-    "time" profiles every layer once, on world rank 0, and broadcasts the costs:
-    every rank must cut the model at the same places, and timings differ between ranks.
-    """
-    if cfg.partition == "uniform":
-        return partition.uniform(len(layers), num_pieces), None
-    if cfg.partition == "parameters":
-        return partition.by_parameters(layers, num_pieces), None
-    from .profiling import layer_costs
-    costs = layer_costs(layers, sample) if comm.Get_rank() == 0 else None
-    wait_quietly(comm)                 # the others sleep while rank 0 profiles, instead of spinning
-    costs = comm.bcast(costs, root=0)
-    return partition.by_cost(costs, num_pieces), costs
-
-
-def wait_quietly(comm, poll: float = 0.0005) -> None:
-    """A barrier that sleeps between polls. MPICH's blocking calls spin on a core; a rank idling in
-    one would slow down the ranks that work when they share cores (a laptop, this course's CI)."""
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(poll)
-
-
 def run_many(comm, configs: list[RunConfig]) -> list[RunResult | None]:
     """Each run on the first pp x dp ranks of ``comm``; the rest wait. Results as rank 0 of ``comm`` sees them."""
     from mpi4py import MPI
@@ -284,7 +285,7 @@ def run_many(comm, configs: list[RunConfig]) -> list[RunResult | None]:
     for index, cfg in enumerate(configs):
         # Ranks left out of a run wait here for as long as it takes: not a stall.
         watchdog.beat(f"waiting for run {index} ({cfg.schedule}, {cfg.world_size} ranks)", watched=False)
-        wait_quietly(comm)
+        machine.wait_quietly(comm)
         color = 0 if comm.Get_rank() < cfg.world_size else MPI.UNDEFINED
         sub = comm.Split(color, comm.Get_rank())
         if sub != MPI.COMM_NULL:

@@ -113,3 +113,11 @@ def nan_model(where: str = "forward", on_call: int = 4):
     layers, loss_fn, batch = models.mlp(depth=4, width=8, batch=8)
     layers.insert(3, NaNAt(on_call, where))
     return layers, loss_fn, batch
+
+
+def crashing_mlp(crash_on_call: int = 0, depth: int = 8, width: int = 8, batch: int = 16):
+    """``models.mlp`` with an identity layer at the end that raises on its n-th call (0: never), to crash a run
+    mid-way; the same layers either way, so a checkpoint of one loads into the other."""
+    layers, loss_fn, data = models.mlp(depth=depth, width=width, batch=batch)
+    layers.append(Trap(on_call=crash_on_call or -1, action="raise"))
+    return layers, loss_fn, data
