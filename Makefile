@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test grade env kernel lessons clean
+.PHONY: demo test grade exercises env kernel lessons clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 IMPL ?= exercises
 grade: $(STAMP)
 	$(PY) -m pytest -q tests/exercises --impl $(IMPL)
+
+# Rebuild exercises/exNN_*.py from the marked regions of solutions/exNN_*.py (after editing a solution).
+exercises: $(STAMP)
+	$(PY) tools/make_exercises.py
 
 # Register the environment as a Jupyter kernel, then open the lessons with it.
 kernel: $(STAMP)

@@ -16,18 +16,20 @@ What you need from lesson 00:
   tag=)`` move the raw bytes of a buffer, and the receiver must already hold a buffer of the right
   size. ``Isend``/``Irecv`` are the same but return at once with an ``MPI.Request``; the data is there
   (or the buffer free again) only after ``request.Wait()``.
+- A message matches a receive by its source and its tag: with several ranks and several messages in
+  flight, receive exactly the one asked for (never ``MPI.ANY_SOURCE`` or ``MPI.ANY_TAG`` here).
 - ``tensor.numpy()`` shares a CPU tensor's memory (no copy), but numpy has no bfloat16 and refuses
-  tensors that require grad. Send *bytes*: ``t.detach().contiguous().reshape(-1).view(torch.uint8)
-  .numpy()`` is a uint8 view of any tensor's memory, and ``MPI.BYTE`` says "just bytes".
+  tensors that require grad: send the tensor's *bytes*, as ``MPI.BYTE``.
 
-Grade it (the tests start 2 MPI ranks and send tensors between them):
+Stuck? ``exercises/hints/ex00_mpi_tensors.md`` has longer hints, one section per function.
+Grade it (the tests start 3 MPI ranks and send tensors between them):
 
     .venv/bin/python -m pytest tests/exercises/test_ex00_mpi_tensors.py
 """
 from __future__ import annotations
 
 import torch
-from mpi4py import MPI  # noqa: F401  (you will want MPI.BYTE)
+from mpi4py import MPI  # noqa: F401  (MPI.BYTE: the datatype "just bytes")
 
 
 def send_tensor(comm, tensor: torch.Tensor, dest: int, tag: int = 0) -> None:
@@ -38,16 +40,14 @@ def send_tensor(comm, tensor: torch.Tensor, dest: int, tag: int = 0) -> None:
     """
     raise NotImplementedError(
         "Exercise 0.1: send the tensor's (shape, dtype) with comm.send, then its bytes with comm.Send. "
-        "Hint: t = tensor.detach().contiguous(); t.reshape(-1).view(torch.uint8).numpy() is a byte view "
-        "of its memory, and [that_view, MPI.BYTE] the buffer to send.")
+        "Hint: a contiguous tensor viewed as uint8 is a numpy array of its bytes, whatever its dtype.")
 
 
 def recv_tensor(comm, source: int, tag: int = 0) -> torch.Tensor:
     """Receive a tensor sent by :func:`send_tensor` from rank ``source``, with the same ``tag``."""
     raise NotImplementedError(
-        "Exercise 0.2: receive the (shape, dtype) with comm.recv, allocate torch.empty(shape, dtype=dtype), "
-        "then comm.Recv the bytes straight into it. Hint: receive into the same kind of uint8 view that "
-        "send_tensor sends from; it shares the new tensor's memory.")
+        "Exercise 0.2: receive the (shape, dtype), allocate the tensor, then comm.Recv its bytes into it. "
+        "Hint: receive into a uint8 view of the new tensor: it shares the tensor's memory.")
 
 
 def isend_tensor(comm, tensor: torch.Tensor, dest: int, tag: int = 0):
@@ -58,8 +58,8 @@ def isend_tensor(comm, tensor: torch.Tensor, dest: int, tag: int = 0):
     receive afterwards must not deadlock.
     """
     raise NotImplementedError(
-        "Exercise 0.3: return comm.Isend([byte view of the tensor, MPI.BYTE], dest=dest, tag=tag). "
-        "Hint: no metadata message here, and no Wait: the caller waits on the request you return.")
+        "Exercise 0.3: start a comm.Isend of the tensor's bytes and return its request. Hint: no metadata "
+        "message and no Wait here: the caller waits on the request you return.")
 
 
 def irecv_tensor(comm, shape, dtype: torch.dtype, source: int, tag: int = 0):
@@ -68,6 +68,5 @@ def irecv_tensor(comm, shape, dtype: torch.dtype, source: int, tag: int = 0):
     ``tensor`` holds the data once ``request.Wait()`` has returned, not before.
     """
     raise NotImplementedError(
-        "Exercise 0.4: allocate the tensor with torch.empty, post comm.Irecv into its bytes, and return "
-        "(request, tensor). Hint: the byte view shares the tensor's memory, so after request.Wait() "
-        "the tensor holds the data.")
+        "Exercise 0.4: allocate the tensor, post comm.Irecv into its bytes, return (request, tensor). Hint: "
+        "the tensor is filled in place by MPI once request.Wait() returns.")

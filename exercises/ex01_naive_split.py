@@ -12,8 +12,10 @@ gradients from its own backward, and they must equal the unsplit model's gradien
 
 Use your ``send_tensor``/``recv_tensor`` from exercise 0 (imported below), so exercise 0 must pass
 first. ``comm.Get_rank()`` and ``comm.Get_size()`` tell a rank where it sits in the pipeline: rank 0
-is the first stage and rank ``size - 1`` the last. A single rank (size 1) is both.
+is the first stage and rank ``size - 1`` the last. A single rank (size 1) is both. Only one rank
+computes at any moment (utilization 1/num_stages): lesson 02 fixes that.
 
+Stuck? ``exercises/hints/ex01_naive_split.md`` has longer hints, one section per function.
 Grade it (the tests start 3 MPI ranks and compare with the unsplit model):
 
     .venv/bin/python -m pytest tests/exercises/test_ex01_naive_split.py
@@ -36,21 +38,20 @@ def stage_layers(layers: list[nn.Module], num_stages: int, stage_index: int) -> 
     Raises ValueError when there are more stages than layers (every stage needs one).
     """
     raise NotImplementedError(
-        "Exercise 1.1: return nn.Sequential(*layers[start:stop]) for this stage's slice. "
-        "Hint: base, extra = divmod(len(layers), num_stages); the stages before stage_index hold "
-        "stage_index * base + min(stage_index, extra) layers.")
+        "Exercise 1.1: return an nn.Sequential of this stage's contiguous slice of the layers. Hint: "
+        "divmod(len(layers), num_stages) says how many each stage gets and how many get one more.")
 
 
 def stage_forward(comm, stage: nn.Module, inputs: torch.Tensor | None = None):
     """Forward of this rank's stage; returns ``(x, y)``: the stage's input and its output.
 
     Rank 0 takes ``inputs``; every other rank receives its input from rank - 1. Every rank but the
-    last sends its output to rank + 1 (tag ``ACTIVATION_TAG``).
+    last sends its output to rank + 1 (tag ``ACTIVATION_TAG``). The backward needs both: x for
+    x.grad, y to backward from.
     """
     raise NotImplementedError(
-        "Exercise 1.2: x = inputs on rank 0, else recv_tensor from rank - 1; y = stage(x); send y to "
-        "rank + 1 unless this is the last rank; return (x, y). Hint: call .requires_grad_(True) on a "
-        "received x, so that the backward fills x.grad; send y.detach().")
+        "Exercise 1.2: take or receive x, compute y = stage(x), send y on unless this is the last rank. "
+        "Hint: a received x must require grad, or the backward cannot give its gradient to send upstream.")
 
 
 def stage_backward(comm, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -61,9 +62,8 @@ def stage_backward(comm, x: torch.Tensor, y: torch.Tensor) -> None:
     input to rank - 1 (tag ``GRADIENT_TAG``).
     """
     raise NotImplementedError(
-        "Exercise 1.3: on the last rank y.backward(); elsewhere y.backward(gradient received from "
-        "rank + 1); then, unless this is rank 0, send x.grad to rank - 1. Hint: y.backward(g) "
-        "computes what the unsplit model's backward would, given d loss / d y = g.")
+        "Exercise 1.3: backward from the loss (last rank) or from the received gradient, then send x.grad. "
+        "Hint: y.backward(g) computes what the unsplit model's backward would, given d loss / d y = g.")
 
 
 def naive_step(comm, stage: nn.Module, inputs: torch.Tensor | None, targets: torch.Tensor | None,
@@ -73,6 +73,5 @@ def naive_step(comm, stage: nn.Module, inputs: torch.Tensor | None, targets: tor
     ``inputs`` matter only on rank 0 and ``targets`` only on the last rank.
     """
     raise NotImplementedError(
-        "Exercise 1.4: stage_forward, then on the last rank loss = loss_fn(y, targets) and "
-        "stage_backward with the loss, elsewhere stage_backward with y. Hint: return loss.item() "
-        "on the last rank, None on the others.")
+        "Exercise 1.4: stage_forward, the loss on the last rank, stage_backward; return the loss there. "
+        "Hint: the last rank backwards from loss_fn(y, targets), every other rank from its y.")

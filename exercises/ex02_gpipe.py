@@ -14,6 +14,7 @@ microbatch 2, ``Action("B", 2)`` its backward. For 2 stages and 3 microbatches G
 dependencies: ``pipeline_ref.schedules.validate`` checks a schedule, ``pipeline_ref.simulate``
 plays it, and the executor runs it on real ranks; the tests do all three with yours.
 
+Stuck? ``exercises/hints/ex02_gpipe.md`` has longer hints, one section per function.
 Grade it (the schedule also runs on real MPI ranks through pipeline_ref's executor):
 
     .venv/bin/python -m pytest tests/exercises/test_ex02_gpipe.py
@@ -30,30 +31,27 @@ def split_microbatches(inputs: torch.Tensor, targets: torch.Tensor, num_microbat
     """The batch as a list of ``num_microbatches`` equal, consecutive ``(inputs, targets)`` pairs, in order.
 
     Raises ValueError when the batch size (dim 0) is not a multiple of ``num_microbatches`` (the
-    message says both numbers), when ``num_microbatches`` is not a positive integer, or when inputs
-    and targets differ in batch size.
+    message says both numbers), when ``num_microbatches`` is not a positive integer (``True`` and
+    ``2.0`` are not), or when inputs and targets differ in batch size.
     """
     raise NotImplementedError(
-        "Exercise 2.1: check the arguments, then cut inputs and targets along dim 0 into equal "
-        "consecutive pieces and pair them up. Hint: tensor.split(size) cuts into pieces of `size` rows; "
-        "unequal microbatches would weigh their samples unequally in the mean loss, so refuse them.")
+        "Exercise 2.1: check the arguments, then cut inputs and targets into equal consecutive pieces. "
+        "Hint: unequal microbatches would weigh their samples unequally in the mean loss, so refuse them.")
 
 
 def accumulate_gradients(model: nn.Module, loss_fn, microbatches) -> float:
     """Forward and backward of each ``(inputs, targets)`` microbatch in turn; returns their mean loss.
 
     Afterwards ``model``'s parameters' ``.grad`` must hold the gradient of the whole batch's mean
-    loss (added to what ``.grad`` held before), as if the whole batch had gone through at once.
+    loss added to what ``.grad`` held before, as if the whole batch had gone through at once.
     """
     raise NotImplementedError(
-        "Exercise 2.2: for each microbatch, loss = loss_fn(model(x), target), then backward of "
-        "loss / len(microbatches). Hint: backward() adds into .grad, so the microbatches accumulate; "
-        "dividing by their number turns the sum of mean losses into the mean over the batch.")
+        "Exercise 2.2: forward and backward of each microbatch, so that their gradients add up. Hint: "
+        "backward() adds into .grad; scale each microbatch's loss so the sum is the batch's mean.")
 
 
 def gpipe(num_stages: int, num_microbatches: int) -> list[list[Action]]:
     """GPipe: on every stage, the forwards of all microbatches in order, then their backwards."""
     raise NotImplementedError(
-        "Exercise 2.3: return one list of Actions per stage: Action('F', i) for every microbatch i, "
-        "then Action('B', i) for every i. Hint: every stage runs the same list; the executor works "
-        "out the sends and receives from the dependencies.")
+        "Exercise 2.3: return one list of Actions per stage: every forward, then every backward. Hint: "
+        "every stage runs the same list; the executor works out the messages from the dependencies.")

@@ -15,6 +15,7 @@ For 3 stages and 5 microbatches:
     3.1 warmup_forwards   how many forwards stage s runs before its first backward
     3.2 one_f_one_b       the whole schedule, one list of ``Action`` per stage
 
+Stuck? ``exercises/hints/ex03_1f1b.md`` has longer hints, one section per function.
 Grade it (the schedule also runs on real MPI ranks through pipeline_ref's executor):
 
     .venv/bin/python -m pytest tests/exercises/test_ex03_1f1b.py
@@ -30,13 +31,14 @@ def warmup_forwards(num_stages: int, stage_index: int, num_microbatches: int) ->
     In the example above: 2 on stage 0, 1 on stage 1, 0 on stage 2. Never more than the microbatches.
     """
     raise NotImplementedError(
-        "Exercise 3.1: the last stage needs no warmup, each stage upstream one more. Hint: with few "
-        "microbatches there is nothing more to warm up with than num_microbatches forwards.")
+        "Exercise 3.1: the forwards before the first backward: none on the last stage, one more per stage "
+        "upstream. Hint: with few microbatches there is nothing more to warm up with than the microbatches "
+        "themselves.")
 
 
 def one_f_one_b(num_stages: int, num_microbatches: int) -> list[list[Action]]:
     """1F1B (PipeDream-flush): per stage, warmup forwards, then one forward / one backward, then cooldown."""
     raise NotImplementedError(
-        "Exercise 3.2: per stage, warmup_forwards(...) forwards, then pairs F(warmup + i), B(i) while "
-        "forwards remain, then the remaining backwards. Hint: write the three phases as three loops; "
-        "the steady state always runs the oldest microbatch's backward.")
+        "Exercise 3.2: per stage, the warmup forwards, then forward/backward pairs, then the backwards "
+        "left. Hint: write the three phases as three loops; the steady state runs the oldest microbatch's "
+        "backward.")

@@ -22,6 +22,7 @@ gradients there, once per step). ``comm.Split(color, key)`` makes both: the rank
 Import mpi4py inside your functions if you need it, not at the top of this file: the grader imports this
 file in its own process (which never starts MPI) to test grid_coords.
 
+Stuck? ``exercises/hints/ex04_data_parallel.md`` has longer hints, one section per function.
 Grade it (the tests start 4 MPI ranks: grids of 2 x 2, 1 x 4 and 4 x 1):
 
     .venv/bin/python -m pytest tests/exercises/test_ex04_data_parallel.py
@@ -37,8 +38,8 @@ def grid_coords(rank: int, pp: int, dp: int) -> tuple[int, int]:
     Raises ValueError for a rank outside ``0 .. pp * dp - 1``.
     """
     raise NotImplementedError(
-        "Exercise 4.1: (stage, replica) of a rank: invert rank = replica * pp + stage. Hint: divmod(rank, "
-        "pp) gives (replica, stage); check 0 <= rank < pp * dp first.")
+        "Exercise 4.1: invert rank = replica * pp + stage, refusing a rank outside the grid. Hint: one "
+        "divmod gives both coordinates.")
 
 
 def make_communicators(comm, pp: int, dp: int):
@@ -46,27 +47,22 @@ def make_communicators(comm, pp: int, dp: int):
 
     In the pipeline communicator the rank is the stage; in the data communicator, the replica. Every rank
     of ``comm`` calls this (``Split`` is collective). Raises ValueError, on every rank and before any
-    Split, when ``comm.Get_size() != pp * dp``.
+    Split, when ``comm.Get_size() != pp * dp`` (too few ranks for the grid, or too many).
     """
     raise NotImplementedError(
-        "Exercise 4.2: two comm.Split calls, one per communicator. stage, replica = "
-        "grid_coords(comm.Get_rank(), pp, dp); the pipeline communicator groups the ranks of one replica "
-        "(color=replica, key=stage), the data communicator those of one stage (color=stage, key=replica). "
-        "Hint: comm.Split(color=..., key=...) returns the new communicator; call it twice, in the same "
-        "order on every rank.")
+        "Exercise 4.2: check the world size, then two comm.Split calls: one per row, one per column. Hint: "
+        "the same color puts ranks in the same communicator, and the key orders them there.")
 
 
 def allreduce_gradients(data_comm, parameters) -> None:
     """Replace every parameter's ``.grad`` by its mean over the ranks of ``data_comm`` (the replicas).
 
-    ``parameters``: an iterable of tensors whose ``.grad`` is set (CPU, float32 or float64), the same
-    shapes in the same order on every rank of ``data_comm``. Bucketed: pack the gradients into one flat
-    buffer (or a few, e.g. one per dtype), one ``Allreduce`` per buffer, never one message per parameter,
-    then write the means back into ``.grad``.
+    ``parameters``: an iterable of tensors whose ``.grad`` is set (CPU, float32 or float64, possibly both
+    in one call), the same shapes in the same order on every rank of ``data_comm``. Bucketed: pack the
+    gradients into one flat buffer (or a few, e.g. one per dtype), one ``Allreduce`` per buffer, never one
+    message per parameter, then write the means back into ``.grad``.
     """
     raise NotImplementedError(
-        "Exercise 4.3: average the gradients over data_comm in one flat buffer. flat = "
-        "torch.cat([p.grad.reshape(-1) for p in params]); sum it over data_comm with "
-        "data_comm.Allreduce(MPI.IN_PLACE, flat.numpy()); divide by data_comm.Get_size(); copy each slice "
-        "back with p.grad.copy_(flat[offset:offset + n].view_as(p.grad)). Hint: from mpi4py import MPI "
-        "inside the function; list(parameters) first, a generator runs out after one pass.")
+        "Exercise 4.3: sum flat buffers of the gradients with Allreduce, divide, write the means back. "
+        "Hint: parameters may be a generator (it runs out after one pass), and a float64 gradient must stay "
+        "exact.")

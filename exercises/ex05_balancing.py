@@ -16,11 +16,14 @@ every layer once. For layer costs ``[1, 2, 3, 4, 5, 6]`` on 3 stages:
     5.1 balanced_partition   the contiguous split whose slowest stage is as cheap as possible (optimal)
     5.2 bottleneck           what a split's slowest stage costs
 
+Stuck? ``exercises/hints/ex05_balancing.md`` has longer hints, one section per function.
 Grade it (pure Python, no MPI: your split is compared with a brute-force search over every split):
 
     .venv/bin/python -m pytest tests/exercises/test_ex05_balancing.py
 """
 from __future__ import annotations
+
+import math  # noqa: F401  (math.inf, math.fsum)
 
 
 def balanced_partition(costs, num_stages: int) -> list[range]:
@@ -28,18 +31,17 @@ def balanced_partition(costs, num_stages: int) -> list[range]:
     that minimises the cost of the slowest stage: one ``range`` per stage, in order, none empty.
 
     Optimal, not approximately so: no other split may have a cheaper slowest stage (when several are
-    optimal, any of them will do). Raises ValueError when ``num_stages`` is below 1 or above the number
-    of layers (every stage needs a layer; the message says both numbers).
+    optimal, any of them will do). Raises ValueError when ``num_stages`` is not an integer (``True`` and
+    ``2.0`` are not), is below 1 or above the number of layers (every stage needs a layer; the message
+    says both numbers).
     """
     raise NotImplementedError(
-        "Exercise 5.1: the optimal split, by dynamic programming over where the last stage starts: "
-        "best[k][j] = the cheapest slowest stage when the first j layers form k stages = min over i of "
-        "max(best[k - 1][i], cost of layers i..j-1); remember the best i to rebuild the ranges. Hint: "
-        "prefix sums give the cost of any run in O(1); greedy filling is not optimal (see the example above).")
+        "Exercise 5.1: the optimal split, by dynamic programming over where the last stage starts. Hint: "
+        "the best split of the first j layers into k stages extends a best split into k - 1 stages.")
 
 
 def bottleneck(costs, ranges: list[range]) -> float:
     """The cost of the slowest stage: the largest sum of ``costs`` over one of ``ranges``."""
     raise NotImplementedError(
-        "Exercise 5.2: the cost of the slowest stage: sum the costs of each stage's layers and take the "
-        "largest. Hint: costs[r.start:r.stop] are the costs of the layers in range r.")
+        "Exercise 5.2: sum the costs of each stage's layers and return the largest sum. Hint: a range's "
+        "start and stop slice a list.")

@@ -40,6 +40,7 @@ stashed until its W). For 3 stages and 4 microbatches:
     6.1 interleaved   interleaved 1F1B with ``chunks`` chunks per rank
     6.2 zb_h1         ZB-H1: 1F1B with the backward split into I and W, the Ws deferred into the bubble
 
+Stuck? ``exercises/hints/ex06_beyond_1f1b.md`` has longer hints, one section per function.
 Grade it (your schedules go through the validator, the simulator, and the real executor on 3 MPI ranks):
 
     .venv/bin/python -m pytest tests/exercises/test_ex06_beyond_1f1b.py
@@ -56,17 +57,13 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> list
     of ``num_stages``.
     """
     raise NotImplementedError(
-        "Exercise 6.1: interleaved 1F1B over v chunks per rank. First write nth(k, op), the k-th forward "
-        "(or backward) every rank runs: group, within = divmod(k, num_stages * chunks); chunk = within // "
-        "num_stages (reversed for B); microbatch = group * num_stages + within % num_stages. Then per rank: "
-        "warm-up forwards, pairs nth(warmup + i, 'F'), nth(i, 'B'), and the backwards left, as in 1F1B. "
-        "Hint: every rank runs num_microbatches * chunks actions of each kind.")
+        "Exercise 6.1: interleaved 1F1B over v chunks per rank, in groups of num_stages microbatches per "
+        "chunk. Hint: first write the k-th forward (or backward) every rank runs; then warm-up, pairs and "
+        "cool-down as in 1F1B.")
 
 
 def zb_h1(num_stages: int, num_microbatches: int) -> list[list[Action]]:
     """ZB-H1: one list of ``Action`` per stage with ops ``F``, ``I`` and ``W`` (no ``B``)."""
     raise NotImplementedError(
-        "Exercise 6.2: ZB-H1, 1F1B with each B split into I and W. Per stage, keep a counter per op (the "
-        "next microbatch it runs) and a helper run(*ops) that appends Action(op, count[op]) and advances "
-        "the counter; then the five sections of the table above, each a loop. Hint: guard every loop with "
-        "the counters (while count['F'] < m, ...) so that few microbatches simply end the sections early.")
+        "Exercise 6.2: 1F1B with each B split into I and W, stage s holding back its first s Ws. Hint: keep "
+        "the next microbatch of each op in a counter, and guard every section's loop with the counters.")

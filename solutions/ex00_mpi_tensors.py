@@ -1,26 +1,37 @@
 """Exercise 0 (lesson 00): send and receive torch tensors of any shape and dtype with mpi4py.
 
 Pipeline stages talk in tensors: an activation goes downstream, its gradient comes back. MPI moves
-bytes. These four functions are the bridge, and everything later in the course stands on them:
+bytes. You write the bridge, and everything later in the course stands on it:
 
-    send_tensor / recv_tensor      blocking; the receiver learns the shape and dtype from the sender
-    isend_tensor / irecv_tensor    non-blocking; the receiver already knows the shape and dtype
+    0.1 send_tensor      blocking send; the receiver learns the shape and dtype from the sender
+    0.2 recv_tensor      the matching blocking receive
+    0.3 isend_tensor     non-blocking send of the bytes alone; returns an MPI.Request
+    0.4 irecv_tensor     non-blocking receive of a tensor whose shape and dtype are known
 
-mpi4py has two families of calls. Lowercase ``comm.send``/``comm.recv`` pickle any Python object:
-fine for a small tuple, wasteful for megabytes of data. Uppercase ``comm.Send``/``comm.Recv`` move
-the raw bytes of a buffer (a numpy array; ``tensor.numpy()`` shares a CPU tensor's memory, no copy),
-into a buffer the receiver has already allocated with the right size. numpy has no bfloat16, so the
-bytes travel as bytes: ``tensor.reshape(-1).view(torch.uint8).numpy()`` with ``MPI.BYTE`` works for
-every dtype.
+What you need from lesson 00:
 
-Grade it (the tests start 2 MPI ranks and send tensors between them):
+- Lowercase ``comm.send(obj, dest=, tag=)`` / ``comm.recv(source=, tag=)`` pickle any Python object:
+  right for a small tuple like ``(shape, dtype)``, wasteful for megabytes of data.
+- Uppercase ``comm.Send([buffer, MPI.BYTE], dest=, tag=)`` / ``comm.Recv([buffer, MPI.BYTE], source=,
+  tag=)`` move the raw bytes of a buffer, and the receiver must already hold a buffer of the right
+  size. ``Isend``/``Irecv`` are the same but return at once with an ``MPI.Request``; the data is there
+  (or the buffer free again) only after ``request.Wait()``.
+- A message matches a receive by its source and its tag: with several ranks and several messages in
+  flight, receive exactly the one asked for (never ``MPI.ANY_SOURCE`` or ``MPI.ANY_TAG`` here).
+- ``tensor.numpy()`` shares a CPU tensor's memory (no copy), but numpy has no bfloat16 and refuses
+  tensors that require grad: send the tensor's *bytes*, as ``MPI.BYTE``.
 
-    .venv/bin/python -m pytest tests/exercises/test_ex00_mpi_tensors.py --impl solutions
+Stuck? ``exercises/hints/ex00_mpi_tensors.md`` has longer hints, one section per function.
+Grade it (the tests start 3 MPI ranks and send tensors between them):
+
+    .venv/bin/python -m pytest tests/exercises/test_ex00_mpi_tensors.py
 """
 from __future__ import annotations
 
 import torch
-from mpi4py import MPI
+from mpi4py import MPI  # noqa: F401  (MPI.BYTE: the datatype "just bytes")
+
+# BEGIN SOLUTION ONLY
 
 
 def _bytes_of(tensor: torch.Tensor):
@@ -31,40 +42,59 @@ def _bytes_of(tensor: torch.Tensor):
 def _wire(tensor: torch.Tensor) -> torch.Tensor:
     # detach: .numpy() refuses tensors that require grad; contiguous: MPI reads one block of memory.
     return tensor.detach().cpu().contiguous()
+# END SOLUTION ONLY
 
 
 def send_tensor(comm, tensor: torch.Tensor, dest: int, tag: int = 0) -> None:
-    """Send ``tensor`` to rank ``dest``: first its shape and dtype (pickled), then its raw bytes."""
+    """Send ``tensor`` to rank ``dest``: first its shape and dtype (pickled), then its raw bytes.
+
+    Any shape (a 0-d scalar, an empty tensor, a non-contiguous view) and any dtype (bfloat16 and
+    bool too). The data must travel by ``comm.Send``, not pickled: the tests check.
+    """
+    # BEGIN EXERCISE 0.1: send the tensor's (shape, dtype) with comm.send, then its bytes with comm.Send
+    # HINT: a contiguous tensor viewed as uint8 is a numpy array of its bytes, whatever its dtype
     buf = _wire(tensor)
     comm.send((tuple(buf.shape), buf.dtype), dest=dest, tag=tag)
     # Same tag for both messages: MPI never lets two messages with the same (source, tag,
     # communicator) overtake each other, so the receiver gets the metadata first.
     comm.Send([_bytes_of(buf), MPI.BYTE], dest=dest, tag=tag)
+    # END EXERCISE
 
 
 def recv_tensor(comm, source: int, tag: int = 0) -> torch.Tensor:
-    """Receive a tensor sent by :func:`send_tensor` from rank ``source``."""
+    """Receive a tensor sent by :func:`send_tensor` from rank ``source``, with the same ``tag``."""
+    # BEGIN EXERCISE 0.2: receive the (shape, dtype), allocate the tensor, then comm.Recv its bytes into it
+    # HINT: receive into a uint8 view of the new tensor: it shares the tensor's memory
     shape, dtype = comm.recv(source=source, tag=tag)
     tensor = torch.empty(shape, dtype=dtype)
     comm.Recv([_bytes_of(tensor), MPI.BYTE], source=source, tag=tag)
     return tensor
+    # END EXERCISE
 
 
 def isend_tensor(comm, tensor: torch.Tensor, dest: int, tag: int = 0):
-    """Start sending ``tensor``'s bytes to rank ``dest`` and return at once, with the ``MPI.Request``.
+    """Start sending ``tensor``'s bytes to rank ``dest``; return the ``MPI.Request`` at once.
 
-    Only the bytes travel: the receiver knows the shape and dtype already. The buffer must stay
-    untouched until ``request.Wait()``; mpi4py's Request keeps a reference to it, so a temporary
-    contiguous copy is not freed under MPI's feet.
+    Only the bytes travel: the receiver already knows the shape and dtype (pipeline stages agree on
+    them once, before the first step). Nothing may block here: two ranks that both isend first and
+    receive afterwards must not deadlock.
     """
+    # BEGIN EXERCISE 0.3: start a comm.Isend of the tensor's bytes and return its request
+    # HINT: no metadata message and no Wait here: the caller waits on the request you return
+    # mpi4py's Request keeps a reference to the buffer, so a temporary contiguous copy is not
+    # freed under MPI's feet before the send completes.
     return comm.Isend([_bytes_of(_wire(tensor)), MPI.BYTE], dest=dest, tag=tag)
+    # END EXERCISE
 
 
 def irecv_tensor(comm, shape, dtype: torch.dtype, source: int, tag: int = 0):
-    """Post a receive for a tensor of known ``shape`` and ``dtype``; return ``(request, tensor)``.
+    """Post a receive for a tensor of the given ``shape`` and ``dtype``; return ``(request, tensor)``.
 
     ``tensor`` holds the data once ``request.Wait()`` has returned, not before.
     """
+    # BEGIN EXERCISE 0.4: allocate the tensor, post comm.Irecv into its bytes, return (request, tensor)
+    # HINT: the tensor is filled in place by MPI once request.Wait() returns
     tensor = torch.empty(tuple(shape), dtype=dtype)
     request = comm.Irecv([_bytes_of(tensor), MPI.BYTE], source=source, tag=tag)
     return request, tensor
+    # END EXERCISE

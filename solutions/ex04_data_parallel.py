@@ -10,20 +10,26 @@ slice of the batch. The ranks of one pipeline are neighbours:
          replica 1:      rank 4   rank 5   rank 6   rank 7
                            ^ a data communicator (a column: the same stage in every replica)
 
-    grid_coords           (stage, replica) of a rank
-    make_communicators    the pipeline and the data communicator of this rank, with Comm.Split
-    allreduce_gradients   average the gradients over the replicas, in a few large messages (buckets)
+Every rank needs two communicators: its pipeline's (activations and their gradients travel there, between
+neighbouring stages) and its stage's data communicator (the replicas of the same layers average their
+gradients there, once per step). ``comm.Split(color, key)`` makes both: the ranks that pass the same
+``color`` land in one new communicator, ordered by ``key``.
 
-pipeline_ref does the same in ``topology.py`` (the grid, ``Comm.Split``) and ``reduce.py`` (buckets of a
-few MB, started without waiting so the all-reduce can overlap the pipeline's cool-down).
+    4.1 grid_coords           (stage, replica) of a rank
+    4.2 make_communicators    the pipeline and the data communicator of this rank, with Comm.Split
+    4.3 allreduce_gradients   average the gradients over the replicas, in a few large messages (buckets)
 
+Import mpi4py inside your functions if you need it, not at the top of this file: the grader imports this
+file in its own process (which never starts MPI) to test grid_coords.
+
+Stuck? ``exercises/hints/ex04_data_parallel.md`` has longer hints, one section per function.
 Grade it (the tests start 4 MPI ranks: grids of 2 x 2, 1 x 4 and 4 x 1):
 
-    .venv/bin/python -m pytest tests/exercises/test_ex04_data_parallel.py --impl solutions
+    .venv/bin/python -m pytest tests/exercises/test_ex04_data_parallel.py
 """
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401  (for allreduce_gradients)
 
 
 def grid_coords(rank: int, pp: int, dp: int) -> tuple[int, int]:
@@ -31,10 +37,13 @@ def grid_coords(rank: int, pp: int, dp: int) -> tuple[int, int]:
 
     Raises ValueError for a rank outside ``0 .. pp * dp - 1``.
     """
+    # BEGIN EXERCISE 4.1: invert rank = replica * pp + stage, refusing a rank outside the grid
+    # HINT: one divmod gives both coordinates
     if not 0 <= rank < pp * dp:
         raise ValueError(f"rank {rank} is not in a {pp} x {dp} grid (ranks 0 to {pp * dp - 1})")
     replica, stage = divmod(rank, pp)
     return stage, replica
+    # END EXERCISE
 
 
 def make_communicators(comm, pp: int, dp: int):
@@ -42,8 +51,10 @@ def make_communicators(comm, pp: int, dp: int):
 
     In the pipeline communicator the rank is the stage; in the data communicator, the replica. Every rank
     of ``comm`` calls this (``Split`` is collective). Raises ValueError, on every rank and before any
-    Split, when ``comm.Get_size() != pp * dp``.
+    Split, when ``comm.Get_size() != pp * dp`` (too few ranks for the grid, or too many).
     """
+    # BEGIN EXERCISE 4.2: check the world size, then two comm.Split calls: one per row, one per column
+    # HINT: the same color puts ranks in the same communicator, and the key orders them there
     if comm.Get_size() != pp * dp:    # every rank sees the same size, so all refuse together: no hang
         raise ValueError(f"{comm.Get_size()} ranks cannot form a grid of {pp} stages x {dp} replicas "
                          f"({pp * dp} ranks)")
@@ -51,16 +62,19 @@ def make_communicators(comm, pp: int, dp: int):
     pipeline = comm.Split(color=replica, key=stage)     # one row: this replica's stages
     data = comm.Split(color=stage, key=replica)         # one column: this stage in every replica
     return pipeline, data
+    # END EXERCISE
 
 
 def allreduce_gradients(data_comm, parameters) -> None:
     """Replace every parameter's ``.grad`` by its mean over the ranks of ``data_comm`` (the replicas).
 
-    ``parameters``: an iterable of tensors whose ``.grad`` is set (CPU, float32 or float64), the same
-    shapes in the same order on every rank of ``data_comm``. Bucketed: pack the gradients into one flat
-    buffer (or a few, e.g. one per dtype), one ``Allreduce`` per buffer, never one message per parameter,
-    then write the means back into ``.grad``.
+    ``parameters``: an iterable of tensors whose ``.grad`` is set (CPU, float32 or float64, possibly both
+    in one call), the same shapes in the same order on every rank of ``data_comm``. Bucketed: pack the
+    gradients into one flat buffer (or a few, e.g. one per dtype), one ``Allreduce`` per buffer, never one
+    message per parameter, then write the means back into ``.grad``.
     """
+    # BEGIN EXERCISE 4.3: sum flat buffers of the gradients with Allreduce, divide, write the means back
+    # HINT: parameters may be a generator (it runs out after one pass), and a float64 gradient must stay exact
     from mpi4py import MPI
     size = data_comm.Get_size()
     if size == 1:
@@ -76,3 +90,10 @@ def allreduce_gradients(data_comm, parameters) -> None:
         for p in params:
             p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
             offset += p.grad.numel()
+    # END EXERCISE
+
+
+# BEGIN SOLUTION ONLY
+# pipeline_ref does the same in topology.py (the grid, Comm.Split) and reduce.py (buckets of a few MB,
+# started without waiting, so the all-reduce can overlap the pipeline's cool-down).
+# END SOLUTION ONLY

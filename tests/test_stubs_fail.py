@@ -8,6 +8,7 @@ Once you have started the exercises, the checks of the files you changed are ski
 the stubs the course ships, not about your work (grade that with ``make grade``).
 """
 import ast
+import importlib.util
 import json
 import re
 import subprocess
@@ -19,6 +20,9 @@ import pytest
 from tests.exercises.grading_plugin import stub_message
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("make_exercises", ROOT / "tools" / "make_exercises.py")
+make_exercises = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_exercises)
 MODULES = sorted(p.stem for p in (ROOT / "exercises").glob("ex[0-9][0-9]_*.py"))
 
 
@@ -52,6 +56,40 @@ def test_exercise_and_solution_have_the_same_api(module):
     exercise = public_functions(ROOT / "exercises" / f"{module}.py")
     solution = public_functions(ROOT / "solutions" / f"{module}.py")
     assert exercise == solution, f"exercises/{module}.py and solutions/{module}.py differ in their functions"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_exercise_is_generated_from_its_solution(module):
+    """exercises/<module>.py is exactly what tools/make_exercises.py makes of solutions/<module>.py.
+
+    So the two differ only inside the solution's marked regions: docstrings, signatures and imports
+    cannot drift. After editing a solution, run `make exercises`.
+    """
+    if worked_on(module):
+        pytest.skip(f"exercises/{module}.py has been worked on ({', '.join(worked_on(module))})")
+    solution = ROOT / "solutions" / f"{module}.py"
+    made = make_exercises.exercise_source(solution.read_text(), f"solutions/{module}.py")
+    committed = (ROOT / "exercises" / f"{module}.py").read_text()
+    assert made == committed, (f"exercises/{module}.py differs from what solutions/{module}.py generates; run "
+                               f"`make exercises` (python tools/make_exercises.py --check shows the diff)")
+
+
+def test_generator_refuses_malformed_markers():
+    """Markers that would silently cut the wrong lines are errors naming the line."""
+    good = ("def f():\n    \"\"\"Doc.\"\"\"\n    # BEGIN EXERCISE 2.1: do it\n    # HINT: like this\n"
+            "    return 1\n    # END EXERCISE\n")
+    made = make_exercises.exercise_source(good, "ex02_x.py")
+    assert 'raise NotImplementedError(\n        "Exercise 2.1: do it. Hint: like this.")' in made, made
+    assert "return 1" not in made
+    bad = {"no hint": good.replace("    # HINT: like this\n", ""),
+           "no end": good.replace("    # END EXERCISE\n", ""),
+           "wrong lesson": good.replace("2.1", "3.1"),
+           "out of order": good.replace("2.1", "2.2"),
+           "empty": good.replace("    return 1\n", "")}
+    for what, source in bad.items():
+        with pytest.raises(make_exercises.MarkerError):
+            make_exercises.exercise_source(source, "ex02_x.py")
+            pytest.fail(f"{what}: accepted")
 
 
 @pytest.mark.parametrize("module", MODULES)
