@@ -16,6 +16,14 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux /proc; None elsewhere): what a leak would grow."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def core_warning(num_ranks: int, free_cores: int) -> str | None:
     if num_ranks <= free_cores:
         return None

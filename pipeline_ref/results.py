@@ -44,6 +44,7 @@ class RunResult:
     tied: list = field(default_factory=list)     # (parameter name, pipeline ranks holding a copy)
     skipped_steps: list[int] = field(default_factory=list)   # steps a NaN/inf skipped on every rank (skip_nonfinite)
     first_step: int = 0                          # a resumed run's first step; losses[0] is that step's
+    step_rss: list = field(default_factory=list)  # after each step, every world rank's resident memory (bytes)
 
     @property
     def warm_utilization(self) -> float:

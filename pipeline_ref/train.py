@@ -169,7 +169,7 @@ def train_step(run: RankRun, step: int) -> dict:
             "grads": ({run.names[id(p)]: p.grad.detach().cpu().clone() for p in run.params if p.grad is not None}
                       if cfg.collect_grads and step == run.first_step and run.topo.replica == 0 else None),
             "events": events, "waits": waits, "peak": meter.peak_count, "memory": _memory(run, meter),
-            "skip": skip, "nonfinite": found}
+            "skip": skip, "nonfinite": found, "rss": machine.resident_bytes()}
 
 
 def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
@@ -214,7 +214,7 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     run = set_up(comm, cfg)
     if cfg.verbose and comm.Get_rank() == 0:
         _announce(run)
-    losses, grads, seconds, utilization, gathered, skipped = [], None, [], [], None, []
+    losses, grads, seconds, utilization, gathered, skipped, rss = [], None, [], [], None, [], []
     for step in range(run.first_step, cfg.steps):
         report = train_step(run, step)
         if not report["skip"]:
@@ -235,6 +235,7 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
                           + "; ".join(sorted({g["nonfinite"] for g in gathered if g["nonfinite"]})), flush=True)
             trace = _trace(run, gathered)
             seconds.append(trace.makespan)
+            rss.append([g["rss"] for g in gathered])
             utilization.append(trace.utilization)
             if step == run.first_step and cfg.collect_grads:
                 grads = {k: v for g in gathered if g["grads"] for k, v in g["grads"].items()}
@@ -252,7 +253,7 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
                      params=[g.get("params") for g in gathered] if cfg.collect_params else None,
                      partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
                      predicted_stage_costs=run.predicted, tied=run.tied, skipped_steps=skipped,
-                     first_step=run.first_step)
+                     first_step=run.first_step, step_rss=rss)
 
 
 def _trace(run: RankRun, gathered: list) -> Trace:

@@ -74,7 +74,7 @@ def _no_rank_left():
 @pytest.mark.mpi
 def test_config_refused_inside_ranks_names_the_problem():
     with pytest.raises(LaunchError, match=r"--pp 2 stages but the model has only 1 layers") as failure:
-        _launch(2, "pipeline_ref.runner:run_rank",
+        _launch(2, "pipeline_ref.train:run_rank",
                RunConfig(pp=2, model="pipeline_ref.models:mlp", model_kwargs={"depth": 1}), timeout=60)
     # one line per rank that got to say it, not a traceback per rank
     assert "failed while checking the configuration: pipeline_ref.config.ConfigError" in str(failure.value)
@@ -105,7 +105,7 @@ def test_identical_rank_reports_are_merged():
 @pytest.mark.mpi
 def test_a_rank_that_raises_ends_the_run_naming_it():
     with pytest.raises(LaunchError) as failure:
-        _launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=4, model="tests.rank_targets:raising_model"),
+        _launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2, microbatches=4, model="tests.rank_targets:raising_model"),
                timeout=60)
     assert "rank 1: failed while F1 of step 0: computing: RuntimeError: trap sprung on purpose" in str(failure.value)
     _no_rank_left()
@@ -115,7 +115,7 @@ def test_a_rank_that_raises_ends_the_run_naming_it():
 def test_a_rank_that_hangs_ends_the_run_naming_it():
     started = time.monotonic()
     with pytest.raises(LaunchError) as failure:
-        _launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
+        _launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
                timeout=60, stall_timeout=3)
     message = str(failure.value)
     assert "rank 1: stuck for" in message and "while F0 of step 0: computing" in message
@@ -127,7 +127,7 @@ def test_a_rank_that_hangs_ends_the_run_naming_it():
 def test_the_launcher_time_limit_kills_every_rank():
     started = time.monotonic()
     with pytest.raises(LaunchError, match=r"did not finish within 8 s"):
-        _launch(2, "pipeline_ref.runner:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
+        _launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
                timeout=8, stall_timeout=None)
     assert time.monotonic() - started < 20
     _no_rank_left()
