@@ -6,7 +6,8 @@
     ex03_1f1b.py          lesson 03: the 1F1B schedule as data (warmup, steady state, cooldown)
     ex04_data_parallel.py lesson 04: the pp x dp grid, its communicators (Comm.Split), gradient all-reduce
     ex05_balancing.py     lesson 05: the optimal balanced partition of layers into stages
-    ex06_beyond_1f1b.py   lesson 06: interleaved 1F1B and zero-bubble ZB-H1 schedules as data
+    ex06_interleaved.py   lesson 06: interleaved 1F1B (virtual stages) as data
+    ex07_zero_bubble.py   lesson 07: the zero-bubble schedule ZB-H1 (backward split into I and W) as data
 
 Every function starts as a stub that raises ``NotImplementedError("Exercise N.k: ...")``. Replace
 the ``raise`` with your code, then grade it:

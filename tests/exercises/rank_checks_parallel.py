@@ -1,4 +1,4 @@
-"""The rank side of the graded tests of exercises 4 (data parallel) and 6 (beyond 1F1B).
+"""The rank side of the graded tests of exercises 4 (data parallel), 6 (interleaved) and 7 (zero bubble).
 
 The same machinery as rank_checks.py (which imports this module at its end, so that these checks join
 ``CHECKS`` wherever rank_checks is imported: in pytest and on the ranks): each check is registered with
@@ -144,11 +144,11 @@ def data_parallel_step(comm, impl):
     return results
 
 
-# =========================================================================== exercise 6: beyond 1F1B
+# =========================================================================== exercises 6 and 7: past 1F1B
 
-EX06 = "ex06_beyond_1f1b"
-# The runner calls a generator as f(num_stages, num_microbatches): interleaved runs with its default 2 chunks.
-# 6 layers: 3 stages x 2 chunks is one layer per virtual stage.
+EX06, EX07 = "ex06_interleaved", "ex07_zero_bubble"
+# The training loop calls a generator as f(num_stages, num_microbatches): interleaved runs with its default
+# 2 chunks. 6 layers: 3 stages x 2 chunks is one layer per virtual stage.
 INTERLEAVED_CASES = ((2, 2), (2, 4), (3, 3))
 ZB_H1_CASES = ((2, 3), (3, 2), (3, 6))
 
@@ -158,6 +158,6 @@ def interleaved_on_ranks(comm, impl):
     return _executor(comm, impl, f"{EX06}:interleaved", INTERLEAVED_CASES)
 
 
-@check("ex06.zb_h1", EX06, ((EX06, "zb_h1"),), ranks=3)
+@check("ex07.zb_h1", EX07, ((EX07, "zb_h1"),), ranks=3)
 def zb_h1_on_ranks(comm, impl):
-    return _executor(comm, impl, f"{EX06}:zb_h1", ZB_H1_CASES)
+    return _executor(comm, impl, f"{EX07}:zb_h1", ZB_H1_CASES)
