@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test grade exercises env kernel lessons clean
+.PHONY: demo test grade exercises env kernel lessons clean site slides autograder browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
+# The website's and slides' packages (pyproject's [site] extra) and MathJax/reveal.js from npm (book/package.json).
+SITE_STAMP := $(VENV)/.site-installed
+$(SITE_STAMP): $(STAMP) pyproject.toml book/package.json
+	$(PY) -m pip install --quiet -e '.[site]'
+	$(PY) -m book.assets
+	touch $(SITE_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m pipeline_ref demo --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) $(SITE_STAMP)
 	$(PY) -m pytest -q --impl solutions --nbval-lax --nbval-current-env tests lessons
 
 # Grade your exercises (IMPL=solutions to check the reference answers).
@@ -37,6 +44,23 @@ kernel: $(STAMP)
 
 lessons: kernel
 	$(VENV)/bin/jupyter lab lessons/
+
+# The course as a website (out/site/_build/html), each lesson as a reveal.js deck (out/slides), and the
+# Gradescope bundle (out/autograder/autograder.zip). None of them re-executes a notebook.
+site: $(SITE_STAMP)
+	$(PY) -m book.build_site
+
+slides: $(SITE_STAMP)
+	$(PY) -m book.build_slides
+
+autograder: $(STAMP)
+	$(PY) tools/autograder/build.py
+
+# Debian's chromium for the browser tests (tests/test_site.py, test_slides.py); needs root (CI runs it).
+browser:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed (needs root: apt-get install chromium); the browser tests will be skipped"
 
 clean:
 	rm -rf $(VENV) out

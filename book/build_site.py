@@ -1,0 +1,228 @@
+"""`make site`: the course as a static website (Jupyter Book 1.x), built from the committed notebooks.
+
+    .venv/bin/python -m book.build_site [--force]     # -> out/site/_build/html/index.html
+
+The notebooks are never re-executed: the site shows the outputs they were committed with (plots included).
+The sources are staged into out/site-src first, so nothing in the repository is edited:
+
+    README.md                  the home page
+    lessons/NN_*.ipynb         one page per lesson (globbed: a new lesson needs no edit here), each with a
+                               closing cell that links its exercise page and says the grading command
+    exercises/exNN_*.md        generated: the exercise file as shipped, its graded tests, the commands
+    lessons/README.md, lessons/INSTRUCTOR.md, timings.md (generated), benchmarks/README.md and its results
+    _toc.yml                   generated from the lesson list (book/course.py)
+
+A build newer than every file it was made from is kept (``--force`` rebuilds); otherwise Sphinx rebuilds only
+the pages whose staged source changed. Math is rendered by a MathJax copied into the site (book/assets.py).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from book import assets, course, timings
+
+ROOT = course.ROOT
+BOOK = ROOT / "book"
+STAGE = ROOT / "out" / "site-src"
+OUT = ROOT / "out" / "site"
+HTML = OUT / "_build" / "html"
+STAMP = HTML / ".built"
+GRADE_ALL = "make grade"
+
+
+# --------------------------------------------------------------------------- what the site is made of
+
+def sources() -> list[Path]:
+    """Every file the site is built from (for the freshness check)."""
+    files = [ROOT / "README.md", ROOT / "lessons" / "README.md", ROOT / "lessons" / "INSTRUCTOR.md"]
+    files += sorted(BOOK.glob("*.py")) + [BOOK / "_config.yml", BOOK / "package.json"]
+    files += sorted((ROOT / "lessons").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("ex*.py"))
+    files += sorted((ROOT / "tests" / "exercises").glob("test_ex*.py"))
+    files += [p for p in sorted((ROOT / "benchmarks").rglob("*")) if p.suffix in (".md", ".png", ".csv")]
+    return [f for f in files if f.exists()]
+
+
+def is_fresh() -> bool:
+    """True when a finished build exists and is newer than every source (and the lesson list is unchanged)."""
+    if not STAMP.exists():
+        return False
+    built = STAMP.stat().st_mtime
+    if any(f.stat().st_mtime > built for f in sources()):
+        return False
+    return STAMP.read_text() == _lesson_list()
+
+
+def _lesson_list() -> str:
+    # Also catches a lesson deleted or renamed, which leaves no newer file behind.
+    return "\n".join(str(f.relative_to(ROOT)) for f in sources()) + "\n"
+
+
+# --------------------------------------------------------------------------- staging
+
+class Stage:
+    """Writes files into the staging folder only when their content changed (Sphinx rebuilds by mtime)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.written: set[Path] = set()
+
+    def write(self, rel: str, data: bytes | str) -> None:
+        data = data.encode() if isinstance(data, str) else data
+        path = self.root / rel
+        self.written.add(path)
+        if path.exists() and path.read_bytes() == data:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def copy(self, src: Path, rel: str | None = None) -> None:
+        self.write(rel or str(src.relative_to(ROOT)), src.read_bytes())
+
+    def remove_the_rest(self, keep: Path) -> None:
+        """Delete staged files not written this time (a lesson renamed), except under ``keep``."""
+        for path in sorted(self.root.rglob("*"), reverse=True):
+            if path.is_file() and path not in self.written and keep not in path.parents:
+                path.unlink()
+            elif path.is_dir() and path != keep and not any(path.iterdir()):
+                path.rmdir()
+
+
+def exercise_cell(lesson: course.Lesson) -> dict:
+    """The markdown cell the site appends to a lesson: its exercise page and how it is graded."""
+    if lesson.exercise is None:
+        text = (f"## Exercise {lesson.number} on this site\n\n"
+                f"There is no `exercises/ex{lesson.number}_*.py` yet. Grade the exercises there are with "
+                f"`{GRADE_ALL}`.\n")
+    else:
+        ex, graded = lesson.exercise, lesson.graded
+        text = (f"## Exercise {lesson.number} on this site\n\n"
+                f"Your file: [`exercises/{ex.name}`](../exercises/{ex.stem}.md) (the stubs you fill in, shown "
+                f"on its page). Grade it from the repository root:\n\n"
+                f"```bash\n{GRADE_ALL}" + " " * 8 + "# every exercise, with a score table\n"
+                + (f".venv/bin/python -m pytest tests/exercises/{graded.name}    # this one\n" if graded else "")
+                + "```\n")
+    return {"cell_type": "markdown", "metadata": {}, "source": text}
+
+
+def lesson_notebook(lesson: course.Lesson) -> str:
+    nb = json.loads(lesson.notebook.read_text())
+    nb["cells"].append(exercise_cell(lesson))
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def exercise_page(lesson: course.Lesson) -> str:
+    ex, graded = lesson.exercise, lesson.graded
+    lines = [f"# Exercise {lesson.number}: `exercises/{ex.name}`", "",
+             f"The exercise of lesson [{lesson.title}](../lessons/{lesson.stem}.ipynb). Each function below "
+             f"raises `NotImplementedError` until you write it, in your copy of the repository. Then:", "",
+             "```bash",
+             f"{GRADE_ALL}                       # every exercise: PASS/FAIL, points, total",
+             f"make grade IMPL=solutions        # the reference answers, for comparison"]
+    if graded is not None:
+        lines.append(f".venv/bin/python -m pytest tests/exercises/{graded.name}   # this exercise only")
+    lines += ["```", ""]
+    if graded is not None:
+        doc = ast.get_docstring(ast.parse(graded.read_text())) or ""
+        tests = [n.name for n in ast.parse(graded.read_text()).body
+                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+        lines += [f"## How it is graded: `tests/exercises/{graded.name}`", "", "```text", doc.strip(), "```", "",
+                  f"Its {len(tests)} tests: " + ", ".join(f"`{t}`" for t in tests) + ".", ""]
+    lines += [f"## The file as shipped", "", f"```{{literalinclude}} {ex.name}", ":language: python", "```", ""]
+    return "\n".join(lines)
+
+
+def toc(lessons: list[course.Lesson], extra: dict[str, bool]) -> str:
+    lines = ["# Generated by book/build_site.py from lessons/NN_*.ipynb: do not edit.", "format: jb-book",
+             "root: README", "parts:", "  - caption: Lessons", "    chapters:"]
+    for lesson in lessons:
+        lines.append(f"      - file: lessons/{lesson.stem}")
+        if lesson.exercise is not None:
+            lines += ["        sections:", f"          - file: exercises/{lesson.exercise.stem}"]
+    lines += ["  - caption: Teaching the course", "    chapters:", "      - file: lessons/README"]
+    if extra["instructor"]:
+        lines.append("      - file: lessons/INSTRUCTOR")
+    lines.append("      - file: timings")
+    if extra["benchmarks"]:
+        lines += ["  - caption: Measurements", "    chapters:", "      - file: benchmarks/README"]
+        if extra["results"]:
+            lines += ["        sections:", "          - glob: benchmarks/results/*/*"]
+    return "\n".join(lines) + "\n"
+
+
+def stage(lessons: list[course.Lesson]) -> None:
+    st = Stage(STAGE)
+    st.copy(BOOK / "_config.yml", "_config.yml")
+    st.copy(ROOT / "README.md")
+    st.copy(ROOT / "lessons" / "README.md")
+    instructor = ROOT / "lessons" / "INSTRUCTOR.md"
+    if instructor.exists():
+        st.copy(instructor)
+    for lesson in lessons:
+        st.write(f"lessons/{lesson.notebook.name}", lesson_notebook(lesson))
+        if lesson.exercise is not None:
+            st.copy(lesson.exercise)
+            st.write(f"exercises/{lesson.exercise.stem}.md", exercise_page(lesson))
+    st.write("timings.md", timings.page(lessons))
+    bench = ROOT / "benchmarks" / "README.md"
+    results = [p for p in sorted((ROOT / "benchmarks" / "results").rglob("*")) if p.suffix in (".md", ".png", ".csv")]
+    if bench.exists():
+        st.copy(bench)
+        for path in results:
+            st.copy(path)
+    st.write("_toc.yml", toc(lessons, {"instructor": instructor.exists(), "benchmarks": bench.exists(),
+                                       "results": bench.exists() and any(p.suffix == ".md" for p in results)}))
+    static = STAGE / "_vendor"      # served as _static/mathjax/...
+    assets.copy_mathjax(static / "mathjax")
+    st.remove_the_rest(keep=static)
+
+
+# --------------------------------------------------------------------------- build
+
+def jupyter_book() -> list[str]:
+    script = Path(sys.executable).with_name("jupyter-book")
+    if not script.exists():
+        raise RuntimeError(f"{script} is missing: install the site's packages with  make site  "
+                           f"(or: {sys.executable} -m pip install -e '.[site]')")
+    return [str(script)]
+
+
+def build(force: bool = False) -> Path:
+    """Builds the site (unless a fresh one exists) and returns the folder of its HTML."""
+    if not force and is_fresh():
+        print(f"site is up to date: {HTML / 'index.html'}  (--force rebuilds)")
+        return HTML
+    started = time.monotonic()
+    lessons = course.lessons()
+    stage(lessons)
+    STAMP.unlink(missing_ok=True)
+    command = jupyter_book() + ["build", str(STAGE), "--path-output", str(OUT), "--keep-going", "-W", "-q"]
+    if force:
+        command.append("--all")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"jupyter-book failed ({' '.join(command)}):\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
+    pages = pages_built()
+    STAMP.write_text(_lesson_list())
+    print(f"site: {len(pages)} pages ({len(lessons)} lessons) in {time.monotonic() - started:.0f} s: "
+          f"{HTML / 'index.html'}")
+    return HTML
+
+
+def pages_built(html: Path = HTML) -> list[Path]:
+    """The content pages of a built site (not the search, index and redirect pages Sphinx adds)."""
+    skip = {"search.html", "genindex.html", "index.html", "py-modindex.html"}
+    return sorted(p for p in html.rglob("*.html")
+                  if not p.relative_to(html).parts[0].startswith("_") and p.name not in skip)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rebuild every page even if the build is fresh")
+    build(parser.parse_args().force)

@@ -1,0 +1,88 @@
+"""Headless Chromium for the tests of the built site and slides: a local server and a browser that stays offline.
+
+    with serve(folder) as base_url, open_browser(tmp_path, base_url) as (context, blocked):
+        page = context.new_page(); page.goto(base_url + "/index.html")
+
+Debian's chromium (/usr/bin/chromium, installed by ``make browser``, which .ci/run calls), driven by Playwright
+for Python; Playwright's own browser downloads are never used. ``skip_without_browser`` skips a test, with the
+reason, where either is missing. Every request off the local server is aborted and recorded in ``blocked``: a
+page that needs a CDN is a failure, not a slow pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+# As root Chromium needs --no-sandbox; the rest keep it from reaching for the network (closed here) at start.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def skip_without_browser() -> str:
+    """The chromium executable, or a skip that says what is missing and how to get it."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright (Python) is not installed: make site  (or pip install -e '.[site]')")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed: as root, make browser  (apt-get install chromium)")
+    return path
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):      # noqa: A002 (the base class's name)
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: Path):
+    """Serves ``folder`` on 127.0.0.1 (an ephemeral port) from a thread; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def open_browser(profile_dir: Path, base_url: str):
+    """A headless Chromium context on a fresh profile; yields (context, list of blocked off-site URLs)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = skip_without_browser()
+    blocked: list[str] = []
+
+    def block(route):
+        blocked.append(route.request.url)
+        route.abort()
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile_dir), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900})
+        try:
+            context.set_default_timeout(30_000)
+            context.route(lambda url: not url.startswith(base_url + "/") and not url.startswith("data:"), block)
+            yield context, blocked
+        finally:
+            context.close()
