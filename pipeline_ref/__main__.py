@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from .config import DEVICES, DTYPES, PARTITIONS, ConfigError, RunConfig, check_config
+from .config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, ConfigError, RunConfig, check_config
 from .schedules import GENERATORS
 
 
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=0.05)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--sync-sends", action="store_true", help="synchronous sends (no eager buffering)")
+    run.add_argument("--transport", default="mpi", choices=list(TRANSPORTS),
+                     help="the wire of the pipeline's messages: MPI, or torch.distributed (gloo on CPU, NCCL on GPUs)")
     run.add_argument("--partition", default="uniform", choices=list(PARTITIONS),
                      help="layers -> stages: equal layer counts, equal parameters, or equal measured time")
     run.add_argument("--checkpoint", action="store_true",
@@ -87,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args) -> RunConfig:
     return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches, chunks=args.chunks,
                      steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
-                     seed=args.seed, sync_sends=args.sync_sends,
+                     seed=args.seed, sync_sends=args.sync_sends, transport=args.transport,
                      overlap_allreduce=args.overlap_allreduce, partition=args.partition,
                      checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
                      stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True,

@@ -2,44 +2,77 @@
 
     mpiexec -n N python -m mpi4py -m pipeline_ref._rank PAYLOAD OUTDIR
 
-PAYLOAD is a pickle of (target "pkg.module:function", args, kwargs, stall_timeout).
-The rank calls ``function(MPI.COMM_WORLD, *args, **kwargs)`` and saves what it
-returns to OUTDIR/rank<r>.pt. If it raises, the rank prints one line naming
-itself and what it was doing (launch.py reads it), then the exception propagates
-and ``python -m mpi4py`` aborts every rank (a refused configuration aborts at once,
-without a traceback: the one line is the whole story).
+PAYLOAD is a pickle of (target "pkg.module:function", args, kwargs, stall_timeout, launcher), where launcher is the
+(pid, host name) of the process that called ``launch()``. The rank starts its watchdog first (before importing
+torch or the target, which takes seconds), so it leaves at once if its launcher goes; it writes its pid and a
+heartbeat file into OUTDIR (so the launcher can make sure it is gone, and say what it was doing), then calls
+``function(MPI.COMM_WORLD, *args, **kwargs)`` and saves what it returns to OUTDIR/rank<r>.pt. If it raises, the rank
+prints one line naming itself, what it was doing, the error and the line of the user's code it came from (launch.py
+reads it), then the exception propagates and ``python -m mpi4py`` aborts every rank (a refused configuration aborts
+at once, without a traceback: the one line is the whole story).
 """
 import importlib
 import os
 import pickle
 import sys
+import sysconfig
 import traceback
 
-import torch
 from mpi4py import MPI
 
 from . import watchdog
-from .config import ConfigError
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_LIBRARIES = {os.path.abspath(sysconfig.get_path(p)) for p in ("stdlib", "platstdlib", "purelib", "platlib")}
+
+
+def _where(err: BaseException) -> str:
+    """" (at exercises/ex03_1f1b.py:42)": the deepest frame of the user's code (not the standard library, an
+    installed package or pipeline_ref itself; pipeline_ref's own if nothing else), looked for first in the
+    innermost exception of a chain (an error re-raised with more words keeps the user's line in its cause)."""
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    frames = [f for e in reversed(chain) for f in reversed(traceback.extract_tb(e.__traceback__))]
+    ours = [f for f in frames if not any(os.path.abspath(f.filename).startswith(lib + os.sep) for lib in _LIBRARIES)]
+    users = [f for f in ours if not os.path.abspath(f.filename).startswith(_PACKAGE + os.sep)]
+    frame = (users or ours or [None])[0]
+    if frame is None:
+        return ""
+    path = os.path.abspath(frame.filename)
+    shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+    return f" (at {shown}:{frame.lineno})"
 
 
 def main(payload_path: str, outdir: str) -> None:
     with open(payload_path, "rb") as f:
-        target, args, kwargs, stall_timeout = pickle.load(f)
+        target, args, kwargs, stall_timeout, launcher = pickle.load(f)
     rank = MPI.COMM_WORLD.Get_rank()
     with open(f"{outdir}/rank{rank}.pid", "w") as f:   # so the launcher can make sure we are gone
         f.write(str(os.getpid()))
-    watchdog.start(rank, stall_timeout)
-    module_name, _, function_name = target.partition(":")
-    function = getattr(importlib.import_module(module_name), function_name)
+    watchdog.start(rank, stall_timeout, heartbeat_dir=outdir, launcher=launcher)
     try:
+        # Not watched: ranks import torch seconds apart on a busy machine, and that is not a stall.
+        watchdog.beat(f"importing {target}", watched=False)
+        module_name, _, function_name = target.partition(":")
+        function = getattr(importlib.import_module(module_name), function_name)
+        watchdog.beat("waiting for the other ranks to start", watched=False)
+        MPI.COMM_WORLD.Barrier()
+        watchdog.beat(f"starting {target}")
         result = function(MPI.COMM_WORLD, *args, **kwargs)
     except BaseException as err:
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
-        watchdog.report(f"failed while {watchdog.doing()}: {detail}")
-        if isinstance(err, ConfigError):   # the user's request, refused: the line above says it all
-            watchdog.abort_all(MPI.COMM_WORLD, 2)
+        config = sys.modules.get("pipeline_ref.config")   # loaded if the target could raise its ConfigError
+        refused = config is not None and isinstance(err, config.ConfigError)
+        watchdog.report(f"failed while {watchdog.doing()}: {detail}{'' if refused else _where(err)}")
+        if refused:
+            watchdog.abort_all(MPI.COMM_WORLD, 2)   # the user's request, refused: the line above says it all
         raise
+    watchdog.beat("saving the result")
+    import torch   # only now: a target that needs no torch starts in a fraction of a second
     torch.save(result, f"{outdir}/rank{rank}.pt")
+    watchdog.beat("finished", watched=False)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,25 @@
 Under the hood: ``mpiexec -n N python -m mpi4py -m pipeline_ref._rank ...``, with
 ``mpiexec`` taken from this Python's own environment (the ``mpich`` wheel puts it
 next to the interpreter), never from PATH. ``python -m mpi4py`` makes an uncaught
-exception on one rank abort them all. Two limits stop a run that goes wrong:
-each rank's watchdog ends it when nothing progresses for ``stall_timeout``
-seconds, and ``timeout`` bounds the whole run (then the process group is killed,
-so nothing is left behind). Either way :class:`LaunchError` names the ranks and
-what they were doing.
+exception on one rank abort them all. What can go wrong, and what ends it:
+
+* a rank raises, or stops progressing for ``stall_timeout`` seconds (its watchdog), or is
+  killed: :class:`LaunchError`, whose first line names the rank, what it was doing and why
+  it ended (``rank 1 died (signal 9, SIGKILL) while B3 of step 2: computing``), followed by
+  what every other rank was doing (their heartbeat files, ``watchdog.read_heartbeat``);
+* the whole run takes longer than ``timeout``: mpiexec and everything below it is killed;
+* this process is interrupted (KeyboardInterrupt: Ctrl-C, a notebook's "interrupt kernel")
+  or sent SIGTERM: the ranks and mpiexec are killed first, then the KeyboardInterrupt goes on
+  (a notebook shows the usual interrupt) and SIGTERM does what it would have done;
+* this process dies some other way (SIGKILL, a kernel restart): every rank's watchdog sees
+  its launcher gone and exits within a second, and mpiexec follows its ranks.
+
+``stall_timeout`` defaults to ``STALL_SECONDS`` (20 s): every action of the lessons' and tests'
+CPU models takes milliseconds, so 20 s is a thousand steps' margin and still ends a hung cell
+in seconds, not minutes; the ranks' import of torch (seconds apart on a busy machine) is not
+counted. Real training on GPUs should pass more (``run`` on the command line defaults to 120 s):
+a first step there pays for CUDA's context, cuBLAS handles and kernel loading, and saving a large
+checkpoint keeps the other ranks waiting. ``None`` turns stall detection off.
 
 This module does not import MPI: the calling process stays an ordinary Python.
 """
@@ -19,18 +33,28 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
-MARK = "[pipeline_ref]"   # the prefix of the ranks' own reports (watchdog.MARK)
+from . import watchdog
+
+MARK = watchdog.MARK      # the prefix of the ranks' own reports
+STALL_SECONDS = 20.0
 
 
 class LaunchError(RuntimeError):
-    """The ranks failed, hung or could not start; the message says which rank and why."""
+    """The ranks failed, hung or could not start; the first line of the message says which rank and why."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while the ranks ran (raised by our handler, so the ranks are cleaned up first)."""
 
 
 def mpiexec() -> Path:
@@ -49,7 +73,25 @@ def _pump(stream, sink: list, echo) -> None:
             echo.flush()
 
 
-def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeout: float | None = 60,
+@contextmanager
+def _sigterm_raises():
+    """SIGTERM raises _Terminated here for the duration (only the main thread may set handlers; a SIGTERM that
+    is ignored stays ignored). Without this, SIGTERM would end this process at once and leave mpiexec running."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeout: float | None = STALL_SECONDS,
            echo: bool = False, threads_per_rank: int = 1, env: dict | None = None, **kwargs) -> list:
     """Run ``target(comm, *args, **kwargs)`` on ``num_ranks`` ranks; return each rank's result.
 
@@ -60,32 +102,43 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
         raise LaunchError(f"num_ranks must be a positive integer, got {num_ranks!r}")
     with tempfile.TemporaryDirectory(prefix="pipeline_ref-") as tmp:
         payload = Path(tmp) / "payload.pkl"
-        payload.write_bytes(pickle.dumps((target, args, kwargs, stall_timeout)))
+        launcher = (os.getpid(), socket.gethostname())    # each rank's watchdog watches this process
+        payload.write_bytes(pickle.dumps((target, args, kwargs, stall_timeout, launcher)))
         command = [str(mpiexec()), "-n", str(num_ranks), sys.executable, "-m", "mpi4py",
                    "-m", "pipeline_ref._rank", str(payload), tmp]
         full_env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank),
                     "MKL_NUM_THREADS": str(threads_per_rank), **(env or {})}
-        # One thread per rank by default: ranks sharing cores would otherwise fight over them.
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env=full_env, start_new_session=True)
         out, err = [], []
-        pumps = [threading.Thread(target=_pump, args=(process.stdout, out, sys.stdout if echo else None)),
-                 threading.Thread(target=_pump, args=(process.stderr, err, sys.stderr if echo else None))]
-        for t in pumps:
-            t.daemon = True
-            t.start()
-        try:
-            code = process.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill_tree(process.pid)
-            process.wait()
-            code, timed_out = process.returncode, True
+        with _sigterm_raises():
+            try:
+                # One thread per rank by default: ranks sharing cores would otherwise fight over them.
+                # A session of its own: a Ctrl-C in a terminal reaches only us, and we end the ranks.
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                           env=full_env, start_new_session=True)
+                pumps = [threading.Thread(target=_pump, args=(process.stdout, out, sys.stdout if echo else None),
+                                          daemon=True),
+                         threading.Thread(target=_pump, args=(process.stderr, err, sys.stderr if echo else None),
+                                          daemon=True)]
+                for t in pumps:
+                    t.start()
+                try:
+                    code, timed_out = process.wait(timeout=timeout), False
+                except subprocess.TimeoutExpired:
+                    _kill_tree(process.pid)
+                    process.wait()
+                    code, timed_out = process.returncode, True
+            except (KeyboardInterrupt, _Terminated) as stop:
+                _interrupted(stop, locals().get("process"), Path(tmp), str(payload), num_ranks)
+                if isinstance(stop, KeyboardInterrupt):
+                    raise
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)   # die of it, as we would have without our handler
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise LaunchError("the run was ended by SIGTERM") from None
         for t in pumps:
             t.join(timeout=5)
         if timed_out or code != 0:
             _kill_ranks(Path(tmp), str(payload))
-            raise LaunchError(_failure(num_ranks, code, timed_out, timeout, out, err))
+            raise LaunchError(_failure(num_ranks, code, timed_out, timeout, out, err, Path(tmp)))
         import torch   # only now: a failed launch should not pay for it
         results = []
         for rank in range(num_ranks):
@@ -94,6 +147,23 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
                 raise LaunchError(f"rank {rank} exited without a result\n" + _tail(out, err))
             results.append(torch.load(path, weights_only=False))
         return results
+
+
+def _interrupted(stop: BaseException, process, tmp: Path, payload: str, num_ranks: int) -> None:
+    """Kill mpiexec, its proxies and the ranks, then say on stderr what the ranks were doing."""
+    doing = _last_actions(tmp, num_ranks)
+    if process is not None:
+        _kill_tree(process.pid)
+    _kill_ranks(tmp, payload)
+    if process is not None:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    why = "KeyboardInterrupt" if isinstance(stop, KeyboardInterrupt) else "SIGTERM"
+    lines = "".join(f"\n  {line}" for line in doing)
+    sys.stderr.write(f"{MARK} launch: {why}; stopped mpiexec and its {num_ranks} rank(s), which were doing:{lines}\n")
+    sys.stderr.flush()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -131,12 +201,12 @@ def _kill_tree(pid: int) -> None:
 def _kill_ranks(tmp: Path, payload: str) -> None:
     """After a failure, end any rank still alive: mpiexec may exit before its ranks are gone."""
     for pid_file in tmp.glob("rank*.pid"):
-        pid = int(pid_file.read_text())
         try:
+            pid = int(pid_file.read_text())
             if payload in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
-            pass    # already gone
+            pass    # already gone, or the pid file half written
 
 
 def _tail(out: list, err: list, lines: int = 30) -> str:
@@ -145,7 +215,8 @@ def _tail(out: list, err: list, lines: int = 30) -> str:
 
 
 def _merge_reports(reports: list[str]) -> list[str]:
-    """"rank 0: X" and "rank 1: X" become "ranks 0, 1: X" (a refused configuration fails every rank alike)."""
+    """"rank 0: X" and "rank 1: X" become "ranks 0, 1: X" (a refused configuration fails every rank alike),
+    in the order the first of each was reported."""
     ranks_by_message: dict[str, list[int]] = {}
     for report in reports:
         head, _, message = report.partition(": ")
@@ -155,19 +226,84 @@ def _merge_reports(reports: list[str]) -> list[str]:
             ranks_by_message.setdefault(report, [])
     merged = []
     for message, ranks in ranks_by_message.items():
-        ranks.sort()
+        ranks = sorted(set(ranks))
         if not ranks:
             merged.append(message)
         else:
             merged.append(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {message}")
-    return sorted(merged)
+    return merged
 
 
-def _failure(num_ranks, code, timed_out, timeout, out, err) -> str:
-    reports = _merge_reports(sorted({line.strip()[len(MARK):].strip() for line in err if line.startswith(MARK)}))
+def _cause_first(report: str) -> int:
+    """Which report is the cause: a failure, then a rank stuck on its own work, then one stuck waiting for another,
+    then a rank that left because its launcher went."""
+    if ": failed while " in report:
+        return 0
+    if ": stuck for " in report:
+        return 2 if "waiting for" in report.split(" while ", 1)[-1] else 1
+    return 3
+
+
+def _last_actions(tmp: Path, num_ranks: int, skip: frozenset = frozenset()) -> list[str]:
+    """One line per rank: its last report, from its heartbeat file."""
+    lines = []
+    for rank in range(num_ranks):
+        if rank in skip:
+            continue
+        beat = watchdog.read_heartbeat(tmp / f"rank{rank}.beat")
+        if beat is None:
+            lines.append(f"rank {rank}: had not started")
+        else:
+            text, age, watched = beat
+            lines.append(f"rank {rank}: {text} ({f'for {age:.1f} s' if watched else 'not watched'})")
+    return lines
+
+
+def _died(out: list, tmp: Path) -> tuple[int, str] | None:
+    """(rank, how) of the process MPICH's mpiexec reports as ended badly ("BAD TERMINATION ... PID n"), if any."""
+    text = "".join(out)
+    found = re.search(r"PID (\d+) RUNNING AT .*\n=\s*EXIT CODE: (\d+)", text)
+    if not found:
+        return None
+    pids = {}
+    for pid_file in tmp.glob("rank*.pid"):
+        try:
+            pids[int(pid_file.read_text())] = int(pid_file.stem[4:])
+        except ValueError:
+            pass
+    rank = pids.get(int(found.group(1)))
+    if rank is None:
+        return None
+    by_signal = re.search(r"EXIT STRING: .*\(signal (\d+)\)", text)
+    if by_signal:
+        number = int(by_signal.group(1))
+        try:
+            return rank, f"signal {number}, {signal.Signals(number).name}"
+        except ValueError:
+            return rank, f"signal {number}"
+    return rank, f"exit code {found.group(2)}"
+
+
+def _failure(num_ranks, code, timed_out, timeout, out, err, tmp: Path) -> str:
+    reports = _merge_reports([line.strip()[len(MARK):].strip() for line in err if line.startswith(MARK)])
+    reports.sort(key=_cause_first)      # stable: among equals, the first reported first
+    named = {int(r) for report in reports for r in re.findall(r"\d+", report.split(":", 1)[0])}
+    died = None if reports else _died(out, tmp)
+    if died is not None:
+        rank, how = died
+        beat = watchdog.read_heartbeat(tmp / f"rank{rank}.beat")
+        reports = [f"rank {rank} died ({how}) while {beat[0] if beat else 'starting'}"]
+        named = {rank}
+    limit = f"the run on {num_ranks} ranks did not finish within {timeout:.0f} s and was stopped"
     if timed_out:
-        head = f"the run on {num_ranks} ranks did not finish within {timeout:.0f} s and was stopped"
-    else:
-        head = f"the run on {num_ranks} ranks failed (exit code {code})"
-    body = "\n".join("  " + r for r in reports) or "  (no rank reported what it was doing)"
-    return f"{head}:\n{body}\n{_tail(out, err)}"
+        reports.insert(0, limit)
+    elif code is not None and code < 0 and not reports:
+        reports = [f"mpiexec (the MPI launcher) was killed by signal {-code} ({signal.Signals(-code).name})"]
+    elif not reports:
+        reports = [f"the run on {num_ranks} ranks failed (exit code {code}) and no rank said why"]
+    others = _last_actions(tmp, num_ranks, skip=frozenset(named))
+    body = "".join(f"\n  {r}" for r in reports[1:])
+    if others:
+        body += f"\n{'what the other ranks were doing' if named else 'what the ranks were doing'}:"
+        body += "".join(f"\n  {line}" for line in others)
+    return f"{reports[0]}{body}\n{_tail(out, err)}"

@@ -12,15 +12,15 @@ non-blocking receives into buffers taken from a small pool (a step of a schedule
 same shapes every time, so after the first step no receive allocates), and GPU staging. The
 wire itself is a :class:`Transport`, one small interface: ``isend``/``irecv`` of a byte
 buffer with a tag, returning a request with ``test()``/``wait()``, plus ``send_object`` /
-``recv_object`` for the set-up. :class:`MPITransport` is MPI's (the course's); another
-(torch.distributed) needs only those four methods.
+``recv_object`` for the set-up, and ``max_tag``. :class:`MPITransport` is MPI's (the course's);
+``torch_transport.TorchTransport`` is torch.distributed's (gloo, NCCL), chosen by ``RunConfig.transport``.
 
-CUDA tensors: when the MPI library is CUDA-aware (``PIPELINE_REF_CUDA_AWARE=1``; MPICH and
-Open MPI builds differ and cannot be asked portably), the transport reads device memory
-directly. Otherwise each message is staged through pinned host memory: a send copies
-device -> host on a side stream and is posted once that copy is done (``progress`` checks),
-so the copy overlaps the next action's compute; a receive lands in pinned memory and is
-copied to the device on the compute stream, ahead of the kernels that use it.
+CUDA tensors: when the transport reads device memory (NCCL; an MPI library that is CUDA-aware:
+``PIPELINE_REF_CUDA_AWARE=1``, since MPICH and Open MPI builds differ and cannot be asked portably),
+device buffers go to it directly. Otherwise each message is staged through pinned host memory
+(``device.CudaStaging``): a send copies device -> host on a side stream and is posted once that
+copy is done (``progress`` checks), so the copy overlaps the next action's compute; a receive lands
+in pinned memory and is copied to the device on the compute stream, ahead of the kernels that use it.
 
 Synchronous sends (``MPITransport(sync_sends=True)``, ``Issend``) complete only once the
 receiver has posted the matching receive, so no send order passes a test merely because MPI
@@ -101,10 +101,6 @@ def cuda_aware() -> bool:
     return os.environ.get("PIPELINE_REF_CUDA_AWARE", "0") == "1"
 
 
-def _staged(device: torch.device) -> bool:
-    return device.type == "cuda" and not cuda_aware()
-
-
 # --------------------------------------------------------------------------- the wire
 
 class MPITransport:
@@ -115,6 +111,7 @@ class MPITransport:
         self.comm, self.sync_sends, self._BYTE = comm, sync_sends, MPI.BYTE
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.max_tag = comm.Get_attr(MPI.TAG_UB)
+        self.reads_device_memory = cuda_aware()   # else the Messenger stages GPU messages through the host
 
     def _view(self, buffer: torch.Tensor):
         # CPU: a numpy view of the bytes (no copy); CUDA (a CUDA-aware MPI): the tensor itself.
@@ -163,70 +160,67 @@ class PendingRecv:
     request: object
     buffer: torch.Tensor
     specs: tuple
-    device: torch.device
+    staging: object = None       # set when the buffer is host memory staged for a GPU rank
 
     def wait(self) -> tuple:
         self.request.wait()
         tensors = unpack(self.buffer, self.specs)
-        if self.buffer.device == self.device:
-            return tensors
-        # From pinned memory, asynchronously, on the stream the next kernels run on.
-        return tuple(t.to(self.device, non_blocking=True) for t in tensors)
+        return tensors if self.staging is None else self.staging.to_device(tensors)
 
 
 class Messenger:
-    """Non-blocking sends and receives of boundaries (tuples of tensors) over a :class:`Transport`."""
+    """Non-blocking sends and receives of boundaries (tuples of tensors) over a :class:`Transport`.
 
-    def __init__(self, transport, device: torch.device = torch.device("cpu")):
+    ``staging``: how GPU messages reach a transport that reads only host memory; by default
+    ``device.CudaStaging`` on a CUDA device whose transport does not read device memory, else None.
+    """
+
+    def __init__(self, transport, device: torch.device = torch.device("cpu"), staging=None):
         self.transport, self.device = transport, device
+        if staging is None and device.type == "cuda" and not getattr(transport, "reads_device_memory", cuda_aware()):
+            from .device import CudaStaging
+            staging = CudaStaging(device)
+        self.staging = staging
         self._sends: list[tuple] = []            # (request, buffer): buffers live until the send is done
-        self._staging: list[tuple] = []          # (copy done event, host buffer, dest, tag)
+        self._staging: list[tuple] = []          # (copy done event, host buffer, dest, tag), in send order
         self._free: dict[int, list[torch.Tensor]] = {}   # receive buffers by size, for reuse
-        self._copy_stream = None
 
     def isend(self, tensors: tuple, dest: int, tag: int) -> None:
         buffer = pack(tensors)
-        if not _staged(buffer.device):
-            if buffer.device.type == "cuda":
-                torch.cuda.current_stream(buffer.device).synchronize()   # MPI reads it right away
-            self._sends.append((self.transport.isend(buffer, dest, tag), buffer))
+        if self.staging is not None:
+            done, host = self.staging.to_host(buffer)
+            self._staging.append((done, host, dest, tag))
             return
-        if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(buffer.device)
-        host = torch.empty(buffer.shape, dtype=buffer.dtype, pin_memory=True)
-        self._copy_stream.wait_stream(torch.cuda.current_stream(buffer.device))   # after the kernels that made it
-        with torch.cuda.stream(self._copy_stream):
-            host.copy_(buffer, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        buffer.record_stream(self._copy_stream)      # its memory is not reused before the copy is done
-        self._staging.append((done, host, dest, tag))
+        # A transport that orders itself after the compute stream (NCCL) needs no wait; MPI reads at once.
+        if buffer.device.type == "cuda" and not getattr(self.transport, "stream_ordered", False):
+            torch.cuda.current_stream(buffer.device).synchronize()
+        self._sends.append((self.transport.isend(buffer, dest, tag), buffer))
 
     def irecv(self, specs: tuple, source: int, tag: int) -> PendingRecv:
         size = _offsets(specs)[1]
-        if _staged(self.device):
-            # A pinned buffer may still feed an asynchronous copy to the device: not pooled.
-            buffer = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        if self.staging is not None:
+            buffer = self.staging.host_buffer(size)
         else:
             free = self._free.get(size)
             buffer = free.pop() if free else torch.empty(size, dtype=torch.uint8, device=self.device)
-        return PendingRecv(self.transport.irecv(buffer, source, tag), buffer, specs, self.device)
+        return PendingRecv(self.transport.irecv(buffer, source, tag), buffer, specs, self.staging)
 
     def release(self, received: PendingRecv) -> None:
         """Give a receive's buffer back once nothing reads its tensors any more (the executor knows when)."""
-        if not _staged(self.device):
+        if self.staging is None:
             self._free.setdefault(received.buffer.numel(), []).append(received.buffer)
 
     def _post_staged(self, wait: bool) -> None:
-        waiting = []
-        for done, host, dest, tag in self._staging:
+        # In send order, stopping at the first copy not done: a transport that matches messages by
+        # order (NCCL) must see them posted in the order the executor sent them.
+        while self._staging:
+            done, host, dest, tag = self._staging[0]
             if wait:
                 done.synchronize()
-            if wait or done.query():
-                self._sends.append((self.transport.isend(host, dest, tag), host))
-            else:
-                waiting.append((done, host, dest, tag))
-        self._staging = waiting
+            elif not done.query():
+                return
+            self._sends.append((self.transport.isend(host, dest, tag), host))
+            self._staging.pop(0)
 
     def progress(self) -> None:
         """Post the sends whose staging copy is done; let the transport move messages; drop completed sends."""

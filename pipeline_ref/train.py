@@ -18,7 +18,6 @@ a step of a toy model milliseconds.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -28,17 +27,9 @@ from torch import nn
 from . import machine, partition, watchdog
 from . import checkpoint
 from .config import ConfigError, RunConfig, preflight
+from .device import for_rank as device_for_rank
 from .results import Memory, RunResult
 from .trace import Trace, Wait
-
-
-def _device(cfg: RunConfig) -> torch.device:
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    # One GPU per rank on a node: the launcher tells each rank its place on the node.
-    local = next((int(os.environ[k]) for k in ("MPI_LOCALRANKID", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
-                  if k in os.environ), 0)
-    return torch.device("cuda", local % torch.cuda.device_count())
 
 
 @dataclass
@@ -71,13 +62,14 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     from . import topology
     from .executor import Executor, agree_specs, plan
     from .message import Messenger, MPITransport, check_tag_range
+    from .torch_transport import open_transport
     from .reduce import GradientReducer, tied_groups
     from .stage import StashMeter, Stage
 
     watchdog.beat("checking the configuration")
     layers, loss_fn, (inputs, targets), schedule = preflight(cfg, comm.Get_size())
     pipe = schedule.pipeline                  # num_stages, chunks per rank, and where each chunk sits
-    m, device = cfg.microbatches, _device(cfg)
+    m, device = cfg.microbatches, device_for_rank(cfg.device, comm)   # one GPU per rank: the launcher's local rank
     per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
     ranges, costs = partition.choose(comm, cfg.partition, layers, inputs[:per_replica // m].to(device),
@@ -85,7 +77,8 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
     rank = topo.stage
-    transport = MPITransport(topo.pipeline, sync_sends=cfg.sync_sends)
+    transport = (open_transport(comm, topo, schedule, device, cfg.stall_timeout, cfg.schedule) if cfg.transport == "torch"
+                 else MPITransport(topo.pipeline, sync_sends=cfg.sync_sends))
     check_tag_range(transport, m, pipe.num_chunks)
 
     meter = StashMeter()                      # the rank's stash, over all its chunks
@@ -130,7 +123,8 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
         if member:
             tie_reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
     return RankRun(cfg, comm, topo, pipe, stages, executor, params, names, micro_inputs, micro_targets,
-                   dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers],
+                   dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
+                   + ([transport] if cfg.transport == "torch" else []),     # its Free() ends its process group
                    ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device, held,
                    first_step)
 
