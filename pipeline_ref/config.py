@@ -20,7 +20,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 DEVICES = ("cpu", "cuda", "auto")
 PARTITIONS = ("uniform", "parameters", "time")
 TRANSPORTS = ("mpi", "torch")     # the wire of the pipeline's messages: MPI, or torch.distributed (gloo / NCCL)
-TRANSPORTS = ("mpi", "torch")     # the wire of the pipeline's messages: MPI, or torch.distributed (gloo / NCCL)
 
 
 class ConfigError(ValueError):
@@ -41,7 +40,6 @@ class RunConfig:
     lr: float = 0.05                  # plain SGD, so a few steps visibly lower the loss
     seed: int = 0
     sync_sends: bool = False          # Issend: no send order passes only thanks to eager buffering
-    transport: str = "mpi"            # "torch": torch.distributed (torch_transport.py), gloo on CPU, NCCL on GPUs
     transport: str = "mpi"            # "torch": torch.distributed (torch_transport.py), gloo on CPU, NCCL on GPUs
     collect_grads: bool = False       # gather the whole model's gradients after the first step
     collect_params: bool = False      # gather every rank's parameters after the last step
@@ -86,11 +84,6 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ConfigError(f"unknown device {cfg.device!r}; choose one of {', '.join(DEVICES)}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
-    if cfg.transport not in TRANSPORTS:
-        raise ConfigError(f"unknown transport {cfg.transport!r}; choose one of {', '.join(TRANSPORTS)}")
-    if cfg.transport == "torch" and cfg.sync_sends:
-        raise ConfigError("--sync-sends is MPI's Issend; torch.distributed has no synchronous send: "
-                          "use it with --transport mpi")
     if cfg.transport not in TRANSPORTS:
         raise ConfigError(f"unknown transport {cfg.transport!r}; choose one of {', '.join(TRANSPORTS)}")
     if cfg.transport == "torch" and cfg.sync_sends:
