@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, asdict
 
 import torch
 
-from . import models, schedules
+from . import asynchronous, models, schedules
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda", "auto")
@@ -82,6 +82,13 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:
         raise ConfigError(f"unknown device {cfg.device!r}; choose one of {', '.join(DEVICES)}")
+    try:                              # PipeDream and 2BW: what a run without a shared step boundary refuses
+        asynchronous.check(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp, **{
+            "--overlap-allreduce": cfg.overlap_allreduce, "--skip-nonfinite-steps": cfg.skip_nonfinite,
+            "--save-checkpoint": bool(cfg.checkpoint_dir), "--resume": bool(cfg.resume_from),
+            "--save-grads (no step has one gradient)": cfg.collect_grads})
+    except schedules.ScheduleError as err:
+        raise ConfigError(str(err)) from None
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     if cfg.transport not in TRANSPORTS:
@@ -147,6 +154,10 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
     schedule = make_schedule(cfg)
     check_fits(cfg, len(layers), batch[0].shape[0], chunks=schedule.num_chunks,
                split_backward=schedule.splits_backward, target_size=batch[1].shape[0])
+    if cfg.schedule in asynchronous.ASYNCHRONOUS and cfg.pp > 1 and asynchronous.shared_parameters(layers):
+        raise ConfigError(f"{cfg.schedule} keeps weight versions per stage, and layers of this model share a "
+                          f"Parameter ({asynchronous.shared_parameters(layers)[0]}): two stages would update it at "
+                          f"different times; untie it, or use a schedule with a flush")
     return layers, loss_fn, batch, schedule
 
 
@@ -169,6 +180,8 @@ def make_schedule(cfg: RunConfig) -> schedules.Schedule:
         schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches, **options)
     else:
         options = {"chunks": cfg.chunks} if cfg.schedule == "interleaved" else {}
+        if cfg.schedule in asynchronous.ASYNCHRONOUS:
+            options = {"steps": cfg.steps}     # one stream of steps x m microbatches, no flush
         try:
             schedule = schedules.build(cfg.schedule, cfg.pp, cfg.microbatches, **options)
         except schedules.ScheduleError as err:
@@ -176,5 +189,5 @@ def make_schedule(cfg: RunConfig) -> schedules.Schedule:
     if not isinstance(schedule, (list, tuple)) or len(schedule) != cfg.pp:
         raise ConfigError(f"schedule {cfg.schedule!r} must give one list of actions per stage ({cfg.pp}), "
                           f"got {type(schedule).__name__} of length {len(schedule) if hasattr(schedule, '__len__') else '?'}")
-    schedules.validate(schedule, cfg.microbatches)
+    schedules.validate(schedule, cfg.microbatches * (cfg.steps if cfg.schedule in asynchronous.ASYNCHRONOUS else 1))
     return schedules.Schedule.of(schedule)

@@ -89,7 +89,7 @@ class Stage:
         self.weight_grads = WeightGradients([module]) if split_backward else None
         self.meter = meter if meter is not None else StashMeter()
         self.wants_grad: tuple[bool, ...] | None = None   # per input; None: every floating input
-        self._param_storages = {p.untyped_storage().data_ptr() for p in module.parameters()}
+        self.weights = None                      # weight_versions.WeightVersions, for PipeDream and 2BW
         self.stash: dict[int, Stashed] = {}
         self.losses: list[torch.Tensor] = []     # unscaled loss of each microbatch, this step
 
@@ -111,6 +111,10 @@ class Stage:
         inputs = as_tuple(inputs)
         if not self.is_first:
             inputs = self._leaves(inputs)
+        if self.weights is not None:
+            self.weights.before_forward(microbatch)
+        # Asked now, not at set-up: a stage with weight versions switches its parameters' storage.
+        param_storages = {p.untyped_storage().data_ptr() for p in self.module.parameters()}
         counted: set[tuple] = set()
         saved = [0]
 
@@ -118,7 +122,7 @@ class Stage:
             # Count each saved activation once, at its own size (a view of the whole batch is
             # not the whole batch); weights are not activations.
             key = (t.data_ptr(), tuple(t.shape))
-            if t.untyped_storage().data_ptr() not in self._param_storages and key not in counted:
+            if t.untyped_storage().data_ptr() not in param_storages and key not in counted:
                 counted.add(key)
                 saved[0] += t.numel() * t.element_size()
             return t
@@ -178,12 +182,19 @@ class Stage:
         """Backward of one microbatch through the chunk; return the inputs' gradients (None on the first stage)."""
         stashed = self._take(microbatch, "B")
         self.meter.remove(stashed.nbytes)
+        if self.weights is not None:
+            self.weights.before_backward(microbatch)     # the version its forward used
+        if self.weight_grads:                          # a full B in a split schedule (DualPipeV): W keeps nothing
+            self.weight_grads.forget(microbatch)
         outputs = stashed.outputs
         if self.recompute:
             outputs = self._forward(stashed.inputs, stashed.target, record=False)
         ys, gs = self._pairs(outputs, grads)
         torch.autograd.backward(ys, gs)
-        return self._input_grads(stashed, [x.grad for x in stashed.inputs])
+        input_grads = self._input_grads(stashed, [x.grad for x in stashed.inputs])
+        if self.weights is not None:
+            self.weights.after_backward(microbatch)      # the update, where the schedule's rule says
+        return input_grads
 
     def backward_input(self, microbatch: int, grads) -> tuple | None:
         """Zero-bubble ``I``: only the inputs' gradients (to send upstream), keeping what ``W`` needs."""
@@ -254,6 +265,10 @@ class WeightGradients:
 
     def capture(self, key):
         return self._Capture(self, key)
+
+    def forget(self, key) -> None:
+        """Drop what the forward of ``key`` kept, when its backward runs whole (B) rather than as I and W."""
+        self._outputs.pop(key, None)
 
     def captured(self, key) -> list:
         """The (module, output) pairs the forward of ``key`` kept for its W."""

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import machine, partition, watchdog
-from . import checkpoint
+from . import async_run, asynchronous, checkpoint, machine, partition, watchdog
 from .config import ConfigError, RunConfig, preflight
 from .device import for_rank as device_for_rank
 from .results import Memory, RunResult
@@ -79,7 +78,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     rank = topo.stage
     transport = (open_transport(comm, topo, schedule, device, cfg.stall_timeout, cfg.schedule) if cfg.transport == "torch"
                  else MPITransport(topo.pipeline, sync_sends=cfg.sync_sends))
-    check_tag_range(transport, m, pipe.num_chunks)
+    check_tag_range(transport, schedule.num_microbatches, pipe.num_chunks)   # PipeDream: steps x m
 
     meter = StashMeter()                      # the rank's stash, over all its chunks
     stages = {}
@@ -208,6 +207,8 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     run = set_up(comm, cfg)
     if cfg.verbose and comm.Get_rank() == 0:
         _announce(run)
+    if cfg.schedule in asynchronous.ASYNCHRONOUS:     # PipeDream, 2BW: one stream, updates after backwards
+        return async_run.run_stream(run)
     losses, grads, seconds, utilization, gathered, skipped, rss = [], None, [], [], None, [], []
     for step in range(run.first_step, cfg.steps):
         report = train_step(run, step)

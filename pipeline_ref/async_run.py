@@ -1,0 +1,127 @@
+"""PipeDream and PipeDream-2BW on the ranks: one stream of steps x m microbatches through the ordinary executor.
+
+``train.run_rank`` sets a run up as for any schedule (partition, grid, stages, shapes) and hands an
+asynchronous one to :func:`run_stream`, which
+
+1. gives each Stage a weight store (``weight_versions.py``) that follows the schedule's rule
+   (``asynchronous.py``): the version each forward uses, the stashed one for its backward, the SGD update
+   after a backward; and sets the loss scale (PipeDream: each microbatch's own mean loss; 2BW: 1/m);
+2. plays the whole run as *one* call of the executor, over the schedule of steps x m microbatches
+   (microbatch j of the stream is microbatch j % m of the batch): no flush, no step boundary, no
+   all-reduce, the pipeline drains once, at the end;
+3. reports a :class:`~pipeline_ref.results.RunResult` as a synchronous run does: the mean loss of each
+   step's m microbatches, and "step" t's time from the end of step t - 1's last backward on rank 0 to the
+   end of its own there (the utilization of that window beside it). The trace is the whole run; its
+   ``meta["weight_versions"]`` says how many versions each rank held at most, and
+   ``meta["weight_version_bytes"]`` what they took.
+
+    python -m pipeline_ref run --schedule pipedream --pp 4 --microbatches 4 --steps 8 -n 4 --save-params p.pt
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import torch
+
+from . import asynchronous, machine, watchdog
+from .results import Memory, RunResult
+from .trace import Trace
+from .weight_versions import WeightVersions
+
+
+def _rule(cfg, stage: int):
+    """(forward_version(j, current), updates_after(j)) of stage ``stage`` under cfg's schedule."""
+    if cfg.schedule == "pipedream":
+        forward = lambda microbatch, current: current          # whatever is current: max(0, j - (p - s - 1))
+    else:
+        forward = lambda microbatch, current: asynchronous.forward_version(cfg.schedule, stage, cfg.pp,
+                                                                           cfg.microbatches, microbatch)
+    return forward, partial(asynchronous.updates_after, cfg.schedule, cfg.microbatches)
+
+
+def attach_versions(run) -> list[WeightVersions]:
+    """A weight store on each of this rank's stages; returns them."""
+    cfg, rank = run.cfg, run.topo.stage
+    stores = []
+    for chunk, stage in run.stages.items():
+        forward, updates = _rule(cfg, run.pipeline.virtual_stage(rank, chunk))
+        stage.loss_scale = asynchronous.loss_scale(cfg.schedule, cfg.microbatches)
+        stage.weights = WeightVersions(list(stage.parameters()), forward, updates, cfg.lr,
+                                       num_forwards=cfg.steps * cfg.microbatches, where=f"rank {rank}")
+        stores.append(stage.weights)
+    return stores
+
+
+def run_stream(run) -> RunResult | None:
+    cfg, comm, rank = run.cfg, run.comm, run.topo.stage
+    m, n = cfg.microbatches, cfg.steps * cfg.microbatches
+    stores = attach_versions(run)
+    inputs = [run.inputs[j % m] for j in range(n)] if run.inputs is not None else None
+    targets = [run.targets[j % m] for j in range(n)] if run.targets is not None else None
+    meter = next(iter(run.stages.values())).meter
+    meter.reset_peaks()
+    watchdog.beat("waiting for the other ranks before the stream")
+    comm.Barrier()
+    began = time.perf_counter()
+    events, waits = run.executor.run(inputs, targets, 0, t0=began)
+    for store in stores:
+        store.finish()
+    losses = [loss.item() for s in run.stages.values() for loss in s.losses]
+    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)
+    report = {"losses": losses, "events": events, "waits": waits, "peak": meter.peak_count,
+              "versions": max(s.peak for s in stores), "version_bytes": sum(s.peak * s.version_bytes for s in stores),
+              "memory": Memory(parameters=nbytes(run.params), gradients=0, optimizer=0,
+                               peak_stashed_bytes=meter.peak_bytes,
+                               device_peak=torch.cuda.max_memory_allocated(run.device)
+                               if run.device.type == "cuda" else None),
+              "params": ({run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
+                         if cfg.collect_params else None),
+              "rss": machine.resident_bytes()}
+    watchdog.beat("gathering the results of the stream")
+    gathered = comm.gather(report, root=0)
+    watchdog.beat("finished")
+    for c in run.communicators:
+        c.Free()
+    if comm.Get_rank() != 0:
+        return None
+    return _result(run, gathered)
+
+
+def _result(run, gathered: list) -> RunResult:
+    cfg = run.cfg
+    m = cfg.microbatches
+    losses = next(g["losses"] for g in gathered if g["losses"])
+    step_losses = [sum(losses[t * m:(t + 1) * m]) / m for t in range(cfg.steps)]
+    memory = [g["memory"].device_peak for g in gathered]
+    trace = Trace(num_ranks=cfg.pp, events=[e for g in gathered for e in g["events"]],
+                  waits=[w for g in gathered for w in g["waits"]], peak_stashed=[g["peak"] for g in gathered],
+                  peak_stashed_bytes=[g["memory"].peak_stashed_bytes for g in gathered],
+                  peak_memory_bytes=memory if None not in memory else None,
+                  meta={"source": "measured", "schedule": cfg.schedule, "num_stages": cfg.pp,
+                        "layout": run.pipeline.layout, "num_microbatches": cfg.steps * m, "steps": cfg.steps,
+                        "dp": 1, "device": str(run.device), "time_unit": "s",
+                        "weight_versions": [g["versions"] for g in gathered],
+                        "weight_version_bytes": [g["version_bytes"] for g in gathered]})
+    seconds, utilization = step_windows(trace, cfg.steps, m)
+    return RunResult(config=cfg, losses=step_losses, trace=trace, step_seconds=seconds,
+                     step_utilization=utilization, memory=[g["memory"] for g in gathered],
+                     params=[g["params"] for g in gathered] if cfg.collect_params else None,
+                     partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
+                     predicted_stage_costs=run.predicted, step_rss=[[g["rss"] for g in gathered]])
+
+
+def step_windows(trace: Trace, steps: int, num_microbatches: int) -> tuple[list[float], list[float]]:
+    """Each step's seconds and utilization, in a stream without step boundaries.
+
+    Step t ends when rank 0 finishes the backward of its last microbatch (the last action that
+    microbatch needs anywhere); its window starts where step t - 1's ended (step 0's at 0).
+    """
+    ends = {e.microbatch: e.end for e in trace.events if e.rank == 0 and e.op == "B"}
+    bounds = [0.0] + [ends[(t + 1) * num_microbatches - 1] for t in range(steps)]
+    seconds, utilization = [], []
+    for start, end in zip(bounds, bounds[1:]):
+        busy = sum(max(0.0, min(e.end, end) - max(e.start, start)) for e in trace.events)
+        seconds.append(end - start)
+        utilization.append(busy / (trace.num_ranks * (end - start)) if end > start else 0.0)
+    return seconds, utilization
