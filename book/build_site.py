@@ -113,6 +113,8 @@ def exercise_cell(lesson: course.Lesson) -> dict:
 
 def lesson_notebook(lesson: course.Lesson) -> str:
     nb = json.loads(lesson.notebook.read_text())
+    course.without_widgets(nb["cells"])
+    nb.get("metadata", {}).pop("widgets", None)     # the saved widget state: nothing on a static page uses it
     nb["cells"].append(exercise_cell(lesson))
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 

@@ -44,6 +44,27 @@ def first_heading(notebook: Path) -> str:
     raise ValueError(f"{notebook} has no markdown heading: the site needs one as the lesson's title")
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("*Here Jupyter shows the interactive simulator (ipywidgets: sliders for the schedule, stages and "
+               "microbatches that redraw the Gantt chart and its utilization). It needs a running kernel: open "
+               "the lesson with `make lessons` and run this cell. Its code: "
+               "`lessons/lesson_code/simulator_widget.py`.*")
+
+
+def without_widgets(cells: list[dict]) -> int:
+    """Replaces each widget output (a live view, blank without a kernel) by a note on how to get it; returns how
+    many. The site and the slides are static: the lessons' static charts beside the widget say the same."""
+    replaced = 0
+    for cell in cells:
+        outputs = cell.get("outputs", [])
+        for i, output in enumerate(outputs):
+            if WIDGET_VIEW in output.get("data", {}):
+                outputs[i] = {"output_type": "display_data", "metadata": {},
+                              "data": {"text/markdown": WIDGET_NOTE, "text/plain": WIDGET_NOTE}}
+                replaced += 1
+    return replaced
+
+
 def _one(paths: list[Path], what: str) -> Path | None:
     if len(paths) > 1:
         raise ValueError(f"more than one {what}: {[str(p) for p in paths]}")
