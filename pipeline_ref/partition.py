@@ -135,18 +135,19 @@ def split(layers, ranges: list[range]) -> list[list]:
     return [layers[r.start:r.stop] for r in ranges]
 
 
-def choose(comm, method: str, layers, sample, num_pieces: int) -> tuple[list[range], list[float] | None]:
+def choose(comm, method: str, layers, sample, num_pieces: int, profile=None) -> tuple[list[range], list[float] | None]:
     """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", also each layer's seconds.
 
     "time" profiles every layer once, on world rank 0, and broadcasts the costs:
     every rank must cut the model at the same places, and timings differ between ranks.
+    ``profile(layers, sample)`` measures them (default ``profiling.layer_costs``; ``cut.piece_costs`` for pieces).
     """
     if method == "uniform":
         return uniform(len(layers), num_pieces), None
     if method == "parameters":
         return by_parameters(layers, num_pieces), None
     from .profiling import layer_costs
-    costs = layer_costs(layers, sample) if comm.Get_rank() == 0 else None
+    costs = (profile or layer_costs)(layers, sample) if comm.Get_rank() == 0 else None
     from .machine import wait_quietly
     wait_quietly(comm)                 # the others sleep while rank 0 profiles, instead of spinning
     costs = comm.bcast(costs, root=0)
