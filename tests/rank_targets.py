@@ -59,22 +59,23 @@ def unbalanced_mlp(width: int = 512, batch: int = 256):
 
 
 def cuda_round_trip(comm, sync_sends: bool = True):
-    """Rank 0 sends CUDA tensors of several dtypes to rank 1 through the Messenger; rank 1 returns them on CPU."""
-    from pipeline_ref.comm import Messenger
+    """Rank 0 sends CUDA tensors of several dtypes to rank 1 through the Messenger, one boundary of one tensor
+    each and then all of them packed as one boundary; rank 1 returns what it received, on the CPU."""
+    from pipeline_ref.message import Messenger, MPITransport, specs_of
     device = torch.device("cuda", comm.Get_rank() % torch.cuda.device_count())
     generator = torch.Generator().manual_seed(3)
     tensors = [torch.randn(5, 7, generator=generator).to(dtype)
                for dtype in (torch.float32, torch.float64, torch.bfloat16)]
     tensors.append(torch.randint(0, 100, (3, 4, 2), generator=generator))
-    messenger = Messenger(comm, sync_sends=sync_sends)
+    boundaries = [(t,) for t in tensors] + [tuple(tensors)]
+    messenger = Messenger(MPITransport(comm, sync_sends=sync_sends), device)
     if comm.Get_rank() == 0:
-        for tag, t in enumerate(tensors):
-            messenger.isend(t.to(device), dest=1, tag=tag)
+        for tag, boundary in enumerate(boundaries):
+            messenger.isend(tuple(t.to(device) for t in boundary), dest=1, tag=tag)
         messenger.finish_sends()
-        return tensors
-    received = [messenger.irecv(t.shape, t.dtype, device, source=0, tag=tag).wait().cpu()
-                for tag, t in enumerate(tensors)]
-    return received
+        return [t for b in boundaries for t in b]
+    received = [messenger.irecv(specs_of(b), source=0, tag=tag).wait() for tag, b in enumerate(boundaries)]
+    return [t.cpu() for b in received for t in b]
 
 
 def gpt_flat_targets(**options):
