@@ -172,6 +172,24 @@ def test_the_site_is_not_executed_it_shows_the_committed_outputs(site, lessons):
             f"{lesson.stem}: {plots} images on the page, the notebook has {_image_outputs(lesson.notebook)}")
 
 
+INSTRUCTOR_ROWS = ("In class", "Run live", "On a GPU node", "The demo", "Goes wrong", "Ask the room", "Exercise")
+
+
+def test_the_instructors_guide_covers_every_lesson(lessons):
+    """lessons/INSTRUCTOR.md has a section per lesson with every row of the plan, and names its exercise file."""
+    text = (course.ROOT / "lessons" / "INSTRUCTOR.md").read_text()
+    sections = {m[1]: m[2] for m in re.finditer(r"^## (\d\d) .*?\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+    for lesson in lessons:
+        assert lesson.number in sections, f"lessons/INSTRUCTOR.md has no '## {lesson.number} ...' section"
+        body = sections[lesson.number]
+        missing = [row for row in INSTRUCTOR_ROWS if f"**{row}**" not in body]
+        assert not missing, f"INSTRUCTOR.md, lesson {lesson.number}: no row {missing}"
+        if lesson.exercise is not None:
+            assert lesson.exercise.name in body, f"INSTRUCTOR.md, lesson {lesson.number}: {lesson.exercise.name}?"
+        questions = re.search(r"\*\*Ask the room\*\* \|(.*)", body)[1]
+        assert len(re.findall(r"\b\d\. ", questions)) >= 2, f"lesson {lesson.number}: fewer than 2 questions"
+
+
 # --------------------------------------------------------------------------- in the browser
 
 def test_no_console_errors(walk):
