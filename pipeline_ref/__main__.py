@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
     run.add_argument("--trace", metavar="FILE", help="write the last step's trace (Chrome/Perfetto JSON)")
     run.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (with -n)")
-    run.add_argument("--stall-timeout", type=float, default=120, help="seconds without progress on a rank")
+    run.add_argument("--stall-timeout", type=float, default=None,
+                     help="seconds without progress on a rank before the run ends, named (default: 20 on cpu, "
+                          "120 on cuda, where a first step pays for CUDA's start; see watchdog.STALL_SECONDS)")
 
     demo = sub.add_parser("demo", help="naive, GPipe and 1F1B measured against theory, with Gantt charts")
     demo.add_argument("--out", default="out/demo", help="folder for the plots and tables")
@@ -122,6 +124,9 @@ def _report(result, args) -> None:
 
 
 def _run(args) -> int:
+    if args.stall_timeout is None:
+        from .watchdog import STALL_SECONDS
+        args.stall_timeout = STALL_SECONDS.get(args.device, STALL_SECONDS["cuda"])
     cfg = _config(args)
     check_config(cfg, args.ranks)               # refuse before any rank starts or communicates
     if args.ranks is not None:

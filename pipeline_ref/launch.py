@@ -20,12 +20,10 @@ exception on one rank abort them all. What can go wrong, and what ends it:
 * this process dies some other way (SIGKILL, a kernel restart): every rank's watchdog sees
   its launcher gone and exits within a second, and mpiexec follows its ranks.
 
-``stall_timeout`` defaults to ``STALL_SECONDS`` (20 s): every action of the lessons' and tests'
-CPU models takes milliseconds, so 20 s is a thousand steps' margin and still ends a hung cell
-in seconds, not minutes; the ranks' import of torch (seconds apart on a busy machine) is not
-counted. Real training on GPUs should pass more (``run`` on the command line defaults to 120 s):
-a first step there pays for CUDA's context, cuBLAS handles and kernel loading, and saving a large
-checkpoint keeps the other ranks waiting. ``None`` turns stall detection off.
+``stall_timeout`` defaults to 20 s (``STALL_SECONDS``): the lessons' and tests' CPU models take
+milliseconds an action, so a hung cell ends in seconds; pass more for real training on GPUs
+(``run --device cuda`` defaults to 120 s: a first GPU step pays for CUDA's start). ``None`` turns
+stall detection off. watchdog.py says why these numbers.
 
 This module does not import MPI: the calling process stays an ordinary Python.
 """
@@ -46,7 +44,7 @@ from pathlib import Path
 from . import watchdog
 
 MARK = watchdog.MARK      # the prefix of the ranks' own reports
-STALL_SECONDS = 20.0
+STALL_SECONDS = watchdog.STALL_SECONDS["cpu"]    # CPU ranks; run --device cuda gives 120 s
 
 
 class LaunchError(RuntimeError):
@@ -151,7 +149,7 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
 
 def _interrupted(stop: BaseException, process, tmp: Path, payload: str, num_ranks: int) -> None:
     """Kill mpiexec, its proxies and the ranks, then say on stderr what the ranks were doing."""
-    doing = _last_actions(tmp, num_ranks)
+    doing = watchdog.last_actions(tmp, num_ranks)
     if process is not None:
         _kill_tree(process.pid)
     _kill_ranks(tmp, payload)
@@ -244,21 +242,6 @@ def _cause_first(report: str) -> int:
     return 3
 
 
-def _last_actions(tmp: Path, num_ranks: int, skip: frozenset = frozenset()) -> list[str]:
-    """One line per rank: its last report, from its heartbeat file."""
-    lines = []
-    for rank in range(num_ranks):
-        if rank in skip:
-            continue
-        beat = watchdog.read_heartbeat(tmp / f"rank{rank}.beat")
-        if beat is None:
-            lines.append(f"rank {rank}: had not started")
-        else:
-            text, age, watched = beat
-            lines.append(f"rank {rank}: {text} ({f'for {age:.1f} s' if watched else 'not watched'})")
-    return lines
-
-
 def _died(out: list, tmp: Path) -> tuple[int, str] | None:
     """(rank, how) of the process MPICH's mpiexec reports as ended badly ("BAD TERMINATION ... PID n"), if any."""
     text = "".join(out)
@@ -301,7 +284,7 @@ def _failure(num_ranks, code, timed_out, timeout, out, err, tmp: Path) -> str:
         reports = [f"mpiexec (the MPI launcher) was killed by signal {-code} ({signal.Signals(-code).name})"]
     elif not reports:
         reports = [f"the run on {num_ranks} ranks failed (exit code {code}) and no rank said why"]
-    others = _last_actions(tmp, num_ranks, skip=frozenset(named))
+    others = watchdog.last_actions(tmp, num_ranks, skip=frozenset(named))
     body = "".join(f"\n  {r}" for r in reports[1:])
     if others:
         body += f"\n{'what the other ranks were doing' if named else 'what the ranks were doing'}:"

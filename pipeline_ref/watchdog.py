@@ -23,6 +23,15 @@ memory-mapped file, so a report costs a memory copy, not a system call). The ker
 what was written even when the rank is killed with SIGKILL, so the launcher can say what
 a rank that vanished was doing, and what every other rank was doing (``read_heartbeat``).
 
+How long is a stall (``STALL_SECONDS``, the defaults of ``launch()`` and of ``run``): on a CPU,
+20 s. Every action of the lessons' and tests' models takes milliseconds, so 20 s is a margin of
+thousands and still ends a hung notebook cell in seconds; the ranks' imports of torch, seconds
+apart on a busy machine, are not counted (``_rank`` waits for every rank before watching). On a
+GPU, 120 s: a first step there pays for CUDA's context, cuBLAS handles and loading kernels, and
+a real model's checkpoint being saved keeps the other ranks waiting. Lessons that show a
+deadlock on purpose pass 2 or 3 s. A rank's stall report names what it waited for ("... from
+rank 2"), and the launcher lists what every other rank was doing.
+
 (The thread can act while the main thread is blocked in MPI because mpi4py releases the
 GIL during blocking calls.)
 """
@@ -38,6 +47,7 @@ import time
 from pathlib import Path
 
 MARK = "[pipeline_ref]"   # launch.py finds the ranks' reports in stderr by this prefix
+STALL_SECONDS = {"cpu": 20.0, "cuda": 120.0}   # default stall limits, by device (see above)
 STALLED, ORPHANED = 124, 125          # this module's exit codes
 _HEADER = struct.Struct("<d?H")       # wall time of the report, watched?, length of the text in bytes
 HEARTBEAT_BYTES = 512
@@ -101,6 +111,19 @@ def read_heartbeat(path) -> tuple[str, float, bool] | None:
         return None
     text = data[_HEADER.size:_HEADER.size + length].decode("utf-8", "replace")
     return text, max(0.0, time.time() - when), watched
+
+
+def last_actions(folder, num_ranks: int, skip=frozenset()) -> list[str]:
+    """One line per rank (but those in ``skip``): its last report, from its heartbeat file in ``folder``."""
+    lines = []
+    for rank in sorted(set(range(num_ranks)) - set(skip)):
+        beat = read_heartbeat(Path(folder) / f"rank{rank}.beat")
+        if beat is None:
+            lines.append(f"rank {rank}: had not started")
+        else:
+            text, age, watched = beat
+            lines.append(f"rank {rank}: {text} ({f'for {age:.1f} s' if watched else 'not watched'})")
+    return lines
 
 
 def _open_board(path: Path) -> mmap.mmap:

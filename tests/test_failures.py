@@ -1,4 +1,7 @@
-"""Bad requests are refused before any communication; a failing or hung rank ends the run quickly, named."""
+"""Bad requests are refused before any communication, in one line that says what to change.
+
+Faults once ranks run (a rank that raises, hangs, is killed; the launcher interrupted) are tests/test_faults.py's.
+"""
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ def test_batch_not_divided_by_microbatches():
 
 
 def test_unknown_schedule():
-    with pytest.raises(ConfigError, match=r"unknown schedule 'zigzag'; choose one of naive, gpipe, 1f1b, interleaved, zb-h1, zb-h2, zbv, or give your own"):
+    with pytest.raises(ConfigError, match=r"unknown schedule 'zigzag'; choose one of naive, gpipe, 1f1b, interleaved, zb-h1, zb-h2, zbv, .*or give your own"):
         check_config(RunConfig(schedule="zigzag"))
 
 
@@ -95,40 +98,17 @@ def test_abort_all_never_returns_even_when_mpi_abort_does():
     assert done.stdout == "asked to abort with 3\n"
 
 
-def test_identical_rank_reports_are_merged():
+def test_identical_rank_reports_are_merged_in_the_order_first_reported():
     from pipeline_ref.launch import _merge_reports
-    assert _merge_reports(["rank 2: failed X", "rank 0: failed X", "rank 1: stuck Y"]) == \
-        ["rank 1: stuck Y", "ranks 0, 2: failed X"]
+    assert _merge_reports(["rank 2: failed X", "rank 1: stuck Y", "rank 0: failed X"]) == \
+        ["ranks 0, 2: failed X", "rank 1: stuck Y"]
     assert _merge_reports(["rank 0: failed X"]) == ["rank 0: failed X"]
 
 
-@pytest.mark.mpi
-def test_a_rank_that_raises_ends_the_run_naming_it():
-    with pytest.raises(LaunchError) as failure:
-        _launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2, microbatches=4, model="tests.rank_targets:raising_model"),
-               timeout=60)
-    assert "rank 1: failed while F1 of step 0: computing: RuntimeError: trap sprung on purpose" in str(failure.value)
-    _no_rank_left()
-
-
-@pytest.mark.mpi
-def test_a_rank_that_hangs_ends_the_run_naming_it():
-    started = time.monotonic()
-    with pytest.raises(LaunchError) as failure:
-        _launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
-               timeout=60, stall_timeout=3)
-    message = str(failure.value)
-    assert "rank 1: stuck for" in message and "while F0 of step 0: computing" in message
-    assert time.monotonic() - started < 30
-    _no_rank_left()
-
-
-@pytest.mark.mpi
-def test_the_launcher_time_limit_kills_every_rank():
-    started = time.monotonic()
-    with pytest.raises(LaunchError, match=r"did not finish within 8 s"):
-        _launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2, microbatches=2, model="tests.rank_targets:hanging_model"),
-               timeout=8, stall_timeout=None)
-    assert time.monotonic() - started < 20
-    _no_rank_left()
-
+def test_the_cause_comes_first():
+    from pipeline_ref.launch import _cause_first
+    reports = ["rank 0: the launcher (pid 7) is gone; ending this rank while B0 of step 0: computing",
+               "rank 0: stuck for 4 s while B0 of step 0: waiting for the gradient of microbatch 0 from rank 1",
+               "rank 1: stuck for 3 s while F0 of step 0: computing",
+               "rank 1: failed while F0 of step 0: computing: RuntimeError: x"]
+    assert sorted(reports, key=_cause_first) == reports[::-1]
