@@ -9,7 +9,10 @@
     after_backward(j)    when the rule says so, the optimizer step: a *new* version, current - lr * grad
 
 A version is a list of tensors, one per parameter; switching is ``param.data = tensor`` (no copy), and an
-update never writes into a version in place, since a stashed microbatch may still read it. A version is
+update never writes into a version in place, since a stashed microbatch may still read it. (So the views of
+the weights autograd saved in a forward already read that forward's version; the switch back before the
+backward is still needed for an op that saves the Parameter itself, as layer_norm does its weight, and for
+recomputation: tests/test_pipedream.py shows both.) A version is
 dropped as soon as nothing needs it: no stashed microbatch used it, it is not the current one, and no
 forward still to come will use it. ``peak`` is the most versions held at once (counted after each drop:
 an optimizer that updates in place needs none extra while it runs). ``log`` records (op, microbatch,
