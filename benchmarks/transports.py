@@ -107,7 +107,9 @@ def main(argv=None) -> int:
              "localhost. Rounds alternate MPI and gloo, and each number is the median of "
              f"{args.repeats} rounds." + (" **The machine was shared with other jobs during the run (load average "
              "above its cores), so these numbers are noisy**: compare the two columns of one row, measured "
-             "together, rather than rows or runs." if noisy else ""), "",
+             "together, rather than rows or runs. Small messages then take about a millisecond either way: that "
+             "is the wait for a core, not the wire. MPICH spins on a core while it waits, gloo sleeps, which "
+             "can favour gloo when ranks share cores with other jobs." if noisy else ""), "",
              "## 1. One message: half a ping-pong round trip through the Messenger", "",
              "| message | MPI | gloo | gloo / MPI | MPI bandwidth | gloo bandwidth |", "|---|---|---|---|---|---|"]
     for size in SIZES:

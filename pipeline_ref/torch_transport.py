@@ -43,6 +43,7 @@ import socket
 
 import torch
 
+from . import watchdog
 from .config import ConfigError
 from .message import ACTIVATION, GRADIENT, message_tag
 
@@ -205,16 +206,8 @@ class TorchTransport:
 
 
 class _TorchRequest:
-    __slots__ = ("work",)
-
     def __init__(self, work):
-        self.work = work
-
-    def test(self) -> bool:
-        return self.work.is_completed()
-
-    def wait(self) -> None:
-        self.work.wait()
+        self.test, self.wait = work.is_completed, work.wait
 
 
 class _Loopback:
@@ -242,8 +235,6 @@ class _Loopback:
 
 
 class _Done:
-    __slots__ = ("buffer", "done")
-
     def __init__(self, buffer, done: bool):
         self.buffer, self.done = buffer, done
 
@@ -270,6 +261,7 @@ def open_transport(comm, topo, schedule, device: torch.device, timeout_s: float 
     timeout = datetime.timedelta(seconds=max(30.0, timeout_s))
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    watchdog.beat(f"opening a torch.distributed ({backend}) process group")
     store, hosts = _rendezvous(comm, timeout)
     if backend == "nccl":
         check_own_gpus(comm.allgather((hosts[comm.Get_rank()], device.index)))
