@@ -1,4 +1,4 @@
-"""Exercise 3 (lesson 03): the 1F1B schedule as data: warmup, steady state, cooldown.
+"""Exercise 3 (lesson 03): the 1F1B schedule as data, and the executor that plays it over MPI.
 
 GPipe keeps the activations of every microbatch on every stage until the backwards start. 1F1B
 (PipeDream-flush) starts each microbatch's backward as early as possible instead: stage ``s`` of
@@ -14,9 +14,20 @@ For 3 stages and 5 microbatches:
 
     3.1 warmup_forwards   how many forwards stage s runs before its first backward
     3.2 one_f_one_b       the whole schedule, one list of ``Action`` per stage
+    3.3 run_actions       the executor: play one rank's list of actions over MPI, non-blocking
+
+A schedule says nothing about messages: they follow from the actions. On stage r of p, ``F i``
+needs microbatch i's activation from rank r - 1 (unless r is the first) and sends its output to
+r + 1 (unless r is the last); ``B i`` needs the gradient of that output from r + 1 (unless r is
+the last, which backwards from its loss) and sends its input's gradient to r - 1 (unless r is the
+first). 3.3 plays a list in four moves: post the receives, then per action wait for its message,
+compute, start its send; finally finish the sends. With non-blocking sends a rank only ever waits
+for a message its next action truly needs, so a valid schedule cannot deadlock, even with
+synchronous sends (which complete only once the receiver has posted its receive).
 
 Stuck? ``exercises/hints/ex03_1f1b.md`` has longer hints, one section per function.
-Grade it (the schedule also runs on real MPI ranks through pipeline_ref's executor):
+Grade it (your schedule runs through pipeline_ref's executor, and your executor plays naive,
+GPipe and 1F1B, on 2 and 3 real MPI ranks with synchronous sends):
 
     .venv/bin/python -m pytest tests/exercises/test_ex03_1f1b.py
 """
@@ -51,4 +62,55 @@ def one_f_one_b(num_stages: int, num_microbatches: int) -> list[list[Action]]:
         actions += [Action("B", i) for i in range(num_microbatches - warmup, num_microbatches)]  # cooldown
         schedule.append(actions)
     return schedule
+    # END EXERCISE
+
+
+ACTIVATION, GRADIENT = 0, 1     # the direction of a message; its tag is 2 * microbatch + direction
+
+
+def run_actions(comm, stage, actions, inputs, targets, shape, dtype) -> None:
+    """Play this rank's ``actions`` (ops ``F`` and ``B``, one chunk per rank) for one training step.
+
+    ``comm``: the pipeline's communicator; this rank is stage ``comm.Get_rank()`` of ``comm.Get_size()``.
+    ``stage``: a ``pipeline_ref.stage.Stage`` holding this rank's layers and its activation stash:
+    ``stage.forward(i, x, target)`` returns ``(y,)``, the output to send on (None on the last stage,
+    where it takes ``target`` and keeps the loss); ``stage.backward(i, grad)`` returns ``(dx,)``, the
+    input's gradient to send back (None on the first stage; ``grad`` is None on the last).
+    ``inputs[i]``: microbatch i's input on the first stage; ``targets[i]``: its target on the last
+    (both None on the ranks that do not need them). Every message is a tensor of ``shape`` and
+    ``dtype``, tagged ``2 * microbatch + ACTIVATION`` (forward) or ``+ GRADIENT`` (backward).
+
+    Use your ``isend_tensor`` / ``irecv_tensor`` (exercise 0): import them inside this function
+    (``from .ex00_mpi_tensors import ...``), since the grader imports this file without MPI.
+    Compute the actions in the order given; return once every send has completed.
+    """
+    # BEGIN EXERCISE 3.3: post every receive, then per action wait, compute and start its send; then finish sends
+    # HINT: a rank that never blocks on a send only ever waits for what its next action needs
+    from .ex00_mpi_tensors import irecv_tensor, isend_tensor
+    rank, last = comm.Get_rank(), comm.Get_size() - 1
+    # Receives first: posted, they cost nothing, and a message can land while this rank computes.
+    posted = {}
+    for a in actions:
+        if a.op == "F" and rank > 0:
+            posted[a] = irecv_tensor(comm, shape, dtype, source=rank - 1, tag=2 * a.microbatch + ACTIVATION)
+        elif a.op == "B" and rank < last:
+            posted[a] = irecv_tensor(comm, shape, dtype, source=rank + 1, tag=2 * a.microbatch + GRADIENT)
+    sends = []
+    for a in actions:
+        received = None
+        if a in posted:                     # wait only for the message this action needs
+            request, received = posted.pop(a)
+            request.Wait()
+        i = a.microbatch
+        if a.op == "F":
+            x = inputs[i] if rank == 0 else received
+            out = stage.forward(i, x, targets[i] if rank == last else None)
+            if rank < last:
+                sends.append(isend_tensor(comm, out[0], dest=rank + 1, tag=2 * i + ACTIVATION))
+        else:
+            out = stage.backward(i, received)
+            if rank > 0:
+                sends.append(isend_tensor(comm, out[0], dest=rank - 1, tag=2 * i + GRADIENT))
+    for request in sends:                   # a send's buffer is in use until its request completes
+        request.Wait()
     # END EXERCISE

@@ -21,6 +21,7 @@ import torch
 from pipeline_ref.launch import LaunchError, launch
 from tests import one_device
 from tests.exercises import rank_checks
+from tests.exercises.answers import refuse_borrowed, timed
 from tests.exercises.grading_plugin import module_path, stub_message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,17 +36,25 @@ def impl_name(request) -> str:
 
 @pytest.fixture(scope="session")
 def impl(impl_name):
-    """``impl("ex02_gpipe")`` imports and returns the module under test."""
+    """``impl("ex02_gpipe")``: the module under test, its functions limited in CPU time (answers.py).
+
+    Refused (the test fails) if it borrows pipeline_ref's answer instead of writing its own.
+    """
     def load(module: str):
+        __tracebackhide__ = True
         if module in (rank_checks.EX00, rank_checks.EX01):
             raise RuntimeError(f"{module} imports mpi4py: test it on ranks with the on_ranks fixture")
-        return importlib.import_module(f"{impl_name}.{module}")
+        refuse_borrowed(module_path(impl_name, module))
+        return timed(importlib.import_module(f"{impl_name}.{module}"))
     return load
 
 
 def raise_if_stub(impl: str, needs) -> None:
-    """NotImplementedError with the stub's own message if any function the test needs is still a stub."""
+    """NotImplementedError with the stub's own message if any function the test needs is still a stub;
+    ValueError if a module it needs borrows pipeline_ref's answer (answers.py)."""
     __tracebackhide__ = True
+    for module in dict.fromkeys(m for m, _ in needs):
+        refuse_borrowed(module_path(impl, module))
     for module, function in needs:
         message = stub_message(module_path(impl, module), function)
         if message is not None:
@@ -83,7 +92,7 @@ class RankChecks:
     def _stubbed(self, check) -> bool:
         try:
             raise_if_stub(self.impl, check.needs)
-        except NotImplementedError:
+        except (NotImplementedError, ValueError):     # a stub, or a borrowed answer: its test says which
             return True
         return False
 
@@ -134,13 +143,32 @@ class RankChecks:
             shutil.rmtree(outdir, ignore_errors=True)
 
 
+def _cause(failure: str) -> str:
+    """The one line that says why the ranks failed.
+
+    launch.py puts the cause first ("rank 1: failed while ...", "rank 0: stuck for 20 s while ..."); an
+    older message starts "the run on N ranks failed" with the ranks' reports indented below it.
+    """
+    lines = failure.strip().splitlines() or ["the ranks failed"]
+    candidates = [lines[0]] + [line.strip() for line in lines[1:] if line.startswith("  rank")]
+    for kind in ("failed while", "stuck for", "rank"):
+        for line in candidates:
+            if kind in line:
+                if "stuck for" in line:
+                    line = line.removesuffix("; ending the run") + " (a deadlock?)"
+                return line
+    return lines[0]
+
+
 def _explain(name: str, failure: str) -> str:
     hint = ""
     if "stuck for" in failure:
         hint = (f"\n(A rank made no progress for {STALL_SECONDS} s: a deadlock? e.g. a blocking send that "
-                f"waits for a receive the other rank has not posted, or a receive nobody sends to.)")
-    where = rank_checks.CHECKS[name].function.__module__.replace(".", "/") + ".py" if name in rank_checks.CHECKS else "tests/exercises/rank_checks.py"
-    return f"the ranks failed in check {name!r} ({where}):\n{failure}{hint}"
+                f"waits for a receive the other rank has not posted, or a receive nobody sends to; or an "
+                f"endless loop in the function named above.)")
+    check = rank_checks.CHECKS.get(name)
+    where = check.function.__module__.replace(".", "/") + ".py" if check else "tests/exercises/rank_checks.py"
+    return f"{_cause(failure)}\n(on the ranks of check {name!r}, {where})\n{failure}{hint}"
 
 
 @pytest.fixture(scope="session")

@@ -18,18 +18,20 @@ here imports mpi4py at import time.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import pickle
+import time
 import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
-from pipeline_ref import partition, watchdog
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref import watchdog
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,27 @@ def check(name: str, module: str, needs: tuple, ranks: int = 2):
 
 
 def _student(impl: str, module: str):
-    return importlib.import_module(f"{impl}.{module}")
+    """The student's module; each public function tells the watchdog it runs ("in your ex00_....send_tensor"),
+    so a rank stuck in one (a deadlock, an endless loop) is reported by the function's name."""
+    loaded = importlib.import_module(f"{impl}.{module}")
+    names = {}
+    for name, value in vars(loaded).items():
+        if inspect.isfunction(value) and not name.startswith("_"):
+            value = _announced(value, f"{module}.{name}")
+        names[name] = value
+    return types.SimpleNamespace(**names)
+
+
+def _announced(function, name: str):
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        before = watchdog.doing()
+        watchdog.beat(f"in your {name}")
+        try:
+            return function(*args, **kwargs)
+        finally:
+            watchdog.beat(before)
+    return call
 
 
 def _first(comm, n: int):
@@ -88,13 +110,15 @@ def run(comm, impl: str, names: list[str], outdir: str) -> None:
         partial = Path(outdir, f"{name}.rank{rank}.pt.partial")
         torch.save(result, partial)
         partial.replace(partial.with_suffix(""))             # complete, or not there at all
-        watchdog.beat(f"graded check {name}: done, waiting for the other ranks")
+        # Not watched: a rank that is done waits for as long as the others take; a stuck one reports itself.
+        watchdog.beat(f"graded check {name}: done, waiting for the other ranks", watched=False)
         comm.Barrier()
 
 
 # =========================================================================== exercise 0: tensors over MPI
 
 EX00 = "ex00_mpi_tensors"
+EX01 = "ex01_naive_split"       # imports mpi4py too: tested on ranks only (conftest.py)
 SEND_RECV = ((EX00, "send_tensor"), (EX00, "recv_tensor"))
 NONBLOCKING = ((EX00, "isend_tensor"), (EX00, "irecv_tensor"))
 
@@ -190,6 +214,33 @@ def send_raw_bytes(comm, impl):
     return ex.recv_tensor(comm, source=0, tag=0)
 
 
+def _arrived(comm, wanted, seconds: float = 5.0) -> list:
+    """The (source, tag) pairs of ``wanted`` for which no message has arrived within ``seconds`` (Iprobe).
+
+    The grader asks before it receives: a send that ignored its tag fails at once, instead of leaving a
+    receive that never matches (and a stall of STALL_SECONDS)."""
+    missing = list(wanted)
+    deadline = time.monotonic() + seconds
+    while missing and time.monotonic() < deadline:
+        missing = [(source, tag) for source, tag in missing if not comm.Iprobe(source=source, tag=tag)]
+        if missing:
+            time.sleep(0.01)
+    return missing
+
+
+def _drain(comm, source: int, count: int) -> None:
+    """Receive ``count`` messages from ``source`` whatever their tags, so that its sends complete."""
+    from mpi4py import MPI
+    for _ in range(count):
+        status = MPI.Status()
+        comm.Probe(source=source, tag=MPI.ANY_TAG, status=status)
+        comm.Recv([bytearray(max(status.Get_count(MPI.BYTE), 1)), MPI.BYTE], source=source, tag=status.Get_tag())
+
+
+def _missing(missing) -> dict:
+    return {"missing": [f"no message from rank {source} with tag {tag}" for source, tag in missing]}
+
+
 @check("ex00.tags", EX00, NONBLOCKING)
 def match_by_tag(comm, impl):
     """Rank 0 sends A (tag 5) then B (tag 7); rank 1 asks for B first. Both 4 MB: no eager buffering helps."""
@@ -197,14 +248,84 @@ def match_by_tag(comm, impl):
     a, b = big(seed=2), big(torch.float64, seed=3)
     if comm.Get_rank() == 0:
         requests = [ex.isend_tensor(comm, a, dest=1, tag=5), ex.isend_tensor(comm, b, dest=1, tag=7)]
+        watchdog.beat("waiting for the sends your isend_tensor started (request.Wait())")
         for request in requests:
             request.Wait()
         return None
+    missing = _arrived(comm, [(0, 5), (0, 7)])
+    if missing:
+        _drain(comm, 0, 2)
+        return _missing(missing)
     request_b, got_b = ex.irecv_tensor(comm, b.shape, b.dtype, source=0, tag=7)
+    watchdog.beat("waiting for the receive your irecv_tensor posted (request.Wait())")
     request_b.Wait()
     request_a, got_a = ex.irecv_tensor(comm, a.shape, a.dtype, source=0, tag=5)
     request_a.Wait()
     return {"A": got_a, "B": got_b}
+
+
+def small(seed: int, dtype=torch.float32) -> torch.Tensor:
+    """A few bytes: MPI delivers a message this small at once (eagerly), before its receive is posted."""
+    return (torch.randn(3, 7, generator=torch.Generator().manual_seed(seed)) * 100).to(dtype)
+
+
+# (source, tag) -> what ranks 0 and 2 send to rank 1, in this order; rank 1 receives them in ASKED order.
+SENT = {(0, 10): small(20), (0, 20): small(21, torch.float64), (2, 10): small(22, torch.bfloat16),
+        (2, 20): small(23, torch.int64)}
+ASKED = ((2, 20), (0, 10), (2, 10), (0, 20))
+
+
+@check("ex00.out_of_order", EX00, SEND_RECV, ranks=3)
+def receive_out_of_order(comm, impl):
+    """Ranks 0 and 2 send rank 1 two small tensors each (tags 10, 20); rank 1 asks for them in another order.
+
+    A receive that ignores its source or its tag takes the wrong message; a send that ignores its tag is
+    found by the probe before any receive."""
+    ex = _student(impl, EX00)
+    rank = comm.Get_rank()
+    if rank != 1:
+        for (source, tag), tensor in SENT.items():
+            if source == rank:
+                ex.send_tensor(comm, tensor, dest=1, tag=tag)
+        comm.Barrier()
+        return None
+    comm.Barrier()
+    missing = _arrived(comm, SENT)
+    if missing:
+        for source in (0, 2):
+            while comm.Iprobe(source=source):
+                _drain(comm, source, 1)
+        return _missing(missing)
+    return {"received": {key: ex.recv_tensor(comm, source=key[0], tag=key[1]) for key in ASKED}}
+
+
+@check("ex00.sources", EX00, NONBLOCKING, ranks=3)
+def match_by_source(comm, impl):
+    """Ranks 0 and 2 both isend rank 1 a (3, 7) float32 with tag 3; rank 0's arrives first, rank 1 asks for
+    rank 2's first. An irecv that ignores its source takes rank 0's."""
+    ex = _student(impl, EX00)
+    rank = comm.Get_rank()
+    mine = small(30 + rank)
+    if rank == 0:
+        request = ex.isend_tensor(comm, mine, dest=1, tag=3)
+        comm.Barrier()
+        request.Wait()
+        return None
+    if rank == 2:
+        comm.Barrier()                      # only once rank 0's message is at rank 1
+        ex.isend_tensor(comm, mine, dest=1, tag=3).Wait()
+        return None
+    missing = _arrived(comm, [(0, 3)])
+    comm.Barrier()
+    if missing:
+        _drain(comm, 2, 1)
+        return _missing(missing)
+    first, from_2 = ex.irecv_tensor(comm, mine.shape, mine.dtype, source=2, tag=3)
+    watchdog.beat("waiting for the receive your irecv_tensor posted for rank 2's message (request.Wait())")
+    first.Wait()
+    second, from_0 = ex.irecv_tensor(comm, mine.shape, mine.dtype, source=0, tag=3)
+    second.Wait()
+    return {"from rank 2": from_2, "from rank 0": from_0}
 
 
 @check("ex00.exchange", EX00, NONBLOCKING)
@@ -220,131 +341,6 @@ def exchange(comm, impl):
     return tensor
 
 
-# =========================================================================== exercise 1: the naive split
-
-EX01 = "ex01_naive_split"
-# Uneven on purpose: 5 layers are 3 + 2 on two stages and 2 + 2 + 1 on three.
-MODEL = RunConfig(model="mlp", model_kwargs={"depth": 5, "width": 6, "batch": 8}, dtype="float64")
-
-
-def _pipeline_stage(comm, num_stages):
-    """The model (the same on every rank) and this rank's stage of it, split the reference way."""
-    layers, loss_fn, (inputs, targets) = build_model(MODEL)
-    ranges = partition.uniform(len(layers), num_stages)
-    stage = nn.Sequential(*layers[ranges[comm.Get_rank()].start:ranges[comm.Get_rank()].stop])
-    names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
-    return stage, names, loss_fn, inputs, targets
-
-
-def _grads(stage, names):
-    return {names[id(p)]: p.grad.detach().clone() if p.grad is not None else None for p in stage.parameters()}
-
-
-@check("ex01.stage_layers", EX01, ((EX01, "stage_layers"),), ranks=1)
-def split_layers(comm, impl):
-    if comm.Get_rank() != 0:
-        return None
-    ex = _student(impl, EX01)
-    cases = {}
-    for num_layers, num_stages in ((6, 2), (7, 3), (5, 5), (4, 1), (10, 4)):
-        layers = [nn.Linear(1, 1) for _ in range(num_layers)]
-        where = {id(layer): index for index, layer in enumerate(layers)}
-        stages = []
-        for s in range(num_stages):
-            got = ex.stage_layers(layers, num_stages, s)
-            stages.append(type(got).__name__ if not isinstance(got, nn.Sequential)
-                          else [where.get(id(m), "a copy, not the same layer object") for m in got])
-        cases[(num_layers, num_stages)] = stages
-    try:
-        got = ex.stage_layers([nn.Linear(1, 1) for _ in range(3)], 4, 0)
-        too_many = f"returned {got!r}"
-    except ValueError:
-        too_many = "ValueError"
-    except Exception as err:    # the student's own bug: report it, don't crash the check
-        too_many = f"{type(err).__name__}: {err}"
-    return {"cases": cases, "too_many_stages": too_many}
-
-
-@check("ex01.forward", EX01, ((EX01, "stage_forward"),) + SEND_RECV, ranks=3)
-def forward(comm, impl):
-    ex = _student(impl, EX01)
-    results = {}
-    for num_stages in (2, 3):
-        sub = _first(comm, num_stages)
-        if sub is None:
-            continue
-        stage, _, _, inputs, _ = _pipeline_stage(sub, num_stages)
-        rank = sub.Get_rank()
-        x, y = ex.stage_forward(sub, stage, inputs if rank == 0 else None)
-        results[num_stages] = {"output": y.detach() if rank == num_stages - 1 else None,
-                               "input_requires_grad": bool(x.requires_grad)}
-        sub.Free()
-    return results
-
-
-@check("ex01.backward", EX01, ((EX01, "stage_forward"), (EX01, "stage_backward")) + SEND_RECV, ranks=3)
-def backward(comm, impl):
-    ex = _student(impl, EX01)
-    results = {}
-    for num_stages in (2, 3):
-        sub = _first(comm, num_stages)
-        if sub is None:
-            continue
-        stage, names, loss_fn, inputs, targets = _pipeline_stage(sub, num_stages)
-        rank = sub.Get_rank()
-        x, y = ex.stage_forward(sub, stage, inputs if rank == 0 else None)
-        ex.stage_backward(sub, x, loss_fn(y, targets) if rank == num_stages - 1 else y)
-        results[num_stages] = _grads(stage, names)
-        sub.Free()
-    return results
-
-
-@check("ex01.naive_step", EX01, ((EX01, "naive_step"),) + SEND_RECV, ranks=3)
-def naive_step(comm, impl):
-    ex = _student(impl, EX01)
-    results = {}
-    for num_stages in (1, 2, 3):
-        sub = _first(comm, num_stages)
-        if sub is None:
-            continue
-        stage, names, loss_fn, inputs, targets = _pipeline_stage(sub, num_stages)
-        rank = sub.Get_rank()
-        loss = ex.naive_step(sub, stage, inputs if rank == 0 else None,
-                             targets if rank == num_stages - 1 else None, loss_fn)
-        results[num_stages] = {"loss": loss, "grads": _grads(stage, names)}
-        sub.Free()
-    return results
-
-
-# =========================================================================== exercises 2 and 3: the executor
-
-def schedule_runs(impl: str, spec: str, cases) -> list[RunConfig]:
-    """Runs of the student's generator ``module:function`` by pipeline_ref's training loop, one per (stages, microbatches)."""
-    return [RunConfig(schedule=f"{impl}.{spec}", pp=p, microbatches=m, model="mlp",
-                      model_kwargs={"depth": 6, "width": 8, "batch": 12}, dtype="float64",
-                      collect_grads=True, sync_sends=True, stall_timeout=30) for p, m in cases]
-
-
-# Microbatches fewer than, as many as, and more than the stages (the simulator tests cover many more sizes).
-GPIPE_CASES = ((2, 2), (3, 2), (3, 6))
-ONE_F_ONE_B_CASES = ((2, 2), (3, 1), (3, 6))
-
-
-def _executor(comm, impl, spec, cases):
-    from pipeline_ref.train import run_many
-    results = run_many(comm, schedule_runs(impl, spec, cases))
-    return results if comm.Get_rank() == 0 else None
-
-
-@check("ex02.executor", "ex02_gpipe", (("ex02_gpipe", "gpipe"),), ranks=3)
-def gpipe_on_ranks(comm, impl):
-    return _executor(comm, impl, "ex02_gpipe:gpipe", GPIPE_CASES)
-
-
-@check("ex03.executor", "ex03_1f1b", (("ex03_1f1b", "one_f_one_b"),), ranks=3)
-def one_f_one_b_on_ranks(comm, impl):
-    return _executor(comm, impl, "ex03_1f1b:one_f_one_b", ONE_F_ONE_B_CASES)
-
-
-# The checks of exercises 4 and 6 live in rank_checks_parallel.py; importing it registers them in CHECKS.
-from tests.exercises import rank_checks_parallel  # noqa: E402,F401
+# The checks of exercises 1-3 live in rank_checks_pipeline.py, those of 4, 6 and 7 in rank_checks_parallel.py;
+# importing them registers them in CHECKS.
+from tests.exercises import rank_checks_pipeline, rank_checks_parallel  # noqa: E402,F401,I001

@@ -7,19 +7,24 @@ compare. Nothing here imports mpi4py at import time.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
 from pipeline_ref import partition, topology
 from pipeline_ref.config import RunConfig, build_model
-from tests.exercises.rank_checks import _executor, _student, check
+from tests.exercises.rank_checks import _student, check
+from tests.exercises.rank_checks_pipeline import _executor
 
 # =========================================================================== exercise 4: pipeline + data parallel
 
 EX04 = "ex04_data_parallel"
 GRIDS = ((2, 2), (1, 4), (4, 1))        # (pp, dp) on 4 ranks
-NOT_GRIDS = ((3, 2), (2, 4), (8, 1))    # more ranks than 4: every rank's grid_coords still succeeds, so an
-                                        # implementation that forgets to refuse returns instead of hanging
+# Grids of more ranks than the 4 there are, and of fewer (then ranks 2-3 fall outside the grid: a check of
+# too few ranks alone lets those raise in grid_coords while the others wait in Split for them).
+NOT_GRIDS = ((3, 2), (2, 4), (8, 1), (1, 2), (3, 1), (1, 1))
+TOGETHER_SECONDS = 5    # after make_communicators, every rank must be back within this long (else some hang)
 COMMUNICATORS = ((EX04, "make_communicators"), (EX04, "grid_coords"))
 ALLREDUCE = ((EX04, "allreduce_gradients"),)
 # The whole model on each rank, each replica on its slice of the batch (the pipeline part is exercises 2-3).
@@ -39,6 +44,22 @@ def gradient_case(stage: int, replica: int, dtype: torch.dtype) -> list[nn.Param
         p.grad = torch.randn(shape, generator=g, dtype=dtype)
         params.append(p)
     return params
+
+
+MIXED = ("float32", "float64")
+
+
+def mixed_case(stage: int, replica: int, first: str) -> list[nn.Parameter]:
+    """gradient_case's parameters, alternately float32 and float64 starting with ``first``: one buffer of the
+    first gradient's dtype would round the float64 gradients to float32 (or mix types in one buffer)."""
+    other = {"float32": "float64", "float64": "float32"}[first]
+    mixed = []
+    for i, p in enumerate(gradient_case(stage, replica, torch.float64)):
+        dtype = getattr(torch, first if i % 2 == 0 else other)
+        q = nn.Parameter(p.detach().to(dtype))
+        q.grad = p.grad.to(dtype)
+        mixed.append(q)
+    return mixed
 
 
 class CountingComm:
@@ -82,20 +103,40 @@ def communicators(comm, impl):
     return results
 
 
+def _all_back(comm, outcome: str, what: str) -> None:
+    """Raise, naming the call, if not every rank of ``comm`` got past it within TOGETHER_SECONDS.
+
+    A non-blocking barrier, polled: the ranks that came back can say so while the others stay stuck in a
+    collective (a Split that part of the ranks never join), instead of all waiting for the watchdog."""
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + TOGETHER_SECONDS
+    while not request.Test():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: on rank {comm.Get_rank()} it {outcome}, but not every one of the "
+                               f"{comm.Get_size()} ranks came back within {TOGETHER_SECONDS} s (some wait in a Split "
+                               f"the others never join): every rank must refuse, before any Split")
+        time.sleep(0.01)
+
+
 @check("ex04.refuses", EX04, COMMUNICATORS, ranks=4)
 def refuses_wrong_sizes(comm, impl):
     ex = _student(impl, EX04)
+    together = comm.Dup()       # the grader's own barriers: never mixed up with a Split left waiting on comm
     results = {}
     for pp, dp in NOT_GRIDS:
         try:
             got = ex.make_communicators(comm, pp, dp)
             results[(pp, dp)] = f"returned {type(got).__name__}"
-            for c in got if isinstance(got, tuple) else ():
-                c.Free()
         except ValueError:
-            results[(pp, dp)] = "ValueError"
+            got, results[(pp, dp)] = None, "ValueError"
         except Exception as err:    # the student's own bug: report it, don't crash the check
-            results[(pp, dp)] = f"{type(err).__name__}: {err}"
+            got, results[(pp, dp)] = None, f"{type(err).__name__}: {err}"
+        _all_back(together, results[(pp, dp)], f"make_communicators(comm of {comm.Get_size()} ranks, pp={pp}, "
+                                               f"dp={dp})")
+        for c in got if isinstance(got, tuple) else ():
+            if hasattr(c, "Free"):
+                c.Free()
+    together.Free()
     return results
 
 
@@ -115,6 +156,11 @@ def allreduce(comm, impl):
                 "grads": [None if p.grad is None else p.grad.detach().clone() for p in params],
                 "values_unchanged": all(torch.equal(p.detach(), v) for p, v in zip(params, values)),
                 "buffer_calls": spy.buffer_calls, "pickled_calls": spy.pickled_calls}
+        for first in MIXED:         # float32 and float64 in one call, each order first
+            params = mixed_case(topo.stage, topo.replica, first)
+            ex.allreduce_gradients(CountingComm(topo.data), iter(params))
+            results[(pp, dp, f"mixed, {first} first")] = {
+                "grads": [None if p.grad is None else p.grad.detach().clone() for p in params]}
         topo.pipeline.Free()
         topo.data.Free()
     return results

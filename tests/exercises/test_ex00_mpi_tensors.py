@@ -1,4 +1,4 @@
-"""Graded: exercise 0, tensors of any shape and dtype between 2 MPI ranks (exercises/ex00_mpi_tensors.py).
+"""Graded: exercise 0, tensors of any shape and dtype between MPI ranks (exercises/ex00_mpi_tensors.py).
 
     .venv/bin/python -m pytest tests/exercises/test_ex00_mpi_tensors.py            # your functions
     .venv/bin/python -m pytest tests/exercises/test_ex00_mpi_tensors.py --impl solutions
@@ -60,8 +60,31 @@ def test_data_travels_as_raw_bytes(on_ranks):
 def test_isend_irecv_match_by_tag(on_ranks):
     """Two messages in flight at once; the receiver asks for the second first, by its tag."""
     received = on_ranks("ex00.tags")[1]
+    assert "missing" not in received, f"isend_tensor ignored its tag: {'; '.join(received.get('missing', []))}"
     assert_same_tensor(received["B"], rank_checks.big(torch.float64, seed=3), "the message with tag 7")
     assert_same_tensor(received["A"], rank_checks.big(seed=2), "the message with tag 5")
+
+
+@pytest.mark.points(2)
+def test_recv_takes_the_asked_source_and_tag(on_ranks):
+    """Ranks 0 and 2 send rank 1 two tensors each (tags 10, 20); rank 1 asks for them in another order."""
+    received = on_ranks("ex00.out_of_order")[1]
+    assert "missing" not in received, (
+        f"send_tensor did not send with the tag it was given: {'; '.join(received.get('missing', []))}")
+    for (source, tag) in rank_checks.ASKED:
+        assert_same_tensor(received["received"][(source, tag)], rank_checks.SENT[(source, tag)],
+                           f"rank 1's recv_tensor(source={source}, tag={tag}), asked for in another order than sent "
+                           f"(receive exactly the source and tag asked for)")
+
+
+@pytest.mark.points(2)
+def test_irecv_takes_the_asked_source(on_ranks):
+    """Ranks 0 and 2 both isend rank 1 with tag 3; rank 0's arrives first, rank 1 asks for rank 2's first."""
+    received = on_ranks("ex00.sources")[1]
+    assert "missing" not in received, f"isend_tensor ignored its tag: {'; '.join(received.get('missing', []))}"
+    for source in (2, 0):
+        assert_same_tensor(received[f"from rank {source}"], rank_checks.small(30 + source),
+                           f"irecv_tensor(source={source}, tag=3), while both ranks' messages were there")
 
 
 @pytest.mark.points(3)

@@ -12,7 +12,7 @@ import torch
 
 from pipeline_ref import models, partition
 from pipeline_ref.config import build_model
-from tests.exercises import rank_checks
+from tests.exercises import rank_checks_pipeline
 
 pytestmark = pytest.mark.mpi
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.mpi
 @pytest.fixture(scope="module")
 def unsplit():
     """The whole model on this process: (output, loss, grads) of the full batch."""
-    layers, loss_fn, (inputs, targets) = build_model(rank_checks.MODEL)
+    layers, loss_fn, (inputs, targets) = build_model(rank_checks_pipeline.MODEL)
     with torch.no_grad():
         output = torch.nn.Sequential(*layers)(inputs)
     loss, grads = models.reference_step(layers, loss_fn, inputs, targets)

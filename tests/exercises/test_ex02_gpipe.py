@@ -12,7 +12,7 @@ import torch
 from pipeline_ref import models, schedules, simulate
 from pipeline_ref.config import build_model
 from pipeline_ref.schedules import Action
-from tests.exercises import rank_checks
+from tests.exercises import rank_checks_pipeline
 
 GRID = [(p, m) for p in (1, 2, 3, 4) for m in (1, 2, 3, 4, 6, 8)]
 
@@ -48,9 +48,11 @@ def test_split_microbatches_refuses_unequal(ex):
         ex.split_microbatches(inputs, targets, 4)
     assert "10" in str(refused.value) and "4" in str(refused.value), (
         f"the message should say the batch size (10) and the number of microbatches (4): {refused.value}")
-    for bad in (0, -2):
+    for bad in (0, -2, True, 2.0):      # 8 % True == 0 and 8 % 2.0 == 0: neither is a count of microbatches
         with pytest.raises(ValueError):
-            ex.split_microbatches(inputs, targets, bad)
+            ex.split_microbatches(inputs[:8], targets[:8], bad)
+            pytest.fail(f"split_microbatches(8 samples, {bad!r}) returned; {bad!r} is not a positive integer "
+                        f"(True and 2.0 are not ints you can count microbatches with): raise ValueError")
     with pytest.raises(ValueError):
         ex.split_microbatches(inputs, targets[:8], 2)        # inputs and targets differ in batch size
 
@@ -58,7 +60,7 @@ def test_split_microbatches_refuses_unequal(ex):
 @pytest.mark.points(3)
 def test_accumulated_gradients_equal_full_batch(ex):
     """Gradients accumulated over 1, 3 and 6 microbatches equal one pass over the whole batch (float64)."""
-    layers, loss_fn, (inputs, targets) = build_model(rank_checks.MODEL)
+    layers, loss_fn, (inputs, targets) = build_model(rank_checks_pipeline.MODEL)
     loss, grads = models.reference_step(layers, loss_fn, inputs, targets)
     model = torch.nn.Sequential(*layers)
     for m in (1, 2, 4, 8):
@@ -70,6 +72,25 @@ def test_accumulated_gradients_equal_full_batch(ex):
             assert p.grad is not None, f"{m} microbatches: {name} has no gradient"
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-10, atol=1e-12,
                                        msg=lambda msg: f"{m} microbatches, {name}: {msg}")
+
+
+@pytest.mark.points(2)
+def test_accumulation_adds_to_the_gradients_already_there(ex):
+    """Starting from non-empty .grad (a step's gradients accumulate over calls): what was there plus the batch's."""
+    layers, loss_fn, (inputs, targets) = build_model(rank_checks_pipeline.MODEL)
+    _, grads = models.reference_step(layers, loss_fn, inputs, targets)
+    model = torch.nn.Sequential(*layers)
+    g = torch.Generator().manual_seed(7)
+    before = {name: torch.randn(p.shape, generator=g, dtype=p.dtype) for name, p in model.named_parameters()}
+    for m in (1, 4):
+        for name, p in model.named_parameters():
+            p.grad = before[name].clone()
+        ex.accumulate_gradients(model, loss_fn, list(zip(inputs.tensor_split(m), targets.tensor_split(m))))
+        for name, p in model.named_parameters():
+            assert p.grad is not None, f"{m} microbatches: {name}'s .grad is None after the call"
+            torch.testing.assert_close(p.grad, before[name] + grads[name], rtol=1e-10, atol=1e-12, msg=lambda msg: (
+                f"{m} microbatches, {name}: .grad held a gradient before the call; afterwards it should hold that "
+                f"plus the batch's (backward() adds; don't zero or rescale what was there): {msg}"))
 
 
 @pytest.mark.points(3)
@@ -105,7 +126,7 @@ def test_gpipe_simulated_bubble_and_memory(ex):
 @pytest.mark.points(4)
 def test_gpipe_on_real_ranks_equals_one_device(on_ranks, impl_name, assert_equals_one_device):
     """Your schedule through pipeline_ref's executor on 2 and 3 ranks (synchronous sends), float64."""
-    runs = rank_checks.schedule_runs(impl_name, "ex02_gpipe:gpipe", rank_checks.GPIPE_CASES)
+    runs = rank_checks_pipeline.schedule_runs(impl_name, "ex02_gpipe:gpipe", rank_checks_pipeline.GPIPE_CASES)
     for cfg, result in zip(runs, on_ranks("ex02.executor")[0]):
         assert_equals_one_device(cfg, result)
         assert result.trace.peak_stashed == [cfg.microbatches] * cfg.pp, (

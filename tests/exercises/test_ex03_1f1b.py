@@ -1,4 +1,4 @@
-"""Graded: exercise 3, the 1F1B schedule as data (exercises/ex03_1f1b.py).
+"""Graded: exercise 3, the 1F1B schedule as data and the executor that plays it (exercises/ex03_1f1b.py).
 
     .venv/bin/python -m pytest tests/exercises/test_ex03_1f1b.py                   # your functions
     .venv/bin/python -m pytest tests/exercises/test_ex03_1f1b.py --impl solutions
@@ -6,11 +6,19 @@
 Your schedule goes through pipeline_ref's validator, its simulator (GPipe's utilization, but stage s
 stashes at most min(p - s, m) microbatches), and its executor on 2 and 3 real MPI ranks (gradients must
 equal one device's, and the measured stash must match).
+
+Your run_actions plays naive, GPipe and 1F1B on 2 and 3 real MPI ranks (rank side:
+rank_checks_pipeline.py) with synchronous sends: the gradients of every rank's layers must equal the
+unsplit model's, the actions must be computed in the order given, and every send must have completed
+when it returns. An order that deadlocks is stopped after STALL_SECONDS (conftest.py) by the watchdog,
+whose message names the blocked rank and the action it could not get past.
 """
 import pytest
+import torch
 
-from pipeline_ref import schedules, simulate
-from tests.exercises import rank_checks
+from pipeline_ref import models, schedules, simulate
+from pipeline_ref.config import build_model
+from tests.exercises import rank_checks_pipeline as checks
 
 GRID = [(p, m) for p in (1, 2, 3, 4, 5) for m in (1, 2, 3, 4, 5, 8)]
 
@@ -82,10 +90,63 @@ def test_1f1b_simulated_bubble_and_memory(ex):
 @pytest.mark.points(4)
 def test_1f1b_on_real_ranks_equals_one_device(on_ranks, impl_name, assert_equals_one_device):
     """Your schedule through pipeline_ref's executor on 2 and 3 ranks (synchronous sends), float64."""
-    runs = rank_checks.schedule_runs(impl_name, "ex03_1f1b:one_f_one_b", rank_checks.ONE_F_ONE_B_CASES)
+    runs = checks.schedule_runs(impl_name, "ex03_1f1b:one_f_one_b", checks.ONE_F_ONE_B_CASES)
     for cfg, result in zip(runs, on_ranks("ex03.executor")[0]):
         assert_equals_one_device(cfg, result)
         expected = simulate.theory_peak_stashed("1f1b", cfg.pp, cfg.microbatches)
         assert result.trace.peak_stashed == expected, (
             f"{cfg.pp} stages, {cfg.microbatches} microbatches: measured activations stashed per stage "
             f"{result.trace.peak_stashed}, 1F1B holds {expected}")
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    """(loss, {name: grad}) of the executor checks' model, unsplit, on the whole batch."""
+    layers, loss_fn, (inputs, targets) = build_model(checks.EXECUTOR_MODEL)
+    return models.reference_step(layers, loss_fn, inputs, targets)
+
+
+def assert_played_like_one_device(per_rank, name: str, one_device) -> None:
+    loss, grads = one_device
+    for p, m in checks.RUN_ACTIONS_CASES[name]:
+        where = f"run_actions, {name} on {p} stages, {m} microbatches"
+        results = [per_rank[rank][(p, m)] for rank in range(p)]
+        for rank, result in enumerate(results):
+            assert result["played"] == result["actions"], (
+                f"{where}, rank {rank}: computed {' '.join(result['played'])}; the schedule says "
+                f"{' '.join(result['actions'])} (play the actions in the order given, each once)")
+            assert result["unfinished_sends"] == 0, (
+                f"{where}, rank {rank}: returned with {result['unfinished_sends']} send(s) not completed; wait for "
+                f"every send's request before returning (its buffer is in use until then)")
+            assert not result["left_in_stash"], f"{where}, rank {rank}: microbatches {result['left_in_stash']} got no B"
+        losses = results[-1]["losses"]
+        assert len(losses) == m and sum(losses) / m == pytest.approx(loss, rel=1e-12), (
+            f"{where}: the last stage's losses {losses}, whose mean should be the one-device loss {loss}")
+        got = {n: g for result in results for n, g in result["grads"].items()}
+        assert set(got) == set(grads), f"{where}: gradients of {sorted(got)}, expected {sorted(grads)}"
+        for n, grad in grads.items():
+            assert got[n] is not None, f"{where}: {n} has no gradient (its B never ran, or got no gradient)"
+            torch.testing.assert_close(got[n], grad, rtol=1e-10, atol=1e-12,
+                                       msg=lambda msg, n=n: f"{where}, {n}: not the one-device gradient: {msg}")
+
+
+@pytest.mark.mpi
+@pytest.mark.points(2)
+def test_run_actions_naive(on_ranks, one_device):
+    """The naive schedule (F i B i, one microbatch at a time) on 2 and 3 ranks, synchronous sends."""
+    assert_played_like_one_device(on_ranks("ex03.run_naive"), "naive", one_device)
+
+
+@pytest.mark.mpi
+@pytest.mark.points(2)
+def test_run_actions_gpipe(on_ranks, one_device):
+    """GPipe (every forward, then every backward) on 2 and 3 ranks, synchronous sends."""
+    assert_played_like_one_device(on_ranks("ex03.run_gpipe"), "gpipe", one_device)
+
+
+@pytest.mark.mpi
+@pytest.mark.points(4)
+def test_run_actions_1f1b_does_not_deadlock(on_ranks, one_device):
+    """1F1B on 2 and 3 ranks, synchronous sends: a rank that blocks on a send while its neighbour sends to it
+    deadlocks here (the watchdog names the blocked rank and action)."""
+    assert_played_like_one_device(on_ranks("ex03.run_1f1b"), "1f1b", one_device)

@@ -80,8 +80,9 @@ def test_make_communicators_refuses_wrong_world_size(on_ranks):
     for rank, result in enumerate(on_ranks("ex04.refuses")):
         for (pp, dp), outcome in result.items():
             assert outcome == "ValueError", (
-                f"make_communicators on 4 ranks with pp={pp}, dp={dp} ({pp * dp} ranks needed) must raise "
-                f"ValueError on every rank, but on rank {rank} it {outcome}")
+                f"make_communicators on 4 ranks with pp={pp}, dp={dp} ({pp * dp} ranks needed: too "
+                f"{'few' if pp * dp > WORLD else 'many'} ranks there) must raise ValueError on every rank, but on "
+                f"rank {rank} it {outcome}")
 
 
 def expected_mean(pp: int, dp: int, rank: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -116,6 +117,28 @@ def test_allreduce_averages_over_replicas(on_ranks):
                                     f"their mean (divide by data_comm.Get_size())", pytrace=False)
                     torch.testing.assert_close(got, mean, rtol=tol, atol=tol, msg=lambda m: (
                         f"{where}: parameter {i} {shape}, .grad is not the mean over the {dp} replicas: {m}"))
+
+
+@pytest.mark.mpi
+@pytest.mark.points(2)
+def test_allreduce_keeps_each_dtype_when_they_mix(on_ranks):
+    """float32 and float64 gradients in one call (either first): each the mean in its own dtype and precision."""
+    per_rank = on_ranks("ex04.allreduce")
+    for pp, dp in checks.GRIDS:
+        for first in checks.MIXED:
+            for rank in range(WORLD):
+                got = per_rank[rank][(pp, dp, f"mixed, {first} first")]["grads"]
+                replicas = [checks.mixed_case(rank % pp, q, first) for q in range(dp)]
+                where = f"{pp} x {dp} grid, rank {rank}, float32 and float64 gradients in one call ({first} first)"
+                for i, g in enumerate(got):
+                    dtype = replicas[0][i].grad.dtype
+                    mean = torch.stack([params[i].grad.double() for params in replicas]).mean(0).to(dtype)
+                    assert g is not None and g.dtype == dtype, (
+                        f"{where}: parameter {i}'s .grad is {None if g is None else g.dtype}, not {dtype}")
+                    tol = 1e-12 if dtype == torch.float64 else 1e-6
+                    torch.testing.assert_close(g, mean, rtol=tol, atol=tol, msg=lambda m: (
+                        f"{where}: parameter {i} ({dtype}) is not the mean at its own precision (a buffer of "
+                        f"another dtype rounds it; keep one buffer per dtype): {m}"))
 
 
 @pytest.mark.mpi

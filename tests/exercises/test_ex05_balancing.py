@@ -111,6 +111,8 @@ def test_balanced_partition_refuses_impossible_splits(ex):
         ex.balanced_partition([1.0, 2.0, 3.0], 4)
     assert "3" in str(refused.value) and "4" in str(refused.value), (
         f"the message should say the number of layers (3) and of stages (4): {refused.value}")
-    for bad in (0, -1):
+    for bad in (0, -1, True, 2.0):      # True == 1 and 2.0 == 2 would make a split: neither is an int count
         with pytest.raises(ValueError):
             ex.balanced_partition([1.0, 2.0], bad)
+            pytest.fail(f"balanced_partition([1.0, 2.0], {bad!r}) returned; raise ValueError: {bad!r} is not an "
+                        f"integer number of stages")

@@ -11,7 +11,7 @@ gradients must equal one device's.
 import pytest
 
 from pipeline_ref import schedules, simulate
-from tests.exercises import rank_checks
+from tests.exercises import rank_checks_pipeline
 from tests.exercises import rank_checks_parallel as checks
 
 # (stages, microbatches, chunks): microbatches a multiple of the stages, as interleaving needs.
@@ -77,14 +77,16 @@ def test_interleaved_refuses_what_it_cannot_schedule(ex):
         ex.interleaved(2, 3, 2)           # microbatches not a multiple of the stages
     with pytest.raises(ValueError):
         ex.interleaved(4, 6, 2)
-    with pytest.raises(ValueError):
-        ex.interleaved(2, 4, 0)           # no chunk
+    for bad in (0, -1, True, 2.0):      # no chunk; True and 2.0 are not integers
+        with pytest.raises(ValueError):
+            ex.interleaved(2, 4, bad)
+            pytest.fail(f"interleaved(2, 4, chunks={bad!r}) returned; raise ValueError: chunks must be a positive int")
 
 
 @pytest.mark.mpi
 @pytest.mark.points(3)
 def test_interleaved_on_real_ranks_equals_one_device(on_ranks, impl_name, assert_equals_one_device):
     """interleaved(p, m) (its default 2 chunks) through pipeline_ref's executor on 2 and 3 ranks, float64."""
-    runs = rank_checks.schedule_runs(impl_name, f"{checks.EX06}:interleaved", checks.INTERLEAVED_CASES)
+    runs = rank_checks_pipeline.schedule_runs(impl_name, f"{checks.EX06}:interleaved", checks.INTERLEAVED_CASES)
     for cfg, result in zip(runs, on_ranks("ex06.interleaved")[0]):
         assert_equals_one_device(cfg, result)

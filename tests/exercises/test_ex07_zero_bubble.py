@@ -11,7 +11,7 @@ one device's.
 import pytest
 
 from pipeline_ref import schedules, simulate
-from tests.exercises import rank_checks
+from tests.exercises import rank_checks_pipeline
 from tests.exercises import rank_checks_parallel as checks
 
 ZB_GRID = [(p, m) for p in (1, 2, 3, 4, 5) for m in (1, 2, 3, 4, 5, 6, 8)]
@@ -65,7 +65,7 @@ def test_zb_h1_simulated_bubble_and_memory(ex):
 @pytest.mark.points(3)
 def test_zb_h1_on_real_ranks_equals_one_device(on_ranks, impl_name, assert_equals_one_device):
     """zb_h1 through pipeline_ref's executor (I and W computed apart) on 2 and 3 ranks, float64; stash <= p."""
-    runs = rank_checks.schedule_runs(impl_name, f"{checks.EX07}:zb_h1", checks.ZB_H1_CASES)
+    runs = rank_checks_pipeline.schedule_runs(impl_name, f"{checks.EX07}:zb_h1", checks.ZB_H1_CASES)
     for cfg, result in zip(runs, on_ranks("ex07.zb_h1")[0]):
         assert_equals_one_device(cfg, result)
         stashed = result.trace.peak_stashed
