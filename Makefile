@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test grade exercises env kernel lessons clean site slides autograder browser
+.PHONY: demo test grade grader-check exercises env kernel lessons clean site slides autograder browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP) $(SITE_STAMP)
 IMPL ?= exercises
 grade: $(STAMP)
 	$(PY) -m pytest -q tests/exercises --impl $(IMPL)
+
+# Grade a catalogue of wrong answers (and right ones written differently): fails if the graded tests pass a
+# wrong one or fail a right one. Minutes (tools/grader_check.py says how long); not part of `make test`.
+grader-check: $(STAMP)
+	$(PY) tools/grader_check.py
 
 # Rebuild exercises/exNN_*.py from the marked regions of solutions/exNN_*.py (after editing a solution).
 exercises: $(STAMP)

@@ -3,7 +3,7 @@
     ex00_mpi_tensors.py   lesson 00: send and receive torch tensors of any shape and dtype with mpi4py
     ex01_naive_split.py   lesson 01: a model split over ranks, forward and backward with Send/Recv
     ex02_gpipe.py         lesson 02: microbatches, gradient accumulation, and the GPipe schedule as data
-    ex03_1f1b.py          lesson 03: the 1F1B schedule as data (warmup, steady state, cooldown)
+    ex03_1f1b.py          lesson 03: the 1F1B schedule as data, and the executor that plays it over MPI
     ex04_data_parallel.py lesson 04: the pp x dp grid, its communicators (Comm.Split), gradient all-reduce
     ex05_balancing.py     lesson 05: the optimal balanced partition of layers into stages
     ex06_interleaved.py   lesson 06: interleaved 1F1B (virtual stages) as data
@@ -19,5 +19,6 @@ the ``raise`` with your code, then grade it:
 The tests take your functions as they are and run them for real: on MPI ranks (lessons 00-01),
 through the validator and the simulator, and through ``pipeline_ref``'s executor on real ranks,
 whose gradients must equal those of the unsplit model on one process.
-Stuck? ``solutions/`` holds one answer for each function.
+Each stub's message carries a one-line hint. Stuck? ``exercises/hints/exNN_topic.md`` has longer hints, one
+section per function, from a nudge to nearly the answer: open it on purpose. ``solutions/`` holds one answer.
 """

@@ -1,0 +1,176 @@
+"""The grader itself: hints apart from the stubs, no answer in a stub, borrowed answers refused, loops ended.
+
+    .venv/bin/python -m pytest -q tests/test_grader.py
+
+The graded tests (tests/exercises) judge a student's answers; these check the grading machinery they
+stand on, in the pytest process alone (no MPI rank): the hints files (exercises/hints/), the stubs that
+tools/make_exercises.py generates, tests/exercises/answers.py (borrowed answers, the CPU-time limit),
+the first line of a ranks' failure (conftest.py), and that every entry of tools/grader_catalogue.py
+still applies to its solution. The catalogue itself is graded by ``make grader-check`` (minutes, not
+part of this suite: see tools/grader_check.py).
+"""
+import ast
+import importlib.util
+import re
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.exercises import answers
+from tests.exercises.grading_plugin import stub_message
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted(p.stem for p in (ROOT / "exercises").glob("ex[0-9][0-9]_*.py"))
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+make_exercises = _load("make_exercises", ROOT / "tools" / "make_exercises.py")
+
+
+def functions(path: Path) -> list[ast.FunctionDef]:
+    return [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+
+
+def answer_lines(module: str) -> set[str]:
+    """The code lines of the solution's marked regions (what the student writes), long enough to be telling."""
+    lines, inside = set(), False
+    for line in (ROOT / "solutions" / f"{module}.py").read_text().splitlines():
+        if make_exercises.BEGIN.match(line) or make_exercises.ONLY_BEGIN.match(line):
+            inside = True
+        elif make_exercises.END.match(line) or make_exercises.ONLY_END.match(line):
+            inside = False
+        elif inside and line.strip() and not line.strip().startswith("#") and len(line.strip()) >= 24:
+            lines.add(line.strip())
+    return lines
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_exercise_has_a_hints_file_with_a_section_per_function(module):
+    """exercises/hints/<module>.md, named by the exercise's docstring, one '## N.k name' section per function."""
+    hints = ROOT / "exercises" / "hints" / f"{module}.md"
+    doc = ast.get_docstring(ast.parse((ROOT / "solutions" / f"{module}.py").read_text()))
+    assert f"exercises/hints/{module}.md" in doc, f"solutions/{module}.py's docstring should name its hints file"
+    assert hints.exists(), f"{hints.relative_to(ROOT)} is missing"
+    sections = re.findall(r"^## (\d+\.\d+) (\w+)$", hints.read_text(), flags=re.M)
+    expected = []
+    for line in (ROOT / "solutions" / f"{module}.py").read_text().splitlines():
+        found = make_exercises.BEGIN.match(line)
+        if found:
+            expected.append(found["number"])
+    numbers = [n for n, _ in sections]
+    assert numbers == expected, f"{hints.name}: sections {numbers}, expected one per exercise {expected}"
+    names = {f.name for f in functions(ROOT / "solutions" / f"{module}.py")}
+    assert {name for _, name in sections} <= names, f"{hints.name} names functions {sections} not all in {names}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_stubs_and_hints_hold_no_answer(module):
+    """A stub's function is its docstring and one raise with a one-line hint; no line of the answer appears
+    in the stub file or in the hints file."""
+    path = ROOT / "exercises" / f"{module}.py"
+    made = make_exercises.exercise_source((ROOT / "solutions" / f"{module}.py").read_text(), f"{module}.py")
+    tree = ast.parse(made)
+    for node in (n for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")):
+        body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+        assert len(body) == 1 and isinstance(body[0], ast.Raise), f"{module}.{node.name}: the stub holds more than a raise"
+        message = ast.literal_eval(body[0].exc.args[0])
+        assert message.count("Hint:") == 1 and "\n" not in message and len(message) < 300, (
+            f"{module}.{node.name}: the stub's message should carry one short hint, not {len(message)} characters")
+    hints = (ROOT / "exercises" / "hints" / f"{module}.md").read_text()
+    for line in answer_lines(module):
+        assert line not in made, f"the stub of {module} contains the answer's line {line!r}"
+        assert line not in hints, f"exercises/hints/{module}.md contains the answer's line {line!r}"
+    if path.read_text() == made:        # as shipped (not yet worked on): the same holds of the file itself
+        assert all(stub_message(path, f.name) for f in functions(path))
+
+
+def test_borrowed_answers_are_refused(tmp_path):
+    """Importing pipeline_ref's own function (or the solutions, or importlib) is refused, naming the line."""
+    allowed = "from pipeline_ref.schedules import Action\nfrom pipeline_ref.stage import Stage\nimport torch\n" \
+              "from .ex00_mpi_tensors import isend_tensor\n"
+    path = tmp_path / "ex02_x.py"
+    path.write_text(allowed)
+    answers.refuse_borrowed(path)
+    for bad, says in [("from pipeline_ref.schedules import Action, gpipe\n", "imports gpipe from pipeline_ref"),
+                      ("import pipeline_ref.partition\n", "imports pipeline_ref.partition"),
+                      ("def f():\n    from pipeline_ref import topology\n", "imports topology"),
+                      ("from solutions.ex02_gpipe import gpipe\n", "imports from solutions"),
+                      ("import importlib\n", "imports importlib"),
+                      ("x = __import__('pipeline_ref')\n", "calls __import__")]:
+        path.write_text(allowed + bad)
+        with pytest.raises(ValueError, match=re.escape(says)):
+            answers.refuse_borrowed(path)
+
+
+def test_an_endless_loop_ends_in_seconds_naming_the_function():
+    """A pure-Python loop ends with TimeoutError naming the function and its arguments; except Exception
+    inside it does not swallow the expiry; a quick call is untouched."""
+    def stuck(n):
+        while True:
+            try:
+                n += 1
+            except Exception:       # a student's catch-all must not hide the time limit
+                pass
+    limited = answers.limit(stuck, "ex05_balancing.stuck", seconds=0.5)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"your ex05_balancing\.stuck\(3\) was still running after 0\.5 s"):
+        limited(3)
+    assert time.monotonic() - start < 20
+    assert answers.limit(lambda x: x + 1, "f", seconds=0.5)(1) == 2
+
+
+def test_a_function_taken_from_elsewhere_is_refused(tmp_path, monkeypatch):
+    """``gpipe = some_module.gpipe`` at run time (past the source check) is refused too."""
+    package = tmp_path / "borrowing"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "ex02_gpipe.py").write_text(textwrap.dedent("""
+        import pipeline_ref.schedules as s   # (the source check would refuse this; here only timed() is tested)
+        def split_microbatches(inputs, targets, num_microbatches):
+            return []
+        def accumulate_gradients(model, loss_fn, microbatches):
+            return 0.0
+        gpipe = s.gpipe
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("borrowing.ex02_gpipe")
+    with pytest.raises(ValueError, match="ex02_gpipe.gpipe comes from pipeline_ref.schedules"):
+        answers.timed(module)
+
+
+def test_a_ranks_failure_starts_with_its_cause():
+    """The first line of a failed check is the rank's own report, whichever way launch.py lays it out."""
+    conftest = _load("graded_conftest", ROOT / "tests" / "exercises" / "conftest.py")
+    older = ("the run on 3 ranks failed (exit code 1):\n  rank 0: stuck for 20 s while waiting; ending the run\n"
+             "  rank 1: failed while in your ex01_naive_split.stage_forward: TypeError: bad\n--- last lines ---\n")
+    assert conftest._cause(older) == "rank 1: failed while in your ex01_naive_split.stage_forward: TypeError: bad"
+    newer = "rank 1: stuck for 20 s while in your run_actions (1f1b): after F1, blocked before B0; ending the run\n..."
+    first = conftest._explain("ex03.run_1f1b", newer).splitlines()[0]
+    assert first == "rank 1: stuck for 20 s while in your run_actions (1f1b): after F1, blocked before B0 (a deadlock?)"
+
+
+def test_every_catalogue_entry_still_applies():
+    """Each wrong (or right) answer of tools/grader_catalogue.py changes its solution as written."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        grader_check = _load("grader_check", ROOT / "tools" / "grader_check.py")
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    names = [e.name for e in grader_check.CATALOGUE]
+    assert len(names) == len(set(names))
+    for entry in grader_check.CATALOGUE:
+        assert grader_check.mutate(entry) != (ROOT / "solutions" / f"{entry.module}.py").read_text(), entry.name
+    kinds = " ".join(names)
+    for kind in ("ignores its tag", "ignores its source", "zeroes the grads", "True and 2.0", "too few ranks only",
+                 "first dtype", "borrowed", "deadlocks", "endless loop"):
+        assert kind in kinds, f"the catalogue has no entry of the kind {kind!r}"
