@@ -12,14 +12,15 @@ processes) and by the executor (``executor.py``, over MPI).
     >>> schedules.validate(sched)
 
 The textbook schedules are here; interleaved 1F1B is in ``interleaved.py``, the zero-bubble
-ones in ``zero_bubble.py``, PipeDream and 2BW (no flush: ``build(name, p, m, steps=k)`` streams k x m
-microbatches) in ``asynchronous.py``. ``validate`` lives in ``replay.py`` (it replays the ranks) and is
+ones in ``zero_bubble.py``, DualPipeV in ``dualpipe.py``, PipeDream and 2BW (no flush:
+``build(name, p, m, steps=k)`` streams k x m microbatches) in ``asynchronous.py``. ``validate`` lives in ``replay.py`` (it replays the ranks) and is
 re-exported here, where users look for it.
 """
 from __future__ import annotations
 
 from .geometry import OPS, Action, Schedule, ScheduleError  # noqa: F401  (the names users import from here)
 from .asynchronous import ASYNCHRONOUS, pipedream, pipedream_2bw  # noqa: F401
+from .dualpipe import dualpipev
 from .interleaved import interleaved
 from .replay import validate  # noqa: F401
 from .zero_bubble import zb_h1, zb_h2, zbv
@@ -58,7 +59,7 @@ def one_f_one_b(num_stages: int, num_microbatches: int) -> Schedule:
 
 
 GENERATORS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved,
-              "zb-h1": zb_h1, "zb-h2": zb_h2, "zbv": zbv,
+              "zb-h1": zb_h1, "zb-h2": zb_h2, "zbv": zbv, "dualpipev": dualpipev,
               "pipedream": pipedream, "pipedream-2bw": pipedream_2bw}   # steps=: one stream, no flush
 
 

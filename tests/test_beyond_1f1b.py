@@ -1,4 +1,4 @@
-"""Interleaved 1F1B and zero-bubble ZB-H1, ZB-H2 and ZB-V: equal to one device, deadlock-free, simulated as
+"""Interleaved 1F1B, zero-bubble ZB-H1, ZB-H2 and ZB-V, and DualPipeV: equal to one device, deadlock-free, simulated as
 the formulas say, the same orders as torch.distributed.pipelining's, and the split backward computes nothing
 twice."""
 import copy
@@ -34,6 +34,9 @@ CONFIGS = ([_cfg("interleaved", p, m, model, chunks=v, sync=sync)
               for model in MODELS for p, m, sync in ((2, 1, False), (2, 3, True), (3, 6, False), (4, 4, True))]
            + [_cfg("zbv", p, m, model, sync=sync)
               for model in MODELS for p, m, sync in ((1, 2, False), (2, 1, True), (2, 4, False), (3, 6, True), (4, 6, False))]
+           + [_cfg("dualpipev", p, m, model, sync=sync)      # m >= 2p; overlapped pairs played F then B
+              for model, p, m, sync in (("mlp", 1, 2, False), ("mlp", 2, 4, True), ("gpt_tied", 2, 4, False),
+                                        ("gpt_tied", 3, 6, True), ("mlp", 4, 12, False))]
            + [_cfg(s, 2, 2, "gpt_tied", chunks=v, dp=2)
               for s, v in (("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1), ("zbv", 1))])
 

@@ -3,6 +3,7 @@
     torch_schedule("interleaved", 2, 4, chunks=2)   # ScheduleInterleaved1F1B
     torch_schedule("zb-h1", 3, 4)                   # ScheduleInterleavedZeroBubble with one stage per rank
     torch_schedule("zbv", 2, 4, chunks=2)           # ScheduleZBVZeroBubble
+    torch_schedule("dualpipev", 2, 4, chunks=2)     # ScheduleDualPipeV (an overlapped pair: its F, then its B)
 
 Built on torch's *fake* process group: no other process, no message. Nothing here starts MPI.
 """
@@ -16,7 +17,7 @@ from pipeline_ref.geometry import Pipeline
 from pipeline_ref.schedules import Action
 
 TORCH_CLASSES = {"interleaved": "ScheduleInterleaved1F1B", "zb-h1": "ScheduleInterleavedZeroBubble",
-                 "zbv": "ScheduleZBVZeroBubble"}
+                 "zbv": "ScheduleZBVZeroBubble", "dualpipev": "ScheduleDualPipeV"}
 
 
 def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: int = 1) -> list:
@@ -26,8 +27,8 @@ def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: in
     rank. Building one needs a process group and ``PipelineStage`` objects, but no other process: a
     *fake* process group (torch's own testing backend) says "rank 0 of ``num_stages``" and sends nothing.
     torch numbers stages as pipeline_ref numbers virtual stages: ``chunk * num_stages + rank`` (Megatron's
-    layout), or in a V for ScheduleZBVZeroBubble (``chunks=2``), so ``Pipeline.place`` turns a stage back
-    into its chunk. ScheduleInterleavedZeroBubble (the paper's ZB1P) with one stage per rank (``chunks=1``)
+    layout), or in a V for ScheduleZBVZeroBubble and ScheduleDualPipeV (``chunks=2``), so ``Pipeline.place``
+    turns a stage back into its chunk. ScheduleInterleavedZeroBubble (the paper's ZB1P) with one stage per rank (``chunks=1``)
     is ZB-H1. (GPipe and 1F1B are torch classes of another kind, ScheduleGPipe and Schedule1F1B, which
     decide their order while they run.)
     """
@@ -36,7 +37,7 @@ def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: in
     from torch.distributed.pipelining import PipelineStage
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    layout = "v" if name == "zbv" else "interleaved"
+    layout = "v" if name in ("zbv", "dualpipev") else "interleaved"
     started = not dist.is_initialized()
     if started:
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=num_stages)
@@ -53,4 +54,6 @@ def torch_schedule(name: str, num_stages: int, num_microbatches: int, chunks: in
             dist.destroy_process_group()
     return schedules.Schedule([[Action(a.computation_type.value, a.microbatch_index,
                                        Pipeline(num_stages, chunks, layout).place(a.stage_index).chunk)
-                                for a in order[rank] if a is not None] for rank in range(num_stages)], layout)
+                                for step in order[rank] if step is not None
+                                for a in (step.sub_actions or (step,))]     # DualPipeV's OVERLAP_F_B: F, then B
+                               for rank in range(num_stages)], layout)
