@@ -108,7 +108,7 @@ def exercise_cell(lesson: course.Lesson) -> dict:
                 f"```bash\n{GRADE_ALL}" + " " * 8 + "# every exercise, with a score table\n"
                 + (f".venv/bin/python -m pytest tests/exercises/{graded.name}    # this one\n" if graded else "")
                 + "```\n")
-    return {"cell_type": "markdown", "metadata": {}, "source": text}
+    return {"cell_type": "markdown", "id": f"site-exercise-{lesson.number}", "metadata": {}, "source": text}
 
 
 def lesson_notebook(lesson: course.Lesson) -> str:
@@ -203,9 +203,12 @@ def build(force: bool = False) -> Path:
     started = time.monotonic()
     lessons = course.lessons()
     stage(lessons)
+    # After a failed build Sphinx would re-read only the pages that changed since, and the warnings of the
+    # others (errors, with -W) would pass unseen: without a finished build, every page is read again.
+    fresh = force or not STAMP.exists()
     STAMP.unlink(missing_ok=True)
     command = jupyter_book() + ["build", str(STAGE), "--path-output", str(OUT), "--keep-going", "-W", "-q"]
-    if force:
+    if fresh:
         command.append("--all")
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
