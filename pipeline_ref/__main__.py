@@ -3,6 +3,7 @@
     python -m pipeline_ref demo [--out DIR]                     naive / GPipe / 1F1B measured vs theory, Gantt charts
     python -m pipeline_ref run --schedule 1f1b --pp 4 --microbatches 8 -n 4 [--steps N] [--dtype float64]
                                [--device cpu|cuda|auto] [--model pkg.module:factory] [--save-grads FILE] [--trace FILE]
+                               [--save-params FILE]
     python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE] [--timeline]
     python -m pipeline_ref doctor [--json]                      what this machine offers the course, what fails
 
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-nonfinite-steps", action="store_true",
                      help="a NaN/inf skips that step on every rank (agreed by an all-reduce) instead of ending the run")
     run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
+    run.add_argument("--save-params", metavar="FILE", help="torch.save every parameter after the run, keyed as "
+                     "named_parameters() names them (compare with async_reference.py, or your own run)")
     run.add_argument("--trace", metavar="FILE", help="write the last step's trace (Chrome/Perfetto JSON)")
     run.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (with -n)")
     run.add_argument("--stall-timeout", type=float, default=None,
@@ -94,6 +97,7 @@ def _config(args) -> RunConfig:
                      seed=args.seed, sync_sends=args.sync_sends, transport=args.transport,
                      overlap_allreduce=args.overlap_allreduce, partition=args.partition,
                      checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
+                     collect_params=bool(args.save_params),
                      stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True,
                      checkpoint_dir=args.save_checkpoint, checkpoint_every=args.checkpoint_every,
                      resume_from=args.resume)
@@ -115,6 +119,13 @@ def _report(result, args) -> None:
                     f"or more for a steady number){theory}")
     print(f"{cfg.schedule} on {cfg.pp} stages, {cfg.microbatches} microbatches: {measured}, "
           f"peak stashed activations per stage {result.trace.peak_stashed}")
+    if "weight_versions" in result.trace.meta:      # PipeDream, 2BW: the versions each stage kept
+        print(f"weight versions held per stage (most at once) {result.trace.meta['weight_versions']}, "
+              f"{[round(b / 2**20, 3) for b in result.trace.meta['weight_version_bytes']]} MiB")
+    if args.save_params:
+        params = {name: tensor for ranks in result.params[:cfg.pp] if ranks for name, tensor in ranks.items()}
+        torch.save(params, args.save_params)
+        print(f"parameters after the run ({len(params)} tensors) -> {args.save_params}")
     if args.save_grads:
         torch.save(result.grads, args.save_grads)
         print(f"gradients of the first step ({len(result.grads)} tensors) -> {args.save_grads}")

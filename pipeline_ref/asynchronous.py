@@ -96,14 +96,19 @@ def check(schedule: str, num_stages: int, num_microbatches: int, dp: int = 1, **
                             f"all-reduce after every backward of every stage")
     asked = sorted(name for name, on in features.items() if on)
     if asked:
-        raise ScheduleError(f"{schedule} has no step boundary shared by all stages, so it cannot be combined "
-                            f"with {', '.join(asked)}")
+        raise ScheduleError(f"{schedule} updates each stage on its own, after its backwards, with SGD (no step "
+                            f"boundary shared by all stages), so it cannot be combined with {', '.join(asked)}")
     if schedule == "pipedream-2bw":
         check_2bw(num_stages, num_microbatches)
 
 
 def shared_parameters(layers) -> list[str]:
-    """Names of Parameters that more than one layer holds (tied weights), as nn.Sequential(*layers) names them."""
+    """Names of Parameters that more than one layer holds (tied weights), as nn.Sequential(*layers) names them.
+
+    ``layers``: a list of modules, or a whole module (then: Parameters it holds under more than one name)."""
+    if not isinstance(layers, (list, tuple)):
+        seen: set[int] = set()
+        return [n for n, p in layers.named_parameters(remove_duplicate=False) if id(p) in seen or seen.add(id(p))]
     owner: dict[int, int] = {}
     shared = []
     for index, layer in enumerate(layers):

@@ -86,7 +86,9 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
         asynchronous.check(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp, **{
             "--overlap-allreduce": cfg.overlap_allreduce, "--skip-nonfinite-steps": cfg.skip_nonfinite,
             "--save-checkpoint": bool(cfg.checkpoint_dir), "--resume": bool(cfg.resume_from),
-            "--save-grads (no step has one gradient)": cfg.collect_grads})
+            "--save-grads (no step has one gradient)": cfg.collect_grads,
+            f"--optimizer {getattr(cfg, 'optimizer', 'sgd')} (the updates are SGD, in weight_versions.py)":
+                getattr(cfg, "optimizer", "sgd") != "sgd", "--autocast": bool(getattr(cfg, "autocast", None))})
     except schedules.ScheduleError as err:
         raise ConfigError(str(err)) from None
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -9,6 +9,9 @@ A *model factory* is any callable whose options are all keywords with defaults, 
 - ``loss_fn(output, targets)``: a scalar *mean* loss, so the mean over equal microbatches is the full-batch loss;
 - ``inputs, targets``: the whole global batch, dim 0 the batch.
 
+or ``module, loss_fn, (inputs, targets)``, ``module`` a whole ``nn.Module`` that ``split.py`` cuts into stages
+with torch's tracer (``--split auto`` / ``--split-at``); ``hf_models.py``: Hugging Face GPT-2 and Llama.
+
 The caller seeds the parameter init (``torch.manual_seed``); the data comes from the factory's own
 ``torch.Generator(seed)``, so it is the same whatever the init consumed. Use:
 
@@ -134,6 +137,8 @@ def tiny_gpt_tied(**options):
 
 
 FACTORIES = {"mlp": mlp, "gpt": tiny_gpt, "gpt_tied": tiny_gpt_tied}
+# Whole modules (split.py cuts them), named for the command line; imported only when asked for (transformers).
+ALIASES = {"hf_gpt2": "pipeline_ref.hf_models:gpt2", "hf_llama": "pipeline_ref.hf_models:llama"}
 
 # The mlp the lessons past 03 and benchmarks/schedules.py measure on: 8 equal blocks (2 or 4 stages cost the same),
 # wide enough that each action is long against the executor's few µs and a message's ~0.1 ms.
@@ -147,6 +152,7 @@ def load_factory(spec: str):
     the spec when the module does not import, the attribute is missing, or it is not callable."""
     if not isinstance(spec, str):
         raise TypeError(f"a model spec is a string (a name or 'pkg.module:function'), got {type(spec).__name__}")
+    spec = ALIASES.get(spec, spec)
     if spec in FACTORIES:
         return FACTORIES[spec]
     module_name, _, attribute = spec.partition(":")
@@ -173,13 +179,14 @@ def check_model(layers, loss_fn, batch, probe: bool = True) -> None:
     With ``probe`` one sample goes through a *copy* of the layers (eval mode, no autograd), to catch a layer
     that returns a tuple or a loss that is not a scalar before any rank starts.
     """
-    if not isinstance(layers, (list, tuple)):
+    whole = isinstance(layers, nn.Module) and not isinstance(layers, (nn.Sequential, nn.ModuleList))
+    if not isinstance(layers, (list, tuple)) and not whole:
         hint = "; for an nn.Sequential return list(model)" if isinstance(layers, nn.Sequential) else ""
         raise TypeError(f"a model factory must return (layers, loss_fn, (inputs, targets)) with layers a list "
                         f"of modules, got {type(layers).__name__}{hint}")
-    if not layers:
+    if not whole and not layers:
         raise ValueError("the model has no layers")
-    for index, layer in enumerate(layers):
+    for index, layer in enumerate([] if whole else layers):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer {index} is a {type(layer).__name__}, not a torch.nn.Module")
     if not callable(loss_fn):
@@ -199,7 +206,8 @@ def check_model(layers, loss_fn, batch, probe: bool = True) -> None:
                          f"nor a multiple of it: give targets shaped ({inputs.shape[0]}, ...), or flattened per token "
                          f"({inputs.shape[0]} * tokens,) in the inputs' order")
     if probe:
-        _probe(layers, loss_fn, inputs[:1], targets[:per_sample])
+        from .cut import probe as probe_module       # a whole module: one sample through a copy of it
+        (probe_module if whole else _probe)(layers, loss_fn, inputs[:1], targets[:per_sample])
 
 
 def _probe(layers, loss_fn, x, target) -> None:
@@ -229,13 +237,13 @@ def _probe(layers, loss_fn, x, target) -> None:
 # ---------------------------------------------------------------------------------------------- ground truth
 
 def reference_step(layers, loss_fn, inputs: torch.Tensor, targets: torch.Tensor):
-    """One forward and backward of ``nn.Sequential(*layers)`` on the whole batch, on one device.
+    """One forward and backward of ``nn.Sequential(*layers)`` (or of a whole module) on the whole batch, on one device.
 
     Returns ``(loss, grads)``, ``grads`` keyed as ``nn.Sequential(*layers).named_parameters()`` names them (a
     shared Parameter once, under its first name; one that gets no gradient is left out, as the pipeline does).
     ``.grad`` of the layers is not touched: ``torch.autograd.grad`` returns the gradients instead.
     """
-    model = nn.Sequential(*layers)
+    model = layers if isinstance(layers, nn.Module) else nn.Sequential(*layers)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     loss = loss_fn(model(inputs), targets)
     grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
@@ -249,7 +257,7 @@ def to_dtype(layers, batch, dtype: torch.dtype):
     """
     if not dtype.is_floating_point:
         raise ValueError(f"to_dtype converts to a floating dtype, got {dtype}")
-    for layer in layers:
+    for layer in [layers] if isinstance(layers, nn.Module) else layers:
         layer.to(dtype)
     inputs, targets = (t.to(dtype) if t.is_floating_point() else t for t in batch)
     return layers, (inputs, targets)

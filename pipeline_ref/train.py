@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import async_run, asynchronous, checkpoint, machine, partition, watchdog
+from . import async_run, asynchronous, checkpoint, cut, machine, partition, watchdog
 from .config import ConfigError, RunConfig, preflight
 from .device import for_rank as device_for_rank
 from .results import Memory, RunResult
@@ -62,7 +62,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     from .executor import Executor, agree_specs, plan
     from .message import Messenger, MPITransport, check_tag_range
     from .torch_transport import open_transport
-    from .reduce import GradientReducer, tied_groups
+    from .reduce import GradientReducer
     from .stage import StashMeter, Stage
 
     watchdog.beat("checking the configuration")
@@ -71,8 +71,8 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     m, device = cfg.microbatches, device_for_rank(cfg.device, comm)   # one GPU per rank: the launcher's local rank
     per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
-    ranges, costs = partition.choose(comm, cfg.partition, layers, inputs[:per_replica // m].to(device),
-                                     num_pieces=pipe.num_virtual_stages)
+    model = cut.cut(comm, cfg, layers, loss_fn, inputs[:per_replica // m].to(device), pipe, device)  # module: traced
+    layers, ranges, costs = model.layers, model.ranges, model.costs     # pieces (split.py) or the layers
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
     rank = topo.stage
@@ -84,8 +84,8 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     stages = {}
     for chunk in range(pipe.num_chunks):
         piece = ranges[pipe.virtual_stage(rank, chunk)]
-        stages[chunk] = Stage(nn.Sequential(*layers[piece.start:piece.stop]).to(device),
-                              pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), loss_fn, m,
+        stages[chunk] = Stage(model.chunk(*layers[piece.start:piece.stop]).to(device),
+                              pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), model.loss_fn, m,
                               recompute=cfg.checkpoint, split_backward=schedule.splits_backward, meter=meter)
     params = list({id(p): p for s in stages.values() for p in s.parameters()}.values())
     held = {i: layers[i] for c in range(pipe.num_chunks) for i in ranges[pipe.virtual_stage(rank, c)]}
@@ -96,8 +96,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
         if first_step >= cfg.steps:
             raise ConfigError(f"the checkpoint in {cfg.resume_from} is at step {first_step}: --steps {cfg.steps} "
                               f"leaves nothing to run (--steps counts from the start, resumed steps included)")
-    # Names as torch.nn.Sequential(*layers) gives them, so anyone can compare with one device.
-    names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
+    names = model.names    # as nn.Sequential(*layers), or the whole module, names them: as on one device
 
     mine = slice(topo.replica * per_replica, (topo.replica + 1) * per_replica)
     per_replica_targets = targets.shape[0] // cfg.dp
@@ -114,7 +113,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
     dp_reducer = GradientReducer(topo.data, params, average=True)
     by_name = {names[id(p)]: p for p in params}
-    tied = tied_groups(layers, ranges, pipe)
+    tied = model.tied
     tie_reducers = []
     for name, holders in tied:            # Split is collective: every rank takes part in each
         member = rank in holders
