@@ -47,6 +47,16 @@ def node_modules() -> Path:
     return modules
 
 
+def missing() -> str | None:
+    """Why the front-end files cannot be had here (no npm and no earlier install), or None when they can."""
+    wanted = json.loads(PACKAGE_JSON.read_text())["dependencies"]
+    modules = NPM_DIR / "node_modules"
+    if shutil.which("npm") or all(_installed_version(modules / n) == v for n, v in wanted.items()):
+        return None
+    return ("npm is not installed, and MathJax and reveal.js (book/package.json) are not in out/npm yet: "
+            "install Node.js (Debian: apt-get install nodejs npm), then make site")
+
+
 def _installed_version(package: Path) -> str | None:
     try:
         return json.loads((package / "package.json").read_text())["version"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from urllib.parse import urldefrag
 
 import pytest
 
-from book import build_site, course
+from book import assets, build_site, course
 from tests.browser import open_browser, serve, skip_without_browser
 
 SCREENSHOTS = build_site.OUT / "screenshots"
@@ -71,6 +72,11 @@ class Walk:
 
 @pytest.fixture(scope="module")
 def site() -> Path:
+    # make test installs both (pyproject's [site] extra, then npm): these skips are for a bare pytest run.
+    if not Path(sys.executable).with_name("jupyter-book").exists():
+        pytest.skip("jupyter-book is not installed in this environment: make site  (pip install -e '.[site]')")
+    if assets.missing():
+        pytest.skip(assets.missing())
     return build_site.build()
 
 

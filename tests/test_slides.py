@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from book import build_slides, course
+from book import assets, build_slides, course
 from tests.browser import open_browser, serve, skip_without_browser
 
 SCREENSHOTS = build_slides.OUT / "screenshots"
@@ -23,7 +23,8 @@ MIN_SLIDES = 10        # "more than a handful": the shortest lesson has some 30
 
 @pytest.fixture(scope="module")
 def decks(tmp_path_factory):
-    pytest.importorskip("nbconvert")
+    if assets.missing():
+        pytest.skip(assets.missing())
     out = tmp_path_factory.mktemp("slides")
     return out, build_slides.build(out)
 
