@@ -65,10 +65,18 @@ def test_slide_types_come_from_the_build_not_the_notebooks():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text), nbformat.v4.new_code_cell("1")])
     types = [c.metadata.slideshow.slide_type for c in SlideTypes().preprocess(nb, {})[0].cells]
     assert types == ["slide", "-", "fragment", "fragment", "notes", "fragment", "-"]
+    # A mark the author gave is kept.
+    marked = nbformat.v4.new_markdown_cell("Said aloud only.")
+    marked.metadata["slideshow"] = {"slide_type": "notes"}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), marked])
+    assert [c.metadata.slideshow.slide_type for c in SlideTypes().preprocess(nb, {})[0].cells] == ["slide", "notes"]
+    # On a lesson: every cell typed, a slide per ## section at least.
     lesson = course.lessons()[0]
-    marked = [c for c in json.loads(lesson.notebook.read_text())["cells"] if "slideshow" in c["metadata"]]
+    sections = sum(1 for c in json.loads(lesson.notebook.read_text())["cells"] if c["cell_type"] == "markdown"
+                   for line in "".join(c["source"]).splitlines() if re.match(r"#{1,2} ", line))
     result = SlideTypes().preprocess(nbformat.read(lesson.notebook, as_version=4), {})[0]
-    assert count(result).get("slide", 0) >= 3 and (marked or "slideshow" in result.cells[0].metadata)
+    assert all("slideshow" in c.metadata for c in result.cells)
+    assert count(result).get("slide", 0) >= sections
 
 
 def test_decks_run_in_the_browser_offline(decks, tmp_path_factory):
