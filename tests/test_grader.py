@@ -38,7 +38,8 @@ make_exercises = _load("make_exercises", ROOT / "tools" / "make_exercises.py")
 
 
 def functions(path: Path) -> list[ast.FunctionDef]:
-    return [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+    return [n for n in ast.parse(path.read_text()).body
+            if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
 
 
 def answer_lines(module: str) -> set[str]:
@@ -82,7 +83,8 @@ def test_stubs_and_hints_hold_no_answer(module):
     tree = ast.parse(made)
     for node in (n for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")):
         body = node.body[1:] if ast.get_docstring(node) is not None else node.body
-        assert len(body) == 1 and isinstance(body[0], ast.Raise), f"{module}.{node.name}: the stub holds more than a raise"
+        assert len(body) == 1 and isinstance(body[0], ast.Raise), (
+            f"{module}.{node.name}: the stub holds more than a raise")
         message = ast.literal_eval(body[0].exc.args[0])
         assert message.count("Hint:") == 1 and "\n" not in message and len(message) < 300, (
             f"{module}.{node.name}: the stub's message should carry one short hint, not {len(message)} characters")

@@ -108,7 +108,8 @@ CATALOGUE = [
           changes=(("x = recv_tensor(comm, rank - 1, ACTIVATION_TAG).requires_grad_(True)",
                     "x = recv_tensor(comm, rank - 1, ACTIVATION_TAG)"),)),
     Entry("ex01 loss on every rank", EX01, "naive_step returns 0.0 off the last rank",
-          changes=(("    stage_backward(comm, x, y)\n    return None", "    stage_backward(comm, x, y)\n    return 0.0"),)),
+          changes=(("    stage_backward(comm, x, y)\n    return None",
+                    "    stage_backward(comm, x, y)\n    return 0.0"),)),
     # ------------------------------------------------------------------ exercise 2: GPipe
     Entry("ex02 split accepts True and 2.0", EX02, "no type check of num_microbatches", ranks=False,
           changes=(("if not isinstance(num_microbatches, int) or isinstance(num_microbatches, bool) or "

@@ -83,8 +83,8 @@ def grade(entry: Entry, timeout: float = 600) -> dict:
         shutil.copytree(ROOT / "solutions", package, ignore=shutil.ignore_patterns("__pycache__"))
         (package / f"{entry.module}.py").write_text(mutate(entry))
         report = Path(tmp, "grade.json")
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/exercises/test_{entry.module}.py",
-                   "--impl", PACKAGE, "--grade-json", str(report)]
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   f"tests/exercises/test_{entry.module}.py", "--impl", PACKAGE, "--grade-json", str(report)]
         if entry.select:
             command += ["-k", entry.select]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tmp, str(ROOT), os.environ.get("PYTHONPATH"))
@@ -151,7 +151,8 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(one, entries))
-    print(f"\n{len(entries) - len(failures)}/{len(entries)} entries as they should be, in {time.monotonic() - start:.0f} s"
+    print(f"\n{len(entries) - len(failures)}/{len(entries)} entries as they should be, "
+          f"in {time.monotonic() - start:.0f} s"
           + (f"; not: {', '.join(failures)}" if failures else ""))
     return 1 if failures else 0
 
