@@ -64,3 +64,4 @@ def test_played_in_sequence_its_bubble_is_zbv_s(p):
                                   input_grad=0.5, weight_grad=0.5)
         assert trace.utilization == pytest.approx(6 * m / (6 * m + p - 1), abs=1e-12)
         assert trace.utilization == pytest.approx(simulate.theory_utilization("zbv", p, m), abs=1e-12)
+        assert trace.peak_stashed == [2 * p + 1] * p          # half-stage chunks: one more than ZB-V's 2p
