@@ -99,8 +99,9 @@ def test_stubs_and_hints_hold_no_answer(module):
 def test_borrowed_answers_are_refused(tmp_path):
     """Importing pipeline_ref's own function (or the solutions, or importlib) is refused, naming the line."""
     allowed = "from pipeline_ref.schedules import Action\nfrom pipeline_ref.stage import Stage\nimport torch\n" \
-              "from .ex00_mpi_tensors import isend_tensor\n"
-    path = tmp_path / "ex02_x.py"
+              "from .ex00_mpi_tensors import isend_tensor\nfrom exercises.ex00_mpi_tensors import irecv_tensor\n"
+    (tmp_path / "exercises").mkdir()
+    path = tmp_path / "exercises" / "ex02_x.py"
     path.write_text(allowed)
     answers.refuse_borrowed(path)
     for bad, says in [("from pipeline_ref.schedules import Action, gpipe\n", "imports gpipe from pipeline_ref"),
