@@ -26,8 +26,9 @@ def measure(kind: str) -> dict:
 
     def build(seed):
         torch.manual_seed(seed)
-        module, _, (inputs, _) = getattr(hf_models, kind)(batch=4)
-        return models.to_dtype(module, (inputs, inputs), torch.float64)[0], inputs
+        module, _, batch = getattr(hf_models, kind)(batch=4)
+        module, (inputs, _) = models.to_dtype(module, batch, torch.float64)
+        return module, inputs
 
     times = {}
     for label, seed, key in (("first trace", 0, None), ("second trace", 1, "kept"), ("cached copy", 2, "kept")):
