@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from .config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, ConfigError, RunConfig, check_config
+from .config import AUTOCAST, DEVICES, DTYPES, OPTIMIZERS, PARTITIONS, TRANSPORTS, ConfigError, RunConfig, check_config
 from .schedules import GENERATORS
 
 
@@ -39,16 +39,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--ranks", type=int, help="start this many local ranks (else: run under mpiexec)")
     run.add_argument("--steps", type=int, default=4, help="training steps (the first warms up; the report is "
                      "the median of the others)")
-    run.add_argument("--model", default="mlp", help="'mlp', 'gpt' or pkg.module:factory")
+    run.add_argument("--model", default="mlp", help="'mlp', 'gpt', 'gpt_tied', 'text_gpt' (real text) or pkg.module:factory")
     run.add_argument("--dtype", default="float32", choices=list(DTYPES))
     run.add_argument("--device", default="cpu", choices=list(DEVICES))
     run.add_argument("--lr", type=float, default=0.05)
+    run.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS), help="each stage's own optimizer")
+    run.add_argument("--autocast", choices=list(AUTOCAST), help="mixed precision: float32 master weights, "
+                     "layers in bfloat16, or float16 with dynamic loss scaling (an overflow skips the step everywhere)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--sync-sends", action="store_true", help="synchronous sends (no eager buffering)")
     run.add_argument("--transport", default="mpi", choices=list(TRANSPORTS),
                      help="the wire of the pipeline's messages: MPI, or torch.distributed (gloo on CPU, NCCL on GPUs)")
     run.add_argument("--partition", default="uniform", choices=list(PARTITIONS),
                      help="layers -> stages: equal layer counts, equal parameters, or equal measured time")
+    split = run.add_mutually_exclusive_group()     # a factory returning a whole nn.Module (split.py)
+    split.add_argument("--split", choices=["auto"], help="cut a whole nn.Module at its blocks, grouped by "
+                       "parameters (--partition time: by measured time); the default for such a model")
+    split.add_argument("--split-at", metavar="NAME,...", type=lambda s: tuple(n for n in s.split(",") if n),
+                       default=(), help="cut a whole nn.Module so that a stage begins at each named submodule")
     run.add_argument("--checkpoint", action="store_true",
                      help="activation checkpointing: stash only stage inputs, recompute in the backward")
     run.add_argument("--overlap-allreduce", action="store_true",
@@ -95,12 +103,12 @@ def _config(args) -> RunConfig:
     return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches, chunks=args.chunks,
                      steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
                      seed=args.seed, sync_sends=args.sync_sends, transport=args.transport,
-                     overlap_allreduce=args.overlap_allreduce, partition=args.partition,
+                     overlap_allreduce=args.overlap_allreduce, partition=args.partition, split_at=args.split_at,
                      checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
                      collect_params=bool(args.save_params),
                      stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True,
                      checkpoint_dir=args.save_checkpoint, checkpoint_every=args.checkpoint_every,
-                     resume_from=args.resume)
+                     resume_from=args.resume, optimizer=args.optimizer, autocast=args.autocast)
 
 
 def _report(result, args) -> None:

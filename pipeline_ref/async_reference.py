@@ -13,6 +13,7 @@ stage 1 at version 5 is just one forward and one backward.
   afterwards stage s takes one SGD step with j's gradient: version j + 1 = version j - lr * g_j.
 - 2BW: the microbatches of step t all see version max(0, t - 1) everywhere; their mean gradient g_t is
   applied to version t: version t + 1 = version t - lr * g_t.
+- flush (GPipe, 1F1B, every synchronous schedule): step t sees version t; version t + 1 = version t - lr * g_t.
 
 The order in which a stage receives its updates is the only order the pipelined run could apply them in
 (one per backward, backwards in microbatch order), so the two agree to rounding: tests/test_pipedream.py.
@@ -26,28 +27,42 @@ from torch import nn
 from torch.func import functional_call
 
 
-def train(schedule: str, layers, loss_fn, batch, ranges, num_microbatches: int, steps: int, lr: float):
-    """(mean loss of each step, {name: parameter after the run}) for ``schedule`` in ("pipedream", "pipedream-2bw").
+def version_used(schedule: str, stage: int, num_stages: int, num_microbatches: int, microbatch: int) -> int:
+    """The version of ``stage`` that microbatch j of the run (step j // m) meets."""
+    p, m, j = num_stages, num_microbatches, microbatch
+    if schedule == "pipedream":
+        return max(0, j - (p - stage - 1))
+    if schedule == "pipedream-2bw":
+        return max(0, j // m - 1)
+    if schedule == "flush":                     # any synchronous schedule (GPipe, 1F1B, ...): step t on version t
+        return j // m
+    raise ValueError(f"unknown schedule {schedule!r}: pipedream, pipedream-2bw or flush")
+
+
+def train(schedule: str, layers, loss_fn, batch, ranges, num_microbatches: int, steps: int, lr: float,
+          after_step=None):
+    """(mean loss of each step, {name: parameter after the run}) for ``schedule`` in ("pipedream",
+    "pipedream-2bw", "flush"); "flush" is what every synchronous schedule computes (one SGD step per step).
 
     ``ranges``: the layers of each stage, as (start, stop) pairs (``RunResult.partition``); names as
-    ``nn.Sequential(*layers).named_parameters()`` gives them.
+    ``nn.Sequential(*layers).named_parameters()`` gives them. ``batch``: the global batch of every step, or a
+    callable ``step -> (inputs, targets)``. ``after_step(t, weights)``, if given, sees the newest weights of
+    every stage once step t's microbatches are through (to measure a validation loss).
     """
     model = nn.Sequential(*copy.deepcopy(layers))
     p, m = len(ranges), num_microbatches
     stage_of = lambda name: next(s for s, (start, stop) in enumerate(ranges) if start <= int(name.split(".")[0]) < stop)
     names = [[n for n, _ in model.named_parameters() if stage_of(n) == s] for s in range(p)]
     start = dict(model.named_parameters())
-    versions = [[{n: start[n].detach() for n in names[s]}] for s in range(p)]   # versions[s][k]
-    inputs, targets = batch[0].tensor_split(m), batch[1].tensor_split(m)
+    versions = [{0: {n: start[n].detach() for n in names[s]}} for s in range(p)]   # versions[s][k]
+    newest = [0] * p
     losses = []
     for j in range(steps * m):
         t, i = divmod(j, m)
-        if schedule == "pipedream":
-            used = [max(0, j - (p - s - 1)) for s in range(p)]
-        elif schedule == "pipedream-2bw":
-            used = [max(0, t - 1)] * p
-        else:
-            raise ValueError(f"unknown asynchronous schedule {schedule!r}")
+        if i == 0:
+            inputs, targets = (batch(t) if callable(batch) else batch)
+            inputs, targets = inputs.tensor_split(m), targets.tensor_split(m)
+        used = [version_used(schedule, s, p, m, j) for s in range(p)]
         scale = 1.0 if schedule == "pipedream" else 1.0 / m
         loss, grads = _loss_and_gradients(model, loss_fn, [versions[s][used[s]] for s in range(p)],
                                           inputs[i], targets[i], scale)
@@ -58,9 +73,15 @@ def train(schedule: str, layers, loss_fn, batch, ranges, num_microbatches: int, 
             step_gradient = grads if i == 0 else {n: step_gradient[n] + grads[n] for n in grads}
         if schedule == "pipedream" or i == m - 1:
             for s in range(p):
-                versions[s].append({n: w - lr * step_gradient[n] for n, w in versions[s][-1].items()})
+                newest[s] += 1
+                versions[s][newest[s]] = {n: w - lr * step_gradient[n] for n, w in versions[s][newest[s] - 1].items()}
+                # Versions no later microbatch meets are dropped (their number never decreases along the run).
+                oldest = version_used(schedule, s, p, m, j + 1)
+                versions[s] = {k: v for k, v in versions[s].items() if k >= oldest or k == newest[s]}
+        if i == m - 1 and after_step is not None:
+            after_step(t, {n: w for s in range(p) for n, w in versions[s][newest[s]].items()})
     step_losses = [sum(losses[t * m:(t + 1) * m]) / m for t in range(steps)]
-    return step_losses, {n: w for s in range(p) for n, w in versions[s][-1].items()}
+    return step_losses, {n: w for s in range(p) for n, w in versions[s][newest[s]].items()}
 
 
 def _loss_and_gradients(model, loss_fn, weights: list[dict], x, y, scale: float):

@@ -53,12 +53,23 @@ def attach_versions(run) -> list[WeightVersions]:
     return stores
 
 
+def _stream_data(run) -> tuple[list | None, list | None]:
+    """This rank's inputs and targets of each microbatch j of the stream: microbatch j % m of step j // m's batch."""
+    cfg, m = run.cfg, run.cfg.microbatches
+    if getattr(run, "data", None) is None:            # the same batch at every step
+        per_step = [(run.inputs, run.targets)] * cfg.steps
+    else:                                             # a batch per step (real text): each step's own
+        from .batches import microbatches
+        per_step = [microbatches(run.data.at(t), cfg, run.topo, run.pipeline, run.device) for t in range(cfg.steps)]
+    pick = lambda k: None if per_step[0][k] is None else [per_step[j // m][k][j % m] for j in range(cfg.steps * m)]
+    return pick(0), pick(1)
+
+
 def run_stream(run) -> RunResult | None:
     cfg, comm, rank = run.cfg, run.comm, run.topo.stage
     m, n = cfg.microbatches, cfg.steps * cfg.microbatches
     stores = attach_versions(run)
-    inputs = [run.inputs[j % m] for j in range(n)] if run.inputs is not None else None
-    targets = [run.targets[j % m] for j in range(n)] if run.targets is not None else None
+    inputs, targets = _stream_data(run)
     meter = next(iter(run.stages.values())).meter
     meter.reset_peaks()
     watchdog.beat("waiting for the other ranks before the stream")

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field, asdict
 
 import torch
 
-from . import asynchronous, models, schedules
+from . import asynchronous, batches, models, schedules
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda", "auto")
 PARTITIONS = ("uniform", "parameters", "time")
+OPTIMIZERS = ("sgd", "adamw")
+AUTOCAST = ("bfloat16", "float16")
 TRANSPORTS = ("mpi", "torch")     # the wire of the pipeline's messages: MPI, or torch.distributed (gloo / NCCL)
 
 
@@ -38,6 +40,8 @@ class RunConfig:
     dtype: str = "float32"
     device: str = "cpu"
     lr: float = 0.05                  # plain SGD, so a few steps visibly lower the loss
+    optimizer: str = "sgd"            # per stage, on its own parameters (optim.py): sgd or adamw
+    autocast: str | None = None       # mixed precision (precision.py): "bfloat16", or "float16" with loss scaling
     seed: int = 0
     sync_sends: bool = False          # Issend: no send order passes only thanks to eager buffering
     transport: str = "mpi"            # "torch": torch.distributed (torch_transport.py), gloo on CPU, NCCL on GPUs
@@ -45,6 +49,7 @@ class RunConfig:
     collect_params: bool = False      # gather every rank's parameters after the last step
     overlap_allreduce: bool = False   # start a stage's gradient all-reduce right after its last backward
     partition: str = "uniform"        # layers -> stages: uniform, parameters, or time (measured)
+    split_at: tuple = ()              # a whole nn.Module: a stage begins at each named submodule (else auto)
     checkpoint: bool = False          # activation checkpointing: keep stage inputs, recompute in backward
     chunks: int = 1                   # model chunks per rank, for the interleaved schedule
     stall_timeout: float = 120.0      # seconds without progress before a rank ends the run
@@ -53,6 +58,11 @@ class RunConfig:
     checkpoint_every: int = 1
     resume_from: str | None = None    # continue from the newest complete checkpoint in this folder
     verbose: bool = False             # print a progress line per step
+
+    @property
+    def skips_nonfinite(self) -> bool:
+        """A NaN/inf skips the step on every rank: asked for, or float16's overflows (precision.py)."""
+        return self.skip_nonfinite or self.autocast == "float16"
 
     @property
     def world_size(self) -> int:
@@ -78,6 +88,16 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.chunks > 1 and cfg.schedule != "interleaved" and ":" not in cfg.schedule:
         raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved (or your own generator); "
                           f"zbv always holds 2 chunks per rank")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.autocast is not None and cfg.autocast not in AUTOCAST:
+        raise ConfigError(f"unknown autocast dtype {cfg.autocast!r}; choose one of {', '.join(AUTOCAST)}")
+    if cfg.autocast and cfg.dtype != "float32":
+        raise ConfigError(f"--autocast {cfg.autocast} keeps float32 master weights: use it with --dtype float32, "
+                          f"not {cfg.dtype}")
+    if cfg.optimizer != "sgd" and (cfg.checkpoint_dir or cfg.resume_from):
+        raise ConfigError(f"checkpoints keep parameters and the step (checkpoint.py), not {cfg.optimizer}'s state: "
+                          f"--save-checkpoint/--resume need --optimizer sgd")
     if cfg.partition not in PARTITIONS:
         raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:
@@ -111,7 +131,8 @@ def build_model(cfg: RunConfig):
     """The whole model and batch, identical on every rank: seeded, then converted to the run's dtype."""
     factory = models.load_factory(cfg.model)
     torch.manual_seed(cfg.seed)
-    layers, loss_fn, batch = factory(**cfg.model_kwargs)
+    layers, loss_fn, data = factory(**cfg.model_kwargs)
+    batch = batches.first_batch(data)       # a per-step data source stands in as its step 0 batch
     models.check_model(layers, loss_fn, batch)
     layers, batch = models.to_dtype(layers, batch, DTYPES[cfg.dtype])
     return layers, loss_fn, batch
@@ -154,7 +175,12 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
     check_config(cfg, world_size)
     layers, loss_fn, batch = build_model(cfg)
     schedule = make_schedule(cfg)
-    check_fits(cfg, len(layers), batch[0].shape[0], chunks=schedule.num_chunks,
+    try:                              # a list's layers, or the pieces a whole module is cut into (cut.py)
+        from .cut import num_pieces
+        count = num_pieces(cfg, layers, batch[0], schedule.num_chunks)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_fits(cfg, count, batch[0].shape[0], chunks=schedule.num_chunks,
                split_backward=schedule.splits_backward, target_size=batch[1].shape[0])
     if cfg.schedule in asynchronous.ASYNCHRONOUS and cfg.pp > 1 and asynchronous.shared_parameters(layers):
         raise ConfigError(f"{cfg.schedule} keeps weight versions per stage, and layers of this model share a "

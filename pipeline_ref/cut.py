@@ -55,8 +55,9 @@ def num_pieces(cfg, model, inputs, chunks: int) -> int:
         raise ValueError(f"--split-at names {count - 1} point(s), cutting the model into {count} pieces, but "
                          f"{wanted} needs {pieces}: name {pieces - 1}")
     if count < pieces:
-        raise ValueError(f"{wanted} needs {pieces} pieces, but --split auto finds only {count} blocks a stage "
-                         f"can begin at (the first, then {', '.join(split.blocks(model, split.record_calls(model, inputs[:1])))})")
+        names = ", ".join(split.blocks(model, split.record_calls(model, inputs[:1])))
+        raise ValueError(f"{wanted} needs {pieces} pieces, but --split auto cuts this model into at most {count}: "
+                         f"a stage can begin at {names}; use fewer stages or a model with more blocks")
     return count
 
 
@@ -103,6 +104,8 @@ def cut(comm, cfg, model, loss_fn, sample, pipe, device: torch.device) -> Cut:
         ranges, costs = partition.choose(comm, cfg.partition, model, sample, num_pieces=n)
         names = {id(p): name for name, p in nn.Sequential(*model).named_parameters()}
         return Cut(model, ranges, costs, names, tied_groups(model, ranges, pipe), nn.Sequential, loss_fn)
+    from .watchdog import beat
+    beat("tracing the model (torch.export) and cutting it into pieces")
     key = (cfg.model, repr(sorted(cfg.model_kwargs.items())), cfg.dtype, cfg.seed)
     pieces = split.trace(model, sample.cpu(), list(cfg.split_at) or None, key=key)   # traced on the CPU ...
     if device.type != "cpu":     # ... then ops that make tensors (arange, ones) are pointed at the device,

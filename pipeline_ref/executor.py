@@ -108,7 +108,7 @@ def agree_specs(transport, stages: dict[int, Stage], pipeline: Pipeline, rank: i
             stages[chunk].wants_grad = tuple(s.requires_grad for s in specs)
         in_specs[chunk] = specs
         with torch.enable_grad():   # requires_grad on the outputs says which get a gradient back
-            outputs = stages[chunk].module(*inputs)
+            outputs = stages[chunk].run_module(*inputs)
         out_specs[chunk] = specs_of(outputs if isinstance(outputs, tuple) else (outputs,))
         dest = pipeline.place(v + 1) if v + 1 < pipeline.num_virtual_stages else None
         if dest is not None and dest.rank != rank:

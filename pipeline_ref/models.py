@@ -31,6 +31,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import text_data
+from .batches import PerStep
+
 
 # ---------------------------------------------------------------------------------------------- deep MLP
 
@@ -136,7 +139,16 @@ def tiny_gpt_tied(**options):
     return tiny_gpt(tie_weights=True, **options)
 
 
-FACTORIES = {"mlp": mlp, "gpt": tiny_gpt, "gpt_tied": tiny_gpt_tied}
+def text_gpt(dim: int = 64, heads: int = 4, blocks: int = 4, seq_len: int = 64, batch: int = 16,
+             tie_weights: bool = True, max_bytes: int = 1_000_000, seed: int = 0):
+    """``tiny_gpt``'s layers over bytes (vocabulary 256, tied as in GPT-2 by default), trained on real text: a new
+    batch of the standard library's source at every step (``text_data.Batches``; ``--model text_gpt``)."""
+    layers, loss_fn, _ = tiny_gpt(vocab=256, dim=dim, heads=heads, blocks=blocks, seq_len=seq_len, batch=1,
+                                  tie_weights=tie_weights, seed=seed)
+    return layers, loss_fn, text_data.Batches(text_data.Corpus.from_stdlib(max_bytes), batch, seq_len, seed)
+
+
+FACTORIES = {"mlp": mlp, "gpt": tiny_gpt, "gpt_tied": tiny_gpt_tied, "text_gpt": text_gpt}
 # Whole modules (split.py cuts them), named for the command line; imported only when asked for (transformers).
 ALIASES = {"hf_gpt2": "pipeline_ref.hf_models:gpt2", "hf_llama": "pipeline_ref.hf_models:llama"}
 
@@ -259,5 +271,8 @@ def to_dtype(layers, batch, dtype: torch.dtype):
         raise ValueError(f"to_dtype converts to a floating dtype, got {dtype}")
     for layer in [layers] if isinstance(layers, nn.Module) else layers:
         layer.to(dtype)
-    inputs, targets = (t.to(dtype) if t.is_floating_point() else t for t in batch)
-    return layers, (inputs, targets)
+    def convert(pair):
+        return tuple(t.to(dtype) if t.is_floating_point() else t for t in pair)
+    if isinstance(batch, PerStep):
+        return layers, PerStep(batch.source, convert)
+    return layers, convert(batch)

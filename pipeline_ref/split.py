@@ -121,7 +121,8 @@ def check_points(module: nn.Module, calls: Calls, points) -> list[str]:
         if calls.counts.get(name, 0) != 1:
             raise ValueError(f"--split-at {name!r}: its forward runs {calls.counts.get(name, 0)} times in one "
                              f"step, but a stage can only begin at a submodule called exactly once; try: {hint}")
-        if name == calls.order[0] or calls.order[0].startswith(name + "."):
+        first = next((n for n in calls.order if any(True for _ in module.get_submodule(n).parameters(False))), name)
+        if calls.order.index(name) <= calls.order.index(first):
             raise ValueError(f"--split-at {name!r} is where the model begins: the first stage would be empty")
     return sorted(points, key=calls.order.index)
 

@@ -9,7 +9,8 @@ the others None. It reads in four parts:
     train_step    the pipeline plays the schedule (``executor.py``) inside this replica's pipeline
                   communicator; gradients averaged over the data communicator and summed over the ranks
                   sharing a tied weight (``reduce.py``)
-    sgd           plain SGD, written out: nothing imported, nothing hidden
+    optimizer     each stage's own (``optim.py``: plain SGD written out, or AdamW), after the reductions;
+                  in float16 the gradients are unscaled first (``precision.py``)
     gather        every rank's report to world rank 0, which keeps the losses, the trace and the memory
 
 ``run_many(comm, configs)`` plays several runs one after another on the first pp x dp ranks of ``comm``:
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import async_run, asynchronous, checkpoint, cut, machine, partition, watchdog
+from . import (async_run, asynchronous, batches, checkpoint, cut, machine, optim, partition, precision,
+               watchdog)
 from .config import ConfigError, RunConfig, preflight
 from .device import for_rank as device_for_rank
 from .results import Memory, RunResult
@@ -54,6 +56,9 @@ class RankRun:
     device: torch.device
     layers: dict                 # global layer index -> module, the layers this rank holds (for checkpoints)
     first_step: int              # 0, or the step a resumed run continues from
+    data: object = None          # batches.PerStep when the factory gives a batch per step
+    optimizer: object = None     # optim.SGD or optim.AdamW over this rank's parameters
+    scaler: object = None        # precision.LossScaler in float16, else precision.NoScaler
 
 
 def set_up(comm, cfg: RunConfig) -> RankRun:
@@ -66,7 +71,8 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     from .stage import StashMeter, Stage
 
     watchdog.beat("checking the configuration")
-    layers, loss_fn, (inputs, targets), schedule = preflight(cfg, comm.Get_size())
+    layers, loss_fn, batch, schedule = preflight(cfg, comm.Get_size())
+    inputs, targets = batch                   # step 0's, when the factory gives a batch per step
     pipe = schedule.pipeline                  # num_stages, chunks per rank, and where each chunk sits
     m, device = cfg.microbatches, device_for_rank(cfg.device, comm)   # one GPU per rank: the launcher's local rank
     per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
@@ -87,6 +93,8 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
         stages[chunk] = Stage(model.chunk(*layers[piece.start:piece.stop]).to(device),
                               pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), model.loss_fn, m,
                               recompute=cfg.checkpoint, split_backward=schedule.splits_backward, meter=meter)
+    for stage in stages.values():
+        stage.precision = precision.autocast(cfg.autocast, device)
     params = list({id(p): p for s in stages.values() for p in s.parameters()}.values())
     held = {i: layers[i] for c in range(pipe.num_chunks) for i in ranges[pipe.virtual_stage(rank, c)]}
     first_step = 0
@@ -98,17 +106,13 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
                               f"leaves nothing to run (--steps counts from the start, resumed steps included)")
     names = model.names    # as nn.Sequential(*layers), or the whole module, names them: as on one device
 
-    mine = slice(topo.replica * per_replica, (topo.replica + 1) * per_replica)
-    per_replica_targets = targets.shape[0] // cfg.dp
-    theirs = slice(topo.replica * per_replica_targets, (topo.replica + 1) * per_replica_targets)
-    micro_inputs = [(x.to(device),) for x in inputs[mine].tensor_split(m)] if rank == 0 else None
-    micro_targets = ([t.to(device) for t in targets[theirs].tensor_split(m)] if rank == pipe.loss_rank else None)
+    micro_inputs, micro_targets = batches.microbatches(batch, cfg, topo, pipe, device)
     sample = micro_inputs[0] if rank == 0 else (torch.empty(0, device=device),)
 
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
     in_specs, out_specs = agree_specs(transport, stages, pipe, rank, sample)
     executor = Executor(stages, plan(schedule[rank], pipe, rank, in_specs, out_specs),
-                        Messenger(transport, device), rank, device, skip_nonfinite=cfg.skip_nonfinite)
+                        Messenger(transport, device), rank, device, skip_nonfinite=cfg.skips_nonfinite)
 
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
     dp_reducer = GradientReducer(topo.data, params, average=True)
@@ -124,12 +128,18 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
                    dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
                    + ([transport] if cfg.transport == "torch" else []),     # its Free() ends its process group
                    ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device, held,
-                   first_step)
+                   first_step, batch if isinstance(batch, batches.PerStep) else None,
+                   optim.make(cfg.optimizer, params, cfg.lr), precision.scaler_for(cfg.autocast))
 
 
 def train_step(run: RankRun, step: int) -> dict:
     """One step on this rank: the schedule, then the all-reduces. Returns this rank's report of it."""
     cfg, rank = run.cfg, run.topo.stage
+    if run.data is not None:                  # a batch per step (real text): this step's, same shapes as step 0's
+        run.inputs, run.targets = batches.microbatches(run.data.at(step), cfg, run.topo, run.pipeline,
+                                                      run.device)
+    for stage in run.stages.values():         # float16: the loss scaled up by the agreed scale
+        stage.loss_scale = run.scaler.scale / cfg.microbatches
     watchdog.beat(f"waiting for the other ranks before step {step}")
     run.comm.Barrier()
     if run.device.type == "cuda":
@@ -141,7 +151,7 @@ def train_step(run: RankRun, step: int) -> dict:
                                      after_last_backward=run.dp_reducer.start if cfg.overlap_allreduce else None)
     found = run.executor.found_nonfinite or _nonfinite_gradients(run, step)
     skip = False
-    if cfg.skip_nonfinite:
+    if cfg.skips_nonfinite:
         # Every rank of every replica must make the same choice, or the next collective would hang: reduce it.
         watchdog.beat(f"step {step}: agreeing whether to skip the step")
         from mpi4py import MPI
@@ -171,7 +181,7 @@ def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
     if kind is None:
         return None
     message = f"rank {run.topo.stage}: a weight gradient is {kind} after the backward of step {step}"
-    if not run.cfg.skip_nonfinite:
+    if not run.cfg.skips_nonfinite:
         raise NonFiniteError(message)
     return message
 
@@ -180,7 +190,7 @@ def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
 def _memory(run: RankRun, meter) -> Memory:
     nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)
     return Memory(parameters=nbytes(run.params), gradients=nbytes(p.grad for p in run.params if p.grad is not None),
-                  optimizer=0, peak_stashed_bytes=meter.peak_bytes,
+                  optimizer=run.optimizer.state_bytes(), peak_stashed_bytes=meter.peak_bytes,
                   device_peak=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None)
 
 
@@ -195,13 +205,6 @@ def save_checkpoint(run: RankRun, step: int) -> None:
                                                          "schedule": run.cfg.schedule, "pp": run.cfg.pp})
 
 
-def sgd(params: list, lr: float) -> None:
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                p -= lr * p.grad
-
-
 def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     run = set_up(comm, cfg)
     if cfg.verbose and comm.Get_rank() == 0:
@@ -212,7 +215,9 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     for step in range(run.first_step, cfg.steps):
         report = train_step(run, step)
         if not report["skip"]:
-            sgd(run.params, cfg.lr)
+            run.scaler.unscale(run.params)
+            run.optimizer.step()
+        run.scaler.update(skipped=report["skip"])     # the same on every rank: the skip was agreed
         if cfg.checkpoint_dir and (step + 1) % cfg.checkpoint_every == 0:
             save_checkpoint(run, step + 1)
         if cfg.collect_params and step == cfg.steps - 1:

@@ -122,3 +122,15 @@ def crashing_mlp(crash_on_call: int = 0, depth: int = 8, width: int = 8, batch: 
     layers, loss_fn, data = models.mlp(depth=depth, width=width, batch=batch)
     layers.append(Trap(on_call=crash_on_call or -1, action="raise"))
     return layers, loss_fn, data
+
+
+def overflow_linear(overflow_step: int = 2, width: int = 8, batch: int = 8, depth: int = 4):
+    """Linear layers only (nothing saturates), a new batch per step; step ``overflow_step``'s inputs are 1e6 times
+    larger, so in float16 (largest 65504) its activations overflow on every stage after the first layer."""
+    layers = [nn.Linear(width, width) for _ in range(depth)]
+
+    def data(step: int):
+        generator = torch.Generator().manual_seed(step)
+        inputs = torch.randn(batch, width, generator=generator) * (1e6 if step == overflow_step else 1.0)
+        return inputs, torch.randn(batch, width, generator=generator)
+    return layers, torch.nn.functional.mse_loss, data

@@ -1,0 +1,83 @@
+"""The ground truth of a whole run: the same configuration trained on one process, no pipeline, no messages.
+
+    from pipeline_ref import one_device
+    from pipeline_ref.config import RunConfig
+    cfg = RunConfig(model="text_gpt", steps=200, optimizer="adamw", lr=3e-3, autocast="bfloat16")
+    curve = one_device.train(cfg)               # losses per step, parameters after the last step
+    one_device.validation_loss(curve.layers, cfg, batches=8)
+
+Everything a pipelined run does per step is done here in one place, in the same order: the same seeded model
+and data (``config.build_model``), the batch cut into the same ``m`` microbatches whose losses are scaled by
+``1/m`` and accumulated (so float64 agrees with a pipeline to rounding), the same optimizer (``optim.py``), the
+same autocast and loss scale, and the same skip of a step whose gradients are not finite. A pipelined run's losses
+should equal ``train(cfg).losses`` step for step: ``tests/test_real_training.py`` checks it.
+(``models.reference_step`` is one step of this, for gradients alone.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import batches, optim, precision
+from .config import RunConfig, build_model
+
+
+@dataclass
+class Curve:
+    losses: list[float]          # the training loss of each step, before its update (as RunResult.losses)
+    skipped_steps: list[int]     # steps skipped for a non-finite gradient (float16 overflow)
+    layers: list                 # the model after the last step
+    scales: list[float]          # the loss scale each step used (1.0 without float16)
+
+
+def _finite(params) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+def train(cfg: RunConfig) -> Curve:
+    layers, loss_fn, batch = build_model(cfg)
+    model = nn.Sequential(*layers)
+    params = list({id(p): p for p in model.parameters()}.values())      # a tied weight once
+    optimizer = optim.make(cfg.optimizer, params, cfg.lr)
+    scaler, autocast = precision.scaler_for(cfg.autocast), precision.autocast(cfg.autocast, torch.device("cpu"))
+    losses, skipped, scales = [], [], []
+    for step in range(cfg.steps):
+        inputs, targets = batch.at(step) if isinstance(batch, batches.PerStep) else batch
+        for p in params:
+            p.grad = None
+        scales.append(scaler.scale)
+        step_losses = []
+        for x, y in zip(inputs.tensor_split(cfg.microbatches), targets.tensor_split(cfg.microbatches)):
+            with autocast():
+                loss = loss_fn(model(x), y)
+            step_losses.append(loss.detach())
+            (loss * (scaler.scale / cfg.microbatches)).backward()
+        losses.append(torch.stack(step_losses).mean().item())
+        skip = cfg.skips_nonfinite and not (_finite(params) and all(map(math.isfinite, map(float, step_losses))))
+        if skip:
+            skipped.append(step)
+        else:
+            scaler.unscale(params)
+            optimizer.step()
+        scaler.update(skipped=skip)
+    return Curve(losses, skipped, layers, scales)
+
+
+@torch.no_grad()
+def validation_loss(layers: list, cfg: RunConfig, batches: int = 8) -> float:
+    """Mean loss of ``layers`` over the first ``batches`` validation batches of the run's data (``text_data``)."""
+    _, loss_fn, batch = build_model(cfg)
+    source = getattr(batch, "source", None)
+    if not hasattr(source, "validation"):
+        raise ValueError(f"model {cfg.model!r} has no validation data (text_data.Batches has)")
+    model = nn.Sequential(*layers).eval()
+    autocast = precision.autocast(cfg.autocast, torch.device("cpu"))
+    total = 0.0
+    for index in range(batches):
+        x, y = source.validation(index)
+        with autocast():
+            total += loss_fn(model(x), y).item()
+    return total / batches
