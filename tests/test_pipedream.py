@@ -158,6 +158,8 @@ def test_on_one_stage_pipedream_is_per_microbatch_sgd_and_2bw_is_one_step_late(m
     for steps in (1, 2):
         _, w = async_reference.train("pipedream-2bw", layers, loss_fn, batch, [(0, len(layers))], 3, steps, lr=0.1)
         assert_params_equal(w, {n: w0[n].detach() - steps * 0.1 * grads[n] for n in grads}, f"2BW, {steps} steps")
+    _, w = async_reference.train("flush", layers, loss_fn, batch, [(0, len(layers))], 3, 1, lr=0.1)
+    assert_params_equal(w, {n: w0[n].detach() - 0.1 * grads[n] for n in grads}, "flush")
 
 
 def test_refused_before_any_rank_starts():
