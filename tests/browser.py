@@ -5,8 +5,9 @@
 
 Debian's chromium (/usr/bin/chromium, installed by ``make browser``, which .ci/run calls), driven by Playwright
 for Python; Playwright's own browser downloads are never used. ``skip_without_browser`` skips a test, with the
-reason, where either is missing. Every request off the local server is aborted and recorded in ``blocked``: a
-page that needs a CDN is a failure, not a slow pass.
+reason, where either is missing, and ``open_browser`` where chromium is there but does not start. Every
+request off the local server is aborted and recorded in ``blocked``: a page that needs a CDN is a failure, not a
+slow pass.
 """
 from __future__ import annotations
 
@@ -77,9 +78,12 @@ def open_browser(profile_dir: Path, base_url: str):
         route.abort()
 
     with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(profile_dir), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900})
+        try:
+            context = pw.chromium.launch_persistent_context(
+                str(profile_dir), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 900})
+        except Exception as err:        # playwright's Error: no display libraries, a refused sandbox, ...
+            pytest.skip(f"{executable} did not start headless: {str(err).strip().splitlines()[0][:300]}")
         try:
             context.set_default_timeout(30_000)
             context.route(lambda url: not url.startswith(base_url + "/") and not url.startswith("data:"), block)
