@@ -166,6 +166,8 @@ def _lost(chain: list[tuple[int, int]]) -> int | None:
     """The first process of ``chain`` whose parent changed (that parent is gone), or None if all are there."""
     for pid, parent in chain:
         now = os.getppid() if pid == os.getpid() else _parent_of(pid)
+        if now is None and Path(f"/proc/{pid}").exists():
+            continue            # could not read it this time, but it is there: not a loss
         if now != parent:
             return parent
     return None
@@ -193,7 +195,7 @@ def start(rank: int, stall_timeout: float | None, heartbeat_dir: str | None = No
         while True:
             time.sleep(poll)
             gone = _lost(chain)
-            if gone is not None:
+            if gone is not None and _lost(chain) == gone:   # asked twice: a loss is for good, a misread is not
                 who = "the launcher" if launcher and gone == launcher[0] else "a process that started this rank"
                 report(f"{who} (pid {gone}) is gone; ending this rank while {_doing}")
                 os._exit(ORPHANED)

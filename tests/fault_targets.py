@@ -9,10 +9,13 @@ import time
 
 
 def idle(comm, seconds: float = 60):
-    """Every rank says it is ready, then waits (not watched: only its launcher ending it is tested)."""
+    """Once every rank is up, rank 0 says so (one line: two ranks' lines can interleave), then all wait (not
+    watched: only their launcher ending them is tested)."""
     from pipeline_ref import watchdog
     watchdog.beat("waiting, as the test asked", watched=False)
-    print(f"rank {comm.Get_rank()} ready", flush=True)
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        print("all ranks ready", flush=True)
     time.sleep(seconds)
 
 

@@ -157,10 +157,10 @@ def launcher_faults():
     started = {case: _start_launcher(case) for case in LAUNCHER_FAULTS}
     outcomes = {}
     for case, process in started.items():
-        ready = 0
-        for line in process.stdout:         # the ranks echo "rank r ready" once they are up
-            ready += "ready" in line
-            if ready == 2:
+        seen = []
+        for line in process.stdout:         # rank 0 echoes "all ranks ready" once they are up
+            seen.append(line)
+            if "all ranks ready" in line:
                 break
         begun = time.monotonic()
         try:
@@ -170,6 +170,7 @@ def launcher_faults():
             left = [f"could not do {case} ({err!r}): the launcher's run ended by itself"]
         gone_after = time.monotonic() - begun
         out, err = process.communicate(timeout=BOUND)
+        out = "".join(line for line in seen if "all ranks ready" not in line) + out
         outcomes[case] = (process.returncode, out, err, gone_after, left)
     return outcomes
 
