@@ -26,7 +26,7 @@ $(SITE_STAMP): $(STAMP) pyproject.toml book/package.json
 demo: $(STAMP)
 	$(PY) -m pipeline_ref demo --out out/demo
 
-test: $(STAMP) $(SITE_STAMP)
+test: $(STAMP) $(SITE_STAMP) browser
 	$(PY) -m pytest -q --impl solutions --nbval-lax --nbval-current-env tests lessons
 
 # Grade your exercises (IMPL=solutions to check the reference answers).
