@@ -157,9 +157,9 @@ def test_a_ranks_failure_starts_with_its_cause():
     older = ("the run on 3 ranks failed (exit code 1):\n  rank 0: stuck for 20 s while waiting; ending the run\n"
              "  rank 1: failed while in your ex01_naive_split.stage_forward: TypeError: bad\n--- last lines ---\n")
     assert conftest._cause(older) == "rank 1: failed while in your ex01_naive_split.stage_forward: TypeError: bad"
-    newer = "rank 1: stuck for 20 s while in your run_actions (1f1b): after F1, blocked before B0; ending the run\n..."
+    newer = "rank 1: stuck for 20 s while blocked before B0 (after F1) in your run_actions (1f1b); ending the run\n..."
     first = conftest._explain("ex03.run_1f1b", newer).splitlines()[0]
-    assert first == "rank 1: stuck for 20 s while in your run_actions (1f1b): after F1, blocked before B0 (a deadlock?)"
+    assert first == "rank 1: stuck for 20 s while blocked before B0 (after F1) in your run_actions (1f1b) (a deadlock?)"
 
 
 def test_every_catalogue_entry_still_applies():

@@ -142,7 +142,8 @@ CATALOGUE = [
                           "return importlib.import_module('pipeline_ref.schedules').one_f_one_b(num_stages, "
                           "num_microbatches)"),), expect="no points for an answer"),
     Entry("ex03 executor deadlocks", EX03, "receives posted late, each send waited for at once", select="run_actions",
-          bodies=(("3.3", _lazy(blocking=True)),), expect=r"rank \d.*blocked before [FB]\d", within=150),
+          bodies=(("3.3", _lazy(blocking=True)),), within=150,
+          expect=r"rank \d: stuck for \d+ s while blocked before [FB]\d"),
     Entry("ex03 executor receives late", EX03, "receives posted when their action comes, sends non-blocking: right",
           right=True, select="run_actions", bodies=(("3.3", _lazy(blocking=False)),)),
     Entry("ex03 executor leaves sends unfinished", EX03, "never waits for its sends", select="run_actions",

@@ -191,24 +191,26 @@ class WatchedStage:
         self._report()
 
     def _report(self) -> None:
+        # The action first: the score table shows a failure's first 90 characters.
         done = len(self.played)
         after = f"after {' '.join(map(str, self.played[-3:]))}" if done else "before computing anything"
         if done < len(self._actions):
-            state = f"{after}, blocked before {self._actions[done]} (action {done + 1} of {len(self._actions)})"
+            state = (f"blocked before {self._actions[done]} ({after}; action {done + 1} of {len(self._actions)}: "
+                     f"in a receive or a send that does not complete)")
         else:
-            state = f"every action computed, blocked before returning (finishing its sends?)"
-        watchdog.beat(f"in your run_actions ({self._where}): {state}")
+            state = "blocked after its last action (finishing its sends?)"
+        watchdog.beat(f"{state} in your run_actions ({self._where})")
 
     def forward(self, microbatch, inputs, target=None):
         self.played.append(Action("F", microbatch))
-        watchdog.beat(f"in your run_actions ({self._where}): computing F{microbatch}")
+        watchdog.beat(f"computing F{microbatch} in your run_actions ({self._where})")
         out = self._stage.forward(microbatch, inputs, target)
         self._report()
         return out
 
     def backward(self, microbatch, grads):
         self.played.append(Action("B", microbatch))
-        watchdog.beat(f"in your run_actions ({self._where}): computing B{microbatch}")
+        watchdog.beat(f"computing B{microbatch} in your run_actions ({self._where})")
         out = self._stage.backward(microbatch, grads)
         self._report()
         return out
@@ -227,8 +229,7 @@ def _play(comm, ex, name: str, num_stages: int, num_microbatches: int) -> dict:
     names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
     xs, ts = list(inputs.tensor_split(num_microbatches)), list(targets.tensor_split(num_microbatches))
     actions = list(schedules.build(name, num_stages, num_microbatches)[rank])
-    watched = WatchedStage(stage, actions, f"{name}, {num_stages} stages, {num_microbatches} microbatches, "
-                                           f"rank {rank}")
+    watched = WatchedStage(stage, actions, f"{name}, {num_stages} stages, {num_microbatches} microbatches")
     sync = SyncComm(comm)
     ex.run_actions(sync, watched, actions, xs if rank == 0 else None, ts if rank == last else None,
                    tuple(xs[0].shape), xs[0].dtype)
