@@ -6,6 +6,7 @@
                                [--save-params FILE]
     python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE] [--timeline]
     python -m pipeline_ref doctor [--json]                      what this machine offers the course, what fails
+    python -m pipeline_ref memory --memory-budget GB [--model text_gpt]   bytes per rank; the largest model that fits
 
 ``run`` starts its own ranks with ``-n N``; without it, it expects to be one of
 the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
@@ -14,6 +15,7 @@ the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -42,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="mlp", help="'mlp', 'gpt', 'gpt_tied', 'text_gpt' (real text) or pkg.module:factory")
     run.add_argument("--dtype", default="float32", choices=list(DTYPES))
     run.add_argument("--device", default="cpu", choices=list(DEVICES))
+    run.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+                     help='the model factory\'s options, e.g. \'{"blocks": 8, "dim": 128}\'')
+    run.add_argument("--memory-budget", type=float, metavar="GB", help="per rank: refuse, before any rank "
+                     "starts, a run that would not fit (python -m pipeline_ref memory plans one)")
     run.add_argument("--lr", type=float, default=0.05)
     run.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS), help="each stage's own optimizer")
     run.add_argument("--autocast", choices=list(AUTOCAST), help="mixed precision: float32 master weights, "
@@ -87,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     from .doctor import add_parser as add_doctor_parser   # and doctor.py its own
     add_doctor_parser(sub)
+    from .memory_plan import add_parser as add_memory_parser
+    add_memory_parser(sub)
 
     simulate = sub.add_parser("simulate", help="play a schedule without processes")
     _add_run_options(simulate)
@@ -108,7 +116,8 @@ def _config(args) -> RunConfig:
                      collect_params=bool(args.save_params),
                      stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True,
                      checkpoint_dir=args.save_checkpoint, checkpoint_every=args.checkpoint_every,
-                     resume_from=args.resume, optimizer=args.optimizer, autocast=args.autocast)
+                     resume_from=args.resume, optimizer=args.optimizer, autocast=args.autocast,
+                     model_kwargs=args.model_kwargs, memory_budget=args.memory_budget)
 
 
 def _report(result, args) -> None:
@@ -219,6 +228,9 @@ def main(argv=None) -> int:
         if args.command == "doctor":
             from .doctor import main as doctor_main
             return doctor_main(args)
+        if args.command == "memory":
+            from .memory_plan import main as memory_main
+            return memory_main(args)
         if args.command == "bench":
             from .bench import main as bench_main
             return bench_main(args)

@@ -42,6 +42,7 @@ class RunConfig:
     lr: float = 0.05                  # plain SGD, so a few steps visibly lower the loss
     optimizer: str = "sgd"            # per stage, on its own parameters (optim.py): sgd or adamw
     autocast: str | None = None       # mixed precision (precision.py): "bfloat16", or "float16" with loss scaling
+    memory_budget: float | None = None  # GB per rank: refuse, before training, a run that would not fit (memory_plan)
     seed: int = 0
     sync_sends: bool = False          # Issend: no send order passes only thanks to eager buffering
     transport: str = "mpi"            # "torch": torch.distributed (torch_transport.py), gloo on CPU, NCCL on GPUs
@@ -88,6 +89,8 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.chunks > 1 and cfg.schedule != "interleaved" and ":" not in cfg.schedule:
         raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved (or your own generator); "
                           f"zbv always holds 2 chunks per rank")
+    if cfg.memory_budget is not None and not (isinstance(cfg.memory_budget, (int, float)) and cfg.memory_budget > 0):
+        raise ConfigError(f"--memory-budget is in GB per rank and must be positive, got {cfg.memory_budget!r}")
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if cfg.autocast is not None and cfg.autocast not in AUTOCAST:
@@ -186,7 +189,21 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
         raise ConfigError(f"{cfg.schedule} keeps weight versions per stage, and layers of this model share a "
                           f"Parameter ({asynchronous.shared_parameters(layers)[0]}): two stages would update it at "
                           f"different times; untie it, or use a schedule with a flush")
+    if cfg.memory_budget is not None:
+        _check_memory(cfg, layers, loss_fn, batch, schedule)
     return layers, loss_fn, batch, schedule
+
+
+def _check_memory(cfg: RunConfig, layers, loss_fn, batch, schedule) -> None:
+    from . import memory_plan
+    if not isinstance(layers, (list, tuple)):
+        raise ConfigError("--memory-budget plans a list of layers; a whole nn.Module (--split) is not planned yet")
+    ranks = memory_plan.plan(layers, loss_fn, batch, schedule, cfg.microbatches, cfg.optimizer, cfg.partition,
+                             cfg.dp, cfg.checkpoint)
+    problem = memory_plan.over_budget(ranks, cfg.memory_budget)
+    if problem:
+        raise ConfigError(f"{problem}; add stages (--pp), microbatches, --checkpoint, or a smaller model\n"
+                          + memory_plan.table(ranks))
 
 
 def _schedule_function(spec: str):

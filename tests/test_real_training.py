@@ -121,3 +121,43 @@ def test_fp16_overflow_skips_exactly_that_step_on_every_rank(pipelined):
     assert reference.scales == [2.0 ** 16] * 3 + [2.0 ** 15]        # halved after the overflow, the same everywhere
     kept = [s for s in range(4) if s != 2]
     assert [result.losses[s] for s in kept] == pytest.approx([reference.losses[s] for s in kept], rel=1e-2)
+
+
+@pytest.mark.mpi
+def test_memory_plan_equals_what_the_run_held(pipelined):
+    from pipeline_ref import memory_plan
+    from pipeline_ref.config import preflight
+    cfg = RUNS["float32 adamw gpipe"]
+    layers, loss_fn, batch, schedule = preflight(cfg)
+    planned = memory_plan.plan(layers, loss_fn, batch, schedule, cfg.microbatches, cfg.optimizer)
+    for rank, (plan, held) in enumerate(zip(planned, pipelined["float32 adamw gpipe"].memory)):
+        assert (plan.parameters, plan.gradients, plan.optimizer) == (held.parameters, held.gradients, held.optimizer)
+        assert plan.activations == held.peak_stashed_bytes, f"rank {rank}"
+
+
+def test_a_run_over_its_memory_budget_is_refused_saying_by_how_much():
+    from pipeline_ref.config import preflight
+    cfg = RunConfig(model="text_gpt", model_kwargs=TEXT, optimizer="adamw", memory_budget=0.0001)
+    with pytest.raises(ConfigError, match=r"rank \d would hold .* GB over the budget of 0.0001 GB per rank"):
+        preflight(cfg)
+    preflight(RunConfig(model="text_gpt", model_kwargs=TEXT, optimizer="adamw", memory_budget=1.0))   # fits
+
+
+def test_largest_fitting_finds_the_boundary_of_a_monotone_test():
+    from pipeline_ref.memory_plan import largest_fitting
+    for boundary in (1, 2, 3, 7, 8, 100, 511):
+        assert largest_fitting(lambda n: n <= boundary, limit=512) == boundary
+    assert largest_fitting(lambda n: False) is None
+    assert largest_fitting(lambda n: True, limit=64) == 64
+
+
+def test_more_stages_fit_a_larger_model():
+    from pipeline_ref import memory_plan
+    from pipeline_ref.config import build_model, make_schedule
+
+    def total(stages):
+        cfg = RunConfig(pp=stages, model="text_gpt", model_kwargs={**TEXT, "blocks": 4}, optimizer="adamw")
+        layers, loss_fn, batch = build_model(cfg)
+        ranks = memory_plan.plan(layers, loss_fn, batch, make_schedule(cfg), cfg.microbatches, "adamw")
+        return max(r.parameters + r.gradients + r.optimizer for r in ranks)
+    assert total(1) > total(2) > total(4)      # the model's state is divided; 1F1B's activations are not (lesson 03)
