@@ -81,7 +81,7 @@ def _sigterm_raises():
         return
 
     def handler(signum, frame):
-        raise _Terminated(signum)
+        raise _Terminated(signum, previous)
     signal.signal(signal.SIGTERM, handler)
     try:
         yield
@@ -129,8 +129,12 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
                 _interrupted(stop, locals().get("process"), Path(tmp), str(payload), num_ranks)
                 if isinstance(stop, KeyboardInterrupt):
                     raise
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)   # die of it, as we would have without our handler
-                os.kill(os.getpid(), signal.SIGTERM)
+                previous = stop.args[1]           # then SIGTERM does what it would have done without us
+                if callable(previous):
+                    previous(signal.SIGTERM, None)
+                else:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    os.kill(os.getpid(), signal.SIGTERM)
                 raise LaunchError("the run was ended by SIGTERM") from None
         for t in pumps:
             t.join(timeout=5)
