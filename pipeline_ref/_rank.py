@@ -28,8 +28,9 @@ _LIBRARIES = {os.path.abspath(sysconfig.get_path(p)) for p in ("stdlib", "platst
 
 def _where(err: BaseException) -> str:
     """" (at exercises/ex03_1f1b.py:42)": the deepest frame of the user's code (not the standard library, an
-    installed package or pipeline_ref itself; pipeline_ref's own if nothing else), looked for first in the
-    innermost exception of a chain (an error re-raised with more words keeps the user's line in its cause)."""
+    installed package or pipeline_ref itself), looked for first in the innermost exception of a chain (an error
+    re-raised with more words keeps the user's line in its cause); "" when the error is pipeline_ref's own (a NaN
+    it found, a refused configuration: the message says it all, and the traceback follows)."""
     chain = []
     while err is not None and err not in chain:
         chain.append(err)
@@ -37,7 +38,7 @@ def _where(err: BaseException) -> str:
     frames = [f for e in reversed(chain) for f in reversed(traceback.extract_tb(e.__traceback__))]
     ours = [f for f in frames if not any(os.path.abspath(f.filename).startswith(lib + os.sep) for lib in _LIBRARIES)]
     users = [f for f in ours if not os.path.abspath(f.filename).startswith(_PACKAGE + os.sep)]
-    frame = (users or ours or [None])[0]
+    frame = (users or [None])[0]
     if frame is None:
         return ""
     path = os.path.abspath(frame.filename)
