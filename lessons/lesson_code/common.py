@@ -4,16 +4,18 @@ from __future__ import annotations
 from statistics import median
 
 from pipeline_ref.machine import cores  # noqa: F401  (the notebooks import it from here)
-from pipeline_ref.models import MEASURE_MLP
+from lesson_code.device import sized
 
 # The model the timing demos train (pipeline_ref.models.mlp): 8 equal blocks, so 2 or 4 stages cost the same, and
-# a stage's matrix products (microbatch x 512 x 512 per block) outweigh its message (microbatch x 512 floats).
-# Smaller than the demo's model (pipeline_ref/demo.py), so that a notebook runs in well under a minute on 2 cores.
-TIMING_MODEL = {"depth": 8, "width": 512, "batch": 512}
+# a stage's matrix products (microbatch x width x width per block) outweigh its message (microbatch x width floats).
+# On a CPU width 512: smaller than the demo's model (pipeline_ref/demo.py), so that a notebook runs in well under
+# a minute on 2 cores. Sized for the course's device (lesson_code/device.py: PIPELINE_COURSE_DEVICE).
+TIMING_MODEL = sized("timing")
 
 
-# The model the lessons past 03 measure on (the same one benchmarks/schedules.py measures).
-LESSON_MODEL = MEASURE_MLP
+# The model the lessons past 03 measure on: on a CPU pipeline_ref.models.MEASURE_MLP, the one
+# benchmarks/schedules.py measures.
+LESSON_MODEL = sized("lesson")
 
 
 def stash_bytes_theory(blocks: int, microbatch: int, width: int, last: bool, itemsize: int = 4) -> int:

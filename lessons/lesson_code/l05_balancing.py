@@ -13,6 +13,7 @@ import torch
 from lesson_code.common import LESSON_MODEL
 from pipeline_ref import models, profiling, schedules, simulate
 from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.device import choose
 
 # The model of the activation-checkpointing runs (pipeline_ref.models.mlp): 8 equal blocks; on 2 stages a
 # microbatch of 64 samples through 4 blocks is 4 products of 64 x 1024 x 1024.
@@ -34,16 +35,18 @@ def big_vocab_gpt(vocab: int = 8192, dim: int = 128, heads: int = 4, blocks: int
 
 
 def layer_costs(cfg: RunConfig, repeats: int = 3) -> list[float]:
-    """Seconds of forward + backward of each layer on one microbatch, on one core of this process.
+    """Seconds of forward + backward of each layer on one microbatch, on one core of this process (or its GPU).
 
     The same measurement the ranks make for ``partition="time"`` (``pipeline_ref.profiling.layer_costs``).
     """
     layers, _, (inputs, _) = build_model(cfg)
+    device = choose(cfg.device)            # this process: GPU 0 when the course runs on CUDA, else the CPU
+    layers = [layer.to(device) for layer in layers]
     microbatch = inputs.shape[0] // (cfg.dp * cfg.microbatches)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)               # like a rank (launch gives each rank one thread)
     try:
-        return profiling.layer_costs(layers, inputs[:microbatch], repeats=repeats)
+        return profiling.layer_costs(layers, inputs[:microbatch].to(device), repeats=repeats)
     finally:
         torch.set_num_threads(threads)
 
