@@ -8,6 +8,7 @@
     ex05_balancing.py     lesson 05: the optimal balanced partition of layers into stages
     ex06_interleaved.py   lesson 06: interleaved 1F1B (virtual stages) as data
     ex07_zero_bubble.py   lesson 07: the zero-bubble schedule ZB-H1 (backward split into I and W) as data
+    ex08_real_transformer.py  lesson 08: a real model's split chosen so that every rank fits a memory budget
 
 Every function starts as a stub that raises ``NotImplementedError("Exercise N.k: ...")``. Replace
 the ``raise`` with your code, then grade it:

@@ -33,13 +33,18 @@ class Curve:
     scales: list[float]          # the loss scale each step used (1.0 without float16)
 
 
+def _as_module(layers) -> nn.Module:
+    """A list of layers in sequence, or a factory's whole ``nn.Module`` (a Hugging Face model) as it is."""
+    return layers if isinstance(layers, nn.Module) else nn.Sequential(*layers)
+
+
 def _finite(params) -> bool:
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
 
 
 def train(cfg: RunConfig) -> Curve:
     layers, loss_fn, batch = build_model(cfg)
-    model = nn.Sequential(*layers)
+    model = _as_module(layers)
     params = list({id(p): p for p in model.parameters()}.values())      # a tied weight once
     optimizer = optim.make(cfg.optimizer, params, cfg.lr)
     scaler, autocast = precision.scaler_for(cfg.autocast), precision.autocast(cfg.autocast, torch.device("cpu"))
@@ -73,7 +78,7 @@ def validation_loss(layers: list, cfg: RunConfig, batches: int = 8) -> float:
     source = getattr(batch, "source", None)
     if not hasattr(source, "validation"):
         raise ValueError(f"model {cfg.model!r} has no validation data (text_data.Batches has)")
-    model = nn.Sequential(*layers).eval()
+    model = _as_module(layers).eval()
     autocast = precision.autocast(cfg.autocast, torch.device("cpu"))
     total = 0.0
     for index in range(batches):

@@ -1,0 +1,77 @@
+"""Exercise 8 (lesson 08, lessons/08_real_transformer.ipynb): choose where to cut a real model so every rank fits.
+
+A pipeline exists for the model that does not fit one device. Each rank holds, for the pieces of the model its
+stage owns (``pipeline_ref/split.py`` cuts a whole ``nn.Module`` into pieces):
+
+    weights       its parameters, their gradients, and the optimizer's state: AdamW keeps two moments per
+                  parameter (as many bytes again, twice) and one 4-byte step counter per parameter tensor;
+                  plain SGD keeps nothing
+    activations   what autograd keeps for each microbatch between its forward and its backward, times the
+                  microbatches in flight: 1F1B's stage s of p holds min(p - s, m) of them at once
+
+A weight two pieces share (GPT-2's token embedding and output head) is held once by a stage holding both
+pieces, and once by *each* stage when they are on two stages. The pieces come as a table, one dict per
+piece, in model order: bytes of each parameter by name, and the activation bytes of one microbatch:
+
+    pieces = [{"parameters": {"wte.weight": 65536}, "activations": 2048},               # the embedding
+              {"parameters": {"h.0.w": 200000, "h.0.b": 800}, "activations": 1155072},  # a block
+              ...,
+              {"parameters": {"wte.weight": 65536}, "activations": 329732}]             # the head (tied)
+
+    8.1 stage_bytes         what each stage of a split holds, in bytes
+    8.2 split_under_budget  the split whose fullest stage holds the least, refused when even it does not fit
+    8.3 fewest_stages       the fewest stages (and their split) whose every stage fits the budget
+
+Stuck? ``exercises/hints/ex08_real_transformer.md`` has longer hints, one section per function.
+Grade it (your splits are compared with a search over every split, in one process; one check runs your split
+of a Hugging Face GPT-2 on 2 MPI ranks and compares your bytes with what each rank measured holding):
+
+    .venv/bin/python -m pytest tests/exercises/test_ex08_real_transformer.py
+"""
+from __future__ import annotations
+
+import math  # noqa: F401  (math.inf)
+
+STEP_COUNTER_BYTES = 4          # AdamW's step, one float32 per parameter tensor
+
+
+def stage_bytes(pieces: list[dict], ranges: list[range], num_microbatches: int,
+                optimizer: str = "adamw") -> list[int]:
+    """Bytes each stage of the split ``ranges`` (one range of piece indices per stage) holds under 1F1B.
+
+    Stage ``s`` of ``p = len(ranges)``: its weights (parameters, gradients, optimizer state; a parameter name
+    that several of its pieces list counted once) plus ``min(p - s, num_microbatches)`` times the activation
+    bytes of its pieces. ``optimizer`` is ``"adamw"`` (two moments per parameter and a 4-byte step counter per
+    parameter tensor) or ``"sgd"`` (no state); anything else raises ValueError naming it.
+    """
+    raise NotImplementedError(
+        "Exercise 8.1: each stage's weights (parameters once by name, gradients, AdamW's state) + "
+        "activations in flight. Hint: a dict merged over the stage's pieces counts a shared name once; 1F1B "
+        "keeps min(p - s, m) microbatches.")
+
+
+def split_under_budget(pieces: list[dict], num_stages: int, num_microbatches: int, budget: int,
+                       optimizer: str = "adamw") -> list[range]:
+    """The contiguous split of the pieces into ``num_stages`` stages (one range per stage, in order, none
+    empty) whose fullest stage (``stage_bytes``) holds the fewest bytes; any such split if several are.
+
+    Raises ValueError when even that split's fullest stage holds more than ``budget`` bytes: the message
+    says which stage and by how many bytes it is over (the number itself). Also when ``num_stages`` is
+    not between 1 and the number of pieces.
+    """
+    raise NotImplementedError(
+        "Exercise 8.2: try every place the last stage can begin, keeping the best split of what comes "
+        "before. Hint: a stage's bytes depend on its index (its microbatches in flight): grow the splits "
+        "stage by stage.")
+
+
+def fewest_stages(pieces: list[dict], num_microbatches: int, budget: int,
+                  optimizer: str = "adamw") -> tuple[int, list[range]]:
+    """``(num_stages, split)``: the fewest stages, from 1 up to one per piece, that ``split_under_budget`` can fit
+    in ``budget`` bytes each, and that split. Raises ValueError when none fits, saying by how many bytes the
+    closest one (the fewest bytes over, of every stage count) misses the budget.
+    """
+    raise NotImplementedError(
+        "Exercise 8.3: ask split_under_budget for 1, 2, ... stages; the first that fits is the answer. "
+        "Hint: catch its ValueError; to say how close the best miss came, compare the fullest stage of each "
+        "count's split.")
