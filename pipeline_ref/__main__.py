@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     from .doctor import add_parser as add_doctor_parser   # and doctor.py its own
     add_doctor_parser(sub)
-    from .memory_plan import add_parser as add_memory_parser
+    from .memory_cli import add_parser as add_memory_parser
     add_memory_parser(sub)
 
     simulate = sub.add_parser("simulate", help="play a schedule without processes")
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
             from .doctor import main as doctor_main
             return doctor_main(args)
         if args.command == "memory":
-            from .memory_plan import main as memory_main
+            from .memory_cli import main as memory_main
             return memory_main(args)
         if args.command == "bench":
             from .bench import main as bench_main

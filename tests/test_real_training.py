@@ -161,3 +161,13 @@ def test_more_stages_fit_a_larger_model():
         ranks = memory_plan.plan(layers, loss_fn, batch, make_schedule(cfg), cfg.microbatches, "adamw")
         return max(r.parameters + r.gradients + r.optimizer for r in ranks)
     assert total(1) > total(2) > total(4)      # the model's state is divided; 1F1B's activations are not (lesson 03)
+
+
+def test_memory_command_prints_each_depth_and_the_largest_model(capsys):
+    from pipeline_ref.__main__ import main
+    options = '{"dim": 32, "heads": 4, "blocks": 2, "seq_len": 32, "batch": 8, "max_bytes": 20000}'
+    assert main(["memory", "--memory-budget", "0.004", "--model-kwargs", options, "--stages", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "1 stage(s): " in out and "2 stage(s): " in out and "parameters" in out
+    sizes = [int(line.rsplit("= ", 1)[1]) for line in out.splitlines() if "stage(s): blocks = " in line]
+    assert len(sizes) == 2 and sizes[1] >= sizes[0] >= 1       # a second stage never fits fewer blocks
