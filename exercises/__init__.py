@@ -9,6 +9,7 @@
     ex06_interleaved.py   lesson 06: interleaved 1F1B (virtual stages) as data
     ex07_zero_bubble.py   lesson 07: the zero-bubble schedule ZB-H1 (backward split into I and W) as data
     ex08_real_transformer.py  lesson 08: a real model's split chosen so that every rank fits a memory budget
+    ex09_asynchronous.py  lesson 09: PipeDream's weight versions: which one each action uses, which a stage keeps
 
 Every function starts as a stub that raises ``NotImplementedError("Exercise N.k: ...")``. Replace
 the ``raise`` with your code, then grade it:
