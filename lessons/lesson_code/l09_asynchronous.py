@@ -1,0 +1,70 @@
+"""Lesson 09, beside the ranks: flushed steps against one stream, the weight versions on a timeline, the reference.
+
+    flushed(p, m, steps)                        # `steps` 1F1B steps, each ending in a flush, as one simulated trace
+    versions_row(schedule, stage, p, m, steps)  # "F0:0 F1:0 B0:0 ..." the version each action of a stage uses
+    annotate_versions(ax, trace, schedule, m)   # write that version under each box of a plot.gantt chart
+    reference_difference(cfg, result)           # largest |pipelined - one-process reference| over every parameter
+    sgd_difference(cfg, result)                 # the same against plain per-microbatch SGD (PipeDream on one stage)
+
+The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MPI.
+"""
+from __future__ import annotations
+
+from pipeline_ref import async_reference, asynchronous, schedules, simulate
+from pipeline_ref.config import build_model
+from pipeline_ref.trace import Event, Trace
+
+
+def flushed(num_stages: int, num_microbatches: int, steps: int, forward: float = 1.0, backward: float = 2.0) -> Trace:
+    """``steps`` synchronous 1F1B steps played back to back: each starts only once the previous one has
+    drained (the flush before every optimizer step), so its fill and drain repeat every step."""
+    one = simulate.simulate(schedules.build("1f1b", num_stages, num_microbatches), forward=forward, backward=backward)
+    events = [Event(e.rank, e.op, t * num_microbatches + e.microbatch, e.chunk,
+                    t * one.makespan + e.start, t * one.makespan + e.end)
+              for t in range(steps) for e in one.events]
+    return Trace(num_ranks=num_stages, events=events, peak_stashed=one.peak_stashed,
+                 meta={**one.meta, "schedule": "1f1b (flush every step)", "num_microbatches": steps * num_microbatches})
+
+
+def version_of(schedule: str, stage: int, num_stages: int, num_microbatches: int, microbatch: int) -> int:
+    """The version an action of ``microbatch`` uses on ``stage``: its forward's, for the backward too (stashed);
+    "flush": step t runs on version t."""
+    if schedule in asynchronous.ASYNCHRONOUS:
+        return asynchronous.forward_version(schedule, stage, num_stages, num_microbatches, microbatch)
+    return microbatch // num_microbatches
+
+
+def versions_row(schedule: str, stage: int, num_stages: int, num_microbatches: int, steps: int) -> str:
+    """Stage ``stage``'s actions in the stream, each as op, microbatch and ``:version``."""
+    actions = schedules.build(schedule, num_stages, num_microbatches, steps=steps)[stage]
+    return " ".join(f"{a.op}{a.microbatch}:{version_of(schedule, stage, num_stages, num_microbatches, a.microbatch)}"
+                    for a in actions)
+
+
+def annotate_versions(ax, trace: Trace, schedule: str, num_microbatches: int) -> None:
+    """Under each box of a ``plot.gantt`` chart, the weight version that action used (``vK``)."""
+    for e in trace.events:
+        version = version_of(schedule, e.rank, trace.num_ranks, num_microbatches, e.microbatch)
+        ax.text(e.start + (e.end - e.start) / 2, e.rank + 0.3, f"v{version}", ha="center", va="center",
+                fontsize=6, color="black", clip_on=True)
+
+
+def reference_difference(cfg, result) -> float:
+    """The largest absolute difference between the run's parameters and ``async_reference``'s (same updates,
+    one process); ``flush`` for a synchronous schedule."""
+    layers, loss_fn, batch = build_model(cfg)
+    schedule = cfg.schedule if cfg.schedule in asynchronous.ASYNCHRONOUS else "flush"
+    _, expected = async_reference.train(schedule, layers, loss_fn, batch, result.partition, cfg.microbatches,
+                                        cfg.steps, cfg.lr)
+    got = {n: t for ranks in result.params if ranks for n, t in ranks.items()}
+    if set(got) != set(expected):
+        raise ValueError(f"the run's parameters {sorted(got)} are not the reference's {sorted(expected)}")
+    return max((got[n] - expected[n]).abs().max().item() for n in expected)
+
+
+def sgd_difference(cfg, result) -> float:
+    """The largest |run - plain per-microbatch SGD on one process| (what PipeDream on one stage must be)."""
+    layers, loss_fn, batch = build_model(cfg)
+    _, expected = async_reference.per_microbatch_sgd(layers, loss_fn, batch, cfg.microbatches, cfg.steps, cfg.lr)
+    got = {n: t for ranks in result.params if ranks for n, t in ranks.items()}
+    return max((got[n] - expected[n].detach()).abs().max().item() for n in expected)
