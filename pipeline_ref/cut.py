@@ -13,15 +13,12 @@ stage), or at every block, the blocks then grouped by parameters, or by measured
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
-from statistics import median
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
-from . import split
+from . import profiling, split
 
 
 def probe(module: nn.Module, loss_fn, x, target) -> None:
@@ -63,24 +60,7 @@ def num_pieces(cfg, model, inputs, chunks: int) -> int:
 
 def piece_costs(pieces, sample, repeats: int = 3) -> list[float]:
     """Median seconds of forward + backward of each piece on what the pieces before it produce."""
-    costs, values = [], split.as_args(sample)
-    for piece in pieces:
-        timings = []
-        for attempt in range(repeats + 1):           # the first run warms up
-            inputs = tuple(v.detach().requires_grad_(v.is_floating_point()) for v in values)
-            start = time.perf_counter()
-            flat = [y for y in pytree.tree_leaves(piece(*inputs)) if isinstance(y, torch.Tensor) and y.requires_grad]
-            torch.autograd.backward(flat, [torch.randn_like(y) for y in flat])
-            if flat and flat[0].device.type == "cuda":
-                torch.cuda.synchronize(flat[0].device)
-            if attempt:
-                timings.append(time.perf_counter() - start)
-        for p in piece.parameters():                 # profiling must leave no gradient behind
-            p.grad = None
-        costs.append(median(timings))
-        with torch.no_grad():
-            values = piece(*values)
-    return costs
+    return profiling.layer_costs(pieces, split.as_args(sample), repeats)
 
 
 @dataclass

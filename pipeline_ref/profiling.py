@@ -16,6 +16,7 @@ import time
 from statistics import median
 
 import torch
+from torch.utils import _pytree as pytree
 
 
 def _sync(device: torch.device) -> None:
@@ -23,19 +24,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def layer_costs(layers, sample: torch.Tensor, repeats: int = 3) -> list[float]:
-    """Median seconds of forward + backward of each layer on ``sample`` (one microbatch)."""
-    device = sample.device
-    costs = []
-    x = sample
+def layer_costs(layers, sample, repeats: int = 3) -> list[float]:
+    """Median seconds of forward + backward of each layer on what the layers before it produce.
+
+    ``sample`` is one microbatch: a tensor, or a tuple of the first layer's arguments (the pieces of a traced
+    module take and return tuples, some of them integer or boolean tensors, which get no gradient).
+    """
+    costs, values = [], sample if isinstance(sample, tuple) else (sample,)
+    device = next(v for v in values if isinstance(v, torch.Tensor)).device
     for layer in layers:
         timings = []
         for attempt in range(repeats + 1):            # the first run warms up caches and allocators
-            inp = x.detach().requires_grad_(x.is_floating_point())
+            inputs = tuple(v.detach().requires_grad_(v.is_floating_point()) if isinstance(v, torch.Tensor) else v
+                           for v in values)
             _sync(device)
             start = time.perf_counter()
-            y = layer(inp)
-            y.backward(torch.randn_like(y))
+            outputs = [y for y in pytree.tree_leaves(layer(*inputs)) if isinstance(y, torch.Tensor) and y.requires_grad]
+            torch.autograd.backward(outputs, [torch.randn_like(y) for y in outputs])
             _sync(device)
             if attempt:
                 timings.append(time.perf_counter() - start)
@@ -43,5 +48,6 @@ def layer_costs(layers, sample: torch.Tensor, repeats: int = 3) -> list[float]:
             p.grad = None
         costs.append(median(timings))
         with torch.no_grad():
-            x = layer(x)
+            out = layer(*values)
+        values = out if isinstance(out, tuple) else (out,)
     return costs
