@@ -43,7 +43,11 @@ def versions_row(schedule: str, stage: int, num_stages: int, num_microbatches: i
 
 def annotate_versions(ax, trace: Trace, schedule: str, num_microbatches: int) -> None:
     """Under each box of a ``plot.gantt`` chart, the weight version that action used (``vK``)."""
+    low = min(e.start for e in trace.events)
+    width = max(e.end for e in trace.events) - low or 1.0
     for e in trace.events:
+        if e.end - e.start < 0.012 * width:        # as plot.gantt: a label wider than its box is noise
+            continue
         version = version_of(schedule, e.rank, trace.num_ranks, num_microbatches, e.microbatch)
         ax.text(e.start + (e.end - e.start) / 2, e.rank + 0.3, f"v{version}", ha="center", va="center",
                 fontsize=6, color="black", clip_on=True)
