@@ -23,10 +23,11 @@ WAIT_HATCH = "///"
 # Keyed by the schedules' names (schedules.GENERATORS; a test keeps them in step), distinct from the op
 # colours, so a schedule is never mistaken for an op.
 SCHEDULE_COLORS = {"naive": "#7F7F7F", "gpipe": "#8172B3", "1f1b": "#DA8BC3", "interleaved": "#937860",
-                   "zb-h1": "#64B5CD", "zb-h2": "#2A7F9E", "zbv": "#A6D854"}
+                   "zb-h1": "#64B5CD", "zb-h2": "#2A7F9E", "zbv": "#A6D854", "dualpipev": "#55A868",
+                   "pipedream": "#C44E52", "pipedream-2bw": "#DD8452"}
 THEORY_COLOR = "black"
 SCHEDULE_MARKERS = {"naive": "s", "gpipe": "o", "1f1b": "^", "interleaved": "D", "zb-h1": "v", "zb-h2": "<",
-                    "zbv": ">"}
+                    "zbv": ">", "dualpipev": "P", "pipedream": "X", "pipedream-2bw": "*"}
 EVENT_GID, WAIT_GID = "event", "wait"   # tags on the drawn rectangles, so tests can count them
 
 

@@ -98,3 +98,9 @@ def test_importing_plot_does_not_import_pyplot():
     code = "import sys, pipeline_ref.plot; sys.exit('matplotlib.pyplot' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_every_built_in_schedule_has_its_own_colour_and_marker():
+    from pipeline_ref import plot, schedules
+    assert set(schedules.GENERATORS) <= set(plot.SCHEDULE_COLORS) == set(plot.SCHEDULE_MARKERS)
+    assert len(set(plot.SCHEDULE_COLORS.values())) == len(plot.SCHEDULE_COLORS)
