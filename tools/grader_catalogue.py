@@ -27,6 +27,7 @@ class Entry:
 
 EX00, EX01, EX02, EX03 = "ex00_mpi_tensors", "ex01_naive_split", "ex02_gpipe", "ex03_1f1b"
 EX04, EX05, EX06, EX07 = "ex04_data_parallel", "ex05_balancing", "ex06_interleaved", "ex07_zero_bubble"
+EX09 = "ex09_asynchronous"
 
 # The executor of exercise 3.3 as students write it wrong: each receive posted only when its action comes,
 # and each send waited for at once. With synchronous sends, 1F1B's steady state then deadlocks.
@@ -201,4 +202,11 @@ return ranges
     Entry("ex07 no weight gradient held back", EX07, "1F1B with I W, nothing deferred", ranks=False,
           select="not real", changes=(("for _ in range(s):                      # hold back",
                                        "for _ in range(0):                      # hold back"),)),
+    # ------------------------------------------------------------------ exercise 9: asynchronous weight versions
+    Entry("ex09 no max(0, ...)", EX09, "PipeDream's warm-up forwards on negative versions", ranks=False,
+          changes=(("return max(0, microbatch - (num_stages - stage - 1))",
+                    "return microbatch - (num_stages - stage - 1)"),), expect=r"backwards"),
+    Entry("ex09 no weight stashing", EX09, "keeps only the newest version, not the stashed ones", ranks=False,
+          select="versions_kept", changes=(("needed = set(stash.values()) | {newest}", "needed = {newest}"),),
+          expect=r"weight store"),
 ]
