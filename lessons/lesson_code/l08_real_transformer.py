@@ -62,14 +62,16 @@ def boundary_rows(pieces, sample) -> list[dict]:
     return rows
 
 
-def piece_bytes(pieces, loss_fn, sample, target, names: dict | None = None, autocast: str | None = None) -> list[dict]:
+def piece_bytes(pieces, loss_fn, sample, target, names: dict | None = None,
+                autocast: str | None = None) -> list[dict]:
     """Per piece, what it holds: ``{"parameters": {name: bytes}, "activations": bytes}``.
 
     Parameters by name, so a weight two pieces share (GPT-2's ``wte`` and ``lm_head``) is seen as one when both
     are on one stage. Activations: what autograd keeps for one microbatch's backward, counted by the executor's
     own ``Stage`` (a saved-tensors hook, the count a run reports as ``peak_stashed_bytes``); the last piece with
-    the loss; with ``autocast`` ("bfloat16") run as a run with that autocast runs it. Each piece is measured on its own, so a tensor two pieces of one stage both save (the attention
-    mask) is counted in each: the sum over a stage's pieces is an upper bound of what the stage stashes.
+    the loss; with ``autocast`` ("bfloat16"), under the autocast a run with it uses. Each piece is measured on
+    its own: a tensor that two pieces of one stage both saved would be counted twice (an upper bound). For GPT-2
+    none is, and a stage's sum equals what the run's stage stashes (lesson 08 prints both).
     """
     names, loss = names or {}, split.loss_of(pieces, loss_fn)
     rows, values = [], (sample,)
@@ -83,3 +85,67 @@ def piece_bytes(pieces, loss_fn, sample, target, names: dict | None = None, auto
             rows.append({"parameters": params, "activations": stage.stash[0].nbytes})
             values = outputs
     return rows
+
+
+def stage_theory(rows: list[dict], ranges, num_microbatches: int, optimizer: str = "adamw") -> list[dict]:
+    """What each stage of ``ranges`` should hold under 1F1B, from ``piece_bytes``: the formula of the lesson.
+
+    Parameters once per name on a stage (a tied weight on two stages: once on each), gradients as many bytes,
+    AdamW two moments per parameter and a 4-byte step per tensor, and ``min(p - s, m)`` microbatches in flight.
+    """
+    out = []
+    for s, r in enumerate(ranges):
+        params = {name: size for i in r for name, size in rows[i]["parameters"].items()}
+        weights = sum(params.values())
+        out.append({"parameters": weights, "gradients": weights,
+                    "optimizer": 2 * weights + 4 * len(params) if optimizer == "adamw" else 0,
+                    "peak_stashed_bytes": min(len(ranges) - s, num_microbatches)
+                    * sum(rows[i]["activations"] for i in r)})
+    return out
+
+
+def gpt2_small_pieces(vocab: int = 50257, dim: int = 768, blocks: int = 12, positions: int = 1024) -> list[tuple]:
+    """Parameters of the real GPT-2 small's pieces, counted from its shape (nothing built): (piece, count)."""
+    block = 12 * dim * dim + 13 * dim          # attention 4 d^2 + 4 d, MLP 8 d^2 + 5 d, two LayerNorms 4 d
+    return ([("wte", vocab * dim), ("wpe", positions * dim)] + [(f"h.{i}", block) for i in range(blocks)]
+            + [("ln_f", 2 * dim), ("lm_head (wte, tied)", vocab * dim)])
+
+
+def draw_pieces(rows: list[dict], boundaries: list[dict], ranges):
+    """The pieces in a row, coloured by the stage that holds them, and what crosses each cut below them:
+    solid arrows for tensors that get a gradient back, dashed for those that do not (mask, position ids)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    from lesson_code.diagrams import STAGE_COLORS, _arrow
+    stage_of = {i: s for s, r in enumerate(ranges) for i in r}
+    fig, ax = plt.subplots(figsize=(12, 3.4))
+    n = len(rows)
+    ax.set_xlim(-0.6, 2 * n - 0.9)
+    ax.set_ylim(-2.9, 1.3)
+    ax.axis("off")
+    for i, row in enumerate(rows):
+        x = 2 * i
+        ax.add_patch(FancyBboxPatch((x - 0.5, -0.4), 1.0, 0.8, boxstyle="round,pad=0.05",
+                                    facecolor=STAGE_COLORS[stage_of[i] % len(STAGE_COLORS)], alpha=0.8))
+        ax.text(x, 0.08, row["holds"].replace("transformer.", "").replace(", ", "\n"), ha="center", va="center",
+                fontsize=8, color="white", weight="bold")
+        ax.text(x, -0.28, f"{row['parameters']:,}", ha="center", va="center", fontsize=7, color="white")
+        ax.text(x, 0.62, f"piece {i}", ha="center", fontsize=8)
+    for s, r in enumerate(ranges):
+        ax.text(r.start + r.stop - 1, 1.05, f"stage {s} (rank {s})", ha="center", fontsize=10, weight="bold",
+                color=STAGE_COLORS[s % len(STAGE_COLORS)])
+    for i in range(n - 1):
+        crossing = [b for b in boundaries if b["cut"] == f"{i} -> {i + 1}"]
+        for k, b in enumerate(crossing):
+            y = -0.9 - 0.75 * k
+            grad = b["gradient back"]
+            _arrow(ax, (2 * i + 0.45, y), (2 * i + 1.55, y), color="#C44E52" if grad else "#555555",
+                   style="<|-|>" if grad else "-|>", dashed=not grad)
+            shape = "x".join(map(str, b["shape"]))
+            ax.text(2 * i + 1.0, y - 0.28, f"{b['dtype']} {shape}", ha="center", fontsize=6.5,
+                    color="#C44E52" if grad else "#555555")
+    ax.set_title("GPT-2 cut by torch's tracer: pieces (parameters), and what crosses each cut "
+                 "(red, both ways: a gradient comes back; grey, dashed: no gradient)", fontsize=9)
+    fig.tight_layout()
+    return fig
