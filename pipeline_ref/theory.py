@@ -14,7 +14,7 @@ lessons use.)
 """
 from __future__ import annotations
 
-SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zbv")
+SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zbv", "dualpipev")
 
 
 def _check(name: str, num_stages: int, num_microbatches: int) -> None:
@@ -47,6 +47,9 @@ def utilization(name: str, num_stages: int, num_microbatches: int, chunks: int =
     - zbv:          6 m / (6 m + p - 1), for m >= 2p - 1 and F = I = W (the costs of a whole stage; a chunk
                     costs half): the last rank starts (p - 1) F / 2 late, half of ZB-H1's (p - 1) F, because
                     the V's first p chunks are half stages, and then no rank idles until it is done.
+    - dualpipev:    ZB-V's 6 m / (6 m + p - 1), for m >= 2p (DualPipeV's own minimum) and F = I = W: its pairs
+                    are played one after the other here, so the same work fills the same V
+                    (``dualpipe.idle_time`` gives the idle time for W <= I <= F <= B).
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
@@ -69,6 +72,9 @@ def utilization(name: str, num_stages: int, num_microbatches: int, chunks: int =
         return 3 * m / (3 * m + p - 1)
     if name == "zbv":
         _needs_equal_costs("ZB-V", p, m, 2 * p - 1, "2 num_stages - 1", forward, input_grad, weight_grad)
+        return 6 * m / (6 * m + p - 1)
+    if name == "dualpipev":
+        _needs_equal_costs("DualPipeV", p, m, 2 * p, "2 num_stages", forward, input_grad, weight_grad)
         return 6 * m / (6 * m + p - 1)
     return m / (m + p - 1)
 
@@ -101,6 +107,7 @@ def peak_stashed(name: str, num_stages: int, num_microbatches: int, chunks: int 
     - zb-h2:        min(2 p - 1, m)    (every stage: the price of its longer warm-up)
     - zbv:          min(2 p, m + 1 + s, 2 m) chunk-microbatches of half a stage each: p whole microbatches'
                     worth on every rank once m >= 2p - 1, 1F1B's first stage's
+    - dualpipev:    2 p + 1 chunk-microbatches on every rank (m >= 2p): ZB-V's 2 p and the pair in flight
     """
     _check(name, num_stages, num_microbatches)
     p, m = num_stages, num_microbatches
@@ -118,4 +125,8 @@ def peak_stashed(name: str, num_stages: int, num_microbatches: int, chunks: int 
         return [min(2 * p - 1, m)] * p
     if name == "zbv":
         return [min(2 * p, m + 1 + s, 2 * m) for s in range(p)]
+    if name == "dualpipev":
+        if m < 2 * p:
+            raise ValueError(f"DualPipeV needs num_microbatches >= 2 num_stages ({m} < {2 * p})")
+        return [2 * p + 1] * p
     return [min(p - s, m) for s in range(p)]

@@ -65,3 +65,19 @@ def test_played_in_sequence_its_bubble_is_zbv_s(p):
         assert trace.utilization == pytest.approx(6 * m / (6 * m + p - 1), abs=1e-12)
         assert trace.utilization == pytest.approx(simulate.theory_utilization("zbv", p, m), abs=1e-12)
         assert trace.peak_stashed == [2 * p + 1] * p          # half-stage chunks: one more than ZB-V's 2p
+
+
+@pytest.mark.parametrize("p, m", [(2, 4), (2, 7), (3, 6), (3, 9), (4, 8), (4, 13)])
+def test_theory_closed_form_equals_the_simulator(p, m):
+    from pipeline_ref import schedules, simulate, theory
+    trace = simulate.simulate(schedules.build("dualpipev", p, m), forward=1, input_grad=1, weight_grad=1)
+    assert theory.utilization("dualpipev", p, m) == pytest.approx(trace.utilization, rel=1e-12)
+    assert theory.peak_stashed("dualpipev", p, m) == trace.peak_stashed
+
+
+def test_theory_refuses_where_the_closed_form_does_not_hold():
+    from pipeline_ref import theory
+    with pytest.raises(ValueError, match="needs num_microbatches >= 2 num_stages"):
+        theory.utilization("dualpipev", 3, 5)
+    with pytest.raises(ValueError, match="holds for F = I = W"):
+        theory.utilization("dualpipev", 2, 4, forward=1, input_grad=2, weight_grad=1)
