@@ -84,3 +84,23 @@ def test_diagrams_draw():
     assert {"warmup", "steady", "cooldown"} <= set(labels)
     for fig in figures + [ax.figure]:
         plt.close(fig)
+
+
+def test_gpt2_small_counted_from_its_shape():
+    """Lesson 08 counts GPT-2 small from its shape: 124,439,808 parameters (transformers' own count for "gpt2")."""
+    from lesson_code import l08_real_transformer as l08
+    pieces = l08.gpt2_small_pieces()
+    assert sum(c for name, c in pieces if "tied" not in name) == 124_439_808
+    assert [name for name, _ in pieces][:3] == ["wte", "wpe", "h.0"] and pieces[0][1] == pieces[-1][1] == 50257 * 768
+
+
+def test_stage_theory_holds_a_tied_weight_once_per_stage_and_1f1b_in_flight():
+    """Lesson 08's formula: 4 P_s (+4 bytes per tensor with AdamW) + min(p - s, m) A_s, a shared name once a stage."""
+    from lesson_code import l08_real_transformer as l08
+    rows = [{"parameters": {"wte": 100}, "activations": 1}, {"parameters": {"h": 40}, "activations": 10},
+            {"parameters": {"ln": 8, "wte": 100}, "activations": 3}]
+    one = l08.stage_theory(rows, [range(0, 3)], 4)[0]
+    assert one == {"parameters": 148, "gradients": 148, "optimizer": 2 * 148 + 4 * 3, "peak_stashed_bytes": 14}
+    two = l08.stage_theory(rows, [range(0, 2), range(2, 3)], 4, optimizer="sgd")
+    assert [t["parameters"] for t in two] == [140, 108] and [t["optimizer"] for t in two] == [0, 0]
+    assert [t["peak_stashed_bytes"] for t in two] == [2 * 11, 1 * 3]
