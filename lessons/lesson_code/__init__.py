@@ -17,5 +17,6 @@ lesson is the code that ran.
     sizing        lessons 01 and 04: bytes of training state, GPT-3's stages, the decision guide
     simulator_widget  lessons 02-03: sliders that redraw the simulated Gantt chart (ipywidgets)
     common        helpers the notebooks share: the timing model, core count, memory arithmetic, calibration
+    device        the course's device (PIPELINE_COURSE_DEVICE=cpu|cuda|auto) and the model sizes for it
     diagrams      the pictures the notebooks draw with matplotlib (no image files)
 """
