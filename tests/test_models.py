@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_ref import models
+from pipeline_ref import batches, models
 
 SMALL_GPT = {"vocab": 32, "dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "batch": 6}
 
@@ -22,7 +22,8 @@ def _forward(layers, x):
 
 @pytest.mark.parametrize("name", sorted(models.FACTORIES))
 def test_every_registered_factory_runs_with_its_defaults(name):
-    layers, loss_fn, (inputs, targets) = _build(models.FACTORIES[name])
+    layers, loss_fn, data = _build(models.FACTORIES[name])
+    inputs, targets = batches.first_batch(data)        # text_gpt gives a batch per step
     assert isinstance(layers, list) and all(isinstance(layer, nn.Module) for layer in layers)
     models.check_model(layers, loss_fn, (inputs, targets))
     loss = loss_fn(_forward(layers, inputs), targets)

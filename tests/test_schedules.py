@@ -72,7 +72,7 @@ def test_str_and_describe():
     assert table.splitlines()[1].startswith("rank 1:")
 
 
-@pytest.mark.parametrize("name", ["pipedream", "", "GPipe"])
+@pytest.mark.parametrize("name", ["pipedream-3bw", "", "GPipe"])
 def test_build_rejects_unknown_names(name):
     with pytest.raises(ScheduleError, match="unknown schedule") as info:
         schedules.build(name, 2, 2)
