@@ -35,16 +35,21 @@ def main(args) -> int:
         layers, loss_fn, batch = build_model(cfg)
         if len(layers) < stages:
             raise ConfigError(f"{stages} stages but the model has {len(layers)} layers")
-        return plan(layers, loss_fn, batch, make_schedule(cfg), args.microbatches, args.optimizer,
+        schedule = make_schedule(cfg)
+        if schedule.splits_backward and args.checkpoint:
+            raise ConfigError(f"--checkpoint cannot be combined with {args.schedule}, whose backward is split")
+        return plan(layers, loss_fn, batch, schedule, args.microbatches, args.optimizer,
                     dp=1, recompute=args.checkpoint)
 
     print(f"{args.model}({args.model_kwargs}), {args.schedule}, {args.microbatches} microbatches, {args.optimizer}, "
           f"{args.dtype}; budget {args.memory_budget:g} GB per rank (estimates: memory_plan.py)")
+    refused = {}
     for stages in args.stages:
         try:
             ranks = ranks_for(stages, args.model_kwargs)
         except ConfigError as err:
             print(f"\n{stages} stage(s): {err}")
+            refused[stages] = str(err)
             continue
         problem = over_budget(ranks, args.memory_budget)
         print(f"\n{stages} stage(s): " + ("fits" if problem is None else f"does not fit: {problem}"))
@@ -52,6 +57,10 @@ def main(args) -> int:
     if args.grow:
         print(f"\nthe largest {args.grow} that fits {args.memory_budget:g} GB per rank:")
         for stages in args.stages:
+            if stages in refused and "layers" not in refused[stages]:
+                print(f"  {stages} stage(s): not searched ({refused[stages]})")
+                continue
+
             def fits(n: int) -> bool:
                 try:
                     return over_budget(ranks_for(stages, {**args.model_kwargs, args.grow: n}), args.memory_budget) is None
