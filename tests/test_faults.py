@@ -114,7 +114,10 @@ def test_a_fault_in_a_rank_ends_the_run_naming_rank_and_action(in_ranks, case):
 # --- the launching process: interrupted, terminated, killed, or its mpiexec killed -----------------------------
 
 LAUNCHER = """
-import sys
+import signal, sys
+# A shell's background job starts with SIGINT ignored, and Python then installs no KeyboardInterrupt: give the
+# launcher the handler an interactive Python (a terminal, a notebook kernel) has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pipeline_ref.launch import LaunchError, launch
 try:
     launch(2, "tests.fault_targets:idle", 300, timeout=300, echo=True)
