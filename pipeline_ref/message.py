@@ -68,11 +68,14 @@ def gradient_specs(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(s.shape, s.dtype) for s in specs if s.requires_grad)
 
 
-@functools.lru_cache(maxsize=1024)
 def _offsets(specs) -> tuple[tuple[int, ...], int]:
-    """Where each tensor starts in the packed bytes (aligned), and the message's exact size.
+    """Where each tensor starts in the packed bytes (aligned), and the message's exact size."""
+    return _aligned_offsets(tuple(specs))
 
-    Cached: a run has a handful of boundary specs, and every message asks (it was a tenth of a receive's cost)."""
+
+@functools.lru_cache(maxsize=1024)
+def _aligned_offsets(specs: tuple) -> tuple[tuple[int, ...], int]:
+    # Cached: a run has a handful of boundary specs, and every message asks (it was a tenth of a receive's cost).
     offsets, end = [], 0
     for spec in specs:
         start = -(-end // ALIGN) * ALIGN
