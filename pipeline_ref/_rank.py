@@ -66,7 +66,9 @@ def main(payload_path: str, outdir: str) -> None:
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
         config = sys.modules.get("pipeline_ref.config")   # loaded if the target could raise its ConfigError
         refused = config is not None and isinstance(err, config.ConfigError)
-        watchdog.report(f"failed while {watchdog.doing()}: {detail}{'' if refused else _where(err)}")
+        message = f"failed while {watchdog.doing()}: {detail}{'' if refused else _where(err)}"
+        watchdog.beat(message, watched=False)   # kept in the heartbeat file too: an abort can cut stderr short
+        watchdog.report(message)
         if refused:
             watchdog.abort_all(MPI.COMM_WORLD, 2)   # the user's request, refused: the line above says it all
         raise

@@ -274,6 +274,9 @@ def _died(out: list, tmp: Path) -> tuple[int, str] | None:
 def _failure(num_ranks, code, timed_out, timeout, out, err, tmp: Path) -> str:
     reports = _merge_reports([line.strip()[len(MARK):].strip() for line in err if line.startswith(MARK)])
     reports.sort(key=_cause_first)      # stable: among equals, the first reported first
+    if not reports:     # MPI_Abort may kill the proxy before it forwards a rank's last stderr line
+        beats = [(r, watchdog.read_heartbeat(tmp / f"rank{r}.beat")) for r in range(num_ranks)]
+        reports = _merge_reports([f"rank {r}: {b[0]}" for r, b in beats if b and b[0].startswith("failed while")])
     named = {int(r) for report in reports for r in re.findall(r"\d+", report.split(":", 1)[0])}
     died = None if reports else _died(out, tmp)
     if died is not None:

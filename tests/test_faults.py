@@ -218,3 +218,14 @@ def test_the_rank_mpich_reports_killed_is_found_by_its_pid(tmp_path):
     assert _died(mpich, tmp_path) == (1, "signal 9, SIGKILL")
     assert _died(mpich[:-1], tmp_path) == (1, "exit code 9")
     assert _died(["nothing of the sort\n"], tmp_path) is None
+
+
+def test_a_failure_whose_stderr_was_cut_short_is_read_from_its_heartbeat(tmp_path):
+    """MPI_Abort can kill the proxy before it forwards a rank's last line: the heartbeat file still says it."""
+    from pipeline_ref import launch as launching, watchdog
+    board = watchdog._open_board(tmp_path / "rank1.beat")
+    watchdog._write(board, "failed while checking the configuration: ConfigError: too few layers", watched=False)
+    board.flush()
+    message = launching._failure(2, 2, False, 60, [], [], tmp_path)
+    assert message.startswith("rank 1: failed while checking the configuration: ConfigError: too few layers")
+    assert "no rank said why" not in message
