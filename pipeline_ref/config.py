@@ -14,13 +14,13 @@ from dataclasses import dataclass, field, asdict
 
 import torch
 
-from . import asynchronous, batches, models, schedules
+from . import asynchronous, batches, models, optim, precision, schedules
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda", "auto")
 PARTITIONS = ("uniform", "parameters", "time")
-OPTIMIZERS = ("sgd", "adamw")
-AUTOCAST = ("bfloat16", "float16")
+OPTIMIZERS = optim.OPTIMIZERS
+AUTOCAST = tuple(precision.DTYPES)
 TRANSPORTS = ("mpi", "torch")     # the wire of the pipeline's messages: MPI, or torch.distributed (gloo / NCCL)
 
 

@@ -34,12 +34,6 @@ class SGD:
     def state_bytes(self) -> int:
         return 0                           # no state: the reason SGD is the lessons' optimizer
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
 
 class AdamW:
     """torch's AdamW on this stage's parameters; its two moments per parameter are the optimizer memory."""
@@ -53,12 +47,6 @@ class AdamW:
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for state in self.torch.state.values()
                    for t in state.values() if isinstance(t, torch.Tensor))
-
-    def state_dict(self) -> dict:
-        return self.torch.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.torch.load_state_dict(state)
 
 
 def make(name: str, params: list, lr: float):
