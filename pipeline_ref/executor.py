@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from . import watchdog
+from .finite import NonFiniteError, nonfinite
 from .geometry import Action, Pipeline
 from .message import ACTIVATION, GRADIENT, Messenger, PendingRecv, gradient_specs, message_tag, specs_of
 from .stage import Stage
@@ -56,6 +57,8 @@ class Step:
     receive: Receive | None
     send: Send | None
     frees: tuple = ()          # earlier receives whose buffers this action is the last to read
+    name: str = ""             # str(action), and what the heartbeat says while it waits: made once, not per step
+    waiting: str = ""
 
 
 def plan(actions, pipeline: Pipeline, rank: int, in_specs: dict, out_specs: dict) -> list[Step]:
@@ -80,7 +83,9 @@ def plan(actions, pipeline: Pipeline, rank: int, in_specs: dict, out_specs: dict
         # gradient an I received is kept for its W, which may read it as it is (autograd passes it through).
         frees = {"B": (Action("F", a.microbatch, a.chunk),),
                  "W": (Action("F", a.microbatch, a.chunk), Action("I", a.microbatch, a.chunk))}.get(a.op, ())
-        steps.append(Step(a, receive, send, frees))
+        waiting = (f"waiting for the {receive.what} of microbatch {a.microbatch} from rank {receive.source}"
+                   if receive else "")
+        steps.append(Step(a, receive, send, frees, str(a), waiting))
     return steps
 
 
@@ -178,18 +183,6 @@ def clock_for(device: torch.device):
     return CudaClock(device) if device.type == "cuda" else HostClock()
 
 
-class NonFiniteError(FloatingPointError):
-    """A NaN or inf where it first appeared: "rank 1: loss is nan at F3 of step 2"."""
-
-
-def nonfinite(tensors) -> str | None:
-    """"nan" or "inf" if a floating tensor holds one, else None (one reduction per tensor)."""
-    for t in tensors:
-        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return "nan" if bool(torch.isnan(t).any()) else "inf"
-    return None
-
-
 class Executor:
     def __init__(self, stages: dict[int, Stage], steps: list[Step], messenger: Messenger, rank: int,
                  device: torch.device, lookahead: int = 2, skip_nonfinite: bool = False):
@@ -241,15 +234,13 @@ class Executor:
             received = None
             if step.receive:
                 r = step.receive
-                watchdog.beat(f"{a} of step {step_index}: waiting for the {r.what} of microbatch "
-                              f"{a.microbatch} from rank {r.source}")
+                watchdog.beat(f"{step.name} of step {step_index}: {step.waiting}")
                 pending = window.take(i)
                 w0 = time.perf_counter()
                 received = pending.wait()
-                waits.append(Wait(rank, f"recv {r.what} {a.microbatch} from rank {r.source}",
-                                  w0 - t0, time.perf_counter() - t0))
+                waits.append((r, a.microbatch, w0, time.perf_counter()))
             # Compute.
-            watchdog.beat(f"{a} of step {step_index}: computing")
+            watchdog.beat(f"{step.name} of step {step_index}: computing")
             start = clock.mark()
             if a.op == "F":
                 out = stage.forward(a.microbatch, inputs[a.microbatch] if received is None else received,
@@ -277,6 +268,8 @@ class Executor:
             messenger.progress()
         watchdog.beat(f"end of step {step_index}: waiting for {messenger.pending_sends} sends to be received")
         messenger.finish_sends()
+        waits = [Wait(rank, f"recv {r.what} {microbatch} from rank {r.source}", w0 - t0, w1 - t0)
+                 for r, microbatch, w0, w1 in waits]     # named after the step: no formatting between actions
         return self._events(marks, clock, t0), waits
 
     def _events(self, marks, clock, t0: float) -> list[Event]:

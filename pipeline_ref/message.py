@@ -93,7 +93,8 @@ def unpack(buffer: torch.Tensor, specs) -> tuple:
 def pack(tensors: tuple) -> torch.Tensor:
     """The boundary's tensors as one flat byte tensor: a view of a lone contiguous tensor, else a copy."""
     if len(tensors) == 1:
-        return tensors[0].detach().contiguous().reshape(-1).view(torch.uint8)
+        t = tensors[0].detach()
+        return (t if t.is_contiguous() else t.contiguous()).view(-1).view(torch.uint8)
     offsets, size = _offsets(specs_of(tensors))
     buffer = torch.empty(size, dtype=torch.uint8, device=tensors[0].device)
     for offset, t in zip(offsets, tensors):
@@ -113,14 +114,17 @@ class MPITransport:
 
     def __init__(self, comm, sync_sends: bool = False):
         from mpi4py import MPI
-        self.comm, self.sync_sends, self._BYTE = comm, sync_sends, MPI.BYTE
+        self.comm, self.sync_sends, self._BYTE, self._memory = comm, sync_sends, MPI.BYTE, MPI.buffer.fromaddress
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.max_tag = comm.Get_attr(MPI.TAG_UB)
         self.reads_device_memory = cuda_aware()   # else the Messenger stages GPU messages through the host
 
     def _view(self, buffer: torch.Tensor):
-        # CPU: a numpy view of the bytes (no copy); CUDA (a CUDA-aware MPI): the tensor itself.
-        return [buffer.numpy() if buffer.device.type == "cpu" else buffer, self._BYTE]
+        # CPU: the bytes at the tensor's address (no copy; the Messenger keeps the tensor alive until the
+        # request completes), cheaper than a numpy view; CUDA (a CUDA-aware MPI): the tensor itself.
+        if buffer.is_cuda:
+            return [buffer, self._BYTE]
+        return [self._memory(buffer.data_ptr(), buffer.numel() * buffer.element_size()), self._BYTE]
 
     def isend(self, buffer: torch.Tensor, dest: int, tag: int):
         send = self.comm.Issend if self.sync_sends else self.comm.Isend
@@ -165,12 +169,12 @@ class PendingRecv:
     request: object
     buffer: torch.Tensor
     specs: tuple
+    views: tuple                 # the boundary's tensors as views of ``buffer``, made once per pooled buffer
     staging: object = None       # set when the buffer is host memory staged for a GPU rank
 
     def wait(self) -> tuple:
         self.request.wait()
-        tensors = unpack(self.buffer, self.specs)
-        return tensors if self.staging is None else self.staging.to_device(tensors)
+        return self.views if self.staging is None else self.staging.to_device(self.views)
 
 
 class Messenger:
@@ -188,7 +192,7 @@ class Messenger:
         self.staging = staging
         self._sends: list[tuple] = []            # (request, buffer): buffers live until the send is done
         self._staging: list[tuple] = []          # (copy done event, host buffer, dest, tag), in send order
-        self._free: dict[int, list[torch.Tensor]] = {}   # receive buffers by size, for reuse
+        self._free: dict[tuple, list[tuple]] = {}   # (receive buffer, its views) by specs, for reuse
 
     def isend(self, tensors: tuple, dest: int, tag: int) -> None:
         buffer = pack(tensors)
@@ -197,23 +201,27 @@ class Messenger:
             self._staging.append((done, host, dest, tag))
             return
         # A transport that orders itself after the compute stream (NCCL) needs no wait; MPI reads at once.
-        if buffer.device.type == "cuda" and not getattr(self.transport, "stream_ordered", False):
+        if buffer.is_cuda and not getattr(self.transport, "stream_ordered", False):
             torch.cuda.current_stream(buffer.device).synchronize()
         self._sends.append((self.transport.isend(buffer, dest, tag), buffer))
 
     def irecv(self, specs: tuple, source: int, tag: int) -> PendingRecv:
-        size = _offsets(specs)[1]
         if self.staging is not None:
-            buffer = self.staging.host_buffer(size)
+            buffer = self.staging.host_buffer(_offsets(specs)[1])
+            views = unpack(buffer, specs)
         else:
-            free = self._free.get(size)
-            buffer = free.pop() if free else torch.empty(size, dtype=torch.uint8, device=self.device)
-        return PendingRecv(self.transport.irecv(buffer, source, tag), buffer, specs, self.staging)
+            free = self._free.get(specs)
+            if free:
+                buffer, views = free.pop()
+            else:
+                buffer = torch.empty(_offsets(specs)[1], dtype=torch.uint8, device=self.device)
+                views = unpack(buffer, specs)
+        return PendingRecv(self.transport.irecv(buffer, source, tag), buffer, specs, views, self.staging)
 
     def release(self, received: PendingRecv) -> None:
         """Give a receive's buffer back once nothing reads its tensors any more (the executor knows when)."""
-        if self.staging is None:
-            self._free.setdefault(received.buffer.numel(), []).append(received.buffer)
+        if self.staging is None:   # pooled with its views: the next message of these specs lands in it as they are
+            self._free.setdefault(received.specs, []).append((received.buffer, received.views))
 
     def _post_staged(self, wait: bool) -> None:
         # In send order, stopping at the first copy not done: a transport that matches messages by

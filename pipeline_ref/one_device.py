@@ -23,6 +23,7 @@ from torch import nn
 
 from . import batches, optim, precision
 from .config import RunConfig, build_model
+from .finite import nonfinite
 
 
 @dataclass
@@ -36,10 +37,6 @@ class Curve:
 def _as_module(layers) -> nn.Module:
     """A list of layers in sequence, or a factory's whole ``nn.Module`` (a Hugging Face model) as it is."""
     return layers if isinstance(layers, nn.Module) else nn.Sequential(*layers)
-
-
-def _finite(params) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
 
 
 def train(cfg: RunConfig) -> Curve:
@@ -61,7 +58,8 @@ def train(cfg: RunConfig) -> Curve:
             step_losses.append(loss.detach())
             (loss * (scaler.scale / cfg.microbatches)).backward()
         losses.append(torch.stack(step_losses).mean().item())
-        skip = cfg.skips_nonfinite and not (_finite(params) and all(map(math.isfinite, map(float, step_losses))))
+        skip = cfg.skips_nonfinite and (nonfinite(p.grad for p in params) is not None
+                                        or not all(map(math.isfinite, map(float, step_losses))))
         if skip:
             skipped.append(step)
         else:

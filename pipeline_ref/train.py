@@ -29,6 +29,7 @@ from . import (async_run, asynchronous, batches, checkpoint, cut, machine, optim
                watchdog)
 from .config import ConfigError, RunConfig, preflight
 from .device import for_rank as device_for_rank
+from .finite import NonFiniteError, nonfinite
 from .results import Memory, RunResult
 from .trace import Trace, Wait
 
@@ -176,7 +177,6 @@ def train_step(run: RankRun, step: int) -> dict:
 
 def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
     """The weight gradients, checked once per step (the executor checks what crosses a boundary)."""
-    from .executor import NonFiniteError, nonfinite
     kind = nonfinite(p.grad for p in run.params)
     if kind is None:
         return None
