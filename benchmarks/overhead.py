@@ -10,7 +10,9 @@ Parts 1 and 2 are added up per action and compared with the step time:
    same microbatch, interleaved so both see the same machine. On a tiny MLP the
    difference is the bookkeeping's fixed cost in µs; on the demo model it is lost
    in the noise of a ~40 ms forward + backward.
-2. Between actions (a real run, 2 ranks, naive / GPipe / 1F1B, m = 8): the time
+2. Between actions (a real run, 2 ranks, naive / GPipe / 1F1B, m = 8; on the demo
+   model, then on the same model at width 64, whose 32 KiB messages cost MPI little
+   to copy, so that what remains is the executor's own work): the time
    between a rank's first and last action spent neither computing nor blocked on
    a receive (posting receives, starting sends, ``Test``, bookkeeping), from the
    trace (``trace.executor_gaps``). Also shown: the measured step against the
@@ -74,8 +76,11 @@ def inside_action(width: int, microbatch: int, layers: int, iterations: int) -> 
             "stage_s": median(times["stage"]), "per_action_s": median(extra) / 2, "spread_s": (high - low) / 4}
 
 
-def between_actions(repeats: int) -> list[dict]:
-    configs = [RunConfig(schedule=name, pp=2, microbatches=8, steps=2, model_kwargs=DEMO_MODEL)
+SMALL_MESSAGES = {**DEMO_MODEL, "width": 64}     # the same run with 32 KiB messages instead of 512 KiB
+
+
+def between_actions(repeats: int, model: dict) -> list[dict]:
+    configs = [RunConfig(schedule=name, pp=2, microbatches=8, steps=2, model_kwargs=model)
                for name in ("naive", "gpipe", "1f1b")]
     rows = []
     # A run during which another process took part of a rank's core is played again (bench.sweep_rank).
@@ -138,7 +143,8 @@ def main() -> None:
     inside = [inside_action(8, 16, stage_layers, 2000),
               inside_action(DEMO_MODEL["width"], DEMO_MODEL["batch"] // m, stage_layers, 60)]
     fixed = inside[0]["per_action_s"]            # the bookkeeping's cost, measured where compute is ~0
-    between = between_actions(args.repeats)
+    between = between_actions(args.repeats, DEMO_MODEL)
+    small = between_actions(args.repeats, SMALL_MESSAGES)
     from pipeline_ref.launch import launch      # part 3: ranks import this file, so it must be on their path
     calls = launch(2, "overhead:calls_rank", RunConfig(schedule="1f1b", pp=2, microbatches=m, steps=2,
                                                         model_kwargs=DEMO_MODEL),
@@ -165,6 +171,12 @@ def main() -> None:
                      f"| {r['gap_per_action_s'] * 1e6:.0f} µs | {r['gap_fraction']:.2%} | {bookkeeping:.2%} "
                      f"| {r['gap_fraction'] + bookkeeping:.2%} | {r['comm_s'] * 1e6:.0f} µs "
                      f"| {r['step_s'] / r['compute_only_s'] - 1:+.2%} |")
+    lines += ["", f"The same runs with width {SMALL_MESSAGES['width']} (messages of 32 KiB instead of 512 KiB: "
+              "what is left is the executor's own work and MPI's per-call cost, not the copying of message data):",
+              "", "| schedule | step | median action | gaps per action | gaps, worst rank |", "|---|---|---|---|---|"]
+    for r in small:
+        lines.append(f"| {r['schedule']} | {r['step_s'] * 1e3:.1f} ms | {r['action_s'] * 1e3:.2f} ms "
+                     f"| {r['gap_per_action_s'] * 1e6:.0f} µs | {r['gap_fraction']:.2%} |")
     lines += ["", "Executor total = gaps (worst rank) + bookkeeping, as a share of the step; target < 2%. "
               "The last column is everything that is not compute: messages, the executor, and jitter "
               "(the simulation uses each op's median time).", "",
