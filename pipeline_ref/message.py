@@ -9,7 +9,8 @@ offset), a single tensor is sent straight from its own memory.
 
 The :class:`Messenger` does what the executor needs: non-blocking sends kept until completed,
 non-blocking receives into buffers taken from a small pool (a step of a schedule receives the
-same shapes every time, so after the first step no receive allocates), and GPU staging. The
+same shapes every time, so after the first step no receive allocates; a buffer is pooled by its
+specs together with its tensor views, so a reused receive unpacks nothing), and GPU staging. The
 wire itself is a :class:`Transport`, one small interface: ``isend``/``irecv`` of a byte
 buffer with a tag, returning a request with ``test()``/``wait()``, plus ``send_object`` /
 ``recv_object`` for the set-up, and ``max_tag``. :class:`MPITransport` is MPI's (the course's);
