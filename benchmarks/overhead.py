@@ -21,12 +21,17 @@ Parts 1 and 2 are added up per action and compared with the step time:
 3. What those gaps are made of: each call the executor makes between actions
    (posting a receive, starting a send, ``progress``, ``watchdog.beat``), timed
    on the ranks of one warm 1F1B run by wrapping the methods.
+4. The single costs those gaps are explained by (one process): the non-finite check
+   of one activation, element-wise and by ``finite.nonfinite``; one 512 KiB copy;
+   a heartbeat report and an f-string in a loop and right after matrix products.
 
 Writes results.md into ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import mmap
+import tempfile
 import time
 from pathlib import Path
 from statistics import median, quantiles
@@ -131,6 +136,53 @@ def calls_rank(comm, cfg: RunConfig) -> list[dict] | None:
     return comm.gather({label: (spent[label] / calls[label], calls[label]) for label in spent}, root=0)
 
 
+def cold_costs(iterations: int = 200) -> list[tuple[str, float]]:
+    """Part 4, one process: the single costs the gaps are explained by, in median seconds.
+
+    A check of one demo activation (element-wise against finite.nonfinite's sum), one
+    copy of a 512 KiB message, and a heartbeat report and an f-string timed alone in a
+    loop and right after a demo stage's matrix products (4 MiB of weights a layer), when
+    the caches hold the weights instead of the interpreter's state.
+    """
+    from pipeline_ref import watchdog
+    from pipeline_ref.finite import nonfinite
+    torch.set_num_threads(1)
+    width, rows = DEMO_MODEL["width"], DEMO_MODEL["batch"] // 8
+    x, copy = torch.randn(rows, width), torch.empty(rows, width)
+    weights = [torch.randn(width, width) for _ in range(DEMO_MODEL["depth"] // 2)]
+    board = Path(tempfile.mkdtemp(prefix="overhead-")) / "rank0.beat"
+    board.write_bytes(bytes(watchdog.HEARTBEAT_BYTES))
+    with board.open("r+b") as f:
+        watchdog._board = mmap.mmap(f.fileno(), watchdog.HEARTBEAT_BYTES)
+
+    def compute():
+        y = x
+        for w in weights:
+            y = y @ w
+
+    def timed(fn, cold: bool) -> float:
+        times = []
+        for i in range(iterations):
+            if cold:
+                compute()
+            began = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - began)
+        return median(times)
+
+    rows_out = []
+    for cold in (False, True):
+        when = "right after a stage's matrix products" if cold else "in a loop"
+        rows_out += [(f"torch.isfinite(t).all() of one {rows} x {width} float32 activation, {when}",
+                      timed(lambda i: bool(torch.isfinite(x).all()), cold)),
+                     (f"finite.nonfinite([t]) of the same activation, {when}", timed(lambda i: nonfinite([x]), cold)),
+                     (f"a copy of its 512 KiB (one message's bytes), {when}", timed(lambda i: copy.copy_(x), cold)),
+                     (f"watchdog.beat, {when}", timed(lambda i: watchdog.beat(f"F{i} of step 0: computing"), cold)),
+                     (f"one f-string, {when}", timed(lambda i: f"F{i} of step 0: computing", cold))]
+    watchdog._board = None
+    return rows_out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -145,6 +197,7 @@ def main() -> None:
     fixed = inside[0]["per_action_s"]            # the bookkeeping's cost, measured where compute is ~0
     between = between_actions(args.repeats, DEMO_MODEL)
     small = between_actions(args.repeats, SMALL_MESSAGES)
+    cold = cold_costs()
     from pipeline_ref.launch import launch      # part 3: ranks import this file, so it must be on their path
     calls = launch(2, "overhead:calls_rank", RunConfig(schedule="1f1b", pp=2, microbatches=m, steps=2,
                                                         model_kwargs=DEMO_MODEL),
@@ -186,6 +239,8 @@ def main() -> None:
     for label in calls[0]:
         lines.append(f"| {label} | " + " | ".join(f"{c[label][0] * 1e6:.1f} ({c[label][1]})" if label in c else "-"
                                                 for c in calls) + " |")
+    lines += ["", "## 4. Single costs behind the gaps (one process, medians of 200)", "", "| what | µs |", "|---|---|"]
+    lines += [f"| {label} | {seconds * 1e6:.1f} |" for label, seconds in cold]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     print(text)

@@ -15,7 +15,6 @@ should equal ``train(cfg).losses`` step for step: ``tests/test_real_training.py`
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -58,8 +57,7 @@ def train(cfg: RunConfig) -> Curve:
             step_losses.append(loss.detach())
             (loss * (scaler.scale / cfg.microbatches)).backward()
         losses.append(torch.stack(step_losses).mean().item())
-        skip = cfg.skips_nonfinite and (nonfinite(p.grad for p in params) is not None
-                                        or not all(map(math.isfinite, map(float, step_losses))))
+        skip = cfg.skips_nonfinite and nonfinite([*step_losses, *(p.grad for p in params)]) is not None
         if skip:
             skipped.append(step)
         else:
