@@ -1,4 +1,5 @@
-"""The time partitioner balances an unbalanced model: in the simulator, and in a real run."""
+"""The time partitioner balances an unbalanced model (in the simulator, and in a real run), and the profile it
+cuts by is taken in alternating rounds, so identical layers measure alike (pure inputs, a fake clock)."""
 import pytest
 
 from pipeline_ref import partition, schedules, simulate
@@ -48,3 +49,66 @@ def test_time_partition_beats_uniform_in_a_real_run():
     assert timed.trace.meta["schedule"] == "1f1b"   # and the run itself played the schedule
     assert len(timed.trace.events) == 2 * 2 * 4
     assert uniform.predicted_stage_costs is None and uniform.layer_costs is None   # only "time" profiles
+
+
+# ------------------------------------------------------------------------- the profile itself (pure inputs)
+
+class _Clock:
+    """A fake ``perf_counter``: the k-th timing (a start and an end call) lasts ``duration(k)`` seconds."""
+
+    def __init__(self, duration):
+        self.duration, self.calls, self.now = duration, 0, 0.0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:                       # an end: the timing that started lasts duration(k)
+            self.now += self.duration(self.calls // 2 - 1)
+        return self.now
+
+
+def _identical_linears(count=4, width=8):
+    import torch
+    torch.manual_seed(0)
+    return [torch.nn.Linear(width, width) for _ in range(count)], torch.randn(3, width)
+
+
+def test_alternating_rounds_charge_a_drifting_machine_to_every_layer_alike():
+    from pipeline_ref import profiling
+    layers, sample = _identical_linears()
+    # Each timing lasts longer than the one before (a machine slowing down during the profile). Timed in
+    # sequence, the last layer would cost the most; in rounds that alternate their order, the middle two of
+    # four rounds sum to the same for every layer.
+    costs = profiling.layer_costs(layers, sample, repeats=4, warmup=1, clock=_Clock(lambda k: 1.0 + 0.1 * k))
+    assert len(costs) == len(layers)
+    assert max(costs) - min(costs) < 1e-9, costs
+    assert all(c.within for c in profiling.consistency(costs, profiling.identical_layers(layers)))
+    assert all(p.grad is None for layer in layers for p in layer.parameters())   # nothing left behind
+
+
+def test_a_stray_slow_round_is_dropped_by_the_median_and_warmup_is_not_used():
+    from pipeline_ref import profiling
+    layers, sample = _identical_linears(count=3)
+    # Timings 0-2 are the warm-up round (100 s each: not used); timing 7 is one stray slow run.
+    costs = profiling.layer_costs(layers, sample, repeats=5, warmup=1,
+                                  clock=_Clock(lambda k: 100.0 if k < 3 else 50.0 if k == 7 else 1.0))
+    assert costs == [1.0, 1.0, 1.0]
+
+
+def test_identical_layers_are_grouped_by_class_and_shapes():
+    from pipeline_ref import models, profiling
+    layers, _, _ = models.tiny_gpt(vocab=64, dim=16, heads=2, blocks=3, seq_len=4, batch=4)
+    assert profiling.identical_layers(layers) == [[1, 2, 3]]          # the blocks; not the embedding or head
+    linears, _ = _identical_linears(count=2)
+    import torch
+    assert profiling.identical_layers(linears + [torch.nn.Linear(8, 4)]) == [[0, 1]]
+
+
+def test_consistency_flags_a_layer_beyond_the_tolerance():
+    from pipeline_ref import profiling
+    inside, outside = profiling.consistency([1.0, 0.9, 1.15, 5.0, 1.0, 1.3, 1.0], [[0, 1, 2], [3], [4, 5, 6]])[::2]
+    assert inside.within and inside.median == 1.0 and (inside.lowest, inside.highest) == (0.9, 1.15)
+    assert not outside.within and "NOT within +-20%" in outside.sentence()
+    with pytest.raises(ValueError, match="outside the 2 costs"):
+        profiling.consistency([1.0, 1.0], [[0, 2]])
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        profiling.layer_costs(*_identical_linears(), repeats=0)
