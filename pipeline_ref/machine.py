@@ -36,6 +36,39 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields), fields[3] + fields[4]          # all, idle + iowait (Linux)
 
 
+def scheduler_clock() -> tuple[float, float] | None:
+    """(seconds this process's main thread ran on a core, seconds it was ready but waited for one) so far.
+
+    Linux's /proc/self/schedstat; None elsewhere. The second number is what contention costs: a rank that
+    sleeps in a wait does not add to it, one that is ready to compute while another process holds its
+    core does.
+    """
+    try:
+        running, waiting = Path("/proc/self/schedstat").read_text().split()[:2]
+        return int(running) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+class ShareMeter:
+    """This process's share of the time it wanted a core, over an interval: 1.0 when nothing took its core.
+
+    From ``scheduler_clock`` (running over running + waiting for a core). Where that is missing, CPU time
+    over wall time, which also drops when the process sleeps (a yielding wait), so it reads low there.
+    """
+
+    def __init__(self):
+        self.clock, self.wall, self.cpu = scheduler_clock(), time.perf_counter(), time.process_time()
+
+    def share(self) -> float:
+        now = scheduler_clock()
+        if self.clock is not None and now is not None:
+            running, waiting = now[0] - self.clock[0], now[1] - self.clock[1]
+            return running / (running + waiting) if running + waiting > 0 else 1.0
+        wall = time.perf_counter() - self.wall
+        return (time.process_time() - self.cpu) / wall if wall > 0 else 1.0
+
+
 def wait_until_quiet(comm, limit: float, window: float = 2.0, threshold: float = 0.1) -> None:
     """All ranks sleep until others use < ``threshold`` of the machine (or ``limit`` s passed; Linux only)."""
     from . import watchdog
