@@ -207,3 +207,44 @@ def interleaved_on_ranks(comm, impl):
 @check("ex07.zb_h1", EX07, ((EX07, "zb_h1"),), ranks=3)
 def zb_h1_on_ranks(comm, impl):
     return _executor(comm, impl, f"{EX07}:zb_h1", ZB_H1_CASES)
+
+
+# Exercises 7.1-7.2: the student's I and W inside pipeline_ref's own ZB-H1 run (its schedule, executor, stage).
+SPLIT = ((EX07, "backward_input"), (EX07, "backward_weight"))
+SPLIT_CASES = ((3, 4), (2, 3))
+
+
+def split_runs() -> list[RunConfig]:
+    return [RunConfig(schedule="zb-h1", pp=p, microbatches=m, model="mlp",
+                      model_kwargs={"depth": 6, "width": 8, "batch": 12}, dtype="float64",
+                      collect_grads=True, sync_sends=True, stall_timeout=30) for p, m in SPLIT_CASES]
+
+
+def _student_split(ex, base):
+    """pipeline_ref's WeightGradients (it captures each layer's output in the forward) with I and W the student's."""
+    class StudentSplit(base):
+        def input_pass(self, key, ys, grad_outputs, wants):
+            captured = self._outputs.pop(key)
+            input_grads, kept = ex.backward_input(list(ys), grad_outputs, list(wants), [o for _, o in captured])
+            self._pending[key] = (captured, kept)
+            held = sum(t.numel() * t.element_size() for t in kept if isinstance(t, torch.Tensor))
+            return list(input_grads), held
+
+        def weight_pass(self, key):
+            captured, kept = self._pending.pop(key)
+            ex.backward_weight([m for m, _ in captured], [o for _, o in captured], kept)
+    return StudentSplit
+
+
+@check("ex07.split", EX07, SPLIT, ranks=3)
+def split_on_ranks(comm, impl):
+    from pipeline_ref import stage as stage_module
+    from pipeline_ref.train import run_many
+    ex = _student(impl, EX07)
+    original = stage_module.WeightGradients
+    stage_module.WeightGradients = _student_split(ex, original)      # what Stage(split_backward=True) makes
+    try:
+        results = run_many(comm, split_runs())
+    finally:
+        stage_module.WeightGradients = original
+    return results if comm.Get_rank() == 0 else None
