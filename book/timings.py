@@ -7,10 +7,17 @@ These are measurements of one run, on the machine that ran it (a shared 2-core C
 outputs), not estimates; re-executing a notebook updates them.
 
     .venv/bin/python -m book.timings          # prints the table
+    .venv/bin/python -m book.timings --write  # rewrites lessons/INSTRUCTOR.md's "Run live" rows from them
+
+The instructor's guide quotes each lesson's times in its "Run live" row, generated here (``run_live``) and
+kept equal to the notebooks by ``tests/test_lessons.py``: re-executing a lesson means running ``--write``
+again. A row is the generated text, then optional advice (". Advice: ...") that states no time.
 """
 from __future__ import annotations
 
 import json
+import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +25,9 @@ from pathlib import Path
 from book import course
 
 SLOW_CELL_SECONDS = 3.0     # cells at least this long are listed: the ones worth planning a live demo around
+INSTRUCTOR = course.ROOT / "lessons" / "INSTRUCTOR.md"
+RUN_LIVE_ROW = re.compile(r"^\| \*\*Run live\*\* \| (.*) \|$", re.M)
+LESSON_HEADING = re.compile(r"^## (\d\d) · ", re.M)
 
 
 @dataclass(frozen=True)
@@ -40,9 +50,60 @@ def cell_times(notebook: Path) -> list[CellTime]:
             continue
         seconds = (_when(run["shell.execute_reply"]) - _when(run["iopub.execute_input"])).total_seconds()
         source = "".join(cell["source"]).strip().splitlines()
-        first = next((line for line in source if not line.startswith("# NBVAL")), source[0] if source else "")
+        # the line that starts ranks says best what a slow cell waits for; else the first line of code
+        first = next((line for line in source if "launch(" in line),
+                     next((line for line in source if not line.startswith("#")), source[0] if source else ""))
         times.append(CellTime(index, seconds, first.strip()))
     return times
+
+
+def code_cell_count(notebook: Path) -> int:
+    return sum(cell["cell_type"] == "code" for cell in json.loads(notebook.read_text())["cells"])
+
+
+def run_live(notebook: Path, most: int = 3) -> str:
+    """The generated start of a lesson's "Run live" row: its code cells, their total time, the slowest."""
+    times, count = cell_times(notebook), code_cell_count(notebook)
+    if not times:
+        return f"{count} code cells, not timed (the notebook was saved without execution times)"
+    timed = f"{count} code cells" if len(times) == count else f"{count} code cells ({len(times)} timed)"
+    slow = [t for t in sorted(times, key=lambda t: -t.seconds) if t.seconds >= SLOW_CELL_SECONDS][:most]
+    text = (f"{timed}, {sum(t.seconds for t in times):.0f} s in all, from the execution times saved with the "
+            f"committed outputs")
+    if slow:
+        text += "; the slowest: " + ", ".join(
+            f"cell {t.index} (`{_short(t.first_line, 56)}`) {t.seconds:.0f} s" for t in slow)
+    others = [t for t in times if t not in slow]
+    if others:
+        text += f"; the other {len(others)} together {sum(t.seconds for t in others):.0f} s"
+    return text
+
+
+def instructor_rows(text: str) -> dict[str, str]:
+    """Each lesson's "Run live" row in the guide's text, by lesson number."""
+    rows = {}
+    for number, section in zip(LESSON_HEADING.findall(text), LESSON_HEADING.split(text)[2::2]):
+        found = RUN_LIVE_ROW.search(section)
+        if found:
+            rows[number] = found.group(1)
+    return rows
+
+
+def with_generated_rows(text: str, lessons: list[course.Lesson]) -> str:
+    """The guide with every lesson's "Run live" row starting with ``run_live`` (advice after it is kept)."""
+    generated = {lesson.number: run_live(lesson.notebook) for lesson in lessons}
+    parts = LESSON_HEADING.split(text)
+    for k in range(1, len(parts), 2):
+        number, section = parts[k], parts[k + 1]
+        if number not in generated:
+            continue
+        found = RUN_LIVE_ROW.search(section)
+        if found is None:
+            raise ValueError(f"INSTRUCTOR.md: lesson {number} has no '| **Run live** | ... |' row")
+        advice = found.group(1).split(". Advice: ", 1)[1] if ". Advice: " in found.group(1) else ""
+        row = generated[number] + (f". Advice: {advice}" if advice else "")
+        parts[k + 1] = section[:found.start(1)] + row + section[found.end(1):]
+    return "".join(p if i % 2 == 0 else f"## {p} · " for i, p in enumerate(parts))
 
 
 def page(lessons: list[course.Lesson]) -> str:
@@ -68,6 +129,10 @@ def _short(line: str, width: int = 48) -> str:
 
 
 if __name__ == "__main__":
+    if "--write" in sys.argv[1:]:
+        INSTRUCTOR.write_text(with_generated_rows(INSTRUCTOR.read_text(), course.lessons()))
+        print(f"wrote the 'Run live' rows of {INSTRUCTOR.relative_to(course.ROOT)}")
+        sys.exit(0)
     for lesson in course.lessons():
         times = cell_times(lesson.notebook)
         print(f"{lesson.stem}: {sum(t.seconds for t in times):.1f} s in {len(times)} cells")

@@ -4,6 +4,7 @@ The notebooks themselves run under nbval (``pytest --nbval-lax --nbval-current-e
 the arithmetic the notebooks print next to their measurements, so a change in pipeline_ref that breaks a lesson's
 theory fails here, by name.
 """
+import re
 import sys
 from pathlib import Path
 
@@ -104,3 +105,46 @@ def test_stage_theory_holds_a_tied_weight_once_per_stage_and_1f1b_in_flight():
     two = l08.stage_theory(rows, [range(0, 2), range(2, 3)], 4, optimizer="sgd")
     assert [t["parameters"] for t in two] == [140, 108] and [t["optimizer"] for t in two] == [0, 0]
     assert [t["peak_stashed_bytes"] for t in two] == [2 * 11, 1 * 3]
+
+
+# ------------------------------------------------------------------- the instructor's guide, from the notebooks
+
+def test_instructor_run_live_rows_are_the_notebooks_saved_times():
+    """INSTRUCTOR.md's "Run live" rows are book.timings.run_live of each notebook, advice with no time after it."""
+    from book import course, timings
+    text = timings.INSTRUCTOR.read_text()
+    lessons = course.lessons()
+    assert timings.with_generated_rows(text, lessons) == text, \
+        "INSTRUCTOR.md's 'Run live' rows differ from the notebooks: run .venv/bin/python -m book.timings --write"
+    rows = timings.instructor_rows(text)
+    assert set(rows) == {lesson.number for lesson in lessons}
+    for number, row in rows.items():
+        advice = row.split(". Advice: ", 1)[1] if ". Advice: " in row else ""
+        assert not re.search(r"\d+(\.\d+)?\s?(s|ms|min|minutes|seconds)\b", advice), (number, advice)
+
+
+def test_run_live_counts_code_cells_and_sums_their_saved_times(tmp_path):
+    import nbformat
+    from book import timings
+    nb = nbformat.v4.new_notebook()
+    for source, began, ended in (("import torch", "00:00.000", "00:01.500"),
+                                 ("x = 1\nout = launch(2, 'f')", "00:02.000", "00:06.000"), ("y = 2", None, None)):
+        cell = nbformat.v4.new_code_cell(source)
+        if began:
+            cell.metadata["execution"] = {"iopub.execute_input": f"2026-01-01T10:{began}Z",
+                                          "shell.execute_reply": f"2026-01-01T10:{ended}Z"}
+        nb.cells.append(cell)
+    nb.cells.append(nbformat.v4.new_markdown_cell("text"))
+    path = tmp_path / "03_x.ipynb"
+    nbformat.write(nb, path)
+    assert timings.run_live(path) == ("3 code cells (2 timed), 6 s in all, from the execution times saved with the "
+                                      "committed outputs; the slowest: cell 1 (`out = launch(2, 'f')`) 4 s; "
+                                      "the other 1 together 2 s")
+
+
+def test_every_lesson_plan_says_what_load_does():
+    from book import timings
+    text = timings.INSTRUCTOR.read_text()
+    sections = timings.LESSON_HEADING.split(text)[1:]
+    for number, section in zip(sections[0::2], sections[1::2]):
+        assert re.search(r"^\| \*\*Under load\*\* \| \S.* \|$", section, re.M), f"lesson {number}: no Under load row"
