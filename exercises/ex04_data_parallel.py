@@ -18,12 +18,14 @@ gradients there, once per step). ``comm.Split(color, key)`` makes both: the rank
     4.1 grid_coords           (stage, replica) of a rank
     4.2 make_communicators    the pipeline and the data communicator of this rank, with Comm.Split
     4.3 allreduce_gradients   average the gradients over the replicas, in a few large messages (buckets)
+    4.4 reduce_step_gradients one pp x dp step's whole gradient reduction, with a weight tied across stages
 
 Import mpi4py inside your functions if you need it, not at the top of this file: the grader imports this
 file in its own process (which never starts MPI) to test grid_coords.
 
 Stuck? ``exercises/hints/ex04_data_parallel.md`` has longer hints, one section per function.
-Grade it (the tests start 4 MPI ranks: grids of 2 x 2, 1 x 4 and 4 x 1):
+Grade it (the tests start 4 MPI ranks: grids of 2 x 2, 1 x 4 and 4 x 1; 4.4 with a small GPT whose token
+embedding and output head share one weight, against one device):
 
     .venv/bin/python -m pytest tests/exercises/test_ex04_data_parallel.py
 """
@@ -66,3 +68,27 @@ def allreduce_gradients(data_comm, parameters) -> None:
         "Exercise 4.3: sum flat buffers of the gradients with Allreduce, divide, write the means back. "
         "Hint: parameters may be a generator (it runs out after one pass), and a float64 gradient must stay "
         "exact.")
+
+
+def reduce_step_gradients(pipeline_comm, data_comm, parameters: dict, tied: list) -> None:
+    """After one ``pp x dp`` step's backwards, make every ``.grad`` this rank holds the whole batch's gradient.
+
+    Why: each rank computed its stage's gradients on its replica's slice of the batch only; and a weight that
+    several stages hold (GPT-2's token embedding, which is also its output head) got on each of them only the
+    part of its gradient from that stage's own use of it. The optimizer on each rank must see the gradient one
+    device would compute on the whole batch, the same on every copy.
+
+    ``pipeline_comm`` / ``data_comm``: this rank's two communicators (exercise 4.2: rank = stage, rank =
+    replica). ``parameters``: ``{name: Parameter}`` of this rank's stage, ``.grad`` set (CPU, contiguous). ``tied``:
+    ``[(name, stages)]``, one entry per weight held by more than one stage, the same list in the same order on
+    every rank; ``stages``, sorted, are the pipeline ranks holding a copy, and those ranks have ``name`` in their
+    ``parameters``. Every rank calls this function, whether it holds a tied copy or not. Example, 2 x 2, a GPT
+    of 4 layers (embedding, 2 blocks, head) as 2 stages::
+
+        tied == [("0.token.weight", [0, 1])]      # rank 0 holds the embedding, rank 1 the head: the same weight
+        # after the call, on all four ranks: every .grad == the one-device gradient of the whole batch;
+        # "0.token.weight" on the ranks of stages 0 and 1 alike: both uses' parts, over both replicas
+    """
+    raise NotImplementedError(
+        "Exercise 4.4: the replicas' mean of every gradient, and each tied weight's sum over its holders "
+        "alone. Hint: which ranks hold a copy, and which ranks' parts belong in its gradient?")

@@ -7,6 +7,7 @@ compare. Nothing here imports mpi4py at import time.
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -187,6 +188,59 @@ def data_parallel_step(comm, impl):
         results[(pp, dp)] = {names[id(p)]: p.grad.detach().clone() for p in params}
         pipeline.Free()
         data.Free()
+    return results
+
+
+# Exercise 4.4: a GPT of 4 layers (embedding, 2 blocks, head) whose head's weight is the embedding's, as in GPT-2.
+TIED_MODEL = RunConfig(model="gpt_tied", model_kwargs={"vocab": 16, "dim": 8, "heads": 2, "blocks": 2,
+                                                       "seq_len": 4, "batch": 8}, dtype="float64")
+TIED_GRIDS = ((2, 2), (4, 1), (1, 4))   # tied across the whole pipeline; across 2 of 4 stages; on one stage
+REDUCE_STEP = ((EX04, "reduce_step_gradients"),)
+
+
+def tied_weights(layers, ranges) -> list[tuple[str, list[int]]]:
+    """(name, stages holding a copy) of every Parameter that layers on more than one stage use."""
+    names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}     # a tied weight: its first name
+    holders: dict[int, set] = {}
+    for stage, r in enumerate(ranges):
+        for index in r:
+            for p in layers[index].parameters():
+                holders.setdefault(id(p), set()).add(stage)
+    return sorted((names[k], sorted(v)) for k, v in holders.items() if len(v) > 1)
+
+
+def stage_gradients(layers, loss_fn, inputs, targets, owned: range) -> dict:
+    """{name: Parameter} of a copy of the layers in ``owned``, after a backward of the whole model on this batch
+    with those copies in place: a tied weight's copy gets only the part from this stage's own use of it."""
+    names = {id(p): n for n, p in nn.Sequential(*layers).named_parameters()}
+    copies = copy.deepcopy(layers[owned.start:owned.stop])     # ties inside the stage stay tied (one memo)
+    model = nn.Sequential(*layers[:owned.start], *copies, *layers[owned.stop:])
+    loss_fn(model(inputs), targets).backward()
+    own = {}
+    for original, mine in zip(layers[owned.start:owned.stop], copies):
+        for (_, p), (_, q) in zip(original.named_parameters(), mine.named_parameters()):
+            own[names[id(p)]] = q
+    return own
+
+
+@check("ex04.tied_step", EX04, REDUCE_STEP, ranks=4)
+def tied_step(comm, impl):
+    """Per grid: this rank's {name: grad} after your reduce_step_gradients, and the tied list it was given."""
+    ex = _student(impl, EX04)
+    results = {}
+    for pp, dp in TIED_GRIDS:
+        topo = topology.split(comm, pp, dp)     # the reference communicators: only exercise 4.4 is graded here
+        layers, loss_fn, (inputs, targets) = build_model(TIED_MODEL)
+        ranges = partition.uniform(len(layers), pp)
+        per_replica = inputs.shape[0] // dp
+        mine = slice(topo.replica * per_replica, (topo.replica + 1) * per_replica)
+        params = stage_gradients(layers, loss_fn, inputs[mine], targets[mine], ranges[topo.stage])
+        tied = tied_weights(layers, ranges)
+        ex.reduce_step_gradients(topo.pipeline, topo.data, params, tied)
+        results[(pp, dp)] = {"grads": {n: None if p.grad is None else p.grad.detach().clone()
+                                       for n, p in params.items()}, "tied": tied}
+        topo.pipeline.Free()
+        topo.data.Free()
     return results
 
 

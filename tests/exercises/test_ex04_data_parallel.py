@@ -179,3 +179,37 @@ def test_data_parallel_step_equals_one_device(on_ranks):
             for name, grad in expected.items():
                 torch.testing.assert_close(got[name], grad, rtol=1e-10, atol=1e-12,
                                            msg=lambda m: f"{where}, {name}: not the one-device gradient: {m}")
+
+
+@pytest.mark.mpi
+@pytest.mark.points(4)
+def test_tied_step_equals_one_device(on_ranks):
+    """4.4 on a GPT whose head's weight is its token embedding, as 2 x 2 (tied across the whole pipeline), 4 x 1
+    (across stages 0 and 3 of 4) and 1 x 4 (on one stage): every rank's gradients are the whole batch's on one
+    device; a tied sum over the wrong ranks, or a part counted twice, gives another number."""
+    per_rank = on_ranks("ex04.tied_step")
+    layers, loss_fn, (inputs, targets) = build_model(checks.TIED_MODEL)
+    _, grads = models.reference_step(layers, loss_fn, inputs, targets)
+    for pp, dp in checks.TIED_GRIDS:
+        for rank in range(WORLD):
+            stage, replica = rank % pp, rank // pp
+            got, tied = per_rank[rank][(pp, dp)]["grads"], dict(per_rank[rank][(pp, dp)]["tied"])
+            where = f"{pp} x {dp} grid, rank {rank} (stage {stage}, replica {replica}; tied {tied or 'nothing'})"
+            for name, grad in got.items():
+                assert grad is not None, f"{where}: {name} has no .grad any more"
+                expected = grads[name]
+                if name in tied and stage in tied[name]:
+                    holders = tied[name]
+                    if torch.allclose(grad, expected * dp, rtol=1e-9, atol=1e-12) and dp > 1:
+                        pytest.fail(f"{where}: the tied {name} is {dp} times the one-device gradient: its replicas "
+                                    f"were summed, not averaged (a tied sum over ranks of other replicas?)",
+                                    pytrace=False)
+                    assert not torch.allclose(grad, expected * 2, rtol=1e-9, atol=1e-12), (
+                        f"{where}: the tied {name} is twice the one-device gradient: a part counted twice")
+                    message = (f"{where}: the tied {name} (held by stages {holders}) is not the one-device "
+                               f"gradient: its copies' parts must be summed over exactly the stages holding it, "
+                               f"within one replica, after (or before) the replicas' mean")
+                else:
+                    message = f"{where}: {name} is not the one-device gradient (the mean over the replicas)"
+                torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12, msg=lambda m, message=message:
+                                           f"{message}: {m}")
