@@ -16,8 +16,20 @@ every layer once. For layer costs ``[1, 2, 3, 4, 5, 6]`` on 3 stages:
     5.1 balanced_partition   the contiguous split whose slowest stage is as cheap as possible (optimal)
     5.2 bottleneck           what a split's slowest stage costs
 
+Then read a measured step against its theory. A run's trace says what each rank did and when: ``trace.events``
+is a list of events with ``.rank``, ``.op`` (``"F"`` or ``"B"``), ``.microbatch``, ``.start`` and ``.end``
+(seconds), ``trace.makespan`` the step. A measured GPipe step is longer than lesson 02's m (F + B): which part of
+the difference comes from the schedule's fill and drain, which from unequal stages, which from messages on the
+wire, and which from something the schedule and the stages' costs do not explain at all (another job on the
+cores, an op that ran long)? Each fix is different, so name the largest before fixing anything.
+
+    5.3 stage_costs    each stage's typical forward and backward time, and the time a message takes
+    5.4 gpipe_step     the step GPipe takes with those costs when nothing else slows it down
+    5.5 explain_gap    the measured step's distance from m (F + B), cut into its four causes, and the largest
+
 Stuck? ``exercises/hints/ex05_balancing.md`` has longer hints, one section per function.
-Grade it (pure Python, no MPI: your split is compared with a brute-force search over every split):
+Grade it (pure Python, no MPI: your split is compared with a brute-force search over every split; your step
+with the simulator on random costs; your causes on traces the simulator makes with one planted cause each):
 
     .venv/bin/python -m pytest tests/exercises/test_ex05_balancing.py
 """
@@ -35,8 +47,8 @@ def balanced_partition(costs, num_stages: int) -> list[range]:
     ``2.0`` are not), is below 1 or above the number of layers (every stage needs a layer; the message
     says both numbers).
     """
-    # BEGIN EXERCISE 5.1: the optimal split, by dynamic programming over where the last stage starts
-    # HINT: the best split of the first j layers into k stages extends a best split into k - 1 stages
+    # BEGIN EXERCISE 5.1: the optimal split: no other split of these layers has a cheaper slowest stage
+    # HINT: why can filling the stages one by one miss the best split? What would you need to place the last cut?
     if not isinstance(num_stages, int) or isinstance(num_stages, bool):
         raise ValueError(f"num_stages must be an integer, got {num_stages!r}")
     costs = [float(c) for c in costs]
@@ -71,6 +83,86 @@ def bottleneck(costs, ranges: list[range]) -> float:
     # HINT: a range's start and stop slice a list
     costs = [float(c) for c in costs]
     return max(math.fsum(costs[r.start:r.stop]) for r in ranges)
+    # END EXERCISE
+
+
+def stage_costs(trace) -> dict:
+    """``{"forward": [...], "backward": [...], "latency": float}`` of a GPipe step's trace.
+
+    ``forward[s]`` / ``backward[s]``: the median duration of rank s's ``F`` / ``B`` events (a median, so that
+    one op that ran long does not change what the stage typically costs). ``latency``: the least time, over
+    every action that needs a message from another rank (``F i`` on rank s > 0 from ``F i`` on s - 1, ``B i``
+    on s < p - 1 from ``B i`` on s + 1), between its producer's end and its own start (0.0 on one rank).
+    ``p = trace.num_ranks``. Example, 2 ranks, 1 microbatch: F0 from 0 to 1 on rank 0 and from 1.5 to 3.5 on rank
+    1, B0 from 3.5 to 7.5 on rank 1 and from 8 to 10 on rank 0::
+
+        stage_costs(trace) == {"forward": [1.0, 2.0], "backward": [2.0, 4.0], "latency": 0.5}
+    """
+    # BEGIN EXERCISE 5.3: per rank, the median F and B; the latency, the least wait from a producer's end to its use
+    # HINT: which event produced the message a given F (or B) needed, and on which rank did it run?
+    from statistics import median
+    p = trace.num_ranks
+    ended = {(e.rank, e.op, e.microbatch): e.end for e in trace.events}
+    costs = {"forward": [], "backward": []}
+    for key, op in (("forward", "F"), ("backward", "B")):
+        for rank in range(p):
+            costs[key].append(median(e.duration for e in trace.events if e.rank == rank and e.op == op))
+    gaps = [e.start - ended[(e.rank - 1 if e.op == "F" else e.rank + 1, e.op, e.microbatch)]
+            for e in trace.events if (e.op == "F" and e.rank > 0) or (e.op == "B" and e.rank < p - 1)]
+    costs["latency"] = min(gaps, default=0.0)
+    return costs
+    # END EXERCISE
+
+
+def gpipe_step(forward: list, backward: list, latency: float, num_microbatches: int) -> float:
+    """The makespan of one GPipe step (every forward, then every backward) whose stage s takes ``forward[s]`` per
+    forward and ``backward[s]`` per backward, every message ``latency`` after its producer ends, and nothing
+    else: no op longer than its cost, no time between ops but the waits for messages.
+
+    Exactly what ``pipeline_ref.simulate`` gives for ``schedules.build("gpipe", p, m)`` with these costs, for any
+    costs (unequal stages too). Example: ``gpipe_step([1, 2], [2, 4], 0.5, 3) == 22.0``; with one stage,
+    ``gpipe_step([1], [2], 0.0, 4) == 12.0``.
+    """
+    # BEGIN EXERCISE 5.4: the step of GPipe with these costs, for any costs, from the slowest stage and the path
+    # HINT: draw a Gantt chart of two unequal stages: when does the last forward end, and what paces the ones before?
+    m = num_microbatches
+    # The forwards cross every stage once and queue behind the slowest one m - 1 times; the backwards likewise,
+    # and each of the 2 (p - 1) hops of the first microbatch's trip waits for its message.
+    return (math.fsum(forward) + math.fsum(backward) + (m - 1) * (max(forward) + max(backward))
+            + 2 * (len(forward) - 1) * latency)
+    # END EXERCISE
+
+
+CAUSES = ("bubble", "imbalance", "messages", "contention")
+
+
+def explain_gap(trace, num_microbatches: int) -> tuple[str, dict]:
+    """``(cause, parts)``: how far the GPipe step of ``trace`` is from m (F + B), in four parts, and the largest.
+
+    With your ``stage_costs`` of the trace, F and B the means over the stages of ``forward`` and ``backward``, and
+    ``step(...)`` your ``gpipe_step``, the parts (``parts[name]``, in the trace's time unit) are:
+
+        bubble       step with every stage at F and B, free messages (latency 0)  -  m (F + B)
+        imbalance    step with each stage's own costs, free messages  -  the step of the line above
+        messages     step with each stage's own costs and the latency  -  the step of the line above
+        contention   trace.makespan  -  the step of the line above (what the schedule and costs do not explain)
+
+    so they add up to ``trace.makespan - m (F + B)``. ``cause``: the name (one of ``CAUSES``) of the largest part.
+    Example: 2 balanced stages (F = 1, B = 2), 4 microbatches, free messages, no contention: a makespan of 15,
+    parts ``{"bubble": 3.0, "imbalance": 0.0, "messages": 0.0, "contention": 0.0}``, cause ``"bubble"``.
+    """
+    # BEGIN EXERCISE 5.5: the four parts, each the difference of two steps, and the name of the largest
+    # HINT: which of your two functions gives each step, and with which costs?
+    costs = stage_costs(trace)
+    forward, backward, latency = costs["forward"], costs["backward"], costs["latency"]
+    p, m = len(forward), num_microbatches
+    mean_f, mean_b = math.fsum(forward) / p, math.fsum(backward) / p
+    balanced = gpipe_step([mean_f] * p, [mean_b] * p, 0.0, m)
+    uneven = gpipe_step(forward, backward, 0.0, m)
+    explained = gpipe_step(forward, backward, latency, m)
+    parts = {"bubble": balanced - m * (mean_f + mean_b), "imbalance": uneven - balanced,
+             "messages": explained - uneven, "contention": trace.makespan - explained}
+    return max(CAUSES, key=parts.__getitem__), parts
     # END EXERCISE
 
 
