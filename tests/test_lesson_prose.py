@@ -8,8 +8,8 @@
    an *output*: a timing is never a configuration. Sizes (MiB, GB) and plain decimals may also come from a
    cell's code (``width=8``, ``16 * 2**20``). Quotes of the seeds in «...», code, links, version numbers
    (``torch 2.4``) and exercise numbers (``6.1 `interleaved` ``) are not results.
-2. **Predict, then run.** Every cell that starts MPI ranks (``launch(``) follows a markdown cell holding a
-   ``**Predict.**`` question (ending in ``?``), which the cells below it answer.
+2. **Predict, then run.** Every cell that starts MPI ranks (``launch(``, ``measure.compare(``) follows a
+   markdown cell holding a ``**Predict.**`` question (ending in ``?``), which the cells below it answer.
 3. **Comparisons of measurements are printed.** A sentence that compares (follows, matches, shrinks, grows,
    beats, faster, slower, shorter, longer, less/more than, ...) and speaks of a measurement (measured, this
    run, the runs, timings, throughput, busy time, printed, this machine) needs a printed verdict beside it: a
@@ -105,10 +105,13 @@ def unsupported_numbers(nb) -> list[str]:
     return problems
 
 
+STARTS_RANKS = re.compile(r"\blaunch\(|\bmeasure\.compare\(")     # both start MPI ranks
+
+
 def missing_predictions(nb) -> list[str]:
     problems = []
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code" or "launch(" not in cell.source:
+        if cell.cell_type != "code" or not STARTS_RANKS.search(cell.source):
             continue
         before = next((nb.cells[j] for j in range(index - 1, -1, -1) if nb.cells[j].cell_type == "markdown"), None)
         question = re.search(r"\*\*Predict\.\*\*([^\n]*(?:\n(?!\n)[^\n]*)*)", before.source) if before else None
@@ -223,6 +226,8 @@ def test_a_demo_without_a_question_is_found():
     told = _notebook(("md", "Now we run it.", ""), ("code", "launch(2, 'x')", "ok"))
     assert missing_predictions(asked) == []
     assert missing_predictions(told) == ["cell 1 starts ranks without a **Predict.** question before it"]
+    compared = _notebook(("md", "Now we compare.", ""), ("code", "c = measure.compare(configs)", "ok"))
+    assert missing_predictions(compared) == ["cell 1 starts ranks without a **Predict.** question before it"]
 
 
 def test_a_comparison_of_a_measurement_needs_a_printed_verdict():
