@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="naive, GPipe and 1F1B measured against theory, with Gantt charts")
     demo.add_argument("--out", default="out/demo", help="folder for the plots and tables")
     demo.add_argument("--microbatches", type=int, default=8)
-    demo.add_argument("--steps", type=int, default=3)
+    demo.add_argument("--steps", type=int, default=3, help="steps per run; the first warms up (reported, not used)")
+    demo.add_argument("--rounds", type=int, default=3, help="alternating rounds of the schedules (medians, spread)")
     demo.add_argument("--stages", type=int, nargs="*", help="pipeline depths (default: 2, and 4, 8 where they fit)")
     demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one rank per GPU")
 

@@ -6,15 +6,15 @@
                                  [--min-cpu-share 0.9] [--retries 2] [--quiet-wait 10]
 
 For each pipeline depth it starts that many ranks once (``mpiexec``, one thread
-each) and plays every (schedule, microbatches) run ``--repeats`` times inside
-that one launch, since starting ranks costs seconds. Each run trains
-``--steps`` steps and keeps its last one (the first warms up). A progress line
-per run goes to stderr. A run during which another process took part of a rank's
-core (CPU share, see ``sweep_rank``) is played again, up to ``--retries`` times,
-once the cores are idle again (waiting up to ``--quiet-wait`` s).
-Into ``--out`` it writes
+each) and plays every (schedule, microbatches) run once per round, ``--repeats``
+alternating rounds inside that one launch (``measure.compare``), since starting
+ranks costs seconds. Each run trains ``--steps`` steps; the first warms up and is
+reported, not used. A progress line per run goes to stderr. A round during which
+another process took part of a rank's core (CPU share, ``machine.ShareMeter``) is
+played again, up to ``--retries`` times, once the cores are idle again (waiting up
+to ``--quiet-wait`` s). Into ``--out`` (tables and plots: ``bench_report.py``) it writes
 
-    results.csv          one row per run (medians over the repeats), every number
+    results.csv          one row per run (medians over the rounds, spread, band, flag), every number
     results.md           the same as a markdown table, under the machine it ran on
     utilization_pP.png   measured utilization over the m/(m+p-1) and 1/p curves
     gantt_S_pP_mM.png    measured step above the simulator's prediction from its own costs
@@ -27,26 +27,22 @@ when ranks share cores: it warns when asked for more ranks than free cores.
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
 from . import simulate, theory
+from .bench_report import COLUMNS, markdown_table, write_csv, write_markdown, write_plots  # noqa: F401 (bench's API)
+from .measure import compare
 from .config import ConfigError, RunConfig, check_config, check_fits, make_schedule
-from .machine import core_warning, cores, machine_info, machine_markdown, wait_until_quiet
+from .machine import ShareMeter, core_warning, cores, machine_info, wait_until_quiet
 from .results import RunResult
 from .trace import Trace, executor_gaps
 
 SCHEDULES = ("naive", "gpipe", "1f1b")
 MICROBATCHES = (1, 2, 4, 8, 16)
-COLUMNS = ("schedule", "stages", "microbatches", "repeats", "step_s", "measured", "measured_min", "measured_max",
-           "theory", "ratio", "predicted", "prediction_error", "forward_ms", "backward_ms", "comm_us",
-           "gaps", "gap_per_action_us", "peak_stashed", "theory_peak_stashed", "peak_stashed_bytes",
-           "cpu_share", "retried")
 
 
 def plan(schedule_names, microbatches, stages, steps: int = 2, model_kwargs: dict | None = None,
@@ -69,9 +65,9 @@ def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0,
                min_cpu_share: float = 0.0, retries: int = 0, quiet_wait: float = 0.0):
     """Rank side: every run ``repeats`` times; rank 0 prints progress and returns [[result per repeat] per run].
 
-    CPU share: the rank's CPU time over wall time during a run. Alone on its core a rank
-    is ~1.0 even while it waits (MPICH polls); less means another process took part of
-    the core, so the run measured the OS scheduler. Such a run (the lowest share over the
+    CPU share (``machine.ShareMeter``): the time a rank ran over the time it wanted its core.
+    Alone on its core a rank is ~1.0, also when it sleeps in a wait; less means another process
+    took part of the core, so the run measured the OS scheduler. Such a run (the lowest share over the
     ranks below ``min_cpu_share``) is played again, at most ``retries`` extra times per config,
     after waiting up to ``quiet_wait`` s for the machine to be idle; the ``repeats`` runs
     with the highest shares are kept.
@@ -86,10 +82,9 @@ def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0,
         while sum(share >= min_cpu_share for share, _ in tried) < repeats and len(tried) < repeats + retries:
             if tried and tried[-1][0] < min_cpu_share and quiet_wait > 0:
                 wait_until_quiet(comm, quiet_wait)
-            wall, cpu = time.perf_counter(), time.process_time()
+            meter = ShareMeter()
             result = run_rank(comm, cfg)
-            tried.append((comm.allreduce((time.process_time() - cpu) / (time.perf_counter() - wall), op=MPI.MIN),
-                          result))
+            tried.append((comm.allreduce(meter.share(), op=MPI.MIN), result))
         # The least disturbed runs, in the order they were played.
         kept = sorted(sorted(range(len(tried)), key=lambda k: -tried[k][0])[:repeats])
         runs = [Measured(tried[k][1], tried[k][0], len(tried) - repeats) for k in kept]
@@ -172,67 +167,21 @@ def summarize(runs: list[Measured]) -> tuple[dict, Trace, Trace]:
     return row, trace, predicted
 
 
-# --------------------------------------------------------------------------- writing
-
-def write_csv(rows: list[dict], path) -> Path:
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _per_stage(values, fmt: str = ".1f") -> str:
-    return "-" if values is None else " / ".join(format(v, fmt) for v in values)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| schedule | p | m | step (ms) | utilization (min-max) | theory | measured / theory "
-            "| calibrated prediction (step error) | F per stage (ms) | B (or I + W) per stage (ms) | message (µs) "
-            "| executor gaps | peak stashed (theory) | peak stashed (MiB) | CPU share |")
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for r in rows:
-        mib = None if r["peak_stashed_bytes"] is None else [b / 2 ** 20 for b in r["peak_stashed_bytes"]]
-        lines.append(
-            f"| {r['schedule']} | {r['stages']} | {r['microbatches']} | {r['step_s'] * 1e3:.1f} "
-            f"| {r['measured']:.3f} ({r['measured_min']:.3f}-{r['measured_max']:.3f}) | {_num(r['theory'], '.3f')} "
-            f"| {_num(r['ratio'], '.3f')} | {r['predicted']:.3f} ({r['prediction_error']:+.1%}) "
-            f"| {_per_stage(r['forward_ms'])} | {_per_stage(r['backward_ms'])} | {r['comm_us']:.0f} "
-            f"| {r['gaps']:.2%} | {_per_stage(r['peak_stashed'], 'd')} ({_per_stage(r['theory_peak_stashed'], 'd')}) "
-            f"| {_per_stage(mib, '.2f')} | {_num(r.get('cpu_share'), '.2f')} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_markdown(rows: list[dict], path, info: dict | None = None, note: str = "") -> Path:
-    path = Path(path)
-    text = "# Pipeline schedules measured against theory\n\n" + (machine_markdown(info) + "\n" if info else "")
-    text += (note + "\n\n" if note else "") + markdown_table(rows) + (
-        "\ntheory: naive 1/p; GPipe and 1F1B m/(m+p-1). Calibrated prediction: the simulator played with the "
-        "run's own median forward/backward time per stage and median message latency. Executor gaps: worst "
-        "rank's time between its actions spent neither computing nor waiting, as a share of the step. CPU share: "
-        "the lowest rank's CPU time over wall time during a run (1.0: it had its core to itself; runs below "
-        "the threshold were played again).\n")
-    path.write_text(text)
-    return path
-
-
-def write_plots(rows: list[dict], traces: dict, out: Path, gantt_microbatches=None) -> None:
-    """Utilization curves per depth and Gantt charts (for the listed microbatch counts; all if None)."""
-    import matplotlib.pyplot as plt
-    from . import plot
-    for depth in dict.fromkeys(r["stages"] for r in rows):
-        points = [(r["schedule"], r["microbatches"], r["measured"]) for r in rows if r["stages"] == depth]
-        plt.close(plot.utilization_curve(points, depth, path=out / f"utilization_p{depth}.png").figure)
-    for (name, depth, m), (measured, predicted) in traces.items():
-        if gantt_microbatches is None or m in gantt_microbatches:
-            path = out / f"gantt_{name.replace(':', '_')}_p{depth}_m{m}.png"
-            title = f"{name}, {depth} stages, {m} microbatches (below: calibrated simulation)"
-            plt.close(plot.compare_gantt(measured, predicted, path=path, title=title))
+def comparison_rows(comparison: "measure.Comparison") -> list[tuple[dict, Trace, Trace]]:
+    """Per config of a measure.Comparison: summarize's row over its rounds, with the protocol's columns
+    (warm-up step, median step over the rounds and its spread, the band, the flags' likely causes)."""
+    rows = []
+    for name in comparison.values:
+        runs = [Measured(result, share, comparison.replayed)
+                for result, share in zip(comparison.results[name], comparison.shares[name])]
+        row, trace, predicted = summarize(runs)
+        (low, high), explained, warm = comparison.spread(name), comparison.band(name), comparison.warmup[name]
+        row.update(step_s=comparison.median(name), step_min_s=low, step_max_s=high,
+                   warmup_step_s=median(warm) if warm else None, band_low_s=explained.low,
+                   band_high_s=explained.high, band_predicted_s=explained.predicted,
+                   flag="; ".join(comparison.causes(name)))
+        rows.append((row, trace, predicted))
+    return rows
 
 
 # --------------------------------------------------------------------------- command line
@@ -244,15 +193,15 @@ def add_parser(sub) -> None:
     p.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
     p.add_argument("--microbatches", type=int, nargs="+", default=list(MICROBATCHES))
     p.add_argument("--stages", type=int, nargs="+", help="pipeline depths (default: 2, and 4 with 4+ free cores)")
-    p.add_argument("--steps", type=int, default=2, help="steps per run; the last one is measured")
-    p.add_argument("--repeats", type=int, default=3, help="runs per configuration; the table shows medians")
+    p.add_argument("--steps", type=int, default=2, help="steps per run; the first warms up (reported, not used)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds; the table shows medians")
     p.add_argument("--model-depth", type=int, default=DEMO_MODEL["depth"], help="layers of the MLP")
     p.add_argument("--model-width", type=int, default=DEMO_MODEL["width"], help="width of the MLP")
     p.add_argument("--batch", type=int, default=DEMO_MODEL["batch"], help="global batch (split into microbatches)")
     p.add_argument("--gantt", type=int, nargs="*", metavar="M", help="Gantt charts only for these microbatch counts")
     p.add_argument("--min-cpu-share", type=float, default=0.9,
                    help="play a run again if a rank got less of its core than this (another process ran)")
-    p.add_argument("--retries", type=int, default=2, help="extra runs per configuration for that")
+    p.add_argument("--retries", type=int, default=2, help="rounds played again for that, in all")
     p.add_argument("--quiet-wait", type=float, default=10, help="seconds to wait for idle cores before such a run")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one launch may take")
 
@@ -274,11 +223,12 @@ def run_sweep(args) -> tuple[list[dict], dict]:
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         print(f"starting {depth} local ranks for runs {done + 1}-{done + len(configs)} of {total} "
-              f"({args.repeats} repeat(s) each)", file=sys.stderr, flush=True)
+              f"({args.repeats} alternating round(s))", file=sys.stderr, flush=True)
         retries = 0 if warning else args.retries        # sharing cores is the norm then: don't retry
-        for runs in measure(depth, configs, args.repeats, done, total, args.timeout, args.min_cpu_share, retries,
-                            args.quiet_wait):
-            row, measured, predicted = summarize(runs)
+        comparison = compare({f"{c.schedule} m={c.microbatches}": c for c in configs}, num_ranks=depth,
+                             rounds=args.repeats, warmup=1, timeout=args.timeout, progress=True,
+                             min_share=args.min_cpu_share, retries=retries, quiet_wait=args.quiet_wait)
+        for row, measured, predicted in comparison_rows(comparison):
             rows.append(row)
             traces[(row["schedule"], row["stages"], row["microbatches"])] = (measured, predicted)
         done += len(configs)
@@ -286,7 +236,8 @@ def run_sweep(args) -> tuple[list[dict], dict]:
         info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     write_csv(rows, out / "results.csv")
     note = (f"MLP depth {model['depth']}, width {model['width']}, global batch {model['batch']}, float32, one "
-            f"thread per rank; {args.steps} step(s) per run (last one measured), median of {args.repeats} run(s).")
+            f"thread per rank; {args.steps} step(s) per run (the first warms up), {args.repeats} alternating "
+            f"round(s).")
     write_markdown(rows, out / "results.md", info, note)
     write_plots(rows, traces, out, args.gantt)
     return rows, traces

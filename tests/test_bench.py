@@ -9,7 +9,7 @@ import csv
 
 import pytest
 
-from pipeline_ref import bench, machine, schedules, simulate
+from pipeline_ref import bench, machine, measure, schedules, simulate
 from pipeline_ref.results import RunResult
 from pipeline_ref.config import ConfigError, RunConfig
 from pipeline_ref.trace import Event, Trace, Wait, executor_gaps
@@ -74,6 +74,35 @@ def test_summary_takes_medians_over_repeats_and_the_median_step_for_lists():
     assert row["measured_min"] <= row["measured"] <= row["measured_max"]
 
 
+def _comparison(steps_per_round: dict) -> "measure.Comparison":
+    """A measure.Comparison whose runs' traces the simulator made; each run reports a warm-up step then ``s``."""
+    results = {}
+    for name, steps in steps_per_round.items():
+        runs = [_result("1f1b", 2, 4, forward=0.01, backward=0.02).result for _ in steps]
+        for run, step in zip(runs, steps):
+            run.step_seconds = [0.5, step]
+        results[name] = runs
+    configs = {name: runs[0].config for name, runs in results.items()}
+    return measure.Comparison(configs, results, {n: [1.0] * len(v) for n, v in steps_per_round.items()},
+                              warmup=1, free_cores=2)
+
+
+def test_rows_of_a_comparison_carry_warm_up_spread_band_and_flag(tmp_path):
+    span = 0.15                 # (m + p - 1)(F + B) of the simulated 1f1b runs
+    c = _comparison({"inside": [span, span * 1.01, span * 0.99], "outside": [span * 2] * 3})
+    (inside, _, _), (outside, _, _) = bench.comparison_rows(c)
+    assert inside["warmup_step_s"] == 0.5 and inside["step_s"] == pytest.approx(span)
+    assert (inside["step_min_s"], inside["step_max_s"]) == pytest.approx((span * 0.99, span * 1.01))
+    assert inside["band_low_s"] <= inside["band_predicted_s"] <= inside["band_high_s"]
+    assert inside["flag"] == "" and "do not explain" in outside["flag"]
+    table = bench.markdown_table([inside, outside]).splitlines()
+    assert "| 500.0 | 150.0 (148.5-151.5) | 150.0-150.0 (150.0) | - |" in table[2]
+    assert "| 300.0 (300.0-300.0) |" in table[3] and "do not explain" in table[3]
+    with open(bench.write_csv([inside, outside], tmp_path / "r.csv")) as f:
+        read = list(csv.DictReader(f))
+    assert float(read[1]["band_high_s"]) == pytest.approx(span) and read[1]["flag"] == outside["flag"]
+
+
 def test_executor_gaps_count_time_neither_computing_nor_waiting():
     events = [Event(0, "F", 0, 0, 0.0, 1.0), Event(0, "F", 1, 0, 1.1, 2.0), Event(0, "B", 0, 0, 3.0, 4.0)]
     waits = [Wait(0, "recv gradient 0 from rank 1", 2.0, 2.9)]           # 0.1 + 0.1 of gaps, 0.9 waiting
@@ -115,7 +144,7 @@ def test_a_small_real_sweep_writes_its_files(tmp_path, capsys):
     from pipeline_ref.__main__ import main
     out = tmp_path / "bench"
     assert main(["bench", "--out", str(out), "--schedules", "gpipe", "--microbatches", "1", "2", "--stages", "2",
-                 "--repeats", "1", "--retries", "0", "--steps", "1",
+                 "--repeats", "1", "--retries", "0", "--steps", "2",
                  "--model-depth", "2", "--model-width", "8", "--batch", "4"]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"results.csv", "results.md", "utilization_p2.png", "gantt_gpipe_p2_m1.png",
@@ -123,5 +152,5 @@ def test_a_small_real_sweep_writes_its_files(tmp_path, capsys):
     with open(out / "results.csv") as f:
         assert [(r["schedule"], r["microbatches"]) for r in csv.DictReader(f)] == [("gpipe", "1"), ("gpipe", "2")]
     captured = capsys.readouterr()
-    assert "[1/2] gpipe p=2 m=1" in captured.err and "[2/2] gpipe p=2 m=2" in captured.err
-    assert "| gpipe | 2 | 2 |" in captured.out
+    assert "round 1/1 gpipe m=1: step" in captured.err and "round 1/1 gpipe m=2: step" in captured.err
+    assert "| gpipe | 2 | 2 |" in captured.out and "too few rounds" in captured.out
