@@ -56,7 +56,7 @@ def split_under_budget(pieces: list[dict], num_stages: int, num_microbatches: in
     empty) whose fullest stage (``stage_bytes``) holds the fewest bytes; any such split if several are.
 
     Raises ValueError when even that split's fullest stage holds more than ``budget`` bytes: the message
-    says which stage and by how many bytes it is over (the number itself). Also when ``num_stages`` is
+    says which stage (as ``stage N``, counted from 0) and by how many bytes it is over (the number itself). Also when ``num_stages`` is
     not between 1 and the number of pieces.
     """
     raise NotImplementedError(

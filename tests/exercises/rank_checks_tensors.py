@@ -52,7 +52,7 @@ def send_one_matrix(comm, impl):
         ex.send_tensor(comm, payloads()["float32 (3, 7)"], dest=1, tag=3)
         return None
     missing = _arrived(comm, [(0, 3)])
-    return _missing(missing) if missing else ex.recv_tensor(comm, source=0, tag=3)
+    return _missing(comm, missing) if missing else ex.recv_tensor(comm, source=0, tag=3)
 
 
 @check("ex00.every_kind", EX00, SEND_RECV)
@@ -66,8 +66,9 @@ def send_every_kind(comm, impl):
     for tag, name in enumerate(payloads()):
         missing = _arrived(comm, [(0, tag)])
         if missing:     # let rank 0's blocking sends of the rest complete (two messages each), then say so
+            said = _missing(comm, missing)
             _drain(comm, 0, 2 * (len(payloads()) - tag))
-            return _missing(missing)
+            return said
         received[name] = ex.recv_tensor(comm, source=0, tag=tag)
     return received
 
@@ -141,8 +142,20 @@ def _drain(comm, source: int, count: int) -> None:
         comm.Recv([bytearray(max(status.Get_count(MPI.BYTE), 1)), MPI.BYTE], source=source, tag=status.Get_tag())
 
 
-def _missing(missing) -> dict:
-    return {"missing": [f"no message from rank {source} with tag {tag}" for source, tag in missing]}
+def _missing(comm, missing, wanted=()) -> dict:
+    """What the test says about messages that did not come: sent with another tag (a message with a tag nobody
+    asked for waits from that rank), or not sent yet (the sender is still inside a send: it blocked)."""
+    from mpi4py import MPI
+    asked = {tag for _, tag in (list(wanted) or missing)}
+    strays = {}
+    for source in dict.fromkeys(source for source, _ in missing):
+        status = MPI.Status()
+        if comm.Iprobe(source=source, tag=MPI.ANY_TAG, status=status) and status.Get_tag() not in asked:
+            strays[source] = status.Get_tag()
+    return {"missing": [f"no message from rank {source} with tag {tag}"
+                        + (f" (one with tag {strays[source]} came instead)" if source in strays else "")
+                        for source, tag in missing],
+            "why": "tag" if strays else "blocked"}
 
 
 @check("ex00.tags", EX00, NONBLOCKING)
@@ -158,8 +171,9 @@ def match_by_tag(comm, impl):
         return None
     missing = _arrived(comm, [(0, 5), (0, 7)])
     if missing:
+        said = _missing(comm, missing, [(0, 5), (0, 7)])
         _drain(comm, 0, 2)
-        return _missing(missing)
+        return said
     request_b, got_b = ex.irecv_tensor(comm, b.shape, b.dtype, source=0, tag=7)
     watchdog.beat("waiting for the receive your irecv_tensor posted (request.Wait())")
     request_b.Wait()
@@ -196,10 +210,11 @@ def receive_out_of_order(comm, impl):
     comm.Barrier()
     missing = _arrived(comm, SENT)
     if missing:
+        said = _missing(comm, missing, SENT)
         for source in (0, 2):
             while comm.Iprobe(source=source):
                 _drain(comm, source, 1)
-        return _missing(missing)
+        return said
     return {"received": {key: ex.recv_tensor(comm, source=key[0], tag=key[1]) for key in ASKED}}
 
 
@@ -222,8 +237,9 @@ def match_by_source(comm, impl):
     missing = _arrived(comm, [(0, 3)])
     comm.Barrier()
     if missing:
+        said = _missing(comm, missing)
         _drain(comm, 2, 1)
-        return _missing(missing)
+        return said
     first, from_2 = ex.irecv_tensor(comm, mine.shape, mine.dtype, source=2, tag=3)
     watchdog.beat("waiting for the receive your irecv_tensor posted for rank 2's message (request.Wait())")
     first.Wait()
@@ -241,9 +257,10 @@ def exchange(comm, impl):
     sent = ex.isend_tensor(comm, mine, dest=other, tag=1)
     missing = _arrived(comm, [(other, 1)])
     if missing:                 # take the mistagged message, so that both sends complete, and say so
+        said = _missing(comm, missing)
         _drain(comm, other, 1)
         sent.Wait()
-        return _missing(missing)
+        return said
     received, tensor = ex.irecv_tensor(comm, (1000, 1000), torch.bfloat16, source=other, tag=1)
     watchdog.beat("waiting for the receive your irecv_tensor posted (request.Wait())")
     received.Wait()

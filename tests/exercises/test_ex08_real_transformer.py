@@ -117,22 +117,66 @@ def test_split_under_budget_is_the_best_split(ex):
         assert got == best, f"{where} = {split}: its fullest stage holds {got} bytes; the best split's holds {best}"
 
 
+def numbers(message: str) -> set[int]:
+    """The whole non-negative integers a message states ("-7", "7.5" and "p7" are not 7)."""
+    return {int(n) for n in re.findall(r"(?<![\w.\-])\d+(?![\w.])", message)}
+
+
+def fullest_stages(pieces, p, m, optimizer, best) -> set[int]:
+    """The stages that are the fullest (holding ``best``) in some best split: the ones a refusal may name."""
+    return {s for split in every_split(len(pieces), p)
+            for s, held in enumerate(reference_bytes(pieces, split, m, optimizer)) if held == best
+            and max(reference_bytes(pieces, split, m, optimizer)) == best}
+
+
 @pytest.mark.points(2)
 def test_split_under_budget_refuses_what_cannot_fit_saying_by_how_much(ex):
-    for pieces, p, m, optimizer in itertools.islice(random_tables(), 30):
+    """The refusal names the fullest stage ("stage N") and the bytes it is over, as numbers of their own."""
+    for case, (pieces, p, m, optimizer) in enumerate(itertools.islice(random_tables(), 30)):
         best = best_fullest(pieces, p, m, optimizer)
-        if best == 0:
+        over = 7 + 101 * case           # no other number of the message is this one
+        if best - over < 0:
             continue
+        where = f"split_under_budget({pieces}, {p}, {m}, budget={best - over}, {optimizer!r})"
         with pytest.raises(ValueError) as refused:
-            ex.split_under_budget(pieces, p, m, best - 7, optimizer)
-            pytest.fail(f"split_under_budget(..., {p}, {m}, budget={best - 7}) returned, but the best split's fullest "
-                        f"stage holds {best} bytes: raise ValueError")
-        assert re.search(r"(?<![\d.])7(?![\d.])", str(refused.value)), (
-            f"the message should say by how many bytes it is over (7): {refused.value}")
+            ex.split_under_budget(pieces, p, m, best - over, optimizer)
+            pytest.fail(f"{where} returned, but the best split's fullest stage holds {best} bytes: raise ValueError")
+        message = str(refused.value)
+        assert over in numbers(message), f"{where}: the message should say by how many bytes it is over ({over}): " \
+                                         f"{message}"
+        named = {int(n) for n in re.findall(r"stage (\d+)", message)}
+        allowed = fullest_stages(pieces, p, m, optimizer, best)
+        assert named & allowed, (f"{where}: the message should name the fullest stage as 'stage N' (here "
+                                 f"{' or '.join(map(str, sorted(allowed)))}): {message}")
     for bad in (0, 5):
         with pytest.raises(ValueError):
             ex.split_under_budget(TIED, bad, 1, 10 ** 9)
             pytest.fail(f"split_under_budget(TIED, {bad}, ...) returned: TIED has 4 pieces")
+
+
+@pytest.mark.points(2)
+def test_fewest_stages_refusal_says_the_closest_miss(ex):
+    """Nothing fits, and the closest stage count is not the last one tried: the message carries the closest
+    count's miss, as a number of its own, not the last count's."""
+    checked = 0
+    for case, (pieces, _, m, optimizer) in enumerate(random_tables(300)):
+        n = len(pieces)
+        fullest = [best_fullest(pieces, p, m, optimizer) for p in range(1, n + 1)]
+        if fullest.index(min(fullest)) == n - 1 or min(fullest) == fullest[-1]:
+            continue
+        over = 3 + 11 * case
+        budget = min(fullest) - over
+        if budget < 0:
+            continue
+        where = f"fewest_stages({pieces}, {m}, {budget}, {optimizer!r}) (best per stage count {fullest})"
+        with pytest.raises(ValueError) as refused:
+            ex.fewest_stages(pieces, m, budget, optimizer)
+            pytest.fail(f"{where} returned; nothing fits")
+        said = numbers(str(refused.value))
+        assert over in said, (f"{where}: the closest stage count ({fullest.index(min(fullest)) + 1}) misses by {over} "
+                              f"bytes, the last one by {fullest[-1] - budget}; say the closest: {refused.value}")
+        checked += 1
+    assert checked >= 10, f"only {checked} tables where the closest stage count is not the last (the test's own bug)"
 
 
 @pytest.mark.points(3)
@@ -149,7 +193,7 @@ def test_fewest_stages(ex):
             with pytest.raises(ValueError) as refused:
                 ex.fewest_stages(pieces, m, budget, optimizer)
                 pytest.fail(f"{where} returned; nothing fits (the closest holds {min(fullest)} bytes)")
-            assert str(min(fullest) - budget) in str(refused.value), (
+            assert min(fullest) - budget in numbers(str(refused.value)), (
                 f"{where}: say how far the closest stage count misses ({min(fullest) - budget} bytes): {refused.value}")
             continue
         p, split = ex.fewest_stages(pieces, m, budget, optimizer)
