@@ -155,22 +155,36 @@ RUN_ACTIONS_CASES = {"naive": ((2, 2), (3, 3)), "gpipe": ((2, 3), (3, 4)), "1f1b
 
 
 class SyncComm:
-    """The pipeline communicator with synchronous sends, keeping the requests of the sends it started."""
+    """The pipeline communicator with synchronous sends, keeping the requests of the sends it started, and the
+    peer and tag of every point-to-point call (checked in pytest against the documented tag rule)."""
 
     SYNC = {"Isend": "Issend", "Send": "Ssend", "isend": "issend", "send": "ssend"}
+    SENDS = ("Isend", "isend", "Issend", "issend", "Send", "send", "Ssend", "ssend")
+    RECEIVES = ("Irecv", "irecv", "Recv", "recv")
 
     def __init__(self, comm):
         self._comm = comm
         self.sends = []
+        self.messages: list[tuple[str, object, object]] = []    # ("send" | "recv", peer, tag), in call order
+
+    def _record(self, name: str, args, kwargs) -> None:
+        # mpi4py: Isend(buf, dest, tag=0), Irecv(buf, source=ANY_SOURCE, tag=ANY_TAG); lowercase the same.
+        from mpi4py import MPI
+        sending = name in self.SENDS
+        peer = kwargs.get("dest" if sending else "source", args[1] if len(args) > 1 else MPI.ANY_SOURCE)
+        tag = kwargs.get("tag", args[2] if len(args) > 2 else (0 if sending else MPI.ANY_TAG))
+        self.messages.append(("send" if sending else "recv", int(peer), int(tag)))
 
     def __getattr__(self, name):
         method = getattr(self._comm, self.SYNC.get(name, name))
-        if name in ("Isend", "isend", "Issend", "issend"):
-            def started(*args, **kwargs):
+        if name in self.SENDS or name in self.RECEIVES:
+            def recorded(*args, **kwargs):
+                self._record(name, args, kwargs)
                 request = method(*args, **kwargs)
-                self.sends.append(request)
+                if name in ("Isend", "isend", "Issend", "issend"):
+                    self.sends.append(request)
                 return request
-            return started
+            return recorded
         return method
 
     def unfinished(self) -> int:
@@ -234,6 +248,7 @@ def _play(comm, ex, name: str, num_stages: int, num_microbatches: int) -> dict:
     ex.run_actions(sync, watched, actions, xs if rank == 0 else None, ts if rank == last else None,
                    tuple(xs[0].shape), xs[0].dtype)
     return {"actions": [str(a) for a in actions], "played": [str(a) for a in watched.played],
+            "messages": sync.messages,
             "unfinished_sends": sync.unfinished(), "left_in_stash": sorted(stage.stash),
             "losses": [float(loss) for loss in stage.losses], "grads": _grads(stage.module, names)}
 

@@ -9,8 +9,9 @@ equal one device's, and the measured stash must match).
 
 Your run_actions plays naive, GPipe and 1F1B on 2 and 3 real MPI ranks (rank side:
 rank_checks_pipeline.py) with synchronous sends: the gradients of every rank's layers must equal the
-unsplit model's, the actions must be computed in the order given, and every send must have completed
-when it returns. An order that deadlocks is stopped after STALL_SECONDS (conftest.py) by the watchdog,
+unsplit model's, the actions must be computed in the order given, every send must have completed
+when it returns, and every send and receive it posts (recorded on the communicator it gets) must follow the
+docstring's rule: the neighbour and the tag, and no rank outside the communicator. An order that deadlocks is stopped after STALL_SECONDS (conftest.py) by the watchdog,
 whose message names the blocked rank and the action it could not get past.
 """
 import pytest
@@ -150,3 +151,42 @@ def test_run_actions_1f1b_does_not_deadlock(on_ranks, one_device):
     """1F1B on 2 and 3 ranks, synchronous sends: a rank that blocks on a send while its neighbour sends to it
     deadlocks here (the watchdog names the blocked rank and action)."""
     assert_played_like_one_device(on_ranks("ex03.run_1f1b"), "1f1b", one_device)
+
+
+def documented_messages(actions: list[str], rank: int, num_stages: int) -> list[tuple[str, int, int]]:
+    """The module docstring's rule: F i receives from rank - 1 and sends to rank + 1 with tag 2 i (ACTIVATION),
+    B i receives from rank + 1 and sends to rank - 1 with tag 2 i + 1 (GRADIENT); no message past either end."""
+    expected = []
+    for action in actions:
+        op, i = action[0], int(action[1:])
+        if op == "F":
+            expected += [("recv", rank - 1, 2 * i)] * (rank > 0) + [("send", rank + 1, 2 * i)] * (rank < num_stages - 1)
+        else:
+            expected += ([("recv", rank + 1, 2 * i + 1)] * (rank < num_stages - 1)
+                         + [("send", rank - 1, 2 * i + 1)] * (rank > 0))
+    return expected
+
+
+def show(messages) -> str:
+    return ", ".join(f"{kind} {'to' if kind == 'send' else 'from'} {peer} tag {tag}" for kind, peer, tag in messages)
+
+
+@pytest.mark.mpi
+@pytest.mark.points(2)
+def test_run_actions_messages_follow_the_tag_rule(on_ranks):
+    """Every send and receive your run_actions posted (recorded on the communicator you got), against the rule:
+    the right neighbour, the right tag, none to or from a rank outside the communicator (MPICH would let a
+    receive from rank -1 pass as MPI_PROC_NULL; Open MPI would wait for it forever)."""
+    for name in ("naive", "gpipe", "1f1b"):
+        per_rank = on_ranks(f"ex03.run_{name}")
+        for p, m in checks.RUN_ACTIONS_CASES[name]:
+            for rank in range(p):
+                result = per_rank[rank][(p, m)]
+                where = f"run_actions, {name} on {p} stages, {m} microbatches, rank {rank}"
+                outside = [(kind, peer, tag) for kind, peer, tag in result["messages"] if not 0 <= peer < p]
+                assert not outside, (f"{where}: posted {show(outside)}: a rank outside the communicator of {p} ranks "
+                                     f"(0 to {p - 1}); post no message past the first or the last stage")
+                expected = documented_messages(result["actions"], rank, p)
+                assert sorted(result["messages"]) == sorted(expected), (
+                    f"{where}: posted {show(sorted(result['messages']))}\nthe rule (2 * microbatch + ACTIVATION or "
+                    f"GRADIENT, from and to the neighbours) gives {show(sorted(expected))}")
