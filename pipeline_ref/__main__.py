@@ -7,6 +7,7 @@
     python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE] [--timeline]
     python -m pipeline_ref doctor [--json]                      what this machine offers the course, what fails
     python -m pipeline_ref memory --memory-budget GB [--model text_gpt]   bytes per rank; the largest model that fits
+    python -m pipeline_ref plan --model gpt3-175b --gpus 1024 --device h100   configurations ranked by predicted speed
 
 ``run`` starts its own ranks with ``-n N``; without it, it expects to be one of
 the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
@@ -96,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     add_doctor_parser(sub)
     from .memory_cli import add_parser as add_memory_parser
     add_memory_parser(sub)
+    from .plan_cli import add_parser as add_plan_parser
+    add_plan_parser(sub)
 
     simulate = sub.add_parser("simulate", help="play a schedule without processes")
     _add_run_options(simulate)
@@ -229,6 +232,9 @@ def main(argv=None) -> int:
         if args.command == "doctor":
             from .doctor import main as doctor_main
             return doctor_main(args)
+        if args.command == "plan":
+            from .plan_cli import main as plan_main
+            return plan_main(args)
         if args.command == "memory":
             from .memory_cli import main as memory_main
             return memory_main(args)
