@@ -97,6 +97,24 @@ def step_ratio_sentence(steps: dict, baseline: str) -> str:
     return f"this run's step against {baseline}'s ({base * 1e3:.1f} ms): " + ", ".join(parts)
 
 
+def against_theory(ratio, theory: float) -> str:
+    """Where a ratio measured over rounds (``measure``'s Ratio: median, low, high) lies against theory's.
+
+    Said only as far as every round agrees: "above" or "below" when all rounds are on one side, otherwise that
+    theory's value lies inside the rounds' spread. So the sentence holds for whatever the rounds measured.
+    """
+    where = ("above it in every round" if ratio.low > theory else "below it in every round"
+             if ratio.high < theory else "theory's value lies within the rounds' spread")
+    return f"{ratio.median:.2f} ({ratio.low:.2f}-{ratio.high:.2f} over the rounds), theory {theory:.2f}: {where}"
+
+
+def median_round(results):
+    """Of one configuration's RunResults (one per round, ``measure.compare``), the one with the median last step:
+    the round a lesson draws its timeline from, so the chart shows a typical round, not the best or the worst."""
+    ranked = sorted(results, key=lambda r: r.trace.makespan)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def benchmark_table(path) -> list[dict]:
     """The first markdown table of a committed benchmark result (e.g. benchmarks/results/schedules/results.md),
     one dict per row keyed by the header: so a lesson prints the numbers it quotes from a benchmark."""
