@@ -42,9 +42,9 @@ def warmup_forwards(num_stages: int, stage_index: int, num_microbatches: int) ->
     In the example above: 2 on stage 0, 1 on stage 1, 0 on stage 2. Never more than the microbatches.
     """
     raise NotImplementedError(
-        "Exercise 3.1: the forwards before the first backward: none on the last stage, one more per stage "
-        "upstream. Hint: with few microbatches there is nothing more to warm up with than the microbatches "
-        "themselves.")
+        "Exercise 3.1: how many forwards stage s runs before its first backward, for any p, s and m. Hint: "
+        "when can the last stage start its first backward, and what must the stage above it have done by "
+        "then?")
 
 
 def one_f_one_b(num_stages: int, num_microbatches: int) -> list[list[Action]]:

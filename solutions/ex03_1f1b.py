@@ -41,8 +41,8 @@ def warmup_forwards(num_stages: int, stage_index: int, num_microbatches: int) ->
 
     In the example above: 2 on stage 0, 1 on stage 1, 0 on stage 2. Never more than the microbatches.
     """
-    # BEGIN EXERCISE 3.1: the forwards before the first backward: none on the last stage, one more per stage upstream
-    # HINT: with few microbatches there is nothing more to warm up with than the microbatches themselves
+    # BEGIN EXERCISE 3.1: how many forwards stage s runs before its first backward, for any p, s and m
+    # HINT: when can the last stage start its first backward, and what must the stage above it have done by then?
     # The last stage can backward a microbatch as soon as it has its loss; each stage upstream needs
     # one more in flight, so that the pipeline is full when the first gradient comes back.
     return min(num_stages - stage_index - 1, num_microbatches)

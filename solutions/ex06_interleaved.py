@@ -7,12 +7,12 @@ Each rank holds ``chunks`` (v) smaller pieces of the model: chunk c on rank r is
 of a whole stage's. Filling the pipeline takes v times less time: utilization v m / (v m + p - 1).
 ``Action("F", 3, 1)`` is the forward of microbatch 3 through chunk 1.
 
-Every rank runs its forwards in groups of p microbatches per chunk: microbatches 0..p-1 through chunk 0,
-the same ones through chunk 1, ..., then microbatches p..2p-1 through chunk 0, and so on (which is why m
-must be a multiple of p); its backwards in the same order with the chunks reversed (the last chunk first).
-Rank r runs (p - r - 1) * 2 + (v - 1) * p warm-up forwards (all of them if there are fewer), then
-alternates one forward and one backward, then runs the backwards left. With one chunk it is plain 1F1B
-(warm-up p - r - 1). For 2 ranks, 4 microbatches, 2 chunks (``F2.1`` = ``Action("F", 2, 1)``):
+What your schedule must be (the grader checks each): Megatron-LM's order, the one
+``pipeline_ref.schedules.build("interleaved", p, m)`` plays; valid; every rank runs every (microbatch, chunk)
+forward and backward once, the forwards of a microbatch in chunk order and its backwards the other way; it
+works only when m is a multiple of p (Megatron-LM's rule: microbatches go through the chunks in groups of p);
+with one chunk it is plain 1F1B; and simulated with a chunk's F = 1 / v, B = 2 / v, its utilization is
+v m / (v m + p - 1). For 2 ranks, 4 microbatches, 2 chunks (``F2.1`` = ``Action("F", 2, 1)``):
 
     rank 0:  F0   F1   F0.1 F1.1 F2   B0.1 F3   B1.1 F2.1 B0   F3.1 B1   B2.1 B3.1 B2   B3
     rank 1:  F0   F1   F0.1 B0.1 F1.1 B1.1 F2   B0   F3   B1   F2.1 B2.1 F3.1 B3.1 B2   B3
@@ -35,8 +35,8 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> list
     Raises ValueError when ``chunks`` is not a positive integer or ``num_microbatches`` is not a multiple
     of ``num_stages``.
     """
-    # BEGIN EXERCISE 6.1: interleaved 1F1B over v chunks per rank, in groups of num_stages microbatches per chunk
-    # HINT: first write the k-th forward (or backward) every rank runs; then warm-up, pairs and cool-down as in 1F1B
+    # BEGIN EXERCISE 6.1: interleaved 1F1B over v chunks per rank, Megatron-LM's order (the docstring's table)
+    # HINT: read rank 0's row of the table: in which order do (microbatch, chunk) pairs come, and when is B first?
     p, m, v = num_stages, num_microbatches, chunks
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"chunks must be a positive integer, got {v!r}")

@@ -1,22 +1,24 @@
 """Exercise 9 (lesson 09, lessons/09_asynchronous.ipynb): asynchronous pipelines, the weight versions of PipeDream.
 
 An asynchronous pipeline never flushes: one run streams all ``steps x m`` microbatches through one
-continuous 1F1B, and each stage updates its own weights after its backwards. Stage s of p runs p - s - 1
-warm-up forwards, then alternates one forward and one backward, and drains once, at the end of the run.
-Microbatch j of the stream is microbatch j % m of step j // m. A stage's *version* k is its weights after
-k updates (version 0: the initial weights).
+continuous 1F1B (each stage runs exercise 3.1's warm-up forwards, then alternates one forward and one
+backward, and drains once, at the end of the run), and each stage updates its own weights after its
+backwards. Microbatch j of the stream is microbatch j % m of step j // m. A stage's *version* k is its
+weights after k updates (version 0: the initial weights).
 
 - ``"pipedream"`` (weight stashing): the stage updates after *every* backward. The forward of j uses the
-  version current at that moment (the number of backwards the stage has done by then); its backward uses
-  exactly the version its forward used, however many updates came in between.
+  version current at that moment; its backward uses exactly the version its forward used, however many
+  updates came in between.
 - ``"pipedream-2bw"`` (double-buffered weights): the stage updates after the backward of the last
-  microbatch of each step (j % m == m - 1); the microbatches of step t all use version t - 1 (version 0
-  for t = 0), and the update makes version t + 1 from version t: W(t+1) = W(t) - lr g(W(t-1)).
+  microbatch of each step (j % m == m - 1), and the update that ends step t makes version t + 1 from
+  version t with the gradient of step t: W(t+1) = W(t) - lr g(W(t-1)). So the forwards of step t used the
+  version that gradient was taken at.
 
-For 3 stages (PipeDream), the stage-0 order and the version each action uses:
+Why it matters: the versions a forward uses are the weights a stage must keep until that microbatch's
+backward: weight stashing's memory, which lesson 09 measures. Examples (3 stages, 4 microbatches per step)::
 
-    stage 0:  F0 F1 F2 B0 F3 B1 F4 B2 ...
-    version:   0  0  0  0  1  0  2  0        (B of j uses F of j's version: stashed)
+    forward_version("pipedream", 0, 3, 4, 1) == 0       forward_version("pipedream", 2, 3, 4, 1) == 1
+    forward_version("pipedream-2bw", 1, 3, 4, 9) == 1
 
     9.1 forward_version   the version the forward (and so the backward) of stream microbatch j uses on stage s
     9.2 versions_kept     which versions stage s must hold after each of its actions (weight stashing's memory)
@@ -38,7 +40,7 @@ def forward_version(schedule: str, stage: int, num_stages: int, num_microbatches
     ``num_stages``, under ``schedule`` ("pipedream" or "pipedream-2bw"; anything else: ValueError).
     Its backward uses the same version (weight stashing)."""
     # BEGIN EXERCISE 9.1: the version of stage s the forward of stream microbatch j uses, for both schedules
-    # HINT: PipeDream: count the backwards before F of j (after p - s - 1 warm-up forwards); 2BW: step j // m uses the one before
+    # HINT: write out stage s's order of F and B: how many updates has it made when the forward of j runs?
     if schedule == "pipedream":
         # Before F of j, stage s has done one backward for each forward beyond its p - s - 1 warm-up ones.
         return max(0, microbatch - (num_stages - stage - 1))

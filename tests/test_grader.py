@@ -1,5 +1,12 @@
 """The grader itself: hints apart from the stubs, no answer in a stub, borrowed answers refused, loops ended.
 
+*No answer in a stub.* What the student reads before trying (the stub file: docstrings and each raise's
+message; the first level of each hints section, before its first ``<details>``) may not hold a line of the
+answer, nor a formula of it (an expression of two or more operators, names read as the lessons write them:
+``num_stages`` as p, ``stage_index`` as s, ...), nor one of its calls (a method called on a constant or an
+expression, like ``Allreduce(MPI.IN_PLACE, ...)``). The contract may state a formula on purpose (the last rank
+of a grid); ``STATED`` lists those, with why.
+
     .venv/bin/python -m pytest -q tests/test_grader.py
 
 The graded tests (tests/exercises) judge a student's answers; these check the grading machinery they
@@ -53,6 +60,97 @@ def answer_lines(module: str) -> set[str]:
         elif inside and line.strip() and not line.strip().startswith("#") and len(line.strip()) >= 24:
             lines.add(line.strip())
     return lines
+
+
+# What the lessons call the solutions' names: a formula written with either reads the same.
+CANON = {"num_stages": "p", "num_microbatches": "m", "stage_index": "s", "stage": "s", "rank": "s", "r": "s",
+         "microbatch": "j", "chunks": "v"}
+# Formulas and calls a contract states on purpose (what the function is asked, not how to compute it).
+STATED = {"ex04_data_parallel": {"pp*dp-1"}}          # the last rank of the grid: grid_coords' valid range
+
+
+def normalized(text: str) -> str:
+    text = text.replace("`", "").replace("$", "").replace("'", '"')
+    text = re.sub(r"\b(" + "|".join(CANON) + r")\b", lambda found: CANON[found.group(1)], text)
+    return re.sub(r"\s+", "", text)
+
+
+def answer_regions(source: str) -> list[str]:
+    """The code inside each marked region of a solution file (what the student writes, and its helpers)."""
+    regions, lines, inside = [], [], False
+    for line in source.splitlines():
+        if make_exercises.BEGIN.match(line) or make_exercises.ONLY_BEGIN.match(line):
+            inside, lines = True, []
+        elif make_exercises.END.match(line) or make_exercises.ONLY_END.match(line):
+            inside = False
+            regions.append(textwrap.dedent("\n".join(lines)))
+        elif inside and not make_exercises.HINT.match(line):
+            lines.append(line)
+    return regions
+
+
+def telling(module: str, source: str | None = None) -> set[str]:
+    """The answer's formulas (two operators or more) and calls (a method on a non-name first argument),
+    normalized, and calls of two or more computed arguments written whole: what a stub or a first hint may
+    not show."""
+    found = set()
+    source = source if source is not None else (ROOT / "solutions" / f"{module}.py").read_text()
+    for code in answer_regions(source):
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.BinOp) and sum(isinstance(n, ast.BinOp) for n in ast.walk(node)) >= 2:
+                found.add(normalized(ast.unparse(node)))
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
+                  and len(node.args) + len(node.keywords) >= 2 and not isinstance(node.args[0], ast.Name)):
+                found.add(normalized(f"{node.func.attr}({ast.unparse(node.args[0])}"))
+            if (isinstance(node, ast.Call) and len(node.args) >= 2
+                    and not any(isinstance(a, (ast.Name, ast.Constant)) for a in node.args)):
+                found.add(normalized(ast.unparse(node)))      # a recurrence: max(best[k - 1][i], ...)
+    return found - STATED.get(module, set())
+
+
+def first_hints(hints: str) -> str:
+    """Each section's first level: its text before the first <details> (the levels after it start collapsed)."""
+    return "\n".join(section.split("<details>")[0] for section in re.split(r"^## ", hints, flags=re.M)[1:])
+
+
+def giveaways(module: str, text: str, source: str | None = None) -> list[str]:
+    """The answer's formulas and calls that ``text`` shows."""
+    shown = normalized(text)
+    return sorted(f for f in telling(module, source) if f in shown)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_stubs_and_first_hints_show_no_formula_or_call_of_the_answer(module):
+    made = make_exercises.exercise_source((ROOT / "solutions" / f"{module}.py").read_text(), f"{module}.py")
+    hints = (ROOT / "exercises" / "hints" / f"{module}.md").read_text()
+    assert "<details>" in hints, f"exercises/hints/{module}.md: each section goes from a question to hidden levels"
+    for where, text in ((f"the stub of {module}", made), (f"the first hints of exercises/hints/{module}.md",
+                                                          first_hints(hints))):
+        shown = giveaways(module, text)
+        assert not shown, f"{where} shows the answer's formula or call: {shown}"
+
+
+def test_a_planted_answer_fails_the_giveaway_check():
+    """A formula of the answer written as a lesson would, one of its calls, the recurrence and an answer line,
+    planted in a stub or a first hint, are found; the stubs and first hints as shipped show none."""
+    made = make_exercises.exercise_source((ROOT / "solutions" / "ex06_interleaved.py").read_text(), "ex06.py")
+    assert not giveaways("ex06_interleaved", made)
+    planted = made.replace("Stuck?", "Rank r runs (p - r - 1) * 2 + (v - 1) * p warm-up forwards. Stuck?")
+    assert "(p-s-1)*2+(v-1)*p" in giveaways("ex06_interleaved", planted)
+    hints = (ROOT / "exercises" / "hints" / "ex04_data_parallel.md").read_text()
+    assert not giveaways("ex04_data_parallel", first_hints(hints))
+    planted = hints.replace("## 4.3 allreduce_gradients\n", "## 4.3 allreduce_gradients\n\nCall `data_comm"
+                            ".Allreduce(MPI.IN_PLACE, buffer.numpy(), op=MPI.SUM)` on each buffer.\n")
+    assert "Allreduce(MPI.IN_PLACE" in giveaways("ex04_data_parallel", first_hints(planted))
+    stub = make_exercises.exercise_source((ROOT / "solutions" / "ex05_balancing.py").read_text(), "ex05.py")
+    planted = stub.replace("Stuck?", "best[k][j] is the min over i of max(best[k - 1][i], prefix[j] - prefix[i]).")
+    assert giveaways("ex05_balancing", planted)
+    line = sorted(answer_lines("ex05_balancing"))[0]
+    assert line not in stub and line in stub.replace("Stuck?", f"{line}\nStuck?")
 
 
 @pytest.mark.parametrize("module", MODULES)
