@@ -23,7 +23,13 @@ It needs m >= 2p microbatches (torch refuses fewer too).
 Its bubble, played as here (:func:`idle_time`, checked against the simulator by tests/test_dualpipe.py): with
 chunk costs F, I, W (B = I + W) and W <= I <= F <= B, every rank idles (p - 1)(F + I - W) of a step of
 2m (F + I + W) + (p - 1)(F + I - W): with a whole stage's F = I = W split in two chunks, the same
-6m / (6m + p - 1) as ZB-V. The pairs buy communication hiding, not a smaller bubble in sequence.
+6m / (6m + p - 1) as ZB-V. Only there: with unequal costs the two schedules' steps differ, and not always
+the same way (lesson 09 plays a few). The pairs buy communication hiding, not a smaller bubble in sequence.
+
+DeepSeek's published bubble for DualPipe and DualPipeV, (PP/2 - 1)(F&B + B - 3W), is of another execution:
+its F&B is a forward and a backward overlapped as one block, which starts only when both its inputs have
+arrived and lasts less than F + B. Here a pair is two independent actions, each starting as soon as its own
+input is there, so :func:`idle_time` (not that formula) is this executor's bubble.
 
 Overlap, honestly: a pair is two Actions here, ``F`` then ``B``, and the executor (like torch's runtime
 unless a custom ``OVERLAP_F_B`` function is registered) plays them one after the other: the order, the
