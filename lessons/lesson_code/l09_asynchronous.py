@@ -5,6 +5,10 @@
     annotate_versions(ax, trace, schedule, m)   # write that version under each box of a plot.gantt chart
     reference_difference(cfg, result)           # largest |pipelined - one-process reference| over every parameter
     sgd_difference(cfg, result)                 # the same against plain per-microbatch SGD (PipeDream on one stage)
+    steps_to_pass(p, m, utilization)            # how many steps a stream needs to pass a synchronous utilization
+
+The one-process references run on the device the ranks ran on (``cfg.device``: the lesson's
+``PIPELINE_COURSE_DEVICE``), so a GPU run is compared with the same kernels on a GPU.
 
 The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MPI.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 from pipeline_ref import async_reference, asynchronous, schedules, simulate
 from pipeline_ref.config import build_model
+from pipeline_ref.device import choose
 from pipeline_ref.trace import Event, Trace
 
 
@@ -53,22 +58,46 @@ def annotate_versions(ax, trace: Trace, schedule: str, num_microbatches: int) ->
                 fontsize=6, color="black", clip_on=True)
 
 
+def _model_on_device(cfg):
+    """``build_model(cfg)`` with its layers and batch moved to the device the ranks ran on."""
+    layers, loss_fn, (inputs, targets) = build_model(cfg)
+    device = choose(cfg.device)
+    return [layer.to(device) for layer in layers], loss_fn, (inputs.to(device), targets.to(device))
+
+
+def _largest_difference(got: dict, expected: dict) -> float:
+    """Over every parameter: the largest |got - expected| (the ranks return theirs on the CPU)."""
+    if set(got) != set(expected):
+        raise ValueError(f"the run's parameters {sorted(got)} are not the reference's {sorted(expected)}")
+    return max((got[n] - expected[n].detach().cpu()).abs().max().item() for n in expected)
+
+
 def reference_difference(cfg, result) -> float:
     """The largest absolute difference between the run's parameters and ``async_reference``'s (same updates,
-    one process); ``flush`` for a synchronous schedule."""
-    layers, loss_fn, batch = build_model(cfg)
+    one process, on the ranks' device); ``flush`` for a synchronous schedule."""
+    layers, loss_fn, batch = _model_on_device(cfg)
     schedule = cfg.schedule if cfg.schedule in asynchronous.ASYNCHRONOUS else "flush"
     _, expected = async_reference.train(schedule, layers, loss_fn, batch, result.partition, cfg.microbatches,
                                         cfg.steps, cfg.lr)
-    got = {n: t for ranks in result.params if ranks for n, t in ranks.items()}
-    if set(got) != set(expected):
-        raise ValueError(f"the run's parameters {sorted(got)} are not the reference's {sorted(expected)}")
-    return max((got[n] - expected[n]).abs().max().item() for n in expected)
+    return _largest_difference({n: t for ranks in result.params if ranks for n, t in ranks.items()}, expected)
 
 
 def sgd_difference(cfg, result) -> float:
     """The largest |run - plain per-microbatch SGD on one process| (what PipeDream on one stage must be)."""
-    layers, loss_fn, batch = build_model(cfg)
+    layers, loss_fn, batch = _model_on_device(cfg)
     _, expected = async_reference.per_microbatch_sgd(layers, loss_fn, batch, cfg.microbatches, cfg.steps, cfg.lr)
-    got = {n: t for ranks in result.params if ranks for n, t in ranks.items()}
-    return max((got[n] - expected[n].detach()).abs().max().item() for n in expected)
+    return _largest_difference({n: t for ranks in result.params if ranks for n, t in ranks.items()}, expected)
+
+
+def steps_to_pass(num_stages: int, num_microbatches: int, utilization: float, schedule: str = "pipedream",
+                  limit: int = 64) -> tuple[int, float, float]:
+    """The fewest steps of an asynchronous stream whose simulated utilization (F = 1, B = 2) is above
+    ``utilization``: (steps, its utilization, the utilization one step fewer). A simulation, no timing."""
+    previous = 0.0
+    for steps in range(1, limit + 1):
+        reached = simulate.simulate(schedules.build(schedule, num_stages, num_microbatches, steps=steps)).utilization
+        if reached > utilization:
+            return steps, reached, previous
+        previous = reached
+    raise ValueError(f"{schedule} on {num_stages} stages, m = {num_microbatches}, stays at or below "
+                     f"{utilization:.3f} for {limit} steps")
