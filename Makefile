@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test grade grader-check exercises env kernel lessons clean site slides autograder browser
+.PHONY: demo test grade grader-check exercises env kernel lessons clean site slides autograder browser \
+	lessons-under-load lessons-run
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,15 @@ grade: $(STAMP)
 # wrong one or fail a right one. Minutes (tools/grader_check.py says how long); not part of `make test`.
 grader-check: $(STAMP)
 	$(PY) tools/grader_check.py
+
+# Re-execute every lesson that measures (copies, in out/under_load/) beside a busy process, check that every
+# printed verdict agrees with its numbers or is flagged, and write lessons/under_load.md. Minutes; not part of
+# `make test`. `make lessons-run` re-executes every lesson in place, quietly, for the committed outputs.
+lessons-under-load: $(STAMP)
+	$(PY) tools/lessons_under_load.py
+
+lessons-run: $(STAMP)
+	$(PY) tools/lessons_under_load.py --quiet
 
 # Rebuild exercises/exNN_*.py from the marked regions of solutions/exNN_*.py (after editing a solution).
 exercises: $(STAMP)
