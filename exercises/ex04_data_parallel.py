@@ -90,5 +90,5 @@ def reduce_step_gradients(pipeline_comm, data_comm, parameters: dict, tied: list
         # "0.token.weight" on the ranks of stages 0 and 1 alike: both uses' parts, over both replicas
     """
     raise NotImplementedError(
-        "Exercise 4.4: the replicas' mean of every gradient, and each tied weight's sum over its holders "
-        "alone. Hint: which ranks hold a copy, and which ranks' parts belong in its gradient?")
+        "Exercise 4.4: every gradient the whole batch's: replicas averaged, tied copies summed. Hint: which "
+        "ranks hold a copy, and which ranks' parts belong in its gradient?")

@@ -49,8 +49,7 @@ def balanced_partition(costs, num_stages: int) -> list[range]:
     """
     raise NotImplementedError(
         "Exercise 5.1: the optimal split: no other split of these layers has a cheaper slowest stage. Hint: "
-        "why can filling the stages one by one miss the best split? What would you need to place the last "
-        "cut?")
+        "why can filling stages one by one miss the best split? What must you know to place the last cut?")
 
 
 def bottleneck(costs, ranges: list[range]) -> float:
@@ -73,9 +72,8 @@ def stage_costs(trace) -> dict:
         stage_costs(trace) == {"forward": [1.0, 2.0], "backward": [2.0, 4.0], "latency": 0.5}
     """
     raise NotImplementedError(
-        "Exercise 5.3: per rank, the median F and B; the latency, the least wait from a producer's end to "
-        "its use. Hint: which event produced the message a given F (or B) needed, and on which rank did it "
-        "run?")
+        "Exercise 5.3: each rank's typical F and B, and the time a message takes, read off the trace. Hint: "
+        "which event produced the message a given F (or B) needed, and on which rank did it run?")
 
 
 def gpipe_step(forward: list, backward: list, latency: float, num_microbatches: int) -> float:
@@ -88,9 +86,8 @@ def gpipe_step(forward: list, backward: list, latency: float, num_microbatches: 
     ``gpipe_step([1], [2], 0.0, 4) == 12.0``.
     """
     raise NotImplementedError(
-        "Exercise 5.4: the step of GPipe with these costs, for any costs, from the slowest stage and the "
-        "path. Hint: draw a Gantt chart of two unequal stages: when does the last forward end, and what "
-        "paces the ones before?")
+        "Exercise 5.4: the step of GPipe with these costs (unequal stages, messages that take time). Hint: "
+        "draw two unequal stages' Gantt chart: when does the last forward end, and what paces the others?")
 
 
 CAUSES = ("bubble", "imbalance", "messages", "contention")

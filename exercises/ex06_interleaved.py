@@ -37,5 +37,5 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> list
     """
     raise NotImplementedError(
         "Exercise 6.1: interleaved 1F1B over v chunks per rank, Megatron-LM's order (the docstring's "
-        "table). Hint: read rank 0's row of the table: in which order do (microbatch, chunk) pairs come, "
-        "and when is B first?")
+        "table). Hint: in rank 0's row of the table, in which order do (microbatch, chunk) come, and when "
+        "is B first?")

@@ -72,9 +72,8 @@ def backward_weight(layers: list, layer_outputs: list, kept: list) -> None:
     second's (2, 3) and (2,).
     """
     raise NotImplementedError(
-        "Exercise 7.2: per layer, the gradient of its own parameters from its output and the gradient I "
-        "kept. Hint: which parameters does one layer's output depend on directly, and what do you need to "
-        "reach them?")
+        "Exercise 7.2: every parameter's gradient added into .grad, from what I kept, nothing twice. Hint: "
+        "which parameters does one layer's output depend on directly, and what do you need to reach them?")
 
 
 def zb_h1(num_stages: int, num_microbatches: int) -> list[list[Action]]:

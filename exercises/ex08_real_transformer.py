@@ -45,9 +45,9 @@ def stage_bytes(pieces: list[dict], ranges: list[range], num_microbatches: int,
     parameter tensor) or ``"sgd"`` (no state); anything else raises ValueError naming it.
     """
     raise NotImplementedError(
-        "Exercise 8.1: each stage's weights (parameters once by name, gradients, AdamW's state) + "
-        "activations in flight. Hint: a dict merged over the stage's pieces counts a shared name once; 1F1B "
-        "keeps min(p - s, m) microbatches.")
+        "Exercise 8.1: the bytes each stage holds: its weights and state, and its activations in flight. "
+        "Hint: what does a stage holding both ends of a tied weight keep of it? What does 1F1B keep in "
+        "flight?")
 
 
 def split_under_budget(pieces: list[dict], num_stages: int, num_microbatches: int, budget: int,
@@ -60,9 +60,8 @@ def split_under_budget(pieces: list[dict], num_stages: int, num_microbatches: in
     not between 1 and the number of pieces.
     """
     raise NotImplementedError(
-        "Exercise 8.2: try every place the last stage can begin, keeping the best split of what comes "
-        "before. Hint: a stage's bytes depend on its index (its microbatches in flight): grow the splits "
-        "stage by stage.")
+        "Exercise 8.2: the split whose fullest stage holds the least, or a refusal with its numbers. Hint: "
+        "why do a stage's bytes depend on which stage it is? What must you know to place the last cut?")
 
 
 def fewest_stages(pieces: list[dict], num_microbatches: int, budget: int,
@@ -72,6 +71,5 @@ def fewest_stages(pieces: list[dict], num_microbatches: int, budget: int,
     closest one (the fewest bytes over, of every stage count) misses the budget.
     """
     raise NotImplementedError(
-        "Exercise 8.3: ask split_under_budget for 1, 2, ... stages; the first that fits is the answer. "
-        "Hint: catch its ValueError; to say how close the best miss came, compare the fullest stage of each "
-        "count's split.")
+        "Exercise 8.3: the fewest stages whose best split fits, or a refusal saying the closest miss. Hint: "
+        "which stage counts must you try, and what do you keep from those that do not fit?")

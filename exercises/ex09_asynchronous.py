@@ -55,6 +55,5 @@ def versions_kept(schedule: str, stage: int, num_stages: int, num_microbatches: 
     use it. Everything else is dropped at once.
     """
     raise NotImplementedError(
-        "Exercise 9.2: play the stage's actions, stash each F's version, update after a B, drop what "
-        "nothing needs. Hint: keep the newest version, the stash (microbatch -> version) and the next "
-        "forward; later forwards need no older version than it.")
+        "Exercise 9.2: the versions the stage must hold after each of its actions, and no others. Hint: "
+        "which versions can still be needed: by a backward to come, the next update, a forward to come?")

@@ -114,7 +114,7 @@ def reduce_step_gradients(pipeline_comm, data_comm, parameters: dict, tied: list
         # after the call, on all four ranks: every .grad == the one-device gradient of the whole batch;
         # "0.token.weight" on the ranks of stages 0 and 1 alike: both uses' parts, over both replicas
     """
-    # BEGIN EXERCISE 4.4: the replicas' mean of every gradient, and each tied weight's sum over its holders alone
+    # BEGIN EXERCISE 4.4: every gradient the whole batch's: replicas averaged, tied copies summed
     # HINT: which ranks hold a copy, and which ranks' parts belong in its gradient?
     from mpi4py import MPI
     allreduce_gradients(data_comm, parameters.values())        # each stage's gradients: mean over replicas

@@ -48,7 +48,7 @@ def balanced_partition(costs, num_stages: int) -> list[range]:
     says both numbers).
     """
     # BEGIN EXERCISE 5.1: the optimal split: no other split of these layers has a cheaper slowest stage
-    # HINT: why can filling the stages one by one miss the best split? What would you need to place the last cut?
+    # HINT: why can filling stages one by one miss the best split? What must you know to place the last cut?
     if not isinstance(num_stages, int) or isinstance(num_stages, bool):
         raise ValueError(f"num_stages must be an integer, got {num_stages!r}")
     costs = [float(c) for c in costs]
@@ -98,7 +98,7 @@ def stage_costs(trace) -> dict:
 
         stage_costs(trace) == {"forward": [1.0, 2.0], "backward": [2.0, 4.0], "latency": 0.5}
     """
-    # BEGIN EXERCISE 5.3: per rank, the median F and B; the latency, the least wait from a producer's end to its use
+    # BEGIN EXERCISE 5.3: each rank's typical F and B, and the time a message takes, read off the trace
     # HINT: which event produced the message a given F (or B) needed, and on which rank did it run?
     from statistics import median
     p = trace.num_ranks
@@ -123,8 +123,8 @@ def gpipe_step(forward: list, backward: list, latency: float, num_microbatches: 
     costs (unequal stages too). Example: ``gpipe_step([1, 2], [2, 4], 0.5, 3) == 22.0``; with one stage,
     ``gpipe_step([1], [2], 0.0, 4) == 12.0``.
     """
-    # BEGIN EXERCISE 5.4: the step of GPipe with these costs, for any costs, from the slowest stage and the path
-    # HINT: draw a Gantt chart of two unequal stages: when does the last forward end, and what paces the ones before?
+    # BEGIN EXERCISE 5.4: the step of GPipe with these costs (unequal stages, messages that take time)
+    # HINT: draw two unequal stages' Gantt chart: when does the last forward end, and what paces the others?
     m = num_microbatches
     # The forwards cross every stage once and queue behind the slowest one m - 1 times; the backwards likewise,
     # and each of the 2 (p - 1) hops of the first microbatch's trip waits for its message.

@@ -36,7 +36,7 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> list
     of ``num_stages``.
     """
     # BEGIN EXERCISE 6.1: interleaved 1F1B over v chunks per rank, Megatron-LM's order (the docstring's table)
-    # HINT: read rank 0's row of the table: in which order do (microbatch, chunk) pairs come, and when is B first?
+    # HINT: in rank 0's row of the table, in which order do (microbatch, chunk) come, and when is B first?
     p, m, v = num_stages, num_microbatches, chunks
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"chunks must be a positive integer, got {v!r}")

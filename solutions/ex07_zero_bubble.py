@@ -75,7 +75,7 @@ def backward_weight(layers: list, layer_outputs: list, kept: list) -> None:
     again. In the example of ``backward_input``: the first Linear's weight ``.grad`` (3, 4) and bias (3,), the
     second's (2, 3) and (2,).
     """
-    # BEGIN EXERCISE 7.2: per layer, the gradient of its own parameters from its output and the gradient I kept
+    # BEGIN EXERCISE 7.2: every parameter's gradient added into .grad, from what I kept, nothing twice
     # HINT: which parameters does one layer's output depend on directly, and what do you need to reach them?
     for layer, output, grad in zip(layers, layer_outputs, kept):
         params = [p for p in layer.parameters(recurse=False) if p.requires_grad]

@@ -44,8 +44,8 @@ def stage_bytes(pieces: list[dict], ranges: list[range], num_microbatches: int,
     bytes of its pieces. ``optimizer`` is ``"adamw"`` (two moments per parameter and a 4-byte step counter per
     parameter tensor) or ``"sgd"`` (no state); anything else raises ValueError naming it.
     """
-    # BEGIN EXERCISE 8.1: each stage's weights (parameters once by name, gradients, AdamW's state) + activations in flight
-    # HINT: a dict merged over the stage's pieces counts a shared name once; 1F1B keeps min(p - s, m) microbatches
+    # BEGIN EXERCISE 8.1: the bytes each stage holds: its weights and state, and its activations in flight
+    # HINT: what does a stage holding both ends of a tied weight keep of it? What does 1F1B keep in flight?
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"unknown optimizer {optimizer!r}: stage_bytes knows 'adamw' and 'sgd'")
     num_stages, held = len(ranges), []
@@ -71,8 +71,8 @@ def split_under_budget(pieces: list[dict], num_stages: int, num_microbatches: in
     says which stage (as ``stage N``, counted from 0) and by how many bytes it is over (the number itself). Also when ``num_stages`` is
     not between 1 and the number of pieces.
     """
-    # BEGIN EXERCISE 8.2: try every place the last stage can begin, keeping the best split of what comes before
-    # HINT: a stage's bytes depend on its index (its microbatches in flight): grow the splits stage by stage
+    # BEGIN EXERCISE 8.2: the split whose fullest stage holds the least, or a refusal with its numbers
+    # HINT: why do a stage's bytes depend on which stage it is? What must you know to place the last cut?
     n = len(pieces)
     if not isinstance(num_stages, int) or not 1 <= num_stages <= n:
         raise ValueError(f"cannot split {n} pieces into {num_stages!r} stages: use 1 to {n}")
@@ -109,8 +109,8 @@ def fewest_stages(pieces: list[dict], num_microbatches: int, budget: int,
     in ``budget`` bytes each, and that split. Raises ValueError when none fits, saying by how many bytes the
     closest one (the fewest bytes over, of every stage count) misses the budget.
     """
-    # BEGIN EXERCISE 8.3: ask split_under_budget for 1, 2, ... stages; the first that fits is the answer
-    # HINT: catch its ValueError; to say how close the best miss came, compare the fullest stage of each count's split
+    # BEGIN EXERCISE 8.3: the fewest stages whose best split fits, or a refusal saying the closest miss
+    # HINT: which stage counts must you try, and what do you keep from those that do not fit?
     closest = math.inf
     for num_stages in range(1, len(pieces) + 1):
         try:

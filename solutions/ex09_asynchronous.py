@@ -59,8 +59,8 @@ def versions_kept(schedule: str, stage: int, num_stages: int, num_microbatches: 
     while it is the newest one (the next update starts from it), or while a forward still to come will
     use it. Everything else is dropped at once.
     """
-    # BEGIN EXERCISE 9.2: play the stage's actions, stash each F's version, update after a B, drop what nothing needs
-    # HINT: keep the newest version, the stash (microbatch -> version) and the next forward; later forwards need no older version than it
+    # BEGIN EXERCISE 9.2: the versions the stage must hold after each of its actions, and no others
+    # HINT: which versions can still be needed: by a backward to come, the next update, a forward to come?
     n = sum(1 for a in actions if a.op == "F")
     newest, stash, next_forward = 0, {}, 0
     held, kept = {0}, []
