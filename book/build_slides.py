@@ -92,7 +92,9 @@ def index_page(made: list[tuple[course.Lesson, str, int]]) -> str:
                      for lesson, name, slides in made)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>The course's slides</title>"
             "</head><body><h1>The course's slides</h1>\n<p>One reveal.js deck per lesson (book/build_slides.py). "
-            "Arrow keys move, S opens the speaker notes, Esc the overview.</p>\n<ul>\n" + rows + "\n</ul>\n"
+            "The right arrow or Space (what a clicker sends) steps through every slide in order, plots "
+            "on slides of their own; S opens the speaker notes (with the whole code of a shortened cell), "
+            "Esc the overview.</p>\n<ul>\n" + rows + "\n</ul>\n"
             "</body></html>\n")
 
 
