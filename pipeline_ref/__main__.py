@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     add_doctor_parser(sub)
     from .memory_cli import add_parser as add_memory_parser
     add_memory_parser(sub)
+    from .export import add_parser as add_export_parser   # a checkpoint's whole model, out of the pipeline
+    add_export_parser(sub)
     from .plan_cli import add_parser as add_plan_parser
     add_plan_parser(sub)
 
@@ -241,6 +243,9 @@ def main(argv=None) -> int:
         if args.command == "bench":
             from .bench import main as bench_main
             return bench_main(args)
+        if args.command == "export":
+            from .export import main as export_main
+            return export_main(args)
         from .demo import main as demo_main
         return demo_main(args)
     except ConfigError as err:

@@ -1,21 +1,31 @@
-"""Checkpoints a crash cannot spoil, saved per layer so that any number of stages can load them.
+"""Checkpoints a crash cannot spoil, keyed by the model's own names, so any number of stages loads them.
+
+Part of the faults layer (it imports nothing of the package; ``train.py`` calls it, ``checkpoint_check.py``
+refuses a damaged or foreign folder before any rank trains, ``export.py`` writes the model out again).
 
     python -m pipeline_ref run ... --steps 100 --save-checkpoint ckpt --checkpoint-every 10
     python -m pipeline_ref run ... --steps 100 --resume ckpt          # on 2, 4 or any number of stages
+    python -m pipeline_ref export ckpt --out model/                   # the whole model again
 
-Layout, as DeepSpeed's pipeline checkpoints are (one file per layer, not per rank):
+Layout (one file per layer, as DeepSpeed's pipeline checkpoints; the names inside are the unsplit model's):
 
-    ckpt/step-000010/layer-000.pt ... layer-NNN.pt     {"params": state_dict, "optimizer": its state}
-    ckpt/step-000010/complete.json                    written last: {"step": 10, "num_layers": ..., ...}
-    ckpt/latest                                       "step-000010", replaced atomically
+    ckpt/step-000010/layer-003.pt       {"state": {name: tensor}, "optimizer": {name: {"exp_avg": ...}}}
+    ckpt/step-000010/rng-rank-00001.pt  that world rank's random generators (CPU, and CUDA on a GPU)
+    ckpt/step-000010/complete.json      written last: step, model, optimizer, loss scale, and an index
+                                        {file: {"bytes": n, "names": {name: [shape, dtype]}}}
+    ckpt/latest                         "step-000010", replaced atomically
 
-Every file is written to a temporary name and ``os.replace``d into place, so a file is whole or absent.
-A step's folder counts only once ``complete.json`` is there, and that is written by world rank 0 after
-every rank has written its layers (a barrier), so a crash mid-write leaves the previous checkpoint as
-the one that loads. Each layer is written by replica 0's rank that holds it; a tied weight is in the
-files of both layers that use it (equal copies). Resuming loads each rank's own layers and continues
-from the saved step: with the same data every step, the losses and parameters are those of a run that
-never stopped (tests/test_checkpoint.py).
+A "layer" is one of a list's layers (names ``3.weight``, as ``nn.Sequential(*layers)`` gives them) or one
+piece a whole module is cut into (names as ``module.state_dict()`` gives them: ``transformer.h.0.attn.c_attn
+.weight``). A rank loads by name through the index, whatever file holds it: a checkpoint taken at 2 stages
+loads at 4 (also with ``--split-at``, whose pieces follow the stage count) and into the unsplit module.
+The optimizer's state is kept per parameter under the same name (AdamW: both moments and its step count), so
+it reshards as the parameters do; the loss scale is one number every rank agrees on (``precision.py``).
+
+Every file is written to a temporary name and ``os.replace``d into place, so a file is whole or absent. A
+step's folder counts only once ``complete.json`` is there, written by world rank 0 once every rank has
+written its files (a gather of their indexes), so a crash or a full disk mid-save leaves the previous
+checkpoint as the one that loads; a failed write ends the run with an error naming the rank and the file.
 """
 from __future__ import annotations
 
@@ -26,57 +36,181 @@ from pathlib import Path
 import torch
 
 LATEST = "latest"
+MARKER = "complete.json"
+FORMAT = 2          # 1: the first layout (layer files keyed by index, parameters only), refused readably
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or used; the message names the folder or file and what to do."""
 
 
 def step_folder(directory, step: int) -> Path:
     return Path(directory) / f"step-{step:06d}"
 
 
-def save_layers(directory, step: int, layers: dict, optimizer_state: dict | None = None) -> None:
-    """Write ``layers`` ({global layer index: module}) of one rank into step ``step``'s folder."""
+def layer_file(index: int) -> str:
+    return f"layer-{index:03d}.pt"
+
+
+def rng_file(world_rank: int) -> str:
+    return f"rng-rank-{world_rank:05d}.pt"
+
+
+def live_state(layer, index: int, keep=None) -> dict:
+    """The layer's parameters and buffers by the unsplit model's names, as the live tensors (``keep``: the
+    whole module's state_dict names, for a piece; constants the tracer made are not the model's state)."""
+    if keep is None:
+        return {f"{index}.{k}": v for k, v in layer.state_dict(keep_vars=True).items()}
+    owner = getattr(layer, "graph_module", layer)
+    return {k: v for k, v in owner.state_dict(keep_vars=True).items() if k in keep}
+
+
+def layout_of(cfg) -> dict:
+    """Which layers each world rank holds: a rank's random generators are its own again only on the same."""
+    return {"pp": cfg.pp, "dp": cfg.dp, "chunks": cfg.chunks, "schedule": cfg.schedule,
+            "partition": cfg.partition, "split_at": list(cfg.split_at)}
+
+
+def describe_run(cfg, scaler_state, num_layers: int) -> dict:
+    """What the marker says of the run besides its files: enough to rebuild the model (``export``) and to
+    refuse another model or optimizer (``checkpoint_check``)."""
+    return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dtype": cfg.dtype, "seed": cfg.seed,
+            "optimizer": cfg.optimizer, "lr": cfg.lr, "autocast": cfg.autocast, "scaler": scaler_state,
+            "layout": layout_of(cfg), "num_layers": num_layers}
+
+
+def _atomic(path: Path, write) -> int:
+    """Write through ``write(temporary path)``, then rename into place; the file's size. A failure (a full
+    disk) removes the temporary file and is raised as CheckpointError naming ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous complete "
+                              f"checkpoint stays the one that loads") from err
+    return path.stat().st_size
+
+
+def _entry(tensor: torch.Tensor) -> list:
+    return [list(tensor.shape), str(tensor.dtype).removeprefix("torch.")]
+
+
+def save_layers(directory, step: int, layers: dict, optimizer=None, keep=None, rng: tuple | None = None
+                ) -> dict:
+    """Write this rank's ``layers`` ({layer index: module}) into step ``step``'s folder; return their index.
+
+    ``optimizer``: the rank's (``optim.py``), whose per-parameter state goes beside each parameter;
+    ``rng``: (world rank, device) to save that rank's random generators too.
+    """
     folder = step_folder(directory, step)
     folder.mkdir(parents=True, exist_ok=True)
-    for index, layer in layers.items():
-        state = {"params": {k: v.detach().cpu() for k, v in layer.state_dict().items()},
-                 "optimizer": (optimizer_state or {}).get(index, {})}
-        _atomic(folder / f"layer-{index:03d}.pt", lambda tmp: torch.save(state, tmp))
+    index = {}
+    for number, layer in layers.items():
+        live = live_state(layer, number, keep)
+        state = {name: t.detach().cpu().clone() for name, t in live.items()}
+        moments = {name: optimizer.state_of(t) for name, t in live.items()
+                   if optimizer is not None and isinstance(t, torch.nn.Parameter)}
+        record = {"state": state, "optimizer": {k: v for k, v in moments.items() if v}}
+        size = _atomic(folder / layer_file(number), lambda tmp: torch.save(record, tmp))
+        index[layer_file(number)] = {"bytes": size, "names": {k: _entry(v) for k, v in state.items()}}
+    if rng is not None:
+        world_rank, device = rng
+        generators = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            generators["cuda"] = torch.cuda.get_rng_state(device)
+        size = _atomic(folder / rng_file(world_rank), lambda tmp: torch.save(generators, tmp))
+        index[rng_file(world_rank)] = {"bytes": size, "names": {}}
+    return index
 
 
-def commit(directory, step: int, meta: dict) -> None:
-    """Mark step ``step`` complete (after every rank's ``save_layers``), then point ``latest`` at it."""
+def commit(directory, step: int, meta: dict, files: dict) -> None:
+    """Mark step ``step`` complete (after every rank's ``save_layers``: ``files`` is their indexes merged),
+    then point ``latest`` at it."""
     folder = step_folder(directory, step)
-    _atomic(folder / "complete.json", lambda tmp: tmp.write_text(json.dumps({"step": step, **meta})))
+    marker = {"format": FORMAT, "step": step, **meta, "files": files}
+    _atomic(folder / MARKER, lambda tmp: tmp.write_text(json.dumps(marker, indent=1, default=repr)))
     _atomic(Path(directory) / LATEST, lambda tmp: tmp.write_text(folder.name))
 
 
-def latest(directory) -> tuple[Path, dict]:
-    """The newest complete checkpoint in ``directory``: (its folder, its complete.json). Raises ValueError if none."""
+def latest(directory) -> tuple[Path, dict, str | None]:
+    """The newest complete checkpoint in ``directory``: (its folder, its complete.json, a note or None).
+
+    The note says when ``latest`` named a step folder that is missing or has no marker (a save cut short) and
+    an earlier complete one is used instead. Raises CheckpointError if there is none.
+    """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint folder {directory}")
     named = directory / LATEST
-    candidates = [directory / named.read_text().strip()] if named.exists() else []
-    candidates += sorted(directory.glob("step-*"), reverse=True)     # if "latest" is missing or points too far
+    pointed = named.read_text().strip() if named.exists() else None
+    candidates = ([directory / pointed] if pointed else []) + sorted(directory.glob("step-*"), reverse=True)
     for folder in candidates:
-        marker = folder / "complete.json"
+        marker = folder / MARKER
         if marker.exists():
-            return folder, json.loads(marker.read_text())
-    raise ValueError(f"no complete checkpoint in {directory} (a step folder counts once its complete.json is written)")
+            try:
+                meta = json.loads(marker.read_text())
+            except ValueError:
+                raise CheckpointError(f"{marker} is not JSON: the checkpoint is damaged; delete {folder} to "
+                                      f"resume from an earlier step") from None
+            note = None
+            if pointed and folder.name != pointed:
+                why = ("is missing" if not (directory / pointed).exists()
+                       else f"has no {MARKER} (a save cut short)")
+                note = (f"{named} names {pointed}, which {why}: resuming from {folder.name}, the newest "
+                        f"complete checkpoint")
+            return folder, meta, note
+    raise CheckpointError(f"no complete checkpoint in {directory} (a step folder counts once its {MARKER} is "
+                          f"written)")
 
 
-def load_layers(directory, layers, indices) -> tuple[int, dict]:
-    """Load the layers ``indices`` of ``layers`` in place from the newest checkpoint; return (its step, optimizer states)."""
-    folder, meta = latest(directory)
-    if meta["num_layers"] != len(layers):
-        raise ValueError(f"the checkpoint in {folder} has {meta['num_layers']} layers, the model {len(layers)}: "
-                         f"not the same model")
-    optimizer = {}
-    for index in indices:
-        state = torch.load(folder / f"layer-{index:03d}.pt", weights_only=False)
-        layers[index].load_state_dict(state["params"])
-        optimizer[index] = state["optimizer"]
-    return meta["step"], optimizer
+def _load_file(path: Path, mmap: bool = True):
+    """A checkpoint file's content, memory-mapped (a rank reads only what it copies); CheckpointError naming
+    the file if it does not load."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except Exception as err:       # a truncated zip, a foreign pickle, a missing file: one answer
+        first_line = str(err).splitlines()[0][:120] if str(err) else ""
+        raise CheckpointError(f"{path} does not load ({type(err).__name__}: {first_line}): "
+                              f"the checkpoint is damaged; delete {path.parent} to resume from an earlier "
+                              f"step") from None
+
+
+def read_state(folder: Path, meta: dict, names) -> tuple[dict, dict]:
+    """(tensors, optimizer states) of ``names``, from whichever files of the checkpoint hold them."""
+    where = {name: file for file, entry in meta["files"].items() for name in entry["names"]}
+    missing = [n for n in names if n not in where]
+    if missing:
+        raise CheckpointError(f"the checkpoint in {folder} has no {missing[0]!r}" +
+                              (f" (nor {len(missing) - 1} other names)" if len(missing) > 1 else "") +
+                              ": it is of another model")
+    tensors, moments = {}, {}
+    for file in sorted({where[n] for n in names}):
+        content = _load_file(folder / file)
+        for name in names:
+            if where[name] == file:
+                tensors[name] = content["state"][name]
+                if name in content["optimizer"]:
+                    moments[name] = content["optimizer"][name]
+    return tensors, moments
+
+
+def load_layers(folder: Path, meta: dict, layers: dict, optimizer=None, keep=None) -> None:
+    """Copy the checkpoint's tensors (and the optimizer's state, by name) into this rank's ``layers``."""
+    live = {name: t for number, layer in layers.items()
+            for name, t in live_state(layer, number, keep).items()}
+    tensors, moments = read_state(folder, meta, list(live))
+    with torch.no_grad():
+        for name, target in live.items():
+            target.copy_(tensors[name])
+            if optimizer is not None and isinstance(target, torch.nn.Parameter):
+                optimizer.restore(target, moments.get(name, {}))
+
+
+def load_rng(folder: Path, world_rank: int, device) -> None:
+    """This rank's random generators as they were at the save (only meaningful on the same layout)."""
+    generators = _load_file(folder / rng_file(world_rank), mmap=False)
+    torch.set_rng_state(generators["cpu"])
+    if "cuda" in generators and device.type == "cuda":
+        torch.cuda.set_rng_state(generators["cuda"], device)

@@ -11,6 +11,7 @@ This module does not import MPI, so the launcher (and pytest) can use it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, asdict
+from pathlib import Path
 
 import torch
 
@@ -98,9 +99,14 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.autocast and cfg.dtype != "float32":
         raise ConfigError(f"--autocast {cfg.autocast} keeps float32 master weights: use it with --dtype float32, "
                           f"not {cfg.dtype}")
-    if cfg.optimizer != "sgd" and (cfg.checkpoint_dir or cfg.resume_from):
-        raise ConfigError(f"checkpoints keep parameters and the step (checkpoint.py), not {cfg.optimizer}'s state: "
-                          f"--save-checkpoint/--resume need --optimizer sgd")
+    if cfg.schedule in asynchronous.ASYNCHRONOUS and (cfg.checkpoint_dir or cfg.resume_from):
+        raise ConfigError(f"{cfg.schedule} has no point where a checkpoint is exact: its one stream of steps "
+                          f"x microbatches always has microbatches in flight, whose stashed activations "
+                          f"(autograd graphs) and weight versions a file cannot hold, and draining the "
+                          f"stream to save would change what the run computes; checkpoint a schedule with a "
+                          f"flush (1f1b, gpipe, ...)")
+    if cfg.checkpoint_dir and Path(cfg.checkpoint_dir).exists() and not Path(cfg.checkpoint_dir).is_dir():
+        raise ConfigError(f"--save-checkpoint {cfg.checkpoint_dir} is a file, not a folder")
     if cfg.partition not in PARTITIONS:
         raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:
@@ -191,6 +197,12 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
                           f"different times; untie it, or use a schedule with a flush")
     if cfg.memory_budget is not None:
         _check_memory(cfg, layers, loss_fn, batch, schedule)
+    if cfg.resume_from:               # a damaged or foreign checkpoint: one line, before any rank trains
+        from .checkpoint_check import CheckpointError, check
+        try:
+            check(cfg, layers)
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
     return layers, loss_fn, batch, schedule
 
 

@@ -3,6 +3,8 @@
     opt = optim.make("adamw", params, lr=1e-3)
     opt.step()                 # after the all-reduces; a skipped step (NaN/inf, fp16 overflow) never calls it
     opt.state_bytes()          # what the optimizer keeps per parameter, counted in the run's memory report
+    opt.state_of(param)        # that parameter's state ({} for SGD): a checkpoint keeps it by parameter name
+    opt.restore(param, state)  # and puts back, so a resumed AdamW continues with its moments and step count
 
 Each stage owns an optimizer over exactly the parameters it holds, as DeepSpeed and torch.distributed.pipelining
 do: the update is elementwise, so N stages updating their own slices equal one device updating the whole model
@@ -34,6 +36,12 @@ class SGD:
     def state_bytes(self) -> int:
         return 0                           # no state: the reason SGD is the lessons' optimizer
 
+    def state_of(self, param) -> dict:
+        return {}
+
+    def restore(self, param, state: dict) -> None:
+        pass
+
 
 class AdamW:
     """torch's AdamW on this stage's parameters; its two moments per parameter are the optimizer memory."""
@@ -47,6 +55,20 @@ class AdamW:
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for state in self.torch.state.values()
                    for t in state.values() if isinstance(t, torch.Tensor))
+
+    def state_of(self, param) -> dict:
+        """``exp_avg``, ``exp_avg_sq`` and ``step`` (a tensor) of ``param``; {} before its first update."""
+        return {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+                for k, v in self.torch.state.get(param, {}).items()}
+
+    def restore(self, param, state: dict) -> None:
+        """Put back what ``state_of`` gave. The moments go to the parameter's device; ``step`` stays where
+        torch keeps it (a CPU tensor unless the optimizer is fused or capturable), so the update is bit for
+        bit the one an unstopped run makes."""
+        if not state:
+            return
+        self.torch.state[param] = {k: (v.clone() if k == "step" else v.to(param.device, copy=True))
+                                   if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def make(name: str, params: list, lr: float):

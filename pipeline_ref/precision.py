@@ -57,6 +57,13 @@ class LossScaler:
                 self.scale *= self.growth_factor
                 self.good_steps = 0
 
+    def state(self) -> dict:
+        """What a checkpoint keeps, so a resumed run goes on with this scale, not 2^16 again."""
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state(self, state: dict) -> None:
+        self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
+
     def __repr__(self) -> str:
         return f"LossScaler(scale={self.scale:g}, good steps {self.good_steps}/{self.growth_interval})"
 
@@ -69,6 +76,12 @@ class NoScaler:
         pass
 
     def update(self, skipped: bool) -> None:
+        pass
+
+    def state(self) -> None:
+        return None
+
+    def load_state(self, state) -> None:
         pass
 
 

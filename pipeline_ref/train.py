@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import (async_run, asynchronous, batches, checkpoint, cut, machine, optim, partition, precision,
+from . import (async_run, asynchronous, batches, cut, machine, optim, partition, precision, run_checkpoint,
                watchdog)
-from .config import ConfigError, RunConfig, preflight
+from .config import RunConfig, preflight
 from .device import for_rank as device_for_rank
 from .finite import NonFiniteError, nonfinite
 from .results import Memory, RunResult
@@ -60,6 +60,7 @@ class RankRun:
     data: object = None          # batches.PerStep when the factory gives a batch per step
     optimizer: object = None     # optim.SGD or optim.AdamW over this rank's parameters
     scaler: object = None        # precision.LossScaler in float16, else precision.NoScaler
+    state_names: set | None = None   # a whole module's state_dict names (what a checkpoint keeps), else None
 
 
 def set_up(comm, cfg: RunConfig) -> RankRun:
@@ -78,6 +79,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     m, device = cfg.microbatches, device_for_rank(cfg.device, comm)   # one GPU per rank: the launcher's local rank
     per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
+    state_names = set(layers.state_dict()) if cut.split.is_whole_module(layers) else None   # checkpoints
     model = cut.cut(comm, cfg, layers, loss_fn, inputs[:per_replica // m].to(device), pipe, device)  # module: traced
     layers, ranges, costs = model.layers, model.ranges, model.costs     # pieces (split.py) or the layers
     watchdog.beat("splitting the ranks into pipeline and data communicators")
@@ -98,13 +100,6 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
         stage.precision = precision.autocast(cfg.autocast, device)
     params = list({id(p): p for s in stages.values() for p in s.parameters()}.values())
     held = {i: layers[i] for c in range(pipe.num_chunks) for i in ranges[pipe.virtual_stage(rank, c)]}
-    first_step = 0
-    if cfg.resume_from:
-        watchdog.beat(f"loading the checkpoint in {cfg.resume_from}")
-        first_step, _ = checkpoint.load_layers(cfg.resume_from, layers, held)
-        if first_step >= cfg.steps:
-            raise ConfigError(f"the checkpoint in {cfg.resume_from} is at step {first_step}: --steps {cfg.steps} "
-                              f"leaves nothing to run (--steps counts from the start, resumed steps included)")
     names = model.names    # as nn.Sequential(*layers), or the whole module, names them: as on one device
 
     micro_inputs, micro_targets = batches.microbatches(batch, cfg, topo, pipe, device)
@@ -125,12 +120,15 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
         tie_comm = comm.Split(topo.replica if member else MPI.UNDEFINED, rank)
         if member:
             tie_reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
-    return RankRun(cfg, comm, topo, pipe, stages, executor, params, names, micro_inputs, micro_targets,
-                   dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
-                   + ([transport] if cfg.transport == "torch" else []),     # its Free() ends its process group
-                   ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device, held,
-                   first_step, batch if isinstance(batch, batches.PerStep) else None,
-                   optim.make(cfg.optimizer, params, cfg.lr), precision.scaler_for(cfg.autocast))
+    run = RankRun(cfg, comm, topo, pipe, stages, executor, params, names, micro_inputs, micro_targets,
+                  dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
+                  + ([transport] if cfg.transport == "torch" else []),     # its Free() ends its process group
+                  ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device, held,
+                  0, batch if isinstance(batch, batches.PerStep) else None,
+                  optim.make(cfg.optimizer, params, cfg.lr), precision.scaler_for(cfg.autocast), state_names)
+    if cfg.resume_from:
+        run_checkpoint.resume(run)
+    return run
 
 
 def train_step(run: RankRun, step: int) -> dict:
@@ -194,17 +192,6 @@ def _memory(run: RankRun, meter) -> Memory:
                   device_peak=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None)
 
 
-def save_checkpoint(run: RankRun, step: int) -> None:
-    """Replica 0's ranks write their layers; once all have (a barrier), world rank 0 marks the step complete."""
-    watchdog.beat(f"saving the checkpoint of step {step}")
-    if run.topo.replica == 0:
-        checkpoint.save_layers(run.cfg.checkpoint_dir, step, run.layers)
-    run.comm.Barrier()
-    if run.comm.Get_rank() == 0:
-        checkpoint.commit(run.cfg.checkpoint_dir, step, {"num_layers": run.ranges[-1].stop,
-                                                         "schedule": run.cfg.schedule, "pp": run.cfg.pp})
-
-
 def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     run = set_up(comm, cfg)
     if cfg.verbose and comm.Get_rank() == 0:
@@ -219,7 +206,7 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
             run.optimizer.step()
         run.scaler.update(skipped=report["skip"])     # the same on every rank: the skip was agreed
         if cfg.checkpoint_dir and (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(run, step + 1)
+            run_checkpoint.save(run, step + 1)
         if cfg.collect_params and step == cfg.steps - 1:
             report["params"] = {run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
         watchdog.beat(f"gathering the results of step {step}")

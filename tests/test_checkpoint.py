@@ -1,4 +1,13 @@
-"""Checkpoint and resume: per-layer files, atomic, loadable by another number of stages, equal to a run that never stopped."""
+"""Checkpoint and resume: each run kind stopped and resumed equals one that never stopped, at any stage count.
+
+    .venv/bin/python -m pytest -q tests/test_checkpoint.py tests/test_checkpoint_refusals.py
+
+Two launches: a run whose disk fills up during a save (``full_disk``), then one ``run_many`` on 4 ranks of
+every pair (never stopped; stopped and resumed): AdamW in float64 (at 2 and at 4 stages, and from the folder
+the full disk left), a model with dropout (its random generators), float16 with its loss scale, and a whole
+Hugging Face GPT-2 at 2 stages resumed at 4, in float64 and under bfloat16 autocast. The exported model is
+checked against the pipelined one; damaged and foreign folders are tests/test_checkpoint_refusals.py's.
+"""
 import json
 
 import pytest
@@ -6,15 +15,19 @@ import torch
 
 from pipeline_ref import checkpoint
 from pipeline_ref.config import RunConfig
-from pipeline_ref.launch import launch
+from pipeline_ref.launch import LaunchError, launch
 
-MODEL = {"depth": 8, "width": 8, "batch": 16}
+MLP = {"model": "mlp", "model_kwargs": {"depth": 8, "width": 8, "batch": 16}, "dtype": "float64",
+       "optimizer": "adamw", "lr": 0.01}
+DROPOUT = {"model": "tests.checkpoint_targets:dropout_mlp", "dtype": "float64"}
+FP16 = {"model": "tests.rank_targets:overflow_linear", "model_kwargs": {"overflow_step": 1},
+        "autocast": "float16", "lr": 0.01}
+GPT2 = {"model": "hf_gpt2", "model_kwargs": {"blocks": 4, "batch": 8}, "optimizer": "adamw", "lr": 3e-3}
 
 
-def _cfg(pp: int, steps: int, **options) -> RunConfig:
-    options = {"model_kwargs": MODEL, **options}
-    return RunConfig(schedule="1f1b", pp=pp, microbatches=4, steps=steps, dtype="float64", collect_params=True,
-                     stall_timeout=60, **options)
+def _cfg(kind: dict, pp: int, steps: int, **options) -> RunConfig:
+    return RunConfig(**{"schedule": "1f1b", "pp": pp, "microbatches": 4, "steps": steps,
+                        "collect_params": True, "stall_timeout": 60, **kind, **options})
 
 
 def _params(result) -> dict:
@@ -23,75 +36,143 @@ def _params(result) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    two, four = tmp_path_factory.mktemp("two_stages"), tmp_path_factory.mktemp("four_stages")
-    configs = [_cfg(2, 5),                                                   # never stops
-               _cfg(2, 2, checkpoint_dir=str(two)),                          # stops after step 2 ...
-               _cfg(2, 5, resume_from=str(two)),                             # ... and is resumed
-               _cfg(4, 5, resume_from=str(two)),                             # 2 -> 4 stages
-               _cfg(4, 3, checkpoint_dir=str(four), checkpoint_every=3),     # 4 stages, saved at step 3
-               _cfg(2, 5, resume_from=str(four))]                            # 4 -> 2 stages
-    return dict(zip(["straight", "first", "resumed", "two_to_four", "four", "four_to_two"],
-                    launch(4, "pipeline_ref.train:run_many", configs, timeout=180)[0]))
+def full_disk(tmp_path_factory):
+    """AdamW saving every 2 steps; at step 4 rank 1's disk is full. (folder, the launch's error)."""
+    folder = tmp_path_factory.mktemp("full_disk")
+    with pytest.raises(LaunchError) as failed:
+        launch(2, "tests.checkpoint_targets:full_disk", _cfg(MLP, 2, 5, checkpoint_dir=str(folder),
+                                                             checkpoint_every=2), timeout=120)
+    return folder, str(failed.value)
 
 
-@pytest.mark.mpi
-def test_a_resumed_run_equals_one_that_never_stopped(runs):
-    straight, first, resumed = runs["straight"], runs["first"], runs["resumed"]
-    assert resumed.first_step == 2 and len(resumed.losses) == 3
-    assert first.losses + resumed.losses == straight.losses          # float64, bit for bit: the same arithmetic
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, full_disk):
+    folder = {name: str(tmp_path_factory.mktemp(name)) for name in ("adamw", "dropout", "fp16", "fp16_end",
+                                                                   "gpt2", "gpt2_bf16")}
+    bf16 = {**GPT2, "autocast": "bfloat16"}
+    pairs = {   # name: (never stopped, stopped after 2 steps, resumed)
+        "adamw": (_cfg(MLP, 2, 5), _cfg(MLP, 2, 2, checkpoint_dir=folder["adamw"]),
+                  _cfg(MLP, 2, 5, resume_from=folder["adamw"])),
+        "dropout": (_cfg(DROPOUT, 2, 4), _cfg(DROPOUT, 2, 2, checkpoint_dir=folder["dropout"]),
+                    _cfg(DROPOUT, 2, 4, resume_from=folder["dropout"])),
+        "fp16": (_cfg(FP16, 2, 4), _cfg(FP16, 2, 2, checkpoint_dir=folder["fp16"]),
+                 _cfg(FP16, 2, 4, resume_from=folder["fp16"], checkpoint_dir=folder["fp16_end"],
+                      checkpoint_every=4)),
+        "gpt2": (_cfg(GPT2, 2, 4, dtype="float64"),
+                 _cfg(GPT2, 2, 2, dtype="float64", checkpoint_dir=folder["gpt2"]),
+                 _cfg(GPT2, 4, 4, dtype="float64", resume_from=folder["gpt2"])),
+        "gpt2_bf16": (_cfg(bf16, 2, 4), _cfg(bf16, 2, 2, checkpoint_dir=folder["gpt2_bf16"]),
+                      _cfg(bf16, 4, 4, resume_from=folder["gpt2_bf16"])),
+    }
+    configs = [cfg for pair in pairs.values() for cfg in pair]
+    configs += [_cfg(MLP, 4, 5, resume_from=folder["adamw"]),               # AdamW 2 -> 4 stages
+                _cfg(MLP, 2, 5, resume_from=str(full_disk[0]))]             # what the full disk left
+    results = launch(4, "pipeline_ref.train:run_many", configs, timeout=240)[0]
+    named = {name: results[3 * k:3 * k + 3] for k, name in enumerate(pairs)}
+    named["adamw at 4 stages"], named["after the full disk"] = results[-2:]
+    return named, folder
+
+
+def _nan_as_text(losses: list) -> list:
+    return [x if x == x else "nan" for x in losses]      # a skipped float16 step's loss is NaN in both runs
+
+
+def _assert_resumed_equals(straight, first, resumed):
+    """Bit for bit: each layer does the same arithmetic in the same order whichever rank holds it, so this
+    holds at another stage count too (2 -> 4), and under autocast."""
+    assert resumed.first_step == 2 and len(resumed.losses) == len(straight.losses) - 2
+    assert _nan_as_text(first.losses + resumed.losses) == _nan_as_text(straight.losses)
+    resumed_params = _params(resumed)
+    assert resumed_params.keys() == _params(straight).keys()
     for name, value in _params(straight).items():
-        assert torch.equal(_params(resumed)[name], value), name
+        assert torch.equal(resumed_params[name], value), name
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("name, first_step", [("two_to_four", 2), ("four_to_two", 3)])
-def test_a_checkpoint_loads_into_another_number_of_stages(runs, name, first_step):
-    straight, resumed = runs["straight"], runs[name]
-    assert resumed.first_step == first_step
-    assert resumed.losses == pytest.approx(straight.losses[first_step:], rel=1e-12)
-    for key, value in _params(straight).items():
-        torch.testing.assert_close(_params(resumed)[key], value, rtol=1e-10, atol=1e-12)
+@pytest.mark.parametrize("name", ["adamw", "dropout", "fp16"])
+def test_a_resumed_run_equals_one_that_never_stopped(runs, name):
+    _assert_resumed_equals(*runs[0][name])
 
 
 @pytest.mark.mpi
-def test_a_run_that_crashed_resumes_where_its_last_checkpoint_was(tmp_path):
-    from pipeline_ref.launch import LaunchError
-    crashing = dict(model="tests.rank_targets:crashing_mlp", model_kwargs={"crash_on_call": 14})
-    # Call 1 of the last layer agrees shapes; 4 microbatches a step: call 14 is in step 3 (0-based), so steps
-    # 0-2 are saved and the crash comes mid-step, after the gradients of step 3 have started.
-    with pytest.raises(LaunchError, match="trap sprung on purpose"):
-        launch(2, "pipeline_ref.train:run_rank", _cfg(2, 5, checkpoint_dir=str(tmp_path), **crashing), timeout=60)
-    assert checkpoint.latest(tmp_path)[1]["step"] == 3
-    clean = dict(model="tests.rank_targets:crashing_mlp", model_kwargs={})
-    straight, resumed = launch(2, "pipeline_ref.train:run_many",
-                               [_cfg(2, 5, **clean), _cfg(2, 5, resume_from=str(tmp_path), **clean)], timeout=60)[0]
-    assert resumed.first_step == 3 and resumed.losses == straight.losses[3:]
-    for name, value in _params(straight).items():
-        assert torch.equal(_params(resumed)[name], value), name
+def test_adamw_resumes_at_another_number_of_stages(runs):
+    straight, first = runs[0]["adamw"][:2]
+    _assert_resumed_equals(straight, first, runs[0]["adamw at 4 stages"])
+
+
+@pytest.mark.mpi
+def test_float16_resumes_with_its_loss_scale(runs):
+    _, folder = runs
+    # Step 1 overflowed (1e6 x inputs): scale halved, good steps reset; two good steps later still halved.
+    assert checkpoint.latest(folder["fp16"])[1]["scaler"] == {"scale": 2.0 ** 15, "good_steps": 0}
+    assert checkpoint.latest(folder["fp16_end"])[1]["scaler"] == {"scale": 2.0 ** 15, "good_steps": 2}
+    assert runs[0]["fp16"][0].skipped_steps == [1]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_bf16"])
+def test_a_whole_gpt2_saved_at_2_stages_resumes_at_4(runs, name):
+    _assert_resumed_equals(*runs[0][name])
+    meta = checkpoint.latest(runs[1][name])[1]
+    names = {n for entry in meta["files"].values() for n in entry["names"]}
+    assert "transformer.h.0.attn.c_attn.weight" in names and "lm_head.weight" in names   # the module's own
+
+
+@pytest.mark.mpi
+def test_a_full_disk_names_rank_and_file_and_leaves_the_previous_checkpoint(runs, full_disk):
+    folder, error = full_disk
+    head = error.partition("\n")[0]
+    assert head.startswith("rank 1: failed while saving the checkpoint of step 4: pipeline_ref.checkpoint."
+                           f"CheckpointError: could not write {folder}/step-000004/layer-"), head
+    assert "No space left on device" in head
+    assert checkpoint.latest(folder)[1]["step"] == 2
+    assert not list((folder / "step-000004").glob(".*tmp*")), "a temporary file was left behind"
+    straight, resumed = runs[0]["adamw"][0], runs[0]["after the full disk"]
+    assert resumed.first_step == 2 and resumed.losses == straight.losses[2:]
+
+
+@pytest.mark.mpi
+def test_export_of_a_trained_gpt2_loads_offline_with_the_pipelined_logits(runs, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from pipeline_ref import hf_models, split
+    from pipeline_ref.__main__ import main
+    saved = runs[1]["gpt2"]                  # float64, AdamW, saved after step 2 by 2 stages
+    assert main(["export", saved, "--out", str(tmp_path)]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path, local_files_only=True, dtype=torch.float64)
+    for name, value in _params(runs[0]["gpt2"][1]).items():        # the weights the run ended with
+        assert torch.equal(exported.state_dict()[name], value), name
+    # The pipelined model: the module cut into pieces as the ranks cut it, each piece loaded by name.
+    torch.manual_seed(0)
+    module, _, (inputs, _) = hf_models.gpt2(**GPT2["model_kwargs"])
+    module, sample = module.double(), inputs[:2]
+    pieces = split.trace(module, sample)
+    folder, meta, _ = checkpoint.latest(saved)
+    checkpoint.load_layers(folder, meta, dict(enumerate(pieces)), keep=set(module.state_dict()))
+    pipelined = split.compose(pieces)(sample).logits
+    # The traced graph and the eager module may order a sum differently: equal to float64's rounding.
+    torch.testing.assert_close(exported(sample).logits, pipelined, rtol=1e-12, atol=1e-12)
+    fresh = hf_models.gpt2(**GPT2["model_kwargs"])[0].double()     # the factory's own model loads it too
+    fresh.load_state_dict(torch.load(tmp_path / "state_dict.pt"))
+    assert torch.equal(fresh(sample).logits, exported(sample).logits)
 
 
 def test_an_unfinished_step_never_loads(tmp_path):
     layers = [torch.nn.Linear(2, 2) for _ in range(2)]
-    checkpoint.save_layers(tmp_path, 1, dict(enumerate(layers)))
-    checkpoint.commit(tmp_path, 1, {"num_layers": 2})
+    files = checkpoint.save_layers(tmp_path, 1, dict(enumerate(layers)))
+    checkpoint.commit(tmp_path, 1, {"num_layers": 2}, files)
     saved = {k: v.clone() for k, v in layers[0].state_dict().items()}
-    # A crash while step 2 was written: its layers (one of them half-written, under a temporary name) but no marker.
+    # A crash while step 2 was written: its layers (one half-written, under a temporary name), no marker.
     with torch.no_grad():
         layers[0].weight.add_(1.0)
     checkpoint.save_layers(tmp_path, 2, {0: layers[0]})
     (checkpoint.step_folder(tmp_path, 2) / ".layer-001.pt.tmp-123").write_bytes(b"half")
-    folder, meta = checkpoint.latest(tmp_path)
+    (tmp_path / checkpoint.LATEST).write_text("step-000002")         # even if the pointer had moved on
+    folder, meta, note = checkpoint.latest(tmp_path)
     assert folder.name == "step-000001" and meta["step"] == 1
+    assert note.endswith("names step-000002, which has no complete.json (a save cut short): resuming from "
+                         "step-000001, the newest complete checkpoint")
     (tmp_path / checkpoint.LATEST).unlink()                          # even without the pointer
     assert checkpoint.latest(tmp_path)[0].name == "step-000001"
-    step, _ = checkpoint.load_layers(tmp_path, layers, [0])
-    assert step == 1 and torch.equal(layers[0].weight, saved["weight"])
-    with pytest.raises(ValueError, match="has 2 layers, the model 3"):
-        checkpoint.load_layers(tmp_path, layers + [torch.nn.Linear(2, 2)], [0])
-    assert json.loads((checkpoint.step_folder(tmp_path, 1) / "complete.json").read_text())["num_layers"] == 2
-
-
-def test_no_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no complete checkpoint"):
-        checkpoint.latest(tmp_path)
+    checkpoint.load_layers(folder, meta, {0: layers[0]})
+    assert torch.equal(layers[0].weight, saved["weight"])
+    assert json.loads((folder / "complete.json").read_text())["format"] == checkpoint.FORMAT
