@@ -148,3 +148,27 @@ def test_every_lesson_plan_says_what_load_does():
     sections = timings.LESSON_HEADING.split(text)[1:]
     for number, section in zip(sections[0::2], sections[1::2]):
         assert re.search(r"^\| \*\*Under load\*\* \| \S.* \|$", section, re.M), f"lesson {number}: no Under load row"
+
+
+def test_lesson_04s_2x2_step_all_reduces_more_bytes_than_its_pipeline_sends():
+    """Lesson 04 section 8 and README's "Across nodes": 2 MiB across the cut against 16 MiB of gradients."""
+    from lesson_code import l04_data_parallel as l04
+    from pipeline_ref.config import RunConfig
+    cfg = RunConfig(pp=2, dp=2, microbatches=4, model="mlp", model_kwargs=l04.COMPARE_MODEL, steps=2)
+    moved = l04.bytes_per_step(cfg, [(0, 4), (4, 8)])
+    assert moved["messages per cut"] == 8 and moved["bytes per cut"] == 8 * 64 * 1024 * 4
+    assert moved["gradient bytes per rank"] == 4 * (1024 * 1024 + 1024) * 4
+    assert moved["all-reduce bytes sent per rank"] == moved["gradient bytes per rank"]      # ring over 2 ranks
+    assert moved["all-reduce bytes sent per rank"] > 7 * moved["bytes per cut"]
+    readme = (LESSONS.parent / "README.md").read_text()
+    across = readme[readme.index("## Across nodes"):readme.index("## From Python")]
+    for nbytes in (moved["bytes per cut"], moved["gradient bytes per rank"]):
+        assert f"{round(nbytes / 2**20)} MiB" in across
+
+
+def test_megatron_order_puts_the_pipeline_across_nodes_without_tensor_parallelism():
+    from lesson_code import l04_data_parallel as l04
+    groups = l04.rank_groups({"dp": 16, "pp": 4}, "dp-pp")          # Megatron's tp-cp-ep-dp-pp with tp = 1
+    assert {l04.nodes_spanned(g, 8) for g in groups["pp"]} == {4}
+    ours = l04.rank_groups({"pp": 4, "dp": 16}, "pp-dp")
+    assert {l04.nodes_spanned(g, 8) for g in ours["pp"]} == {1} and {l04.nodes_spanned(g, 8) for g in ours["dp"]} == {8}

@@ -61,6 +61,24 @@ def parameter_bytes_per_stage(cfg: RunConfig, ranges) -> list[int]:
     return sizes
 
 
+def bytes_per_step(cfg: RunConfig, ranges) -> dict:
+    """What one training step of ``models.mlp`` on a pp x dp grid moves, per pipeline cut and per rank.
+
+    Arithmetic from the configuration (``ranges``: the run's ``result.partition``): across each cut of a replica's
+    pipeline, m activations forward and m gradients back, microbatch x width values each; through the
+    data-parallel all-reduce, each rank's stage gradients, as many bytes as the stage's parameters, of which a
+    ring all-reduce over dp ranks sends 2 (dp - 1) / dp per rank (and receives as much).
+    """
+    itemsize = torch.empty(0, dtype=getattr(torch, cfg.dtype)).element_size()
+    microbatch = cfg.model_kwargs["batch"] // cfg.dp // cfg.microbatches
+    message = microbatch * cfg.model_kwargs["width"] * itemsize
+    gradients = max(parameter_bytes_per_stage(cfg, ranges))
+    return {"messages per cut": 2 * cfg.microbatches if cfg.pp > 1 else 0,
+            "bytes per cut": 2 * cfg.microbatches * message if cfg.pp > 1 else 0,
+            "gradient bytes per rank": gradients if cfg.dp > 1 else 0,
+            "all-reduce bytes sent per rank": 2 * (cfg.dp - 1) * gradients // cfg.dp}
+
+
 def step_time(trace: Trace) -> float:
     """From the barrier to the last thing any rank of the trace did: its last action, or its all-reduce."""
     return max([e.end for e in trace.events] + [w.end for w in trace.waits])
@@ -69,6 +87,27 @@ def step_time(trace: Trace) -> float:
 def allreduce_time(trace: Trace) -> float:
     """The longest gradient all-reduce of the step, as the ranks of the trace waited for it."""
     return max((w.end - w.start for w in trace.waits if w.what == "all-reduce gradients"), default=0.0)
+
+
+def whole_steps(comparison):
+    """Each round's step of each layout with its gradient all-reduce, as a ``measure.Timings`` (values in s).
+
+    ``measure.compare`` times a step from its first to its last action; a data-parallel step also waits for its
+    all-reduce after that, and here that wait is what the layouts differ by. Each run's trace is its last step,
+    the one measured after the warm-up when a run has two steps, so a round gives one whole step per layout.
+    """
+    from pipeline_ref import measure
+    values = {name: [step_time(run.trace) for run in runs] for name, runs in comparison.results.items()}
+    return measure.Timings(values, {name: [] for name in values})
+
+
+def whole_step_verdict(comparison, steps, name: str, baseline: str) -> str:
+    """``steps.verdict`` on whole steps, also flagging the contention ``comparison`` saw for either layout."""
+    text = steps.verdict(name, baseline, what="step with its all-reduce")
+    shared = [f for f in comparison.flags if f.name in (name, baseline) and f.likely_cause == "contention"]
+    if shared and "contention" not in text:
+        text = text[:-1] + (" and contention." if "flagged:" in text else "; flagged: contention.")
+    return text
 
 
 def split_tied_gradient(model_kwargs: dict) -> dict:
