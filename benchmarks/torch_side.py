@@ -18,7 +18,8 @@ A timed step: zero the gradients, barrier, ``schedule.step(...)``; its time is t
 slowest rank's. Then plain SGD (lr 0.05), as pipeline_ref does. A timed step during
 which other processes used more than 5% of the machine (from /proc/stat, minus our
 ranks' own CPU time) is not kept: the ranks sleep until the machine is idle and play
-another (at most 10 times per run). Each rank writes
+another (at most 10 times per run), unless ``--keep-disturbed`` (vs_torch.py's loaded
+conditions, where the load is what is measured). Each rank writes
 DIR/torch_rank<r>.pt: [{"schedule", "microbatches", "dtype", "step_s": [...],
 "loss": mean loss of the first step (last rank), "grads": {name: tensor} of the
 first step, named as nn.Sequential(*layers).named_parameters() names them}].
@@ -39,6 +40,7 @@ from pipeline_ref import partition
 from pipeline_ref.config import RunConfig, build_model
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+REPLAY_DISTURBED = True     # --keep-disturbed: measure under load (vs_torch.py's conditions), replay nothing
 
 
 def _rank_and_size() -> tuple[int, int]:
@@ -91,7 +93,8 @@ def one_run(rank: int, world: int, schedule_name: str, m: int, dtype: str, warmu
         if step <= warmup:
             continue
         # Gloo sleeps while it waits, so CPU share says nothing here; instead: did anyone else use the machine?
-        disturbed = torch.tensor([_others_share(machine, _cpu_times(), took[1].item()) > 0.05 and replayed < 10])
+        disturbed = torch.tensor([REPLAY_DISTURBED and replayed < 10
+                                  and _others_share(machine, _cpu_times(), took[1].item()) > 0.05])
         dist.broadcast(disturbed, src=0)
         if disturbed.item():
             replayed += 1
@@ -136,7 +139,11 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--keep-disturbed", action="store_true",
+                        help="keep every timed step, also those another process disturbed (a load is the point)")
     args = parser.parse_args()
+    global REPLAY_DISTURBED
+    REPLAY_DISTURBED = not args.keep_disturbed
     torch.set_num_threads(1)
     rank, world = _rank_and_size()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,6 +70,20 @@ def _pump(stream, sink: list, echo) -> None:
         if echo is not None:
             echo.write(line)
             echo.flush()
+
+
+def _drain(pumps: list, limit: float = 60.0) -> None:
+    """Read the ranks' output to its end before going on. On a loaded machine the pumps can lag seconds behind
+    mpiexec's exit (a rank still holding the pipe, or no core free to read it); lines left unread would be
+    lost, and a run would end without its steps and without a word. If the output is still open after
+    ``limit`` s, say so."""
+    deadline = time.monotonic() + limit
+    for t in pumps:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in pumps):
+        sys.stderr.write(f"{MARK} launch: the ranks' output was still open {limit:.0f} s after mpiexec ended "
+                         f"(a process it started holds it); lines printed after this are not shown\n")
+        sys.stderr.flush()
 
 
 @contextmanager
@@ -136,8 +151,7 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     os.kill(os.getpid(), signal.SIGTERM)
                 raise LaunchError("the run was ended by SIGTERM") from None
-        for t in pumps:
-            t.join(timeout=5)
+        _drain(pumps)
         if timed_out or code != 0:
             _kill_ranks(Path(tmp), str(payload))
             raise LaunchError(_failure(num_ranks, code, timed_out, timeout, out, err, Path(tmp)))

@@ -132,7 +132,7 @@ class Timings(Rounds):
         return "\n".join(lines)
 
 
-def _order(names: list, round_index: int) -> list:
+def order_of_round(names: list, round_index: int) -> list:
     """A B in even rounds, B A in odd ones: a slow start or a slow end touches every name alike."""
     return names if round_index % 2 == 0 else names[::-1]
 
@@ -145,7 +145,7 @@ def alternate(functions: dict[str, Callable[[], object]], rounds: int = 7, warmu
     names = list(functions)
     times: dict[str, list[float]] = {name: [] for name in names}
     for index in range(warmup + rounds):
-        for name in _order(names, index):
+        for name in order_of_round(names, index):
             start = time.perf_counter()
             functions[name]()
             times[name].append(time.perf_counter() - start)
@@ -233,7 +233,7 @@ def rounds_rank(comm, named: list[tuple[str, RunConfig]], rounds: int, progress:
     kept, replayed, index = [], 0, 0
     while index < rounds:
         played = []
-        for name, cfg in _order(named, index):
+        for name, cfg in order_of_round(named, index):
             watchdog.beat(f"waiting for {name} in round {index + 1}", watched=False)
             machine.wait_quietly(comm)
             sub = comm.Split(0 if comm.Get_rank() < cfg.world_size else MPI.UNDEFINED, comm.Get_rank())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +142,31 @@ class MPITransport:
         return self.comm.recv(source=source, tag=tag)
 
 
+# A rank that waits for a message gives its core to the ranks that compute (DESIGN.md). MPICH's Wait polls
+# without ever sleeping: a rank in a bubble burns its core, and where processes outnumber cores (a laptop,
+# a shared node, 4 ranks on 2 cores) that core was wanted by a rank that computes (benchmarks/README.md,
+# "What load does"). So a wait polls with Test for SPIN_SECONDS (a message that is nearly there costs no
+# sleep), then sleeps between Tests: an eighth of the time waited so far, within NAP_SECONDS, so a long wait
+# wakes rarely and a message is noticed at most ~1/8 of its wait late. PIPELINE_REF_WAIT=spin restores
+# MPI's own Wait (to measure the difference).
+SPIN_SECONDS = 50e-6
+NAP_SECONDS = (50e-6, 1e-3)
+WAIT = os.environ.get("PIPELINE_REF_WAIT", "yield")
+
+
+def wait_yielding(request) -> None:
+    """Complete an MPI request, sleeping between polls once it has taken longer than SPIN_SECONDS."""
+    if WAIT == "spin":
+        request.Wait()
+        return
+    began = time.perf_counter()
+    shortest, longest = NAP_SECONDS
+    while not request.Test():
+        waited = time.perf_counter() - began
+        if waited > SPIN_SECONDS:
+            time.sleep(min(longest, max(shortest, waited / 8)))
+
+
 class _MPIRequest:
     __slots__ = ("request",)
 
@@ -151,7 +177,7 @@ class _MPIRequest:
         return self.request.Test()
 
     def wait(self) -> None:
-        self.request.Wait()
+        wait_yielding(self.request)
 
 
 def check_tag_range(transport, num_microbatches: int, num_chunks: int) -> None:
