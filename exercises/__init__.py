@@ -10,6 +10,7 @@
     ex07_zero_bubble.py   lesson 07: the zero-bubble schedule ZB-H1 (backward split into I and W) as data
     ex08_real_transformer.py  lesson 08: a real model's split chosen so that every rank fits a memory budget
     ex09_asynchronous.py  lesson 09: PipeDream's weight versions: which one each action uses, which a stage keeps
+    ex10_planning.py      lesson 10: one configuration's memory per GPU and its step, as a planner counts them
 
 Every function starts as a stub that raises ``NotImplementedError("Exercise N.k: ...")``. Replace
 the ``raise`` with your code, then grade it:

@@ -1,0 +1,91 @@
+"""Lesson 10, planning a real run: the tables the notebook prints from pipeline_ref's cluster cost model.
+
+    memory_table(model, device, layouts)        # states and activations per GPU for (tp, pp, recompute) rows
+    link_costs(model, device, microbatch)       # one layer's compute against its tensor-parallel all-reduces and
+                                                # its pipeline message, on NVLink and on InfiniBand
+    bubble_table(num_stages, microbatches, chunks)   # the closed-form bubble and stash for 1F1B and interleaved
+    schedule_search(plan, schedules, limit)     # each schedule's simulated step and memory, the fastest that fits
+    published_rows(path)                        # the committed planner-against-published table
+
+Everything here is arithmetic on a model of a cluster we do not have: predictions, labelled as such where the
+notebook prints them. Nothing here starts MPI.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import replace
+
+from pipeline_ref import cluster, schedules, simulate, step_model, theory
+
+GB = 1e9        # the seed's and the datasheets' decimal gigabytes
+
+
+def memory_table(model: cluster.Transformer, device: str, layouts, microbatch: int = 1,
+                 num_microbatches: int = 64) -> list[str]:
+    """One line per (tp, pp, recompute): weights + gradients + Adam state, 1F1B's stashed activations, total."""
+    limit = step_model.USABLE_MEMORY * cluster.DEVICES[device].memory
+    lines = [f"{'tp':>3}{'pp':>4} {'recompute':>10}{'states GB':>11}{'activations GB':>16}{'total GB':>10}  fits "
+             f"{limit / GB:.1f} GB?"]
+    for tp, pp, recompute in layouts:
+        plan = step_model.Plan(model, device, tp, pp, 1, microbatch, num_microbatches, "1f1b", recompute=recompute,
+                               sequence_parallel=True)
+        states = cluster.state_bytes(step_model.parameters_per_gpu(plan))
+        total = step_model.memory_bytes(plan)
+        lines.append(f"{tp:>3}{pp:>4} {recompute:>10}{states / GB:>11.1f}{(total - states) / GB:>16.1f}"
+                     f"{total / GB:>10.1f}  {'yes' if total <= limit else 'no'}")
+    return lines
+
+
+def link_costs(model: cluster.Transformer, device: str, microbatch: int = 1, tp: int = 8) -> dict:
+    """Seconds of one layer's forward on one GPU of a ``tp`` group, of its two tensor-parallel all-reduces, and of
+    one pipeline message, each over NVLink and over InfiniBand."""
+    dev = cluster.DEVICES[device]
+    compute = cluster.compute_seconds(model.layer_forward_flops(microbatch) / tp, dev, "bf16", step_model.EFFICIENCY)
+    activation = 2 * microbatch * model.seq_len * model.hidden           # bytes of b x s x h in 16 bits
+    costs = {"layer forward": compute}
+    for name, link in (("NVLink", cluster.NVLINK[device]), ("InfiniBand", cluster.NETWORK[device])):
+        costs[f"2 all-reduces, {name}"] = 2 * cluster.allreduce_seconds(activation, tp, link)
+        costs[f"message, {name}"] = cluster.message_seconds(activation / tp, link)
+    return costs
+
+
+def bubble_table(num_stages: int, microbatches, chunks) -> list[str]:
+    """The bubble (p - 1) / (v m + p - 1) and the first stage's stash, in stages' worth of microbatches."""
+    lines = [f"{'m':>5}" + "".join(f"{f'bubble v={v}':>14}{'stash':>7}" for v in chunks)]
+    for m in microbatches:
+        row = f"{m:>5}"
+        for v in chunks:
+            name = "1f1b" if v == 1 else "interleaved"
+            stash = theory.peak_stashed(name, num_stages, m, chunks=v)[0] / v
+            row += f"{theory.bubble(name, num_stages, m, chunks=v):>14.3f}{stash:>7.2f}"
+        lines.append(row)
+    return lines
+
+
+def schedule_search(plan: step_model.Plan, candidates, limit: float) -> tuple[list[str], str]:
+    """Each (schedule, chunks): its simulated step with the plan's per-stage costs and its memory per GPU;
+    and the fastest that fits ``limit`` bytes."""
+    lines = [f"{'schedule':>16}{'step s':>9}{'bubble':>9}{'memory GB':>11}  fits"]
+    best, best_step = None, math.inf
+    for name, chunks in candidates:
+        candidate = replace(plan, schedule=name, chunks=chunks)
+        fwd, bwd, message = step_model.stage_costs(candidate)
+        built = schedules.build(name, plan.pp, plan.num_microbatches,
+                                **({"chunks": chunks} if name == "interleaved" else {}))
+        v = built.num_chunks
+        trace = simulate.simulate(built, forward=[f / v for f in fwd], backward=[b / v for b in bwd],
+                                  latency=message, time_unit="s")
+        memory = step_model.memory_bytes(candidate)
+        fits = memory <= limit
+        label = name + (f" v={chunks}" if name == "interleaved" else "")
+        lines.append(f"{label:>16}{trace.makespan:>9.2f}{1 - trace.utilization:>9.3f}{memory / GB:>11.1f}  "
+                     f"{'yes' if fits else 'no'}")
+        if fits and trace.makespan < best_step:
+            best, best_step = label, trace.makespan
+    return lines, best
+
+
+def published_rows(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
