@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     plan.add_argument("--gpus", type=int, required=True)
     plan.add_argument("--device", default="h100", choices=list(cluster.DEVICES))
     plan.add_argument("--nodes-of", type=int, default=8, metavar="GPUS", help="GPUs per node (NVLink inside)")
-    plan.add_argument("--global-batch", type=int, help="sequences per step (default: 8 per GPU... see below)")
+    plan.add_argument("--global-batch", type=int, help="sequences per step (default: 2 per GPU)")
     plan.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp8"])
     plan.add_argument("--efficiency", type=float, default=planner.EFFICIENCY,
                       help="fraction of peak the kernels reach (default: calibrated on Megatron-LM 2021)")
