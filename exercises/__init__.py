@@ -4,7 +4,7 @@
     ex01_naive_split.py   lesson 01: a model split over ranks, forward and backward with Send/Recv
     ex02_gpipe.py         lesson 02: microbatches, gradient accumulation, and the GPipe schedule as data
     ex03_1f1b.py          lesson 03: the 1F1B schedule as data, and the executor that plays it over MPI
-    ex04_data_parallel.py lesson 04: the pp x dp grid, its communicators, gradient all-reduce, a tied weight's step
+    ex04_data_parallel.py lesson 04: the pp x dp grid, its communicators, all-reduce, a tied weight's step
     ex05_balancing.py     lesson 05: the optimal balanced partition; a measured step's gap, explained
     ex06_interleaved.py   lesson 06: interleaved 1F1B (virtual stages) as data
     ex07_zero_bubble.py   lesson 07: the backward split into I and W, and the zero-bubble schedule ZB-H1
@@ -23,5 +23,6 @@ The tests take your functions as they are and run them for real: on MPI ranks (l
 through the validator and the simulator, and through ``pipeline_ref``'s executor on real ranks,
 whose gradients must equal those of the unsplit model on one process.
 Each stub's message carries a one-line hint. Stuck? ``exercises/hints/exNN_topic.md`` has longer hints, one
-section per function: a question first, then a nudge and the idea, each folded behind the one before. ``solutions/`` holds one answer.
+section per function: a question first, then a nudge and the idea, each folded behind the one before.
+``solutions/`` holds one answer.
 """
