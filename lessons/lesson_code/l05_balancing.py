@@ -3,6 +3,7 @@
     big_vocab_gpt()                       # the model factory the ranks train: --model lesson_code.l05_balancing:big_vocab_gpt
     costs = layer_costs(cfg)              # seconds of forward + backward per layer, measured here on one core
     simulate_split(costs, ranges, "1f1b", 4)   # the step those costs predict for a split
+    prediction_sentence(...)              # is a split's predicted step inside the band of its measured one?
 
 The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MPI.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from lesson_code.common import LESSON_MODEL
-from pipeline_ref import models, profiling, schedules, simulate
+from pipeline_ref import band, models, profiling, schedules, simulate
 from pipeline_ref.config import RunConfig, build_model
 from pipeline_ref.device import choose
 
@@ -34,8 +35,9 @@ def big_vocab_gpt(vocab: int = 8192, dim: int = 128, heads: int = 4, blocks: int
                            seed=seed)
 
 
-def layer_costs(cfg: RunConfig, repeats: int = 3) -> list[float]:
-    """Seconds of forward + backward of each layer on one microbatch, on one core of this process (or its GPU).
+def layer_costs(cfg: RunConfig, repeats: int = 7) -> list[float]:
+    """Seconds of forward + backward of each layer on one microbatch, on one core of this process (or its GPU):
+    the median of ``repeats`` alternating rounds after a warm-up round.
 
     The same measurement the ranks make for ``partition="time"`` (``pipeline_ref.profiling.layer_costs``).
     """
@@ -91,3 +93,24 @@ def layer_bars(names: list[str], params: list[int], costs: list[float], splits: 
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def run_stage_costs(trace) -> list[float]:
+    """Each rank's mean forward + backward of one microbatch in a measured run, with the executor's own time
+    between actions (``band.run_costs``): the costs the run itself played, beside the profile's."""
+    costs = band.run_costs(trace)
+    return [f + b for f, b in zip(costs["forward"], costs["backward"])]
+
+
+def prediction_sentence(name: str, predicted: float, measured: float, explained, causes: list[str]) -> str:
+    """Whether a split's step predicted from the profile lies in the band of its measured step, as a sentence.
+
+    ``explained`` is ``measure``'s Band (seconds): the step the schedule explains with the runs' own costs.
+    A prediction outside it means the profile's costs are not the ones the runs played (``causes``: what
+    the protocol flagged, such as contention for the cores).
+    """
+    low, high = explained.low, explained.high
+    where = "inside" if low <= predicted <= high else "outside"
+    text = (f"{name}: predicted {predicted * 1e3:.0f} ms, measured median {measured * 1e3:.0f} ms, band "
+            f"{low * 1e3:.0f}-{high * 1e3:.0f} ms: the prediction is {where} the band")
+    return text + (f"; flagged: {' and '.join(causes)}" if causes else "")
