@@ -122,6 +122,11 @@ def test_a_hugging_face_config_becomes_a_shape(tmp_path):
                     '"tie_word_embeddings": false}')
     shape = plan_cli.from_hf_config(str(path))
     assert shape.num_parameters() == cluster.MODELS["llama3-70b"].num_parameters()
+    assert plan_cli.from_hf_config(str(tmp_path)).num_parameters() == shape.num_parameters()     # its folder
+    gpt2 = plan_cli.from_hf_config({"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
+                                    "n_positions": 1024, "vocab_size": 50257})
+    assert (gpt2.num_layers, gpt2.hidden, gpt2.heads, gpt2.seq_len, gpt2.ffn) == (12, 768, 12, 1024, 3072)
+    assert gpt2.num_parameters() / 1e6 == pytest.approx(124.4, rel=0.01)      # GPT-2 small's 124M
 
 
 def test_published_table_recomputes_to_the_committed_one():
