@@ -63,11 +63,11 @@ def bubble_table(num_stages: int, microbatches, chunks) -> list[str]:
     return lines
 
 
-def schedule_search(plan: step_model.Plan, candidates, limit: float) -> tuple[list[str], str]:
+def schedule_search(plan: step_model.Plan, candidates, limit: float) -> tuple[list[str], str, dict]:
     """Each (schedule, chunks): its simulated step with the plan's per-stage costs and its memory per GPU;
-    and the fastest that fits ``limit`` bytes."""
+    the fastest that fits ``limit`` bytes; and {label: (step seconds, memory bytes)}."""
     lines = [f"{'schedule':>16}{'step s':>9}{'bubble':>9}{'memory GB':>11}  fits"]
-    best, best_step = None, math.inf
+    best, best_step, found = None, math.inf, {}
     for name, chunks in candidates:
         candidate = replace(plan, schedule=name, chunks=chunks)
         fwd, bwd, message = step_model.stage_costs(candidate)
@@ -79,11 +79,12 @@ def schedule_search(plan: step_model.Plan, candidates, limit: float) -> tuple[li
         memory = step_model.memory_bytes(candidate)
         fits = memory <= limit
         label = name + (f" v={chunks}" if name == "interleaved" else "")
+        found[label] = (trace.makespan, memory)
         lines.append(f"{label:>16}{trace.makespan:>9.2f}{1 - trace.utilization:>9.3f}{memory / GB:>11.1f}  "
                      f"{'yes' if fits else 'no'}")
         if fits and trace.makespan < best_step:
             best, best_step = label, trace.makespan
-    return lines, best
+    return lines, best, found
 
 
 def published_rows(path) -> list[dict]:
