@@ -9,7 +9,10 @@ heartbeat file into OUTDIR (so the launcher can make sure it is gone, and say wh
 ``function(MPI.COMM_WORLD, *args, **kwargs)`` and saves what it returns to OUTDIR/rank<r>.pt. If it raises, the rank
 prints one line naming itself, what it was doing, the error and the line of the user's code it came from (launch.py
 reads it), then the exception propagates and ``python -m mpi4py`` aborts every rank (a refused configuration aborts
-at once, without a traceback: the one line is the whole story).
+at once, without a traceback: the one line is the whole story). A rank that leaves before its target returns,
+with exit code 0 (``sys.exit(0)``, ``os._exit(0)``), says so the same way, with its last action: the others
+cannot go on without it, and MPI would otherwise show it as a success, or blame a rank it killed while
+cleaning up.
 """
 import importlib
 import os
@@ -46,6 +49,23 @@ def _where(err: BaseException) -> str:
     return f" (at {shown}:{frame.lineno})"
 
 
+def _left_early(how: str) -> str:
+    """Report that this rank leaves before its target returned (the others would wait for it); the message."""
+    message = f"left the run early ({how}) while {watchdog.doing()}"
+    watchdog.beat(message, watched=False)      # the heartbeat keeps it if stderr is cut short
+    watchdog.report(message)
+    return message
+
+
+def _reporting_exit(real_exit):
+    """``os._exit`` that first reports an exit with code 0 (a success, to MPI) in the middle of the run."""
+    def leave(code: int):
+        if code == 0:
+            _left_early("os._exit(0), exit code 0")
+        real_exit(code)
+    return leave
+
+
 def main(payload_path: str, outdir: str) -> None:
     with open(payload_path, "rb") as f:
         target, args, kwargs, stall_timeout, launcher = pickle.load(f)
@@ -61,7 +81,14 @@ def main(payload_path: str, outdir: str) -> None:
         watchdog.beat("waiting for the other ranks to start", watched=False)
         MPI.COMM_WORLD.Barrier()
         watchdog.beat(f"starting {target}")
-        result = function(MPI.COMM_WORLD, *args, **kwargs)
+        real_exit, os._exit = os._exit, _reporting_exit(os._exit)
+        try:
+            result = function(MPI.COMM_WORLD, *args, **kwargs)
+        finally:
+            os._exit = real_exit
+    except SystemExit as err:     # sys.exit() inside the target: not a failure to MPI if its code is 0
+        _left_early(f"sys.exit({err.code!r}), exit code {0 if err.code is None else err.code}")
+        watchdog.abort_all(MPI.COMM_WORLD, 1)
     except BaseException as err:
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
         config = sys.modules.get("pipeline_ref.config")   # loaded if the target could raise its ConfigError
@@ -72,7 +99,7 @@ def main(payload_path: str, outdir: str) -> None:
         if refused:
             watchdog.abort_all(MPI.COMM_WORLD, 2)   # the user's request, refused: the line above says it all
         raise
-    watchdog.beat("saving the result")
+    watchdog.beat("saving the result", watched=False)   # importing torch can take seconds on a busy machine
     import torch   # only now: a target that needs no torch starts in a fraction of a second
     torch.save(result, f"{outdir}/rank{rank}.pt")
     watchdog.beat("finished", watched=False)

@@ -159,8 +159,11 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
         results = []
         for rank in range(num_ranks):
             path = Path(tmp) / f"rank{rank}.pt"
-            if not path.exists():
-                raise LaunchError(f"rank {rank} exited without a result\n" + _tail(out, err))
+            if not path.exists():     # a rank left early with code 0 and MPI ended the others: it said so
+                said = (any(line.startswith(MARK) for line in err)
+                        or _beats(Path(tmp), num_ranks, "left the run"))
+                raise LaunchError(_failure(num_ranks, code, False, timeout, out, err, Path(tmp)) if said
+                                  else f"rank {rank} exited without a result\n" + _tail(out, err))
             results.append(torch.load(path, weights_only=False))
         return results
 
@@ -253,11 +256,35 @@ def _merge_reports(reports: list[str]) -> list[str]:
 def _cause_first(report: str) -> int:
     """Which report is the cause: a failure, then a rank stuck on its own work, then one stuck waiting for another,
     then a rank that left because its launcher went."""
-    if ": failed while " in report:
+    if ": failed while " in report or ": left the run early " in report or " left the run early: " in report:
         return 0
     if ": stuck for " in report:
         return 2 if "waiting for" in report.split(" while ", 1)[-1] else 1
     return 3
+
+
+def _ranks_named(report: str) -> set[int]:
+    """The ranks a report is about: "rank 3 (stage 1, replica 1): ..." -> {3}, "ranks 0, 1: ..." -> {0, 1}."""
+    head = re.match(r"ranks? ([\d, ]+)", report)
+    return {int(r) for r in re.findall(r"\d+", head[1])} if head else set()
+
+
+def _beats(tmp: Path, num_ranks: int, prefix: str) -> list[tuple[int, str]]:
+    """(rank, last report) of the ranks whose heartbeat file's last report starts with ``prefix``."""
+    beats = [(r, watchdog.read_heartbeat(tmp / f"rank{r}.beat")) for r in range(num_ranks)]
+    return [(r, b[0]) for r, b in beats if b and b[0].startswith(prefix)]
+
+
+def _returned_early(reports: list[str], tmp: Path) -> list[str]:
+    """A rank whose target returned (exit code 0) while another was stuck waiting for it: the cause."""
+    for report in reports:
+        waited = re.match(r"ranks? (\d+).*: stuck for .* waiting for .* from rank (\d+)", report)
+        if waited:
+            beat = watchdog.read_heartbeat(tmp / f"rank{waited[2]}.beat")
+            if beat and beat[0] in ("saving the result", "finished"):     # its target has returned
+                return [f"rank {waited[2]} left the run early: its target returned (exit code 0) while rank "
+                        f"{waited[1]} still waited for it"]
+    return []
 
 
 def _died(out: list, tmp: Path) -> tuple[int, str] | None:
@@ -289,9 +316,10 @@ def _failure(num_ranks, code, timed_out, timeout, out, err, tmp: Path) -> str:
     reports = _merge_reports([line.strip()[len(MARK):].strip() for line in err if line.startswith(MARK)])
     reports.sort(key=_cause_first)      # stable: among equals, the first reported first
     if not reports:     # MPI_Abort may kill the proxy before it forwards a rank's last stderr line
-        beats = [(r, watchdog.read_heartbeat(tmp / f"rank{r}.beat")) for r in range(num_ranks)]
-        reports = _merge_reports([f"rank {r}: {b[0]}" for r, b in beats if b and b[0].startswith("failed while")])
-    named = {int(r) for report in reports for r in re.findall(r"\d+", report.split(":", 1)[0])}
+        reports = _merge_reports([f"rank {r}: {text}" for r, text in _beats(tmp, num_ranks, "failed while")
+                                  + _beats(tmp, num_ranks, "left the run")])
+    reports = _returned_early(reports, tmp) + reports
+    named = set().union(*(_ranks_named(report) for report in reports))
     died = None if reports else _died(out, tmp)
     if died is not None:
         rank, how = died

@@ -84,6 +84,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     layers, ranges, costs = model.layers, model.ranges, model.costs     # pieces (split.py) or the layers
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
+    watchdog.locate(f"stage {topo.stage}, replica {topo.replica}" if cfg.dp > 1 else "")   # in its reports
     rank = topo.stage
     transport = (open_transport(comm, topo, schedule, device, cfg.stall_timeout, cfg.schedule) if cfg.transport == "torch"
                  else MPITransport(topo.pipeline, sync_sends=cfg.sync_sends))
@@ -107,7 +108,7 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
 
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
     in_specs, out_specs = agree_specs(transport, stages, pipe, rank, sample)
-    executor = Executor(stages, plan(schedule[rank], pipe, rank, in_specs, out_specs),
+    executor = Executor(stages, _by_world_rank(plan(schedule[rank], pipe, rank, in_specs, out_specs), topo),
                         Messenger(transport, device), rank, device, skip_nonfinite=cfg.skips_nonfinite)
 
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
@@ -129,6 +130,17 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
     if cfg.resume_from:
         run_checkpoint.resume(run)
     return run
+
+
+def _by_world_rank(steps: list, topo) -> list:
+    """With --dp > 1, "waiting for ... from rank k" names the world rank mpiexec shows, and its stage."""
+    if topo.grid.dp == 1:
+        return steps
+    from dataclasses import replace
+    named = lambda s: f"from rank {topo.grid.rank(s, topo.replica)} (stage {s})"
+    return [replace(step, waiting=step.waiting.replace(f"from rank {step.receive.source}",
+                                                       named(step.receive.source)))
+            if step.receive is not None else step for step in steps]
 
 
 def train_step(run: RankRun, step: int) -> dict:

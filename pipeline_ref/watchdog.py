@@ -7,9 +7,9 @@ each thing that can block. A thread of the rank (``start``) then watches two thi
 * **stalls**: if nothing new is reported for ``stall_timeout`` seconds, it prints the rank
   and its last report to stderr and exits the process; ``mpiexec`` then ends every other
   rank. A run fails with a message naming the rank and what it was doing, instead of
-  hanging. A report that says "waiting for" gets a little longer (a quarter more, at least
-  1 s), so when one rank hangs computing and its neighbour waits for it, the one that hangs
-  is the one named first.
+  hanging. A report that says "waiting for" (or "all-reducing", a collective that waits for
+  the other replicas) gets a little longer (a quarter more, at least 1 s), so when one rank
+  hangs computing and its neighbour waits for it, the one that hangs is the one named first.
 * **its launcher**: the processes between this rank and the one that started the run
   (``launch()``'s Python, or just the rank's parent under a plain ``mpiexec``/``srun``).
   If any of them goes (killed, interrupted, a Jupyter kernel restarted), the rank exits
@@ -54,6 +54,7 @@ HEARTBEAT_BYTES = 512
 _POLL = 0.5                           # seconds between looks: a lost launcher is noticed this fast
 
 _rank: int = -1
+_where: str = ""          # " (stage 1, replica 1)" with data parallelism: the rank's place, in its reports
 _doing: str = "starting"
 _since: float | None = time.monotonic()
 _board: mmap.mmap | None = None
@@ -71,10 +72,16 @@ def doing() -> str:
     return _doing
 
 
+def locate(where: str) -> None:
+    """Say where this rank sits (``"stage 1, replica 1"``) in its reports, beside its world rank."""
+    global _where
+    _where = f" ({where})" if where else ""
+
+
 def report(message: str) -> None:
     # One write per report, so two ranks' lines do not interleave.
     try:
-        sys.stderr.write(f"{MARK} rank {_rank}: {message}\n")
+        sys.stderr.write(f"{MARK} rank {_rank}{_where}: {message}\n")
         sys.stderr.flush()
     except (OSError, ValueError):     # nobody reads our stderr any more (the launcher is gone)
         pass
@@ -203,7 +210,8 @@ def start(rank: int, stall_timeout: float | None, heartbeat_dir: str | None = No
             if not stall_timeout or since is None:
                 continue
             stalled = time.monotonic() - since
-            limit = stall_timeout + (max(1.0, stall_timeout / 4) if "waiting for" in _doing else 0.0)
+            waits = "waiting for" in _doing or "all-reducing" in _doing    # a collective waits for the others
+            limit = stall_timeout + (max(1.0, stall_timeout / 4) if waits else 0.0)
             if stalled > limit:
                 report(f"stuck for {stalled:.0f} s while {_doing}; ending the run")
                 sys.stdout.flush()
