@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     plan.add_argument("--efficiency", type=float, default=planner.EFFICIENCY,
                       help="fraction of peak the kernels reach (default: calibrated on Megatron-LM 2021)")
     plan.add_argument("--top", type=int, default=5)
+    plan.add_argument("--overlap-dp", action="store_true",
+                      help="the data-parallel gradient reduction hidden behind the backward (default: after it)")
+    plan.add_argument("--distributed-optimizer", action="store_true",
+                      help="Adam's state sharded over the data-parallel replicas (6 + 12/dp bytes per parameter)")
 
 
 def load_model(args) -> cluster.Transformer:
@@ -85,7 +89,8 @@ def main(args) -> int:
         model = load_model(args)
         batch = args.global_batch or 2 * args.gpus        # Megatron's runs: one to two sequences per GPU
         space = planner.Space(model, args.device, args.gpus, batch, gpus_per_node=args.nodes_of,
-                              precision=args.precision, recompute=("none", "full"), flash_attention=True)
+                              precision=args.precision, recompute=("none", "full"), flash_attention=True,
+                              overlap_dp=args.overlap_dp, distributed_optimizer=args.distributed_optimizer)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     found = planner.search(space, args.efficiency)
@@ -103,10 +108,11 @@ def main(args) -> int:
     print(f"{'#':>2}  {'configuration':62} {'step s':>8} {'bubble':>7} {'GiB/GPU':>8} {'MFU':>6} "
           f"{'tok/s/GPU':>10}")
     for i, e in enumerate(ranked[:args.top], 1):
-        mark = "" if e.simulated else "*"
+        mark = "*" if e.plan.pp > 1 and not e.simulated else ""      # one stage: nothing to replay
         print(f"{i:>2}  {e.plan.describe():62} {e.step_seconds:>7.2f}{mark:1} {e.bubble:>7.1%} "
               f"{e.memory_bytes / 2**30:>8.1f} {e.mfu:>6.1%} {e.tokens_per_second_per_gpu:>10.0f}")
-    print("(* closed form only: too large to replay in the simulator quickly)")
+    if any(e.plan.pp > 1 and not e.simulated for e in ranked[:args.top]):
+        print("(* the closed form only: too many actions to replay in the simulator quickly)")
     reasons = planner.why_lost(found, ranked[0])
     print("why the others lost: " + ", ".join(f"{reason} {count}" for reason, count in
                                               sorted(reasons.items(), key=lambda kv: -kv[1])))
