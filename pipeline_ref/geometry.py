@@ -52,6 +52,19 @@ def result_of(op: str) -> str:
     return "B" if op in ("B", "I") else op
 
 
+def actions_of(op: str, count: int, chunk: int = 0) -> list[Action]:
+    """``[Action(op, 0, chunk), ..., Action(op, count - 1, chunk)]``: generators share these between ranks."""
+    return [Action(op, i, chunk) for i in range(count)]
+
+
+def interleave(*lists: list) -> list:
+    """``[a0, b0, c0, a1, b1, c1, ...]`` from lists of one length: a schedule's repeating groups, built by slicing."""
+    out = [None] * sum(map(len, lists))
+    for k, items in enumerate(lists):
+        out[k::len(lists)] = items
+    return out
+
+
 class Schedule(tuple):
     """One tuple of :class:`Action` per pipeline rank, and the ``layout`` of its chunks. Immutable.
 

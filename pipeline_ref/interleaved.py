@@ -21,7 +21,7 @@ alternates one forward and one backward, then drains the backwards.
 """
 from __future__ import annotations
 
-from .geometry import Action, Schedule, ScheduleError
+from .geometry import Action, Schedule, ScheduleError, interleave
 
 
 def _nth(k: int, num_stages: int, chunks: int, op: str) -> Action:
@@ -40,15 +40,14 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> Sche
         raise ScheduleError(f"interleaved 1F1B sends microbatches through the chunks in groups of num_stages, so "
                             f"num_microbatches ({num_microbatches}) must be a multiple of num_stages ({num_stages})")
     total = num_microbatches * chunks                 # actions of each kind on every rank
+    forwards = [_nth(k, num_stages, chunks, "F") for k in range(total)]   # the same order on every rank
+    backwards = [_nth(k, num_stages, chunks, "B") for k in range(total)]
     schedule = []
     for rank in range(num_stages):
         if chunks == 1:                               # plain 1F1B
             warmup = min(num_stages - rank - 1, total)
         else:
             warmup = min((num_stages - rank - 1) * 2 + (chunks - 1) * num_stages, total)
-        actions = [_nth(k, num_stages, chunks, "F") for k in range(warmup)]
-        for i in range(total - warmup):
-            actions += [_nth(warmup + i, num_stages, chunks, "F"), _nth(i, num_stages, chunks, "B")]
-        actions += [_nth(i, num_stages, chunks, "B") for i in range(total - warmup, total)]
-        schedule.append(actions)
+        steady = interleave(forwards[warmup:], backwards[:total - warmup])   # F(warmup + i), B(i)
+        schedule.append(forwards[:warmup] + steady + backwards[total - warmup:])
     return Schedule(schedule)

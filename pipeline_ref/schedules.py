@@ -19,6 +19,7 @@ re-exported here, where users look for it.
 from __future__ import annotations
 
 from .geometry import OPS, Action, Schedule, ScheduleError  # noqa: F401  (the names users import from here)
+from .geometry import actions_of, interleave
 from .asynchronous import ASYNCHRONOUS, pipedream, pipedream_2bw  # noqa: F401
 from .dualpipe import dualpipev
 from .interleaved import interleaved
@@ -30,15 +31,14 @@ from .zero_bubble import zb_h1, zb_h2, zbv
 
 def naive(num_stages: int, num_microbatches: int) -> Schedule:
     """One microbatch at a time through the whole pipeline: only one rank is ever busy."""
-    return Schedule([[a for i in range(num_microbatches) for a in (Action("F", i), Action("B", i))]
-                     for _ in range(num_stages)])
+    actions = tuple(interleave(actions_of("F", num_microbatches), actions_of("B", num_microbatches)))
+    return Schedule([actions] * num_stages)      # every rank the same (immutable) list
 
 
 def gpipe(num_stages: int, num_microbatches: int) -> Schedule:
     """GPipe: all forwards, then all backwards. Every rank stashes all m activations."""
-    forwards = [Action("F", i) for i in range(num_microbatches)]
-    backwards = [Action("B", i) for i in range(num_microbatches)]
-    return Schedule([forwards + backwards for _ in range(num_stages)])
+    actions = tuple(actions_of("F", num_microbatches) + actions_of("B", num_microbatches))
+    return Schedule([actions] * num_stages)
 
 
 def one_f_one_b(num_stages: int, num_microbatches: int) -> Schedule:
@@ -47,14 +47,13 @@ def one_f_one_b(num_stages: int, num_microbatches: int) -> Schedule:
     Stage s runs num_stages - s - 1 warmup forwards, so it never stashes more than
     min(num_stages - s, num_microbatches) activations.
     """
+    m = num_microbatches
+    forwards, backwards = actions_of("F", m), actions_of("B", m)
     schedule = []
     for stage in range(num_stages):
-        warmup = min(num_stages - stage - 1, num_microbatches)
-        actions = [Action("F", i) for i in range(warmup)]
-        for i in range(num_microbatches - warmup):          # steady state
-            actions += [Action("F", warmup + i), Action("B", i)]
-        actions += [Action("B", i) for i in range(num_microbatches - warmup, num_microbatches)]
-        schedule.append(actions)
+        warmup = min(num_stages - stage - 1, m)
+        steady = interleave(forwards[warmup:], backwards[:m - warmup])     # F(warmup + i), B(i)
+        schedule.append(forwards[:warmup] + steady + backwards[m - warmup:])
     return Schedule(schedule)
 
 

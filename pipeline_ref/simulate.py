@@ -24,78 +24,121 @@ close the prediction came:
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from bisect import bisect_left
+from math import fsum
+from operator import sub
+from typing import NamedTuple
 
+import numpy as np
+
+from . import action_costs, play
+from .action_costs import Cost, Latency
 from .geometry import Action, Pipeline, Schedule, ScheduleError, result_of
-from .replay import check_structure, deadlock_message, replay
+from .replay import Plan, compile_schedule, deadlock_message, stuck_ranks, sweep
 from .theory import bubble as theory_bubble, peak_stashed as theory_peak_stashed  # noqa: F401
 from .theory import utilization as theory_utilization  # noqa: F401  (the names the lessons use)
-from .trace import Event, Trace, Wait
-
-Cost = float | Sequence[float]  # one cost for every rank, or one per rank
+from .trace import Deferred, Event, Trace, Wait
 
 
-def _per_rank(name: str, cost: Cost, num_stages: int) -> list[float]:
-    costs = [float(cost)] * num_stages if isinstance(cost, (int, float)) else [float(c) for c in cost]
-    if len(costs) != num_stages:
-        raise ValueError(f"{name}: {len(costs)} costs given for {num_stages} ranks (give one, or one per rank)")
-    if any(c < 0 for c in costs):
-        raise ValueError(f"{name}: costs must be non-negative, got {costs}")
-    return costs
-
-
-def simulate(schedule: Schedule, forward: Cost = 1.0, backward: Cost = 2.0, latency: float = 0.0, *,
+def simulate(schedule: Schedule, forward: Cost = 1.0, backward: Cost = 2.0, latency: Latency = 0.0, *,
              input_grad: Cost | None = None, weight_grad: Cost | None = None,
-             time_unit: str = "cost units") -> Trace:
+             forward_backward: Cost | None = None, time_unit: str = "cost units") -> Trace:
     """Trace of ``schedule`` played with the given per-op costs.
 
-    forward, backward: cost of F and B, one number or a list with one per rank.
-    latency: time from an action's end to the arrival of its message on another rank.
+    forward, backward: cost of F and B: one number, one per rank (each a number or one per chunk), or per
+    action, a callable (rank, chunk, microbatch) or a mapping with those keys (``action_costs.py``).
+    latency: time from an action's end to the arrival of its message on another rank: a number, a callable
+    (source, destination) or a table latency[source][destination].
     input_grad, weight_grad: cost of the zero-bubble halves I and W (default backward / 2 each).
+    forward_backward: cost of an overlapped F&B pair (DualPipe): when given, a forward immediately followed
+    on its rank by a whole backward B of another chunk runs as one action that starts once both inputs
+    have arrived, takes this cost (asked with the forward's rank, chunk, microbatch), and hands both
+    results on at its end; the trace splits its time between the two events in proportion F : B.
     time_unit: what the costs are in, for axis labels ("s" when they are measured seconds).
     Raises ScheduleError for a schedule that would deadlock or is malformed.
     """
-    schedule = check_structure(schedule)
-    num_stages = len(schedule)
-    if latency < 0:
-        raise ValueError(f"message latency must be non-negative, got {latency}")
-    cost = {"F": _per_rank("forward", forward, num_stages), "B": _per_rank("backward", backward, num_stages)}
-    cost["I"] = (_per_rank("input_grad", input_grad, num_stages) if input_grad is not None
-                 else [b / 2 for b in cost["B"]])
-    cost["W"] = (_per_rank("weight_grad", weight_grad, num_stages) if weight_grad is not None
-                 else [b / 2 for b in cost["B"]])
-
-    ended: dict[tuple[int, int, int, str], float] = {}  # (rank, chunk, microbatch, result) -> end time
-    free = [0.0] * num_stages
-    events: list[Event] = []
-    waits: list[Wait] = []
-
-    def play(rank, action, dependency):
-        # Replay visits an action after the one it depends on, and each rank's actions in order, so the
-        # start time (rank free, message arrived) is known here.
-        ready = free[rank]
-        if dependency is not None:
-            source, needed = dependency
-            arrival = ended[(source, needed.chunk, needed.microbatch, needed.op)] + (latency if source != rank else 0.0)
-            if arrival > ready:
-                what = "activation" if action.op == "F" else "gradient"
-                waits.append(Wait(rank, f"recv {what} {action.microbatch} from rank {source}", ready, arrival))
-                ready = arrival
-        end = ready + cost[action.op][rank]
-        events.append(Event(rank, action.op, action.microbatch, action.chunk, ready, end))
-        ended[(rank, action.chunk, action.microbatch, result_of(action.op))] = end
-        free[rank] = end
-
-    stuck = replay(schedule, play)
+    plan = compile_schedule(schedule)
+    num_stages = len(plan.schedule)
+    matrix = action_costs.latency_matrix(latency, num_stages)
+    costs = [action_costs.of_actions("forward", forward, plan, 0), action_costs.of_actions("backward", backward, plan, 1),
+             (action_costs.of_actions("input_grad", input_grad, plan, 2) if input_grad is not None
+              else action_costs.of_actions("backward", backward, plan, 2, halve=True)),
+             (action_costs.of_actions("weight_grad", weight_grad, plan, 3) if weight_grad is not None
+              else action_costs.of_actions("backward", backward, plan, 3, halve=True))]
+    per_action = [(f + b + i + w) for f, b, i, w in zip(*costs)]
+    pairs = _pairs(plan, costs, forward_backward) if forward_backward is not None else {}
+    rows = play.rows_of(plan, per_action, action_costs.of_messages(matrix, plan),
+                        {key: cost for key, (cost, _) in pairs.items()})
+    position, starts, waits = play.play(plan, rows, pairs)
+    stuck = stuck_ranks(plan, position)
     if stuck:
-        raise ScheduleError(deadlock_message(schedule, stuck))
-    trace = Trace(num_ranks=num_stages, events=events, waits=waits)
-    trace.peak_stashed = trace.stash_counts()
-    trace.meta = {"source": "simulated", "num_stages": num_stages, "time_unit": time_unit, "layout": schedule.layout,
-                  "num_microbatches": schedule.num_microbatches,
-                  "costs": {"forward": cost["F"], "backward": cost["B"], "input_grad": cost["I"],
-                            "weight_grad": cost["W"], "latency": float(latency)}}
+        raise ScheduleError(deadlock_message(plan.schedule, stuck))
+    for (rank, index), (whole, _) in pairs.items():
+        per_action[rank][index + 1] = whole        # the pair's B carries the pair's cost
+    ends = [(np.array(start) + cost).tolist() for start, cost in zip(starts, per_action)]
+    raw_starts = {rank: list(starts[rank]) for rank, _ in pairs}    # to place the waits (before the split)
+    for (rank, index), (_, share) in pairs.items():    # the pair's time, split F : B between its two events
+        starts[rank][index] = starts[rank][index + 1]
+        ends[rank][index] = starts[rank][index + 1] = starts[rank][index] + share
+    span = (max(e[-1] for e in ends if e) - min(s[0] for s in starts if s)) if any(starts) else 0.0
+    busy = fsum(d for start, end in zip(starts, ends) for d in map(sub, end, start))
+    trace = Trace(num_ranks=num_stages)
+    trace.defer(Deferred(lambda: _objects(plan, starts, ends, waits, raw_starts), span, busy))
+    trace.peak_stashed = [max(0, int(np.cumsum(holds).max())) if len(holds) else 0 for holds in plan.holds]
+    trace.meta = {"source": "simulated", "num_stages": num_stages, "time_unit": time_unit,
+                  "layout": plan.schedule.layout, "num_microbatches": plan.num_microbatches,
+                  "costs": {**_cost_tables(num_stages, forward, backward, input_grad, weight_grad),
+                            "latency": float(latency) if isinstance(latency, (int, float)) else matrix.tolist()}}
+    if pairs:
+        trace.meta["overlapped_pairs"] = len(pairs)
     return trace
+
+
+def _cost_tables(num_stages: int, forward, backward, input_grad, weight_grad) -> dict:
+    """The costs for the trace's meta: one entry per rank (a number or one per chunk), or "per action"."""
+    tables = {name: action_costs.per_rank(name, cost, num_stages)
+              for name, cost in (("forward", forward), ("backward", backward))}
+    for name, cost in (("input_grad", input_grad), ("weight_grad", weight_grad)):
+        if cost is not None:
+            tables[name] = action_costs.per_rank(name, cost, num_stages)
+        elif tables["backward"] is not None:       # half a backward each
+            tables[name] = [[c / 2 for c in b] if isinstance(b, list) else b / 2 for b in tables["backward"]]
+        else:
+            tables[name] = None
+    return {name: table if table is not None else "per action" for name, table in tables.items()}
+
+
+def _pairs(plan: Plan, costs: list, forward_backward) -> dict:
+    """Each F followed on its rank by a B of another chunk: {(rank, F's index): (the pair's cost, F's share)}.
+
+    The share is the part of the pair's time the trace gives the forward: in proportion F : B.
+    """
+    pair_costs = action_costs.of_actions("forward_backward", forward_backward, plan, 0)
+    pairs = {}
+    for rank, (ops, _, chunks) in enumerate(plan.columns):
+        for index in np.flatnonzero((ops[:-1] == 0) & (ops[1:] == 1) & (chunks[:-1] != chunks[1:])).tolist():
+            whole = float(pair_costs[rank][index])
+            forward, backward = float(costs[0][rank][index]), float(costs[1][rank][index + 1])
+            pairs[rank, index] = (whole, whole * (forward / (forward + backward) if forward + backward > 0 else 0.5))
+    return pairs
+
+
+def _objects(plan: Plan, starts: list, ends: list, waits: list, raw_starts: dict) -> tuple[list[Event], list[Wait]]:
+    """The Event and Wait objects of a play, in the order ``replay.sweep`` visits the actions."""
+    schedule, sources = plan.schedule, plan.sources
+    waited = {(rank, bisect_left(raw_starts.get(rank, starts[rank]), until)): (since, until)
+              for rank, mine in enumerate(waits) for since, until in mine}
+    events, blocked = [], []
+
+    def visit(rank: int, index: int) -> None:
+        op, microbatch, chunk = schedule[rank][index]
+        if (rank, index) in waited:
+            what = "activation" if op == "F" else "gradient"
+            blocked.append(Wait(rank, f"recv {what} {microbatch} from rank {sources[rank][index]}",
+                                *waited[rank, index]))
+        events.append(Event(rank, op, microbatch, chunk, starts[rank][index], ends[rank][index]))
+    sweep(plan, visit)
+    return events, blocked
 
 
 # --------------------------------------------------------------------------- calibration

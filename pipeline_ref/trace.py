@@ -25,7 +25,9 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field, asdict
+from math import fsum
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,18 @@ class Wait:
     end: float
 
 
+class Deferred(NamedTuple):
+    """A simulated step whose Event and Wait objects are not built yet, and the numbers that need none of them.
+
+    The simulator plays 10^5-10^6 actions in a search and most callers read only ``makespan``,
+    ``utilization`` and ``peak_stashed``; building an object per action would cost more than the play.
+    ``build()`` returns (events, waits), exactly the lists an eager trace would hold.
+    """
+    build: Callable[[], tuple[list[Event], list[Wait]]]
+    makespan: float
+    busy: float                                    # math.fsum of every event's duration
+
+
 @dataclass
 class Trace:
     num_ranks: int
@@ -64,9 +78,28 @@ class Trace:
     peak_memory_bytes: list[int] | None = None     # GPU runs only (torch.cuda.max_memory_allocated)
     meta: dict = field(default_factory=dict)       # schedule, num_microbatches, source ("simulated"/"measured"), ...
 
+    # ------------------------------------------------------------------ deferred events (simulate.py)
+    def defer(self, deferred: Deferred) -> "Trace":
+        """Hold the events and waits as ``deferred`` until someone reads them (``events``, ``waits``)."""
+        self.__dict__["_deferred"] = deferred
+        return self
+
+    def _built(self) -> dict:
+        state = self.__dict__
+        deferred = state.pop("_deferred", None)
+        if deferred is not None:
+            state["_events"], state["_waits"] = deferred.build()
+        return state
+
+    def __getstate__(self) -> dict:                # pickle and copy build the events first
+        return dict(self._built())
+
     # ------------------------------------------------------------------ derived numbers
     @property
     def makespan(self) -> float:
+        deferred = self.__dict__.get("_deferred")
+        if deferred is not None:
+            return deferred.makespan
         if not self.events:
             return 0.0
         return max(e.end for e in self.events) - min(e.start for e in self.events)
@@ -95,7 +128,10 @@ class Trace:
         span = self.makespan
         if span <= 0:
             return 0.0
-        return sum(e.duration for e in self.events) / (self.num_ranks * span)
+        deferred = self.__dict__.get("_deferred")
+        # fsum: exactly rounded whatever the events' order, so a deferred trace and its events agree
+        busy = deferred.busy if deferred is not None else fsum(e.duration for e in self.events)
+        return busy / (self.num_ranks * span)
 
     @property
     def bubble_fraction(self) -> float:
@@ -106,10 +142,14 @@ class Trace:
 
         A forward stashes; a B (or W, which ends a split backward) frees.
         """
+        by_rank: list[list[Event]] = [[] for _ in range(self.num_ranks)]
+        for e in self.events:                      # one pass, not one scan of every event per rank
+            if 0 <= e.rank < self.num_ranks:
+                by_rank[e.rank].append(e)
         peaks = []
-        for rank in range(self.num_ranks):
+        for mine in by_rank:
             held = peak = 0
-            for e in sorted((e for e in self.events if e.rank == rank), key=lambda e: e.start):
+            for e in sorted(mine, key=lambda e: e.start):
                 held += 1 if e.op == "F" else -1 if e.op in ("B", "W") else 0
                 peak = max(peak, held)
             peaks.append(peak)
@@ -129,6 +169,27 @@ class Trace:
                 data[key] = list(data[key])
         data["meta"] = dict(data.get("meta") or {})
         return cls(**data)
+
+
+def _get_events(trace: Trace) -> list[Event]:
+    return trace._built()["_events"]
+
+
+def _set_events(trace: Trace, events: list[Event]) -> None:
+    trace._built()["_events"] = events
+
+
+def _get_waits(trace: Trace) -> list[Wait]:
+    return trace._built()["_waits"]
+
+
+def _set_waits(trace: Trace, waits: list[Wait]) -> None:
+    trace._built()["_waits"] = waits
+
+
+# The dataclass's __init__, ==, repr and asdict all go through these, so a deferred trace is built on first use.
+Trace.events = property(_get_events, _set_events)
+Trace.waits = property(_get_waits, _set_waits)
 
 
 def executor_gaps(trace: Trace) -> dict:

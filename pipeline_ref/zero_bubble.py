@@ -32,33 +32,21 @@ two chunks together cost as much as one stage. See :func:`zbv`.
 """
 from __future__ import annotations
 
-from .geometry import Action, Schedule, ScheduleError
+from .geometry import Action, Schedule, ScheduleError, actions_of, interleave
 
 
 def zb_h1(num_stages: int, num_microbatches: int) -> Schedule:
     p, m = num_stages, num_microbatches
+    F, I, W = (actions_of(op, m) for op in "FIW")
     schedule = []
     for s in range(p):
-        actions: list[Action] = []
-        count = {"F": 0, "I": 0, "W": 0}
-
-        def run(*ops):
-            for op in ops:
-                actions.append(Action(op, count[op]))
-                count[op] += 1
-
-        for _ in range(min(p - s - 1, m)):
-            run("F")
-        for _ in range(s):
-            if count["F"] < m:
-                run("F", "I")
-        while count["F"] < m:
-            run("F", "I", "W")
-        while count["I"] < m:
-            run("I", "W")
-        while count["W"] < m:
-            run("W")
-        schedule.append(actions)
+        warmup = min(p - s - 1, m)                 # F
+        held = min(s, m - warmup)                  # F I, the Ws held back
+        steady = m - warmup - held                 # F I W
+        cooldown = m - held - steady               # I W
+        schedule.append(F[:warmup] + interleave(F[warmup:warmup + held], I[:held])
+                        + interleave(F[warmup + held:], I[held:held + steady], W[:steady])
+                        + interleave(I[held + steady:], W[steady:steady + cooldown]) + W[steady + cooldown:])
     return Schedule(schedule)
 
 
@@ -148,35 +136,20 @@ def zbv(num_stages: int, num_microbatches: int) -> Schedule:
     """
     p, m = num_stages, num_microbatches
     n = max(m, 2 * p - 1)
+    F0, F1, I0, I1, W0, W1 = (actions_of(op, n, chunk) for op in "FIW" for chunk in (0, 1))
+    turn = n - p                                   # steady-state groups (F1 goes from p to n)
     schedule = []
     for r in range(p):
-        actions: list[Action] = []
-        count = {(op, chunk): 0 for op in "FIW" for chunk in (0, 1)}
-
-        def run(*names: str) -> None:
-            """Run the next action of each name: "F0" is the next forward of chunk 0, "W1" the next W of chunk 1."""
-            for name in names:
-                op, chunk = name[0], int(name[1])
-                actions.append(Action(op, count[op, chunk], chunk))
-                count[op, chunk] += 1
-
-        for _ in range(2 * (p - r) - 1):
-            run("F0")
-        for _ in range(r):
-            run("F1", "F0")
-        for _ in range(p - r):
-            run("F1", "I1", "W1")
-        while count["F", 1] < count["F", 0] or count["F", 0] < n:
-            if count["F", 0] < n:
-                run("F0")
-            run("I0", "W0", "F1", "I1", "W1")
-        for _ in range(r):
-            run("I0", "I1")
-        for _ in range(p - r):
-            run("I0", "W0")
-        while count["W", 1] < count["I", 1]:
-            run("W1")
-        while count["W", 0] < count["I", 0]:
-            run("W0")
-        schedule.append([a for a in actions if a.microbatch < m])
+        warmup = 2 * (p - r) - 1                   # F0 down the V; then r x (F1 F0)
+        with_f0 = n - (warmup + r)                 # steady groups that still start a forward of chunk 0
+        up = p - r                                 # F1 I1 W1: the first gradients, on the way up
+        actions = (F0[:warmup] + interleave(F1[:r], F0[warmup:warmup + r])
+                   + interleave(F1[r:p], I1[:up], W1[:up])
+                   + interleave(F0[warmup + r:], I0[:with_f0], W0[:with_f0], F1[p:p + with_f0],
+                                I1[up:up + with_f0], W1[up:up + with_f0])
+                   + interleave(I0[with_f0:turn], W0[with_f0:turn], F1[p + with_f0:], I1[up + with_f0:up + turn],
+                                W1[up + with_f0:up + turn])
+                   + interleave(I0[turn:turn + r], I1[up + turn:]) + interleave(I0[turn + r:], W0[turn:turn + up])
+                   + W1[up + turn:] + W0[turn + up:])
+        schedule.append(actions if m == n else [a for a in actions if a.microbatch < m])
     return Schedule(schedule, layout="v")
