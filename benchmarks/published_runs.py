@@ -202,7 +202,8 @@ def write(out: Path, efficiency: float, rows: list[dict]) -> None:
               "Written by `.venv/bin/python benchmarks/published_runs.py` (arithmetic: no timing, any "
               "machine gives these numbers; `tests/test_planner.py` recomputes them). Sources of every row: "
               "`benchmarks/published_runs.py`. Rank: 1 + the plans (or layouts tp x cp x pp x dp, each at "
-              "its best variant) the planner predicts faster, among those that fit; the last rank column counts "
+              "its best variant) the planner predicts faster, among those that fit; the last rank column "
+              "counts "
               "only plans with the published configuration's recomputation. Error: predicted / published "
               "tokens per second per GPU - 1.", ""]
     (out / "results.md").write_text("\n".join(header + lines + [""] + WHY) + "\n")

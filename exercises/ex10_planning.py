@@ -1,4 +1,4 @@
-"""Exercise 10 (lesson 10, lessons/10_plan_a_run.ipynb): the memory and the step of one configuration of a real run.
+"""Exercise 10 (lesson 10, lessons/10_plan_a_run.ipynb): the memory and the step of one configuration.
 
 Before a run on hundreds of GPUs starts, three numbers decide whether a configuration is worth trying: the
 bytes one GPU must hold, how many of them are activations the schedule keeps, and how long a step takes
@@ -13,7 +13,7 @@ hidden size, ``a`` the number of attention heads, ``t`` the tensor-parallel size
     layer_activation_bytes(2048, 1, 12288, 96, tp=8, recompute="full")          50 MB
 
     10.1 layer_activation_bytes   what one transformer layer keeps for its backward (Korthikanti et al. 2022)
-    10.2 memory_per_gpu           weights, gradients, Adam's state and the stashed activations of the fullest GPU
+    10.2 memory_per_gpu           weights, gradients, Adam's state and the stashed activations, fullest GPU
     10.3 step_seconds             a step's time and its bubble, from one stage's forward and backward times
 
 Stuck? ``exercises/hints/ex10_planning.md`` has longer hints, one section per function.
@@ -68,12 +68,13 @@ def memory_per_gpu(parameters: float, num_layers: int, layer_bytes: float, tp: i
 
 def step_seconds(forward: float, backward: float, num_stages: int, num_microbatches: int,
                  chunks: int = 1, allreduce: float = 0.0) -> tuple[float, float]:
-    """``(step, bubble)`` of a 1F1B (``chunks=1``) or interleaved pipeline with equal stages and free messages.
+    """``(step, bubble)`` of 1F1B (``chunks=1``) or interleaved 1F1B, with equal stages and free messages.
 
     ``forward``, ``backward``: one microbatch through one whole stage (all its chunks). Every stage computes
     ``m (F + B)`` and idles while the pipeline fills and drains; with v chunks per stage a hop of the fill
     costs a v-th of a stage's time (lesson 06). Then the data-parallel ``allreduce`` (not overlapped).
-    ``bubble``: the idle fraction of the pipeline's time (the all-reduce not counted), lesson 06's closed form.
+    ``bubble``: the idle fraction of the pipeline's time (the all-reduce not counted): lesson 06's closed
+    form.
     For example ``step_seconds(1.0, 2.0, 4, 8) == (33.0, 9 / 33)``.
     """
     raise NotImplementedError(

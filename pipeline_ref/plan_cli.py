@@ -35,9 +35,9 @@ def add_parser(sub) -> None:
                       help="fraction of peak the kernels reach (default: calibrated on Megatron-LM 2021)")
     plan.add_argument("--top", type=int, default=5)
     plan.add_argument("--overlap-dp", action="store_true",
-                      help="the data-parallel gradient reduction hidden behind the backward (default: after it)")
+                      help="the data-parallel gradient reduction hidden behind the backward (default: after)")
     plan.add_argument("--distributed-optimizer", action="store_true",
-                      help="Adam's state sharded over the data-parallel replicas (6 + 12/dp bytes per parameter)")
+                      help="Adam's state sharded over the data-parallel replicas (6 + 12/dp bytes per param)")
 
 
 def load_model(args) -> cluster.Transformer:

@@ -14,7 +14,8 @@ replay). The planner (``planner.py``) enumerates configurations and ranks them b
 peak plus its tensor-parallel all-reduces; the pipeline's time from the schedule's closed-form utilization
 (``theory.utilization``) on the slowest stage, plus the messages on the fill and drain; then the
 data-parallel gradient reduction and the optimizer step, counted after the pipeline (``overlap_dp=True``
-hides the reduction, as Megatron-LM's ``--overlap-grad-reduce`` does in NVIDIA's recent recipes). ``simulate_estimate`` replays the schedule in the simulator instead
+hides the reduction, as Megatron-LM's ``--overlap-grad-reduce`` does in NVIDIA's recent recipes).
+``simulate_estimate`` replays the schedule in the simulator instead
 (per-stage costs: the last stage also computes the logits; messages cost their latency).
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The cluster cost model (pipeline_ref/cluster.py): shapes against their papers' parameter counts, the FLOP and
-activation formulas against their closed forms, messages and all-reduces against their definitions.
+"""The cluster cost model (pipeline_ref/cluster.py): shapes against their papers' parameter counts, the
+FLOP and activation formulas against their closed forms, messages and all-reduces against their definitions.
 
     .venv/bin/python -m pytest -q tests/test_cluster.py
 """
@@ -11,8 +11,8 @@ from pipeline_ref import cluster
 
 # Narayanan et al. 2021, Table 1: each model's parameter count (billions) as published.
 MEGATRON_PARAMETERS = {"megatron-1.7b": 1.7, "megatron-3.6b": 3.6, "megatron-7.5b": 7.5, "megatron-18b": 18.4,
-                       "megatron-39b": 39.1, "megatron-76b": 76.1, "megatron-145b": 145.6, "megatron-310b": 310.1,
-                       "megatron-530b": 529.6, "megatron-1t": 1008.0}
+                       "megatron-39b": 39.1, "megatron-76b": 76.1, "megatron-145b": 145.6,
+                       "megatron-310b": 310.1, "megatron-530b": 529.6, "megatron-1t": 1008.0}
 
 
 @pytest.mark.parametrize("key,billions", sorted(MEGATRON_PARAMETERS.items()))

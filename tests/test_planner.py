@@ -77,7 +77,8 @@ def test_the_simulator_agrees_with_the_closed_form_on_a_finalist():
     e = step_model.estimate(plan(dp=2, num_microbatches=16))
     replayed = step_model.simulate_estimate(e)
     assert replayed.simulated
-    # The replay sees the last stage's logits only on that stage, the closed form on every stage: close, not equal.
+    # The replay sees the last stage's logits only on that stage, the closed form on every stage: close, not
+    # equal.
     assert replayed.step_seconds == pytest.approx(e.step_seconds, rel=0.05)
     assert replayed.step_seconds <= e.step_seconds * (1 + 1e-9)
 

@@ -1,10 +1,10 @@
 """Lesson 10, planning a real run: the tables the notebook prints from pipeline_ref's cluster cost model.
 
     memory_table(model, device, layouts)        # states and activations per GPU for (tp, pp, recompute) rows
-    link_costs(model, device, microbatch)       # one layer's compute against its tensor-parallel all-reduces and
-                                                # its pipeline message, on NVLink and on InfiniBand
-    bubble_table(num_stages, microbatches, chunks)   # the closed-form bubble and stash for 1F1B and interleaved
-    schedule_search(plan, schedules, limit)     # each schedule's simulated step and memory, the fastest that fits
+    link_costs(model, device, microbatch)       # one layer's compute against its tensor-parallel all-reduces
+                                                # and its pipeline message, on NVLink and on InfiniBand
+    bubble_table(num_stages, microbatches, chunks)   # the closed-form bubble and stash, 1F1B and interleaved
+    schedule_search(plan, schedules, limit)     # each schedule's simulated step and memory; the fastest
     published_rows(path)                        # the committed planner-against-published table
 
 Everything here is arithmetic on a model of a cluster we do not have: predictions, labelled as such where the
@@ -23,13 +23,15 @@ GB = 1e9        # the seed's and the datasheets' decimal gigabytes
 
 def memory_table(model: cluster.Transformer, device: str, layouts, microbatch: int = 1,
                  num_microbatches: int = 64) -> list[str]:
-    """One line per (tp, pp, recompute): weights + gradients + Adam state, 1F1B's stashed activations, total."""
+    """One line per (tp, pp, recompute): weights + gradients + Adam state, 1F1B's stashed activations,
+    total."""
     limit = step_model.USABLE_MEMORY * cluster.DEVICES[device].memory
-    lines = [f"{'tp':>3}{'pp':>4} {'recompute':>10}{'states GB':>11}{'activations GB':>16}{'total GB':>10}  fits "
+    lines = [f"{'tp':>3}{'pp':>4} {'recompute':>10}{'states GB':>11}{'activations GB':>16}{'total GB':>10}"
+             f"  fits "
              f"{limit / GB:.1f} GB?"]
     for tp, pp, recompute in layouts:
-        plan = step_model.Plan(model, device, tp, pp, 1, microbatch, num_microbatches, "1f1b", recompute=recompute,
-                               sequence_parallel=True)
+        plan = step_model.Plan(model, device, tp, pp, 1, microbatch, num_microbatches, "1f1b",
+                               recompute=recompute, sequence_parallel=True)
         states = cluster.state_bytes(step_model.parameters_per_gpu(plan))
         total = step_model.memory_bytes(plan)
         lines.append(f"{tp:>3}{pp:>4} {recompute:>10}{states / GB:>11.1f}{(total - states) / GB:>16.1f}"
@@ -38,10 +40,11 @@ def memory_table(model: cluster.Transformer, device: str, layouts, microbatch: i
 
 
 def link_costs(model: cluster.Transformer, device: str, microbatch: int = 1, tp: int = 8) -> dict:
-    """Seconds of one layer's forward on one GPU of a ``tp`` group, of its two tensor-parallel all-reduces, and of
-    one pipeline message, each over NVLink and over InfiniBand."""
+    """Seconds of one layer's forward on one GPU of a ``tp`` group, of its two tensor-parallel all-reduces,
+    and of one pipeline message, each over NVLink and over InfiniBand."""
     dev = cluster.DEVICES[device]
-    compute = cluster.compute_seconds(model.layer_forward_flops(microbatch) / tp, dev, "bf16", step_model.EFFICIENCY)
+    compute = cluster.compute_seconds(model.layer_forward_flops(microbatch) / tp, dev, "bf16",
+                                      step_model.EFFICIENCY)
     activation = 2 * microbatch * model.seq_len * model.hidden           # bytes of b x s x h in 16 bits
     costs = {"layer forward": compute}
     for name, link in (("NVLink", cluster.NVLINK[device]), ("InfiniBand", cluster.NETWORK[device])):

@@ -1,4 +1,4 @@
-"""Graded: exercise 10, the memory and the step of one configuration of a real run (exercises/ex10_planning.py).
+"""Graded: exercise 10, the memory and the step of one configuration (exercises/ex10_planning.py).
 
     .venv/bin/python -m pytest tests/exercises/test_ex10_planning.py                # your functions
     .venv/bin/python -m pytest tests/exercises/test_ex10_planning.py --impl solutions
