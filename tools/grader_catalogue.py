@@ -27,7 +27,7 @@ class Entry:
 
 EX00, EX01, EX02, EX03 = "ex00_mpi_tensors", "ex01_naive_split", "ex02_gpipe", "ex03_1f1b"
 EX04, EX05, EX06, EX07 = "ex04_data_parallel", "ex05_balancing", "ex06_interleaved", "ex07_zero_bubble"
-EX09 = "ex09_asynchronous"
+EX08, EX09 = "ex08_real_transformer", "ex09_asynchronous"
 
 # The executor of exercise 3.3 as students write it wrong: each receive posted only when its action comes,
 # and each send waited for at once. With synchronous sends, 1F1B's steady state then deadlocks.
@@ -74,7 +74,7 @@ CATALOGUE = [
                     "comm.send((tuple(buf.shape), buf.dtype), dest=dest, tag=0)"),
                    ("comm.Send([_bytes_of(buf), MPI.BYTE], dest=dest, tag=tag)",
                     "comm.Send([_bytes_of(buf), MPI.BYTE], dest=dest, tag=0)")),
-          expect="did not send with the tag", within=120),
+          expect="ignored its tag", within=120),
     Entry("ex00 recv ignores its tag", EX00, "MPI.ANY_TAG in recv_tensor",
           changes=(("shape, dtype = comm.recv(source=source, tag=tag)",
                     "shape, dtype = comm.recv(source=source, tag=MPI.ANY_TAG)"),
@@ -94,6 +94,11 @@ CATALOGUE = [
           changes=(("return comm.Isend([_bytes_of(_wire(tensor)), MPI.BYTE], dest=dest, tag=tag)",
                     "return comm.Isend([_bytes_of(_wire(tensor)), MPI.BYTE], dest=dest, tag=0)"),),
           expect="isend_tensor ignored its tag", within=120),
+    Entry("ex00 isend blocks", EX00, "isend_tensor waits for its own send before returning the request",
+          changes=(("return comm.Isend([_bytes_of(_wire(tensor)), MPI.BYTE], dest=dest, tag=tag)",
+                    "request = comm.Isend([_bytes_of(_wire(tensor)), MPI.BYTE], dest=dest, tag=tag)\n"
+                    "    request.Wait()\n    return request"),),
+          expect="isend_tensor blocked", within=150),
     Entry("ex00 data pickled", EX00, "the whole tensor through lowercase send",
           changes=(("comm.Send([_bytes_of(buf), MPI.BYTE], dest=dest, tag=tag)",
                     "comm.send(buf, dest=dest, tag=tag)"),
@@ -154,6 +159,15 @@ CATALOGUE = [
           changes=(("    sends = []\n    for a in actions:\n",
                     "    sends = []\n    for a in sorted(actions, key=lambda a: a.op != \"F\"):\n"),),
           expect="in the order given"),
+    Entry("ex03 executor receives from rank -1", EX03, "rank 0 posts receives from rank - 1 (MPI_PROC_NULL on MPICH)",
+          select="run_actions", changes=(("if a.op == \"F\" and rank > 0:", "if a.op == \"F\":"),),
+          expect="outside the communicator"),
+    Entry("ex03 executor tags by microbatch alone", EX03, "tag = microbatch both ways (sources tell them apart here)",
+          select="run_actions",
+          changes=(("tag=2 * a.microbatch + ACTIVATION)", "tag=a.microbatch)"),
+                   ("tag=2 * a.microbatch + GRADIENT)", "tag=a.microbatch)"),
+                   ("tag=2 * i + ACTIVATION)", "tag=i)"), ("tag=2 * i + GRADIENT)", "tag=i)")),
+          expect="the rule"),
     Entry("ex03 endless loop", EX03, "a while loop that never ends", ranks=False, select="warmup",
           bodies=(("3.1", "while num_stages > 0:\n    stage_index = stage_index\n"
                           "return num_stages - stage_index - 1"),),
@@ -170,6 +184,38 @@ CATALOGUE = [
           changes=(("flat /= size", "flat *= 1"),), select="allreduce"),
     Entry("ex04 coordinates swapped", EX04, "(replica, stage) instead of (stage, replica)", ranks=False,
           select="grid_coords", changes=(("return stage, replica\n", "return replica, stage\n"),)),
+    Entry("ex04 tied sum over the replicas", EX04, "the tied weight summed over data_comm, not its holders",
+          select="tied", bodies=(("4.4", """
+from mpi4py import MPI
+allreduce_gradients(data_comm, parameters.values())
+for name, stages in tied:
+    if pipeline_comm.Get_rank() in stages:
+        data_comm.Allreduce(MPI.IN_PLACE, parameters[name].grad.numpy(), op=MPI.SUM)
+"""),)),
+    Entry("ex04 tied part counted twice", EX04, "the holders' sum taken twice", select="tied",
+          changes=(("            group.Allreduce(MPI.IN_PLACE, parameters[name].grad.numpy(), op=MPI.SUM)\n",
+                    "            for _ in stages:\n"
+                    "                group.Allreduce(MPI.IN_PLACE, parameters[name].grad.numpy(), op=MPI.SUM)\n"),),
+          expect="tied"),
+    Entry("ex04 only the holders split", EX04, "Split called by the holders alone: the others never join",
+          select="tied", changes=(("        group = pipeline_comm.Split(0 if holds else MPI.UNDEFINED, stage)\n"
+                                   "        if holds:",
+                                   "        if holds:\n            group = pipeline_comm.Split(0, stage)"),),
+          expect="stuck for", within=150),
+    Entry("ex04 tied sum first", EX04, "the tied sums first, then the replicas' mean: also right", right=True,
+          select="tied", bodies=(("4.4", """
+from mpi4py import MPI
+for name, stages in tied:
+    color = 1 if pipeline_comm.Get_rank() in stages else MPI.UNDEFINED
+    holders = pipeline_comm.Split(color, pipeline_comm.Get_rank())
+    if holders != MPI.COMM_NULL:
+        grad = parameters[name].grad
+        summed = grad.clone()
+        holders.Allreduce(grad.numpy(), summed.numpy(), op=MPI.SUM)
+        grad.copy_(summed)
+        holders.Free()
+allreduce_gradients(data_comm, parameters.values())
+"""),)),
     # ------------------------------------------------------------------ exercise 5: balancing
     Entry("ex05 greedy fill", EX05, "fill each stage up to total / stages", ranks=False,
           bodies=(("5.1", """
@@ -192,6 +238,29 @@ return ranges
     Entry("ex05 endless loop", EX05, "a search that never stops", ranks=False, select="is_a_split",
           changes=(("    bounds = [n]\n", "    while n > 0:\n        pass\n    bounds = [n]\n"),),
           expect=r"TimeoutError: your ex05_balancing\.balanced_partition", within=150),
+    Entry("ex05 latency as the mean gap", EX05, "the mean producer-to-use gap, waits for a busy rank included",
+          ranks=False, select="stage_costs or explain",
+          changes=(("costs[\"latency\"] = min(gaps, default=0.0)",
+                    "costs[\"latency\"] = sum(gaps) / len(gaps) if gaps else 0.0"),), expect="latency"),
+    Entry("ex05 step as the balanced theory", EX05, "(m + p - 1)(max F + max B): the slowest stage everywhere",
+          ranks=False, select="gpipe_step",
+          bodies=(("5.4", "return (num_microbatches + len(forward) - 1) * (max(forward) + max(backward))"),)),
+    Entry("ex05 messages left out", EX05, "contention taken from the step without latency", ranks=False,
+          select="explain", changes=(("\"contention\": trace.makespan - explained}",
+                                      "\"contention\": trace.makespan - uneven}"),)),
+    Entry("ex05 step played, not a formula", EX05, "GPipe's step by playing the schedule: also right", right=True,
+          ranks=False, select="gpipe_step or explain", bodies=(("5.4", """
+p, m = len(forward), num_microbatches
+free, ended = [0.0] * p, {}
+for op, costs, order in (("F", forward, range(p)), ("B", backward, range(p - 1, -1, -1))):
+    for i in range(m):
+        previous = None
+        for s in order:
+            ready = free[s] if previous is None else max(free[s], ended[(op, previous, i)] + latency)
+            free[s] = ended[(op, s, i)] = ready + costs[s]
+            previous = s
+return max(free)
+"""),)),
     # ------------------------------------------------------------------ exercises 6 and 7: past 1F1B
     Entry("ex06 chunks True accepted", EX06, "no type check of chunks", ranks=False, select="refuses",
           changes=(("if not isinstance(v, int) or isinstance(v, bool) or v < 1:", "if v < 1:"),
@@ -202,6 +271,57 @@ return ranges
     Entry("ex07 no weight gradient held back", EX07, "1F1B with I W, nothing deferred", ranks=False,
           select="not real", changes=(("for _ in range(s):                      # hold back",
                                        "for _ in range(0):                      # hold back"),)),
+    Entry("ex07 holds Ws back after the forwards", EX07, "keeps holding back Ws once the forwards ran out (m < p)",
+          ranks=False, select="order",
+          changes=(("            if count[\"F\"] < m:\n                run(\"F\", \"I\")",
+                    "            if count[\"F\"] < m:\n                run(\"F\", \"I\")\n"
+                    "            elif count[\"I\"] < m:\n                run(\"I\")"),),
+          expect="lesson 07's phases"),
+    Entry("ex07 I computes the weights too", EX07, "a whole backward in I, nothing left for W", ranks=False,
+          select="split_backward or input_half or nothing_twice", bodies=(("7.1", """
+grads = torch.autograd.grad(outputs, list(inputs), grad_outputs=output_grads, retain_graph=True) if inputs else []
+torch.autograd.backward(outputs, output_grads, retain_graph=True)
+return list(grads), [None] * len(layer_outputs)
+"""),), expect="computed weight gradients"),
+    Entry("ex07 W redoes the input path", EX07, "W from the stage's output: the whole chain again", ranks=False,
+          select="split_backward or input_half or nothing_twice",
+          bodies=(("7.1", """
+grads = torch.autograd.grad(outputs, list(inputs) + list(layer_outputs), grad_outputs=output_grads,
+                            retain_graph=True, allow_unused=True)
+return list(grads[:len(inputs)]), [outputs, output_grads]
+"""), ("7.2", """
+outputs, output_grads = kept
+params = [p for layer in layers for p in layer.parameters(recurse=False)]
+for p, g in zip(params, torch.autograd.grad(outputs, params, output_grads, retain_graph=True)):
+    p.grad = g if p.grad is None else p.grad + g
+""")), expect="FLOPs|bytes"),
+    Entry("ex07 I frees the graph", EX07, "no retain_graph in I: W finds the graph gone", ranks=False,
+          select="equals_the_whole", changes=(("grad_outputs=output_grads, retain_graph=True, allow_unused=True)",
+                                             "grad_outputs=output_grads, allow_unused=True)"),)),
+    Entry("ex07 W one parameter at a time", EX07, "one autograd call per parameter: also right", right=True,
+          bodies=(("7.2", """
+for layer, output, grad in zip(layers, layer_outputs, kept):
+    for p in layer.parameters(recurse=False):
+        if grad is None or not p.requires_grad:
+            continue
+        (g,) = torch.autograd.grad(output, [p], grad, retain_graph=True)
+        p.grad = g if p.grad is None else p.grad + g
+"""),)),
+    # ------------------------------------------------------------------ exercise 8: a real model cut to fit
+    Entry("ex08 refusal without its stage", EX08, "the message names no stage", ranks=False, select="refuses",
+          changes=(("at best stage {worst} \"", "at best one stage \""),), expect="stage N"),
+    Entry("ex08 refusal says minus the bytes", EX08, "budget - held: '-7' for 7 over", ranks=False,
+          select="refuses", changes=(("{held[worst] - budget} over the budget", "{budget - held[worst]} to spare"),),
+          expect="by how many bytes"),
+    Entry("ex08 last count's miss", EX08, "reports the last stage count's miss, not the closest", ranks=False,
+          select="fewest", changes=(("closest = min(closest, max(stage_bytes(pieces, split, num_microbatches, "
+                                     "optimizer)) - budget)",
+                                     "closest = max(stage_bytes(pieces, split, num_microbatches, optimizer)) - budget"),),
+          expect="say the closest"),
+    Entry("ex08 refusal worded otherwise", EX08, "another sentence with the same numbers: also right", right=True,
+          ranks=False, select="refuses",
+          changes=(("f\"no split into {num_stages} stages fits {budget} bytes per stage: at best stage {worst} \"",
+                    "f\"{num_stages} stages cannot fit {budget} bytes each; the best split's stage {worst} \""),)),
     # ------------------------------------------------------------------ exercise 9: asynchronous weight versions
     Entry("ex09 no max(0, ...)", EX09, "PipeDream's warm-up forwards on negative versions", ranks=False,
           changes=(("return max(0, microbatch - (num_stages - stage - 1))",
