@@ -11,7 +11,8 @@ and data (``config.build_model``), the batch cut into the same ``m`` microbatche
 ``1/m`` and accumulated (so float64 agrees with a pipeline to rounding), the same optimizer (``optim.py``), the
 same autocast and loss scale, and the same skip of a step whose gradients are not finite. A pipelined run's losses
 should equal ``train(cfg).losses`` step for step: ``tests/test_real_training.py`` checks it.
-(``models.reference_step`` is one step of this, for gradients alone.)
+(``models.reference_step`` is one step of this, for gradients alone.) It runs on ``cfg.device``, as the ranks
+do, so a GPU run has a GPU reference.
 """
 from __future__ import annotations
 
@@ -40,13 +41,15 @@ def _as_module(layers) -> nn.Module:
 
 def train(cfg: RunConfig) -> Curve:
     layers, loss_fn, batch = build_model(cfg)
-    model = _as_module(layers)
+    device = torch.device(cfg.device)                 # cfg.device: "cpu", or "cuda" (the current GPU)
+    model = _as_module(layers).to(device)
     params = list({id(p): p for p in model.parameters()}.values())      # a tied weight once
     optimizer = optim.make(cfg.optimizer, params, cfg.lr)
-    scaler, autocast = precision.scaler_for(cfg.autocast), precision.autocast(cfg.autocast, torch.device("cpu"))
+    scaler, autocast = precision.scaler_for(cfg.autocast), precision.autocast(cfg.autocast, device)
     losses, skipped, scales = [], [], []
     for step in range(cfg.steps):
         inputs, targets = batch.at(step) if isinstance(batch, batches.PerStep) else batch
+        inputs, targets = inputs.to(device), targets.to(device)
         for p in params:
             p.grad = None
         scales.append(scaler.scale)
@@ -74,11 +77,13 @@ def validation_loss(layers: list, cfg: RunConfig, batches: int = 8) -> float:
     source = getattr(batch, "source", None)
     if not hasattr(source, "validation"):
         raise ValueError(f"model {cfg.model!r} has no validation data (text_data.Batches has)")
-    model = _as_module(layers).eval()
-    autocast = precision.autocast(cfg.autocast, torch.device("cpu"))
+    device = torch.device(cfg.device)
+    model = _as_module(layers).to(device).eval()
+    autocast = precision.autocast(cfg.autocast, device)
     total = 0.0
     for index in range(batches):
         x, y = source.validation(index)
+        x, y = x.to(device), y.to(device)
         with autocast():
             total += loss_fn(model(x), y).item()
     return total / batches

@@ -116,3 +116,39 @@ def test_sized_returns_a_copy_and_refuses_unknown_names():
 def test_a_run_config_takes_the_course_device():
     from pipeline_ref.config import RunConfig, check_config
     check_config(RunConfig(device=device.DEVICE, model="mlp", model_kwargs=sized("timing")), world_size=2)
+
+
+# ------------------------------------------------------------------------------ the notebooks use the switch
+
+@pytest.mark.parametrize("number", ["01", "02", "03", "04", "05", "06", "07", "08"])
+def test_every_lesson_that_trains_takes_the_course_device(number):
+    """Lessons 01-08 read DEVICE from device.py and pass it to their runs (lesson 08: to its reference too)."""
+    import nbformat
+    path = next(LESSONS.glob(f"{number}_*.ipynb"))
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert "from lesson_code.device import DEVICE" in code, path.name
+    assert "device=DEVICE" in code, path.name
+    assert "on the CPU, as `one_device.train`" not in path.read_text()
+
+
+def test_lesson_08_measures_its_pieces_on_the_runs_device():
+    import nbformat
+    code = "\n".join(c.source for c in nbformat.read(next(LESSONS.glob("08_*.ipynb")), as_version=4).cells
+                     if c.cell_type == "code")
+    assert 'autocast="bfloat16", device=DEVICE)' in code                     # base: every run and the reference
+    assert "model.to(DEVICE)" in code and "device=DEVICE)" in code.split("l08.piece_bytes(")[1].split("\n\n")[0]
+
+
+def test_lesson_08s_model_is_the_one_its_outputs_were_measured_with():
+    from lesson_code import l08_real_transformer as l08
+    assert l08.MODEL == {"dim": 64, "heads": 4, "blocks": 4, "seq_len": 64, "batch": 16}
+
+
+def test_the_one_device_reference_trains_on_the_configs_device():
+    from pipeline_ref import one_device
+    from pipeline_ref.config import RunConfig
+    where = device.DEVICE
+    curve = one_device.train(RunConfig(model="mlp", model_kwargs={"depth": 2, "width": 8, "batch": 8}, steps=2,
+                                       microbatches=2, device=where))
+    assert len(curve.losses) == 2
+    assert {p.device.type for layer in curve.layers for p in layer.parameters()} == {where}

@@ -17,6 +17,8 @@ from pipeline_ref.stage import Stage
 
 GPT2_TEXT = "lesson_code.l08_real_transformer:gpt2_text"
 # Small enough that a few dozen bf16 steps on 2 CPU ranks take seconds; wide enough to learn bytes of Python.
+# The same on a GPU (PIPELINE_COURSE_DEVICE=cuda): this lesson measures what crosses the cuts, the loss curves
+# and the bytes each rank holds, none of which needs a larger model to show.
 MODEL = {"dim": 64, "heads": 4, "blocks": 4, "seq_len": 64, "batch": 16}
 
 
@@ -63,13 +65,14 @@ def boundary_rows(pieces, sample) -> list[dict]:
 
 
 def piece_bytes(pieces, loss_fn, sample, target, names: dict | None = None,
-                autocast: str | None = None) -> list[dict]:
+                autocast: str | None = None, device: str = "cpu") -> list[dict]:
     """Per piece, what it holds: ``{"parameters": {name: bytes}, "activations": bytes}``.
 
     Parameters by name, so a weight two pieces share (GPT-2's ``wte`` and ``lm_head``) is seen as one when both
     are on one stage. Activations: what autograd keeps for one microbatch's backward, counted by the executor's
     own ``Stage`` (a saved-tensors hook, the count a run reports as ``peak_stashed_bytes``); the last piece with
-    the loss; with ``autocast`` ("bfloat16"), under the autocast a run with it uses. Each piece is measured on
+    the loss; with ``autocast`` ("bfloat16"), under the autocast a run with it uses on ``device`` (the pieces and
+    the sample must be there: CPU and CUDA autocast keep different tensors in bf16). Each piece is measured on
     its own: a tensor that two pieces of one stage both saved would be counted twice (an upper bound). For GPT-2
     none is, and a stage's sum equals what the run's stage stashes (lesson 08 prints both).
     """
@@ -79,7 +82,7 @@ def piece_bytes(pieces, loss_fn, sample, target, names: dict | None = None,
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             stage = Stage(piece, is_first=i == 0, is_last=last, loss_fn=loss)
-            stage.precision = precision.autocast(autocast, torch.device("cpu"))
+            stage.precision = precision.autocast(autocast, torch.device(device))
             outputs = stage.forward(0, values, target if last else None)
             params = {names.get(id(p), n): p.numel() * p.element_size() for n, p in piece.named_parameters()}
             rows.append({"parameters": params, "activations": stage.stash[0].nbytes})
