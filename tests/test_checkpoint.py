@@ -40,15 +40,15 @@ def full_disk(tmp_path_factory):
     """AdamW saving every 2 steps; at step 4 rank 1's disk is full. (folder, the launch's error)."""
     folder = tmp_path_factory.mktemp("full_disk")
     with pytest.raises(LaunchError) as failed:
-        launch(2, "tests.checkpoint_targets:full_disk", _cfg(MLP, 2, 5, checkpoint_dir=str(folder),
-                                                             checkpoint_every=2), timeout=120)
+        launch(2, "tests.checkpoint_targets:full_disk",
+               _cfg(MLP, 2, 5, checkpoint_dir=str(folder), checkpoint_every=2), timeout=120, stall_timeout=60)
     return folder, str(failed.value)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, full_disk):
-    folder = {name: str(tmp_path_factory.mktemp(name)) for name in ("adamw", "dropout", "fp16", "fp16_end",
-                                                                   "gpt2", "gpt2_bf16")}
+    folder = {name: str(tmp_path_factory.mktemp(name)) for name in ("adamw", "adamw_dp2", "dropout", "fp16",
+                                                                   "fp16_end", "gpt2", "gpt2_bf16")}
     bf16 = {**GPT2, "autocast": "bfloat16"}
     pairs = {   # name: (never stopped, stopped after 2 steps, resumed)
         "adamw": (_cfg(MLP, 2, 5), _cfg(MLP, 2, 2, checkpoint_dir=folder["adamw"]),
@@ -66,10 +66,13 @@ def runs(tmp_path_factory, full_disk):
     }
     configs = [cfg for pair in pairs.values() for cfg in pair]
     configs += [_cfg(MLP, 4, 5, resume_from=folder["adamw"]),               # AdamW 2 -> 4 stages
+                _cfg(MLP, 2, 5, dp=2, resume_from=folder["adamw"],          # 1 -> 2 replicas, saved there
+                     checkpoint_dir=folder["adamw_dp2"], checkpoint_every=5),
                 _cfg(MLP, 2, 5, resume_from=str(full_disk[0]))]             # what the full disk left
-    results = launch(4, "pipeline_ref.train:run_many", configs, timeout=240)[0]
+    # Ranks 2 and 3 first build and trace GPT-2 in a 4-stage run while 0 and 1 wait: long on a busy machine.
+    results = launch(4, "pipeline_ref.train:run_many", configs, timeout=300, stall_timeout=90)[0]
     named = {name: results[3 * k:3 * k + 3] for k, name in enumerate(pairs)}
-    named["adamw at 4 stages"], named["after the full disk"] = results[-2:]
+    named["adamw at 4 stages"], named["adamw with 2 replicas"], named["after the full disk"] = results[-3:]
     return named, folder
 
 
@@ -98,6 +101,19 @@ def test_a_resumed_run_equals_one_that_never_stopped(runs, name):
 def test_adamw_resumes_at_another_number_of_stages(runs):
     straight, first = runs[0]["adamw"][:2]
     _assert_resumed_equals(straight, first, runs[0]["adamw at 4 stages"])
+
+
+@pytest.mark.mpi
+def test_adamw_resumes_with_data_parallel_replicas(runs):
+    straight, resumed = runs[0]["adamw"][0], runs[0]["adamw with 2 replicas"]
+    assert resumed.first_step == 2
+    # Two replicas average the gradients of their halves of the batch: equal sums, added in another order.
+    assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-12)
+    for key, value in _params(straight).items():
+        torch.testing.assert_close(_params(resumed)[key], value, rtol=1e-10, atol=1e-12)
+    files = checkpoint.latest(runs[1]["adamw_dp2"])[1]["files"]     # replica 0's layers, every rank's rng
+    assert sorted(files) == sorted([checkpoint.layer_file(i) for i in range(8)]
+                                   + [checkpoint.rng_file(r) for r in range(4)])
 
 
 @pytest.mark.mpi
