@@ -87,3 +87,12 @@ def test_compute_time_and_optimizer_state():
     assert cluster.state_bytes(1e9) == 18e9
     assert cluster.state_bytes(1e9, dp=4, distributed_optimizer=True) == pytest.approx(9e9)
     assert math.isclose(cluster.optimizer_seconds(1e9, h100), 1e9 * cluster.ADAM_TRAFFIC_BYTES / 3.35e12)
+
+
+def test_the_docstring_examples_hold():
+    import doctest
+
+    from pipeline_ref import step_model
+    for module in (cluster, step_model):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, f"{module.__name__}: {result}"

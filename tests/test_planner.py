@@ -146,3 +146,9 @@ def test_published_runs_transcription_agrees_with_its_own_columns():
         if run.aggregate_pflops:
             assert math.isclose(run.tflops_per_gpu * run.num_gpus / 1e3, run.aggregate_pflops, rel_tol=0.01)
         assert run.num_gpus % (run.tp * run.cp * run.pp) == 0 and run.source
+
+
+def test_the_docstring_example_holds():
+    import doctest
+    result = doctest.testmod(planner)
+    assert result.attempted > 0 and result.failed == 0, result
