@@ -1,4 +1,5 @@
-"""Exercise 8 (lesson 08, lessons/08_real_transformer.ipynb): choose where to cut a real model so every rank fits.
+"""Exercise 8 (lesson 08, lessons/08_real_transformer.ipynb): choose where to cut a real model so every rank
+fits.
 
 A pipeline exists for the model that does not fit one device. Each rank holds, for the pieces of the model its
 stage owns (``pipeline_ref/split.py`` cuts a whole ``nn.Module`` into pieces):
@@ -55,9 +56,9 @@ def split_under_budget(pieces: list[dict], num_stages: int, num_microbatches: in
     """The contiguous split of the pieces into ``num_stages`` stages (one range per stage, in order, none
     empty) whose fullest stage (``stage_bytes``) holds the fewest bytes; any such split if several are.
 
-    Raises ValueError when even that split's fullest stage holds more than ``budget`` bytes: the message
-    says which stage (as ``stage N``, counted from 0) and by how many bytes it is over (the number itself). Also when ``num_stages`` is
-    not between 1 and the number of pieces.
+    Raises ValueError when even that split's fullest stage holds more than ``budget`` bytes: the message says
+    which stage (as ``stage N``, counted from 0) and by how many bytes it is over (the number itself). Also
+    when ``num_stages`` is not between 1 and the number of pieces.
     """
     raise NotImplementedError(
         "Exercise 8.2: the split whose fullest stage holds the least, or a refusal with its numbers. Hint: "
@@ -66,9 +67,9 @@ def split_under_budget(pieces: list[dict], num_stages: int, num_microbatches: in
 
 def fewest_stages(pieces: list[dict], num_microbatches: int, budget: int,
                   optimizer: str = "adamw") -> tuple[int, list[range]]:
-    """``(num_stages, split)``: the fewest stages, from 1 up to one per piece, that ``split_under_budget`` can fit
-    in ``budget`` bytes each, and that split. Raises ValueError when none fits, saying by how many bytes the
-    closest one (the fewest bytes over, of every stage count) misses the budget.
+    """``(num_stages, split)``: the fewest stages, from 1 up to one per piece, that ``split_under_budget`` can
+    fit in ``budget`` bytes each, and that split. Raises ValueError when none fits, saying by how many bytes
+    the closest one (the fewest bytes over, of every stage count) misses the budget.
     """
     raise NotImplementedError(
         "Exercise 8.3: the fewest stages whose best split fits, or a refusal saying the closest miss. Hint: "

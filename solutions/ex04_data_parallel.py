@@ -35,7 +35,8 @@ import torch  # noqa: F401  (for allreduce_gradients)
 
 
 def grid_coords(rank: int, pp: int, dp: int) -> tuple[int, int]:
-    """``(stage, replica)`` of world rank ``rank`` in a ``pp x dp`` grid, where ``rank = replica * pp + stage``.
+    """``(stage, replica)`` of world rank ``rank`` in a ``pp x dp`` grid, where ``rank = replica * pp +
+    stage``.
 
     Raises ValueError for a rank outside ``0 .. pp * dp - 1``.
     """
@@ -96,7 +97,8 @@ def allreduce_gradients(data_comm, parameters) -> None:
 
 
 def reduce_step_gradients(pipeline_comm, data_comm, parameters: dict, tied: list) -> None:
-    """After one ``pp x dp`` step's backwards, make every ``.grad`` this rank holds the whole batch's gradient.
+    """After one ``pp x dp`` step's backwards, make every ``.grad`` this rank holds the whole batch's
+    gradient.
 
     Why: each rank computed its stage's gradients on its replica's slice of the batch only; and a weight that
     several stages hold (GPT-2's token embedding, which is also its output head) got on each of them only the
@@ -104,13 +106,13 @@ def reduce_step_gradients(pipeline_comm, data_comm, parameters: dict, tied: list
     device would compute on the whole batch, the same on every copy.
 
     ``pipeline_comm`` / ``data_comm``: this rank's two communicators (exercise 4.2: rank = stage, rank =
-    replica). ``parameters``: ``{name: Parameter}`` of this rank's stage, ``.grad`` set (CPU, contiguous). ``tied``:
-    ``[(name, stages)]``, one entry per weight held by more than one stage, the same list in the same order on
-    every rank; ``stages``, sorted, are the pipeline ranks holding a copy, and those ranks have ``name`` in their
-    ``parameters``. Every rank calls this function, whether it holds a tied copy or not. Example, 2 x 2, a GPT
-    of 4 layers (embedding, 2 blocks, head) as 2 stages::
+    replica). ``parameters``: ``{name: Parameter}`` of this rank's stage, ``.grad`` set (CPU, contiguous).
+    ``tied``: ``[(name, stages)]``, one entry per weight held by more than one stage, the same list in the
+    same order on every rank; ``stages``, sorted, are the pipeline ranks holding a copy, and those ranks have
+    ``name`` in their ``parameters``. Every rank calls this function, whether it holds a tied copy or not.
+    Example, 2 x 2, a GPT of 4 layers (embedding, 2 blocks, head) as 2 stages::
 
-        tied == [("0.token.weight", [0, 1])]      # rank 0 holds the embedding, rank 1 the head: the same weight
+        tied == [("0.token.weight", [0, 1])]    # rank 0 holds the embedding, rank 1 the head: one weight
         # after the call, on all four ranks: every .grad == the one-device gradient of the whole batch;
         # "0.token.weight" on the ranks of stages 0 and 1 alike: both uses' parts, over both replicas
     """

@@ -1,20 +1,20 @@
 """Exercise 7 (lesson 07, lessons/07_zero_bubble.ipynb): zero bubble, the backward split in two.
 
-A backward is two computations: ``I``, the gradient of the stage's input (the previous stage waits for it), and
-``W``, the gradient of its weights (nobody needs it before the optimizer step). Zero-bubble schedules run them
-apart, so that the ``W``s can fill the time where 1F1B idles. You write both halves, then the schedule.
+A backward is two computations: ``I``, the gradient of the stage's input (the previous stage waits for it),
+and ``W``, the gradient of its weights (nobody needs it before the optimizer step). Zero-bubble schedules run
+them apart, so that the ``W``s can fill the time where 1F1B idles. You write both halves, then the schedule.
 
-    7.1 backward_input    I: the input's gradient now, and what W will need, without computing a weight gradient
+    7.1 backward_input    I: the input's gradient now, and what W will need, computing no weight gradient
     7.2 backward_weight   W: the weights' gradients from what I kept, later, without computing anything twice
     7.3 zb_h1             ZB-H1 (Qi et al., 2023, "Zero Bubble Pipeline Parallelism") as data
 
-Why it matters: an ``I`` that also computes the weight gradients makes the upstream stage wait for work it does
-not need; a ``W`` that redoes the input path spends the time the split was meant to save; and whatever ``I``
-keeps for ``W`` stays in memory until ``W`` runs, which in ZB-H1 can be many actions later (lesson 07, section 7
-counts those bytes).
+Why it matters: an ``I`` that also computes the weight gradients makes the upstream stage wait for work it
+does not need; a ``W`` that redoes the input path spends the time the split was meant to save; and whatever
+``I`` keeps for ``W`` stays in memory until ``W`` runs, which in ZB-H1 can be many actions later (lesson 07,
+section 7 counts those bytes).
 
-ZB-H1 is 1F1B with every ``B`` split into ``I`` then ``W``, where stage s may hold back weight gradients so that
-they fill the cool-down where 1F1B sits idle. Its contract, which the grader checks on every size:
+ZB-H1 is 1F1B with every ``B`` split into ``I`` then ``W``, where stage s may hold back weight gradients so
+that they fill the cool-down where 1F1B sits idle. Its contract, which the grader checks on every size:
 
 - valid, and every stage runs F, I and W once per microbatch, each kind in microbatch order (no ``B``);
 - with F = I = W = 1 and m >= p, every rank idles p - 1 (1F1B: 3 (p - 1)), and never longer than 1F1B;
@@ -41,17 +41,19 @@ from pipeline_ref.schedules import Action  # noqa: F401  (what the schedule is l
 
 
 def backward_input(outputs: list, output_grads: list | None, inputs: list, layer_outputs: list):
-    """``I``: the gradients of the stage's ``inputs``, and what ``W`` will need; returns ``(input_grads, kept)``.
+    """``I``: the gradients of the stage's ``inputs``, and what ``W`` will need; returns ``(input_grads,
+    kept)``.
 
     ``outputs``: the stage's outputs from its forward (on the last stage ``[loss]``); ``output_grads``: their
-    gradients as the next stage sent them (``None`` on the last stage: a loss needs none). ``inputs``: the stage's
-    inputs that need a gradient (``[]`` on the first stage). ``layer_outputs``: the output of every layer that
-    owns parameters (each ``Linear``, ...), in forward order, as the forward made them.
+    gradients as the next stage sent them (``None`` on the last stage: a loss needs none). ``inputs``: the
+    stage's inputs that need a gradient (``[]`` on the first stage). ``layer_outputs``: the output of every
+    layer that owns parameters (each ``Linear``, ...), in forward order, as the forward made them.
 
-    ``input_grads``: one tensor per input, the same as a whole backward would give. ``kept``: a list, one tensor
-    per layer output, that ``backward_weight`` gets later; the stage holds it from ``I`` to ``W``, so it must hold
-    no more than lesson 07 counts: per layer output, one tensor of its size. Leaves every ``.grad`` untouched,
-    and the graph usable by ``W``. Example, a stage ``Linear(4, 3), Tanh, Linear(3, 2)`` on 5 rows of float64::
+    ``input_grads``: one tensor per input, the same as a whole backward would give. ``kept``: a list, one
+    tensor per layer output, that ``backward_weight`` gets later; the stage holds it from ``I`` to ``W``, so
+    it must hold no more than lesson 07 counts: per layer output, one tensor of its size. Leaves every
+    ``.grad`` untouched, and the graph usable by ``W``. Example, a stage ``Linear(4, 3), Tanh, Linear(3, 2)``
+    on 5 rows of float64::
 
         input_grads, kept = backward_input([y], [g], [x], [h1, h2])  # x (5, 4), h1 (5, 3), h2 = y (5, 2)
         [t.shape for t in input_grads] == [(5, 4)];  [t.shape for t in kept] == [(5, 3), (5, 2)]   # 200 bytes
@@ -70,10 +72,10 @@ def backward_weight(layers: list, layer_outputs: list, kept: list) -> None:
 
     ``layers[k]`` made ``layer_outputs[k]`` (the same lists ``backward_input`` got, in the same order);
     ``kept`` is what your ``backward_input`` returned. A ``.grad`` that is ``None`` becomes the gradient; one
-    that holds a tensor (an earlier microbatch's) gets it added. Afterwards every parameter of ``layers`` holds
-    what a whole backward (``loss.backward()``) would have added, and nothing of the input path was computed
-    again. In the example of ``backward_input``: the first Linear's weight ``.grad`` (3, 4) and bias (3,), the
-    second's (2, 3) and (2,).
+    that holds a tensor (an earlier microbatch's) gets it added. Afterwards every parameter of ``layers``
+    holds what a whole backward (``loss.backward()``) would have added, and nothing of the input path was
+    computed again. In the example of ``backward_input``: the first Linear's weight ``.grad`` (3, 4) and bias
+    (3,), the second's (2, 3) and (2,).
     """
     # BEGIN EXERCISE 7.2: every parameter's gradient added into .grad, from what I kept, nothing twice
     # HINT: which parameters does one layer's output depend on directly, and what do you need to reach them?
