@@ -165,11 +165,30 @@ def test_export_of_a_trained_gpt2_loads_offline_with_the_pipelined_logits(runs, 
     folder, meta, _ = checkpoint.latest(saved)
     checkpoint.load_layers(folder, meta, dict(enumerate(pieces)), keep=set(module.state_dict()))
     pipelined = split.compose(pieces)(sample).logits
-    # The traced graph and the eager module may order a sum differently: equal to float64's rounding.
-    torch.testing.assert_close(exported(sample).logits, pipelined, rtol=1e-12, atol=1e-12)
+    assert torch.equal(exported(sample).logits, pipelined)          # float64, bit for bit
     fresh = hf_models.gpt2(**GPT2["model_kwargs"])[0].double()     # the factory's own model loads it too
     fresh.load_state_dict(torch.load(tmp_path / "state_dict.pt"))
     assert torch.equal(fresh(sample).logits, exported(sample).logits)
+
+
+def test_export_of_a_list_of_layers_loads_into_the_factorys_layers(tmp_path):
+    from pipeline_ref import models
+    from pipeline_ref.__main__ import main
+    layers = models.mlp(depth=3, width=4, batch=8)[0]
+    with torch.no_grad():
+        layers[1][0].weight.add_(1.0)           # trained: not what the factory makes
+    cfg = RunConfig(model="mlp", model_kwargs={"depth": 3, "width": 4, "batch": 8})
+    checkpoint.commit(tmp_path, 1, checkpoint.describe_run(cfg, None, 3),
+                      checkpoint.save_layers(tmp_path, 1, dict(enumerate(layers))))
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    fresh = torch.nn.Sequential(*models.mlp(depth=3, width=4, batch=8)[0])
+    fresh.load_state_dict(torch.load(tmp_path / "out" / "state_dict.pt"))
+    trained = torch.nn.Sequential(*layers).state_dict()
+    assert fresh.state_dict().keys() == trained.keys()
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    (checkpoint.step_folder(tmp_path, 1) / "layer-002.pt").write_bytes(b"not a checkpoint")
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "again")]) == 2      # refused in one line
 
 
 def test_an_unfinished_step_never_loads(tmp_path):
