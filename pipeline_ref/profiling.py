@@ -36,7 +36,7 @@ def _as_args(value) -> tuple:
 
 
 def layer_inputs(layers, sample) -> list[tuple]:
-    """What each layer receives, as a tuple of its arguments: ``sample``, then each layer's output (no graph)."""
+    """What each layer receives, as a tuple of arguments: ``sample``, then each layer's output (no graph)."""
     inputs, values = [], _as_args(sample)
     with torch.no_grad():
         for layer in layers:
@@ -51,7 +51,8 @@ def time_layer(layer, values: tuple, device: torch.device, clock=time.perf_count
                    for v in values)
     _sync(device)
     start = clock()
-    outputs = [y for y in pytree.tree_leaves(layer(*inputs)) if isinstance(y, torch.Tensor) and y.requires_grad]
+    outputs = [y for y in pytree.tree_leaves(layer(*inputs))
+               if isinstance(y, torch.Tensor) and y.requires_grad]
     torch.autograd.backward(outputs, [torch.randn_like(y) for y in outputs])
     _sync(device)
     seconds = clock() - start
@@ -69,7 +70,8 @@ def layer_costs(layers, sample, repeats: int = 5, warmup: int = 1, clock=time.pe
     ``clock`` returns seconds; a test passes its own to play a drifting machine.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"layer_costs needs repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+        raise ValueError(f"layer_costs needs repeats >= 1 and warmup >= 0, "
+                         f"got repeats={repeats}, warmup={warmup}")
     layers = list(layers)
     inputs = layer_inputs(layers, sample)
     device = next((v.device for v in inputs[0] if isinstance(v, torch.Tensor)), torch.device("cpu"))
@@ -89,7 +91,8 @@ def identical_layers(layers) -> list[list[int]]:
     """Groups (of two or more) of the layers that have the same class and the same parameter shapes."""
     groups: dict[tuple, list[int]] = {}
     for index, layer in enumerate(layers):
-        key = (type(layer).__qualname__, tuple((name, tuple(p.shape)) for name, p in layer.named_parameters()))
+        shapes = tuple((name, tuple(p.shape)) for name, p in layer.named_parameters())
+        key = (type(layer).__qualname__, shapes)
         groups.setdefault(key, []).append(index)
     return [indices for indices in groups.values() if len(indices) > 1]
 
@@ -112,7 +115,8 @@ class Consistency:
     def sentence(self, unit: float = 1e-3, unit_name: str = "ms") -> str:
         verdict = "within" if self.within else "NOT within"
         return (f"layers {self.layers}: {self.lowest / unit:.2f} to {self.highest / unit:.2f} {unit_name}, "
-                f"{self.lowest / self.median - 1:+.0%} to {self.highest / self.median - 1:+.0%} of their median "
+                f"{self.lowest / self.median - 1:+.0%} to {self.highest / self.median - 1:+.0%} "
+                f"of their median "
                 f"{self.median / unit:.2f} {unit_name}: {verdict} +-{self.tolerance:.0%}")
 
 

@@ -105,7 +105,8 @@ def test_identical_layers_are_grouped_by_class_and_shapes():
 
 def test_consistency_flags_a_layer_beyond_the_tolerance():
     from pipeline_ref import profiling
-    inside, outside = profiling.consistency([1.0, 0.9, 1.15, 5.0, 1.0, 1.3, 1.0], [[0, 1, 2], [3], [4, 5, 6]])[::2]
+    costs, groups = [1.0, 0.9, 1.15, 5.0, 1.0, 1.3, 1.0], [[0, 1, 2], [3], [4, 5, 6]]
+    inside, outside = profiling.consistency(costs, groups)[::2]
     assert inside.within and inside.median == 1.0 and (inside.lowest, inside.highest) == (0.9, 1.15)
     assert not outside.within and "NOT within +-20%" in outside.sentence()
     with pytest.raises(ValueError, match="outside the 2 costs"):

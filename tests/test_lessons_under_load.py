@@ -27,10 +27,11 @@ def statuses(line):
     ("zb-h1's step is 1.02 of 1f1b's (0.95-1.10 over 5 rounds): not distinguishable.", "agrees"),
     ("zb-h1's step is 1.20 of 1f1b's (1.05-1.30 over 3 rounds): longer; theory 0.87.", "agrees"),
     ("zb-h1's step is 0.97 of 1f1b's (0.85-1.02 over 5 rounds): shorter; theory 0.87.", "DISAGREES"),
-    ("zb-h1's step is 0.97 of 1f1b's (0.85-0.96 over 5 rounds): shorter.", "DISAGREES"),      # outside its spread
+    ("zb-h1's step is 0.97 of 1f1b's (0.85-0.96 over 5 rounds): shorter.", "DISAGREES"),  # not in its spread
     ("zb-h1's step is 0.97 of 1f1b's (0.85-1.02 over 5 rounds): not distinguishable; flagged: contention.",
      "flagged"),
-    ("I + W of zb-h1's median time on rank 0 is 1.43 of B of 1f1b's (1.15-1.51 over 5 rounds): longer.", "agrees"),
+    ("I + W of zb-h1's median time on rank 0 is 1.43 of B of 1f1b's (1.15-1.51 over 5 rounds): longer.",
+     "agrees"),
 ])
 def test_measure_verdicts_are_checked_against_their_spread(line, expected):
     assert statuses(line) == [("measure.verdict", expected)]
@@ -46,9 +47,11 @@ def test_single_ratios_profiles_and_bands_are_checked():
     assert statuses(within.replace(": within", ": NOT within")) == [("profiling.Consistency", "DISAGREES")]
     assert statuses("layers [1, 2]: -38% to +2% of their median 9.9 ms: NOT within +-20%") == \
         [("profiling.Consistency", "agrees")]
-    band = "uniform: predicted 640 ms, measured median 668 ms, band 558-1409 ms: the prediction is inside the band"
+    band = ("uniform: predicted 640 ms, measured median 668 ms, band 558-1409 ms: "
+            "the prediction is inside the band")
     assert statuses(band) == [("prediction in its band", "agrees")]
-    assert statuses(band.replace("predicted 640", "predicted 289")) == [("prediction in its band", "DISAGREES")]
+    outside = band.replace("predicted 640", "predicted 289")
+    assert statuses(outside) == [("prediction in its band", "DISAGREES")]
     assert statuses(band.replace("predicted 640", "predicted 289").replace("inside", "outside")
                     + "; flagged: contention") == [("prediction in its band", "flagged")]
     assert statuses("config  warm-up  median  spread  band  flag") == []      # a table is no verdict
@@ -56,18 +59,20 @@ def test_single_ratios_profiles_and_bands_are_checked():
 
 def test_only_printed_output_of_code_cells_is_read():
     verdict = "zb-h1's step is 0.97 of 1f1b's (0.85-1.02 over 5 rounds): shorter."
+    printed = nbformat.v4.new_output("stream", name="stdout", text="a\n" + verdict)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(verdict),
-                                         nbformat.v4.new_code_cell("print(...)", outputs=[
-                                             nbformat.v4.new_output("stream", name="stdout", text="a\n" + verdict)])])
+                                         nbformat.v4.new_code_cell("print(...)", outputs=[printed])])
     assert [(c.cell, c.status) for c in tool.check_outputs(nb)] == [(1, "DISAGREES")]
-    assert tool.measures(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("measure.compare(configs)")]))
+    measuring = nbformat.v4.new_code_cell("measure.compare(configs)")
+    assert tool.measures(nbformat.v4.new_notebook(cells=[measuring]))
     assert not tool.measures(nb)
 
 
 def test_the_busy_process_stops_when_its_parent_does():
     # A parent that starts the busy loop and exits at once (as a killed script would): its child must follow.
-    parent = subprocess.run([sys.executable, "-c", f"import subprocess, sys\nsys.path.insert(0, {str(TOOLS)!r})\n"
-                             "import lessons_under_load as t\nprint(t.start_busy().pid)"],
+    script = (f"import sys\nsys.path.insert(0, {str(TOOLS)!r})\n"
+              "import lessons_under_load as t\nprint(t.start_busy().pid)")
+    parent = subprocess.run([sys.executable, "-c", script],
                             capture_output=True, text=True, timeout=60, check=True)
     pid = int(parent.stdout.split()[-1])
     deadline = time.monotonic() + 20

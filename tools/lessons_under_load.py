@@ -90,7 +90,8 @@ VERDICTS = [
     ("profiling.Consistency", re.compile(r"(?P<low>[+-]\d+)% to (?P<high>[+-]\d+)% of their median .*?: "
                                          r"(?P<word>NOT within|within) \+-(?P<tolerance>\d+)%"), _within),
     ("prediction in its band", re.compile(rf"predicted (?P<value>{NUMBER}) ms.*?band (?P<low>{NUMBER})-"
-                                          rf"(?P<high>{NUMBER}) ms: the prediction is (?P<word>inside|outside)"),
+                                          rf"(?P<high>{NUMBER}) ms: the prediction is "
+                                          rf"(?P<word>inside|outside)"),
      _inside_band),
 ]
 
@@ -189,7 +190,8 @@ def run_one(path: Path, quiet: bool) -> dict:
 
 def summary_line(result: dict) -> str:
     checks = result["checks"]
-    counts = {status: sum(c.status == status for c in checks) for status in ("agrees", "flagged", "DISAGREES")}
+    counts = {status: sum(c.status == status for c in checks)
+              for status in ("agrees", "flagged", "DISAGREES")}
     state = "FAILED: " + result["error"] if result["error"] else "ran"
     return (f"{result['lesson']}: {state} in {result['seconds']:.0f} s; {len(checks)} verdict(s): "
             + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -198,16 +200,20 @@ def summary_line(result: dict) -> str:
 def report(results: list[dict], quiet: bool, started: float) -> str:
     """lessons/under_load.md: the machine, the load, and each verdict with its status."""
     from pipeline_ref.machine import cores
-    mode = "quiet (no busy process)" if quiet else "under load: one busy process (a Python loop) beside the lesson"
+    mode = ("quiet (no busy process)" if quiet
+            else "under load: one busy process (a Python loop) beside the lesson")
     lines = ["# The lessons' verdicts under load", "",
-             "Written by `tools/lessons_under_load.py` (`make lessons-under-load`): each lesson that measures "
-             "was executed in a copy (out/under_load/) " + ("" if quiet else "with a busy process competing for "
-                                                            "the cores") + ", and every verdict it printed was "
+             "Written by `tools/lessons_under_load.py` (`make lessons-under-load`): each lesson that "
+             "measures was executed in a copy (out/under_load/) "
+             + ("" if quiet else "with a busy process competing for the cores")
+             + ", and every verdict it printed was "
              "checked against the numbers printed in it. A verdict *agrees* when its words follow from its "
-             "numbers, is *flagged* when the protocol flagged it (contention, drift, a median outside its band: "
+             "numbers, is *flagged* when the protocol flagged it (contention, drift, a median outside its "
+             "band: "
              "not presented as a result), and DISAGREES otherwise (a bug).", "",
              f"- mode: {mode}", f"- machine: {cores()} cores, {os.uname().machine}, Python "
-             f"{sys.version.split()[0]}", f"- started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
+             f"{sys.version.split()[0]}",
+             f"- started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
              f"took {time.time() - started:.0f} s", ""]
     lines += ["| lesson | executed in | load average (1 min) before, after | verdicts | agree | flagged | "
               "disagree | error |", "|---|---|---|---|---|---|---|---|"]
@@ -227,7 +233,8 @@ def report(results: list[dict], quiet: bool, started: float) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quiet", action="store_true", help="re-execute every lesson in place, no busy process")
+    parser.add_argument("--quiet", action="store_true",
+                        help="re-execute every lesson in place, no busy process")
     parser.add_argument("--lessons", nargs="+", metavar="NN", help="only these lessons (two digits each)")
     args = parser.parse_args(argv)
     started, results = time.time(), []
@@ -242,7 +249,8 @@ def main(argv=None) -> int:
         print(f"report: {REPORT.relative_to(ROOT)}")
     failed = [r for r in results if r["error"] or any(c.status == "DISAGREES" for c in r["checks"])]
     print(f"{len(results)} lesson(s) in {time.time() - started:.0f} s; "
-          + (f"{len(failed)} with an error or a disagreeing verdict" if failed else "every verdict agrees or is "
+          + (f"{len(failed)} with an error or a disagreeing verdict" if failed
+             else "every verdict agrees or is "
              "flagged"))
     return 1 if failed else 0
 

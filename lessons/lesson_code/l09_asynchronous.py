@@ -95,7 +95,8 @@ def steps_to_pass(num_stages: int, num_microbatches: int, utilization: float, sc
     ``utilization``: (steps, its utilization, the utilization one step fewer). A simulation, no timing."""
     previous = 0.0
     for steps in range(1, limit + 1):
-        reached = simulate.simulate(schedules.build(schedule, num_stages, num_microbatches, steps=steps)).utilization
+        stream = schedules.build(schedule, num_stages, num_microbatches, steps=steps)
+        reached = simulate.simulate(stream).utilization
         if reached > utilization:
             return steps, reached, previous
         previous = reached
