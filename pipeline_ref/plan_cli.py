@@ -88,9 +88,9 @@ def main(args) -> int:
     try:
         model = load_model(args)
         batch = args.global_batch or 2 * args.gpus        # Megatron's runs: one to two sequences per GPU
-        space = planner.Space(model, args.device, args.gpus, batch, gpus_per_node=args.nodes_of,
-                              precision=args.precision, recompute=("none", "full"), flash_attention=True,
-                              overlap_dp=args.overlap_dp, distributed_optimizer=args.distributed_optimizer)
+        space = planner.current_space(model, args.device, args.gpus, batch, gpus_per_node=args.nodes_of,
+                                      precision=args.precision, overlap_dp=args.overlap_dp,
+                                      distributed_optimizer=args.distributed_optimizer)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     found = planner.search(space, args.efficiency)

@@ -7,10 +7,10 @@ the simulator). The command line is ``plan_cli.py``:
     python -m pipeline_ref plan --model gpt3-175b --gpus 1024 --device a100-80gb --global-batch 1536
 
     >>> from pipeline_ref import cluster, planner
-    >>> space = planner.Space(cluster.MODELS["gpt3-175b"], "a100-80gb", num_gpus=64, global_batch=64)
+    >>> space = planner.current_space(cluster.MODELS["gpt3-175b"], "a100-80gb", num_gpus=64, global_batch=64)
     >>> best = planner.rank(space)[0]
-    >>> best.plan.tp, best.plan.pp, best.fits
-    (8, 8, True)
+    >>> best.plan.tp, best.plan.pp, best.plan.recompute, best.fits
+    (4, 16, 'none', True)
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from .step_model import EFFICIENCY, Estimate, Plan, estimate, simulate_estimate
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1")
 RECOMPUTE = ("none", "selective", "full")
-__all__ = ["EFFICIENCY", "Estimate", "Plan", "Space", "estimate", "plans", "rank", "search", "why_lost"]
+__all__ = ["EFFICIENCY", "Estimate", "Plan", "Space", "current_space", "estimate", "plans", "rank", "search",
+           "why_lost"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class Space:
         if unknown:
             raise ValueError(f"unknown schedule or recomputation {sorted(unknown)}; schedules: "
                              f"{', '.join(SCHEDULES)}; recompute: {', '.join(RECOMPUTE)}")
+
+
+def current_space(model: cluster.Transformer, device: str, num_gpus: int, global_batch: int,
+                  **options) -> Space:
+    """The search with today's kernels, as ``python -m pipeline_ref plan`` runs it: flash attention (no
+    attention scores kept, so selective recomputation has nothing left to save) and full recomputation as the
+    one alternative; ``options`` override any field of Space."""
+    today = {"recompute": ("none", "full"), "flash_attention": True}
+    return Space(model, device, num_gpus, global_batch, **{**today, **options})
 
 
 def plans(space: Space):

@@ -223,7 +223,7 @@ def _parts(plan: Plan, device, efficiency: float, busy: float, pipeline: float) 
             "dp": 0.0 if plan.overlap_dp else dp, "optimizer": optimizer}
 
 
-def simulate_estimate(result: Estimate, max_actions: int = 6_000) -> Estimate:
+def simulate_estimate(result: Estimate, max_actions: int = 200_000) -> Estimate:
     """Replace the closed form's pipeline time by the simulator's (per-stage costs, message latency), when
     the schedule is small enough to replay quickly; returns a new Estimate."""
     from . import schedules, simulate
