@@ -107,15 +107,15 @@ def test_stage_theory_holds_a_tied_weight_once_per_stage_and_1f1b_in_flight():
     assert [t["peak_stashed_bytes"] for t in two] == [2 * 11, 1 * 3]
 
 
-# ------------------------------------------------------------------- the instructor's guide, from the notebooks
+# ------------------------------------------------------------- the instructor's guide, from the notebooks
 
 def test_instructor_run_live_rows_are_the_notebooks_saved_times():
-    """INSTRUCTOR.md's "Run live" rows are book.timings.run_live of each notebook, advice with no time after it."""
+    """INSTRUCTOR.md's "Run live" rows: book.timings.run_live of each notebook, then advice with no time."""
     from book import course, timings
     text = timings.INSTRUCTOR.read_text()
     lessons = course.lessons()
     assert timings.with_generated_rows(text, lessons) == text, \
-        "INSTRUCTOR.md's 'Run live' rows differ from the notebooks: run .venv/bin/python -m book.timings --write"
+        "INSTRUCTOR.md's 'Run live' rows differ from the notebooks: run python -m book.timings --write"
     rows = timings.instructor_rows(text)
     assert set(rows) == {lesson.number for lesson in lessons}
     for number, row in rows.items():
@@ -127,8 +127,9 @@ def test_run_live_counts_code_cells_and_sums_their_saved_times(tmp_path):
     import nbformat
     from book import timings
     nb = nbformat.v4.new_notebook()
-    for source, began, ended in (("import torch", "00:00.000", "00:01.500"),
-                                 ("x = 1\nout = launch(2, 'f')", "00:02.000", "00:06.000"), ("y = 2", None, None)):
+    cells = (("import torch", "00:00.000", "00:01.500"),
+             ("x = 1\nout = launch(2, 'f')", "00:02.000", "00:06.000"), ("y = 2", None, None))
+    for source, began, ended in cells:
         cell = nbformat.v4.new_code_cell(source)
         if began:
             cell.metadata["execution"] = {"iopub.execute_input": f"2026-01-01T10:{began}Z",
@@ -137,9 +138,9 @@ def test_run_live_counts_code_cells_and_sums_their_saved_times(tmp_path):
     nb.cells.append(nbformat.v4.new_markdown_cell("text"))
     path = tmp_path / "03_x.ipynb"
     nbformat.write(nb, path)
-    assert timings.run_live(path) == ("3 code cells (2 timed), 6 s in all, from the execution times saved with the "
-                                      "committed outputs; the slowest: cell 1 (`out = launch(2, 'f')`) 4 s; "
-                                      "the other 1 together 2 s")
+    assert timings.run_live(path) == (
+        "3 code cells (2 timed), 6 s in all, from the execution times saved with the committed outputs; "
+        "the slowest: cell 1 (`out = launch(2, 'f')`) 4 s; the other 1 together 2 s")
 
 
 def test_every_lesson_plan_says_what_load_does():
@@ -147,7 +148,8 @@ def test_every_lesson_plan_says_what_load_does():
     text = timings.INSTRUCTOR.read_text()
     sections = timings.LESSON_HEADING.split(text)[1:]
     for number, section in zip(sections[0::2], sections[1::2]):
-        assert re.search(r"^\| \*\*Under load\*\* \| \S.* \|$", section, re.M), f"lesson {number}: no Under load row"
+        row = re.search(r"^\| \*\*Under load\*\* \| \S.* \|$", section, re.M)
+        assert row, f"lesson {number}: no Under load row"
 
 
 def test_lesson_04s_2x2_step_all_reduces_more_bytes_than_its_pipeline_sends():
@@ -158,7 +160,7 @@ def test_lesson_04s_2x2_step_all_reduces_more_bytes_than_its_pipeline_sends():
     moved = l04.bytes_per_step(cfg, [(0, 4), (4, 8)])
     assert moved["messages per cut"] == 8 and moved["bytes per cut"] == 8 * 64 * 1024 * 4
     assert moved["gradient bytes per rank"] == 4 * (1024 * 1024 + 1024) * 4
-    assert moved["all-reduce bytes sent per rank"] == moved["gradient bytes per rank"]      # ring over 2 ranks
+    assert moved["all-reduce bytes sent per rank"] == moved["gradient bytes per rank"]     # a ring of 2 ranks
     assert moved["all-reduce bytes sent per rank"] > 7 * moved["bytes per cut"]
     readme = (LESSONS.parent / "README.md").read_text()
     across = readme[readme.index("## Across nodes"):readme.index("## From Python")]
@@ -171,4 +173,38 @@ def test_megatron_order_puts_the_pipeline_across_nodes_without_tensor_parallelis
     groups = l04.rank_groups({"dp": 16, "pp": 4}, "dp-pp")          # Megatron's tp-cp-ep-dp-pp with tp = 1
     assert {l04.nodes_spanned(g, 8) for g in groups["pp"]} == {4}
     ours = l04.rank_groups({"pp": 4, "dp": 16}, "pp-dp")
-    assert {l04.nodes_spanned(g, 8) for g in ours["pp"]} == {1} and {l04.nodes_spanned(g, 8) for g in ours["dp"]} == {8}
+    assert {l04.nodes_spanned(g, 8) for g in ours["pp"]} == {1}
+    assert {l04.nodes_spanned(g, 8) for g in ours["dp"]} == {8}
+
+
+@pytest.mark.parametrize("num_stages", [2, 3, 4])
+def test_lesson_05s_formula_bounds_a_1f1b_step_under_the_old_bound(num_stages):
+    """Lesson 08 section 3: sum_s t_s + (m - 1) max_s t_s (lesson 05) is what a 1F1B step of unequal
+    stages takes at most in the simulator; (m + p - 1) max_s t_s is only a bound, reached with equal stages."""
+    import random
+    rng = random.Random(num_stages)
+    for m in (1, 2, 4, 8):
+        forward = [rng.uniform(0.5, 3) for _ in range(num_stages)]
+        backward = [rng.uniform(0.5, 4) for _ in range(num_stages)]
+        stage = [f + b for f, b in zip(forward, backward)]
+        schedule = schedules.build("1f1b", num_stages, m)
+        step = simulate.simulate(schedule, forward=forward, backward=backward).makespan
+        formula, bound = sum(stage) + (m - 1) * max(stage), (m + num_stages - 1) * max(stage)
+        assert step <= formula + 1e-9 and formula < bound
+        equal = simulate.simulate(schedules.build("1f1b", num_stages, m), forward=1.0, backward=2.0).makespan
+        assert equal == pytest.approx((m + num_stages - 1) * 3.0)
+
+
+def test_against_theory_says_only_what_every_round_shows():
+    from pipeline_ref.measure import Ratio
+    assert common.against_theory(Ratio(0.80, 0.72, 0.91), 0.625).endswith("above it in every round")
+    assert common.against_theory(Ratio(0.50, 0.45, 0.55), 0.625).endswith("below it in every round")
+    inside = common.against_theory(Ratio(0.79, 0.68, 0.93), 0.75)
+    assert inside.endswith("theory's value lies within the rounds' spread")
+
+
+def test_median_round_is_the_run_with_the_median_step():
+    from types import SimpleNamespace
+    runs = [SimpleNamespace(trace=SimpleNamespace(makespan=s)) for s in (0.3, 0.1, 0.2, 0.5)]
+    assert common.median_round(runs).trace.makespan == 0.2           # lower median of an even count
+    assert common.median_round(runs[:3]).trace.makespan == 0.2
