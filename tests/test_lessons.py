@@ -180,7 +180,7 @@ def test_megatron_order_puts_the_pipeline_across_nodes_without_tensor_parallelis
 @pytest.mark.parametrize("num_stages", [2, 3, 4])
 def test_lesson_05s_formula_bounds_a_1f1b_step_under_the_old_bound(num_stages):
     """Lesson 08 section 3: sum_s t_s + (m - 1) max_s t_s (lesson 05) is what a 1F1B step of unequal
-    stages takes at most in the simulator; (m + p - 1) max_s t_s is only a bound, reached with equal stages."""
+    stages takes at most in the simulator; (m + p - 1) max_s t_s only a bound, reached with equal stages."""
     import random
     rng = random.Random(num_stages)
     for m in (1, 2, 4, 8):
