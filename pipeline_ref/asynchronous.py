@@ -36,21 +36,20 @@ ranks. No MPI here.
 """
 from __future__ import annotations
 
-from .geometry import Action, Schedule, ScheduleError
+from .geometry import Schedule, ScheduleError, actions_of, interleave
 
 ASYNCHRONOUS = ("pipedream", "pipedream-2bw")
 
 
 def stream(num_stages: int, num_microbatches: int) -> Schedule:
     """1F1B over ``num_microbatches`` with no flush: warm-up, one forward one backward, drain at the end."""
+    m = num_microbatches
+    forwards, backwards = actions_of("F", m), actions_of("B", m)      # shared by every rank's list
     schedule = []
     for s in range(num_stages):
-        warmup = min(num_stages - s - 1, num_microbatches)
-        actions = [Action("F", j) for j in range(warmup)]
-        for j in range(num_microbatches - warmup):
-            actions += [Action("F", warmup + j), Action("B", j)]
-        actions += [Action("B", j) for j in range(num_microbatches - warmup, num_microbatches)]
-        schedule.append(actions)
+        warmup = min(num_stages - s - 1, m)
+        schedule.append(forwards[:warmup] + interleave(forwards[warmup:], backwards[:m - warmup])
+                        + backwards[m - warmup:])
     return Schedule(schedule)
 
 

@@ -41,7 +41,7 @@ streams, as DeepSeek's DualPipe does; on CPU ranks with MPI there is nothing to 
 """
 from __future__ import annotations
 
-from .geometry import Action, Schedule, ScheduleError
+from .geometry import Action, Schedule, ScheduleError, actions_of, interleave
 
 
 def dualpipev(num_stages: int, num_microbatches: int) -> Schedule:
@@ -49,6 +49,7 @@ def dualpipev(num_stages: int, num_microbatches: int) -> Schedule:
     if m < 2 * p:
         raise ScheduleError(f"dualpipev needs at least 2 x num_stages microbatches ({m} < {2 * p}), "
                             f"as torch's ScheduleDualPipeV does")
+    whole = {(op, c): actions_of(op, m, c) for op in "FB" for c in (0, 1)}   # shared by every rank
     schedule = []
     for r in range(p):
         actions: list[Action] = []
@@ -77,9 +78,12 @@ def dualpipev(num_stages: int, num_microbatches: int) -> Schedule:
             f(0), f(1)
         for _ in range(p - r - 1):
             b(1, split=True), w(), f(1)
-        for _ in range(m - 2 * p + r + 1):
-            f(0), b(1)                          # a pair (the last rank's first one is not overlapped in torch)
-            f(1), b(0)                          # a pair
+        pairs = m - 2 * p + r + 1               # (F0 B1) (F1 B0) pairs; torch plays the last rank's first in turn
+        actions += interleave(*(whole[op, c][start:start + pairs] for op, c, start in
+                                (("F", 0, forwards[0]), ("B", 1, backwards[1]), ("F", 1, forwards[1]),
+                                 ("B", 0, backwards[0]))))
+        forwards[0], forwards[1] = forwards[0] + pairs, forwards[1] + pairs
+        backwards[0], backwards[1] = backwards[0] + pairs, backwards[1] + pairs
         for _ in range(p - r - 1):
             b(1)
             f(1), b(0)                          # a pair

@@ -21,8 +21,8 @@ import numpy as np
 from .replay import Plan
 
 
-def rows_of(plan: Plan, costs: list[np.ndarray], latencies: list[np.ndarray], pairs: dict) -> list[list[tuple]]:
-    """Per rank, one (needed, latency, cost, made) per action, with the pairs' extra rows.
+def rows_of(plan: Plan, costs: list[np.ndarray], latencies: list[np.ndarray], pairs: dict) -> list:
+    """Per rank, an iterator over (needed, latency, cost, made), one per action, with the pairs' extra rows.
 
     ``needed`` -1 becomes a message that has always arrived, ``made`` -1 one that nobody reads, so the
     loop needs no test for either. ``pairs``: {(rank, F's index): the pair's cost}.
@@ -32,19 +32,23 @@ def rows_of(plan: Plan, costs: list[np.ndarray], latencies: list[np.ndarray], pa
     for rank, (needs, makes) in enumerate(zip(plan.needs, plan.makes)):
         needs = np.where(needs < 0, always, needs).tolist()
         makes = np.where(makes < 0, nobody, makes).tolist()
-        row = list(zip(needs, latencies[rank].tolist(), costs[rank].tolist(), makes))
+        row = zip(needs, latencies[rank].tolist(), costs[rank].tolist(), makes)
         mine = sorted(index for r, index in pairs if r == rank)
+        if not mine:
+            rows.append(row)
+            continue
+        row = list(row)
         for index in reversed(mine):               # from the end, so earlier indices stay put
             needed, latency, _, made = row[index]
             row[index] = (needed, latency, 0.0, nobody)
             row.insert(index + 2, (always, 0.0, 0.0, made))
             after = row[index + 1]
             row[index + 1] = (after[0], after[1], pairs[rank, index], after[3])
-        rows.append(row)
+        rows.append(iter(row))
     return rows
 
 
-def play(plan: Plan, rows: list[list[tuple]], pairs: dict) -> tuple[list[int], list[list[float]], list[list]]:
+def play(plan: Plan, rows: list, pairs: dict) -> tuple[list[int], list[list[float]], list[list]]:
     """(position, starts, waits): per rank, how many actions it played, when each started, and its waits.
 
     ``waits[rank]``: (from, until) of each receive the rank sat blocked on, in order; the action it
@@ -61,7 +65,7 @@ def play(plan: Plan, rows: list[list[tuple]], pairs: dict) -> tuple[list[int], l
     free = [0.0] * len(rows)
     starts: list[list[float]] = [[] for _ in rows]
     waits: list[list] = [[] for _ in rows]
-    actions = [iter(row) for row in rows]         # each rank's place in its list, kept across its runs
+    actions = rows                                 # iterators: each rank's place, kept across its runs
     pending: list[tuple | None] = [None] * len(rows)   # the action a rank stopped at
     runnable = list(range(len(rows) - 1, -1, -1))
     while runnable:

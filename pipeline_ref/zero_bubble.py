@@ -82,35 +82,29 @@ def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = No
     limit = 2 * p - 1 if max_in_flight is None else max_in_flight
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ScheduleError(f"max_in_flight must be a positive integer, got {max_in_flight!r}")
-    done = [{"F": 0, "I": 0, "W": 0} for _ in range(p)]   # how many of each op stage s has started
+    F, I, W = (actions_of(op, m) for op in "FIW")
+    forwards, inputs, weights = [0] * p, [0] * p, [0] * p    # how many of each op stage s has started
     f_end: list[list[int]] = [[] for _ in range(p)]         # when stage s's k-th forward ends
     i_end: list[list[int]] = [[] for _ in range(p)]         # when stage s's k-th input gradient ends
-    busy_until = [0] * p
     schedule: list[list[Action]] = [[] for _ in range(p)]
-
-    def arrived(ends: list[int], k: int, now: int) -> bool:
-        return k < len(ends) and ends[k] <= now
-
     now, left = 0, 3 * p * m
-    while left:                      # one unit of time per turn: every action costs 1
+    while left:                      # one unit of time per turn: every action costs 1, so every stage is free
         for s in range(p):
-            if busy_until[s] > now:
-                continue
-            n = done[s]
+            nf, ni = forwards[s], inputs[s]
             gradient_from = f_end[s] if s == p - 1 else i_end[s + 1]   # the last stage starts its own
-            if n["I"] < n["F"] and arrived(gradient_from, n["I"], now):
-                op = "I"
-            elif n["F"] < m and n["F"] - n["W"] < limit and (s == 0 or arrived(f_end[s - 1], n["F"], now)):
-                op = "F"
-            elif n["W"] < n["I"]:
-                op = "W"
+            if ni < nf and ni < len(gradient_from) and gradient_from[ni] <= now:
+                schedule[s].append(I[ni])
+                inputs[s] = ni + 1
+                i_end[s].append(now + 1)
+            elif nf < m and nf - weights[s] < limit and (s == 0 or nf < len(f_end[s - 1]) and f_end[s - 1][nf] <= now):
+                schedule[s].append(F[nf])
+                forwards[s] = nf + 1
+                f_end[s].append(now + 1)
+            elif weights[s] < ni:
+                schedule[s].append(W[weights[s]])
+                weights[s] += 1
             else:
                 continue
-            schedule[s].append(Action(op, n[op]))
-            n[op] += 1
-            busy_until[s] = now + 1
-            if op != "W":
-                (f_end if op == "F" else i_end)[s].append(now + 1)
             left -= 1
         now += 1
     return Schedule(schedule)
