@@ -213,8 +213,8 @@ def write(out: Path, efficiency: float, rows: list[dict]) -> None:
 WHY = [
     "## Where the model misses, and why", "",
     "- **Ranks of the small Megatron models** (1.7B to 18.4B: no pipeline, 32 replicas): Table 1 gives only "
-    "tp, pp and dp, and every run recomputed its activations (its FLOP count includes the recomputed forward). "
-    "The planner prefers no recomputation where the memory allows (the middle rank column), and even at the "
+    "tp, pp and dp, and every run recomputed its activations (its FLOP count includes the recomputed "
+    "forward). The planner prefers no recomputation where the memory allows (the middle rank column), and even at the "
     "same recomputation it prefers a pipeline with fewer replicas (the last column): in the model the "
     "all-reduce of 32 replicas' gradients comes after the backward, not under it, and is a large part of "
     "these steps (`Estimate.parts`). The published throughputs of these rows are still predicted within the "
