@@ -81,3 +81,59 @@ def test_theory_refuses_where_the_closed_form_does_not_hold():
         theory.utilization("dualpipev", 3, 5)
     with pytest.raises(ValueError, match="holds for F = I = W"):
         theory.utilization("dualpipev", 2, 4, forward=1, input_grad=2, weight_grad=1)
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 6, 8])
+def test_overlapped_pairs_reproduce_the_dualpipe_readme_bubble(p):
+    """DeepSeek's DualPipe README gives DualPipeV's bubble as (PP/2 - 1)(F&B + B - 3W) for PP stages on PP/2
+    devices (github.com/deepseek-ai/DualPipe, README.md, "Pipeline Bubbles and Memory Usage Comparison"); here
+    PP = 2p. Played with its pairs overlapped (``forward_backward``: each F0 B1 / F1 B0 one action that waits
+    for both inputs and costs F&B), the most idle rank idles exactly that, on random chunk costs with
+    W <= I, F <= I and max(F, B) <= F&B <= F + B; with F > I (a forward longer than its input gradient)
+    the formula understates it."""
+    import random
+    rng = random.Random(p)
+    for _ in range(20):
+        weight_grad = rng.uniform(0.2, 1.0)
+        input_grad = rng.uniform(weight_grad, 1.5)
+        backward = input_grad + weight_grad
+        longer_forward = rng.random() < 0.3
+        forward = rng.uniform(input_grad, 2.0) if longer_forward else rng.uniform(0.3, input_grad)
+        pair = rng.uniform(max(forward, backward), forward + backward)
+        m = rng.randint(2 * p, 5 * p)
+        trace = simulate.simulate(schedules.build("dualpipev", p, m), forward=forward, backward=backward,
+                                  input_grad=input_grad, weight_grad=weight_grad, forward_backward=pair)
+        readme = (2 * p / 2 - 1) * (pair + backward - 3 * weight_grad)
+        idle = max(trace.makespan - trace.busy(rank) for rank in range(p))
+        if longer_forward:
+            assert idle >= readme - 1e-9
+        else:
+            assert idle == pytest.approx(readme, abs=1e-9)
+        # every rank's busy time counts each pair once: 2m forwards and backwards, less what the pairs save
+        pairs = trace.meta["overlapped_pairs"]
+        assert sum(trace.busy(rank) for rank in range(p)) == pytest.approx(
+            2 * m * p * (forward + backward) - pairs * (forward + backward - pair), rel=1e-12)
+
+
+def test_an_overlapped_pair_waits_for_both_inputs():
+    """Rank 0 of DualPipeV on 2 ranks: a pair F2.1 B0 starts only once B0's gradient has come back from rank 1."""
+    from pipeline_ref.geometry import Action
+    schedule = schedules.build("dualpipev", 2, 4)
+    trace = simulate.simulate(schedule, forward=1.0, backward=2.0, forward_backward=2.5, latency=0.5)
+    ended = {(e.rank, e.op, e.microbatch, e.chunk): e.end for e in trace.events}
+    mine = [e for e in trace.events if e.rank == 0]
+    checked = 0
+    for forward, backward in zip(mine, mine[1:]):
+        if (forward.op, backward.op) != ("F", "B") or forward.chunk == backward.chunk:
+            continue
+        assert backward.end - forward.start == pytest.approx(2.5)             # one action of F&B
+        assert forward.end - forward.start == pytest.approx(2.5 / 3)          # shown split F : B = 1 : 2
+        for action in (Action("F", forward.microbatch, forward.chunk), Action("B", backward.microbatch, backward.chunk)):
+            dependency = schedule.pipeline.dependency(action, 0)
+            if dependency is not None:                # both inputs arrived before the pair began
+                source, needed = dependency
+                sent = ended.get((source, needed.op, needed.microbatch, needed.chunk))
+                sent = sent if sent is not None else ended[(source, "I", needed.microbatch, needed.chunk)]
+                assert forward.start >= sent + (0.5 if source != 0 else 0.0) - 1e-12
+                checked += action.op == "B" and source == 1
+    assert checked >= 1
