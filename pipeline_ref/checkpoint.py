@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +43,40 @@ FORMAT = 2          # 1: the first layout (layer files keyed by index, parameter
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written or used; the message names the folder or file and what to do."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One complete checkpoint, as its complete.json describes it."""
+    folder: Path
+    step: int
+    files: dict              # file name -> {"bytes": size, "names": {name: [shape, dtype]}}
+    optimizer: str           # "sgd" or "adamw": what the state beside each parameter is
+    scaler: dict | None      # a float16 run's loss scale and good steps
+    layout: dict             # layout_of() the run that saved it
+    model: str               # the factory, and how it was called: what rebuilds the model (export)
+    model_kwargs: object
+    dtype: str
+    seed: int
+    note: str | None = None  # why this step and not the one ``latest`` names, if so
+
+    @classmethod
+    def read(cls, folder: Path, note: str | None = None) -> "Saved":
+        marker = folder / MARKER
+        try:
+            meta = json.loads(marker.read_text())
+        except ValueError:
+            raise CheckpointError(f"{marker} is not JSON: the checkpoint is damaged; delete {folder} to "
+                                  f"resume from an earlier step") from None
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"the checkpoint in {folder} is in format {meta.get('format', 1)} (an "
+                                  f"earlier pipeline_ref's, without an index of names); this one reads "
+                                  f"format {FORMAT}")
+        fields = ("step", "files", "optimizer", "scaler", "layout", "model", "model_kwargs", "dtype", "seed")
+        missing = [f for f in fields if f not in meta]
+        if missing:
+            raise CheckpointError(f"{marker} lacks {', '.join(missing)}: the checkpoint is damaged")
+        return cls(folder, **{f: meta[f] for f in fields}, note=note)
 
 
 def step_folder(directory, step: int) -> Path:
@@ -125,20 +160,20 @@ def save_layers(directory, step: int, layers: dict, optimizer=None, keep=None, r
     return index
 
 
-def commit(directory, step: int, meta: dict, files: dict) -> None:
+def commit(directory, step: int, run: dict, files: dict) -> None:
     """Mark step ``step`` complete (after every rank's ``save_layers``: ``files`` is their indexes merged),
     then point ``latest`` at it."""
     folder = step_folder(directory, step)
-    marker = {"format": FORMAT, "step": step, **meta, "files": files}
+    marker = {"format": FORMAT, "step": step, **run, "files": files}     # run: describe_run's
     _atomic(folder / MARKER, lambda tmp: tmp.write_text(json.dumps(marker, indent=1, default=repr)))
     _atomic(Path(directory) / LATEST, lambda tmp: tmp.write_text(folder.name))
 
 
-def latest(directory) -> tuple[Path, dict, str | None]:
-    """The newest complete checkpoint in ``directory``: (its folder, its complete.json, a note or None).
+def latest(directory) -> Saved:
+    """The newest complete checkpoint in ``directory``; CheckpointError if there is none.
 
-    The note says when ``latest`` named a step folder that is missing or has no marker (a save cut short) and
-    an earlier complete one is used instead. Raises CheckpointError if there is none.
+    Its ``note`` says when ``latest`` named a step folder that is missing or has no marker (a save cut short)
+    and an earlier complete one is used instead.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -147,20 +182,14 @@ def latest(directory) -> tuple[Path, dict, str | None]:
     pointed = named.read_text().strip() if named.exists() else None
     candidates = ([directory / pointed] if pointed else []) + sorted(directory.glob("step-*"), reverse=True)
     for folder in candidates:
-        marker = folder / MARKER
-        if marker.exists():
-            try:
-                meta = json.loads(marker.read_text())
-            except ValueError:
-                raise CheckpointError(f"{marker} is not JSON: the checkpoint is damaged; delete {folder} to "
-                                      f"resume from an earlier step") from None
+        if (folder / MARKER).exists():
             note = None
             if pointed and folder.name != pointed:
                 why = ("is missing" if not (directory / pointed).exists()
                        else f"has no {MARKER} (a save cut short)")
                 note = (f"{named} names {pointed}, which {why}: resuming from {folder.name}, the newest "
                         f"complete checkpoint")
-            return folder, meta, note
+            return Saved.read(folder, note)
     raise CheckpointError(f"no complete checkpoint in {directory} (a step folder counts once its {MARKER} is "
                           f"written)")
 
@@ -177,9 +206,10 @@ def _load_file(path: Path, mmap: bool = True):
                               f"step") from None
 
 
-def read_state(folder: Path, meta: dict, names) -> tuple[dict, dict]:
+def read_state(saved: Saved, names) -> tuple[dict, dict]:
     """(tensors, optimizer states) of ``names``, from whichever files of the checkpoint hold them."""
-    where = {name: file for file, entry in meta["files"].items() for name in entry["names"]}
+    folder = saved.folder
+    where = {name: file for file, entry in saved.files.items() for name in entry["names"]}
     missing = [n for n in names if n not in where]
     if missing:
         raise CheckpointError(f"the checkpoint in {folder} has no {missing[0]!r}" +
@@ -196,11 +226,11 @@ def read_state(folder: Path, meta: dict, names) -> tuple[dict, dict]:
     return tensors, moments
 
 
-def load_layers(folder: Path, meta: dict, layers: dict, optimizer=None, keep=None) -> None:
+def load_layers(saved: Saved, layers: dict, optimizer=None, keep=None) -> None:
     """Copy the checkpoint's tensors (and the optimizer's state, by name) into this rank's ``layers``."""
     live = {name: t for number, layer in layers.items()
             for name, t in live_state(layer, number, keep).items()}
-    tensors, moments = read_state(folder, meta, list(live))
+    tensors, moments = read_state(saved, list(live))
     with torch.no_grad():
         for name, target in live.items():
             target.copy_(tensors[name])

@@ -11,7 +11,7 @@ Part of the faults layer, beside ``checkpoint.py``. ``config.preflight`` calls :
 * it is at or past ``--steps``: nothing would be left to run.
 
     from pipeline_ref.checkpoint_check import check
-    folder, meta, note = check(cfg, model)      # model: the factory's list of layers, or its whole module
+    saved = check(cfg, model)      # model: the factory's list of layers, or its whole module; a Saved
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import FORMAT, CheckpointError, _load_file, latest
+from .checkpoint import CheckpointError, Saved, _load_file, latest
 
 
 def expected_state(model) -> dict:
@@ -47,8 +47,8 @@ def _compare_models(folder: Path, saved: dict, wanted: dict) -> None:
                                   f"{dtype}: resume with --dtype {saved_dtype}")
 
 
-def _check_files(folder: Path, meta: dict) -> None:
-    for file, entry in meta["files"].items():
+def _check_files(folder: Path, files: dict) -> None:
+    for file, entry in files.items():
         path = folder / file
         if not path.exists():
             raise CheckpointError(f"{path} is missing, though {folder.name}'s marker lists it: the "
@@ -60,22 +60,20 @@ def _check_files(folder: Path, meta: dict) -> None:
         _load_file(path)          # a file of the right size that is not what we wrote
 
 
-def check(cfg, model) -> tuple[Path, dict, str | None]:
-    """The checkpoint ``cfg.resume_from`` resumes from: (folder, marker, note); else CheckpointError."""
-    folder, meta, note = latest(cfg.resume_from)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"the checkpoint in {folder} is in format {meta.get('format', 1)} (an earlier "
-                              f"pipeline_ref's, without an index of names); this one reads format {FORMAT}")
-    if meta["optimizer"] != cfg.optimizer:
-        kept = "AdamW's moments and step count" if meta["optimizer"] == "adamw" else "no optimizer state"
-        saved = meta["optimizer"]
-        raise CheckpointError(f"the checkpoint in {folder} was saved with --optimizer {saved} ({kept}), this "
-                              f"run asks for {cfg.optimizer}: resume with --optimizer {saved}")
-    saved = {name: entry for f in meta["files"].values() for name, entry in f["names"].items()}
-    _compare_models(folder, saved, expected_state(model))
-    _check_files(folder, meta)
-    if meta["step"] >= cfg.steps:
-        raise CheckpointError(f"the checkpoint in {folder} is at step {meta['step']}: --steps {cfg.steps} "
+def check(cfg, model) -> Saved:
+    """The checkpoint ``cfg.resume_from`` resumes from; else CheckpointError, in one line."""
+    saved = latest(cfg.resume_from)
+    folder = saved.folder
+    if saved.optimizer != cfg.optimizer:
+        kept = "AdamW's moments and step count" if saved.optimizer == "adamw" else "no optimizer state"
+        raise CheckpointError(f"the checkpoint in {folder} was saved with --optimizer {saved.optimizer} "
+                              f"({kept}), this run asks for {cfg.optimizer}: resume with --optimizer "
+                              f"{saved.optimizer}")
+    names = {name: entry for f in saved.files.values() for name, entry in f["names"].items()}
+    _compare_models(folder, names, expected_state(model))
+    _check_files(folder, saved.files)
+    if saved.step >= cfg.steps:
+        raise CheckpointError(f"the checkpoint in {folder} is at step {saved.step}: --steps {cfg.steps} "
                               f"leaves nothing to run (--steps counts from the start, resumed steps "
                               f"included)")
-    return folder, meta, note
+    return saved

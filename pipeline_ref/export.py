@@ -42,30 +42,26 @@ def unsplit(model) -> nn.Module:
 
 
 def load_model(directory):
-    """The unsplit model of the newest complete checkpoint in ``directory``: (module, marker, note).
+    """The unsplit model of the newest complete checkpoint in ``directory``: (module, checkpoint.Saved).
 
     ``module`` is the factory's whole module, or ``nn.Sequential`` of its layers, in the run's dtype.
     """
-    folder, meta, note = checkpoint.latest(directory)
-    if meta.get("format") != checkpoint.FORMAT:
-        raise checkpoint.CheckpointError(f"the checkpoint in {folder} is in format {meta.get('format', 1)}; "
-                                         f"export reads format {checkpoint.FORMAT}")
-    if not isinstance(meta["model_kwargs"], dict):
-        raise checkpoint.CheckpointError(f"the checkpoint in {folder} keeps its model's arguments only as "
-                                         f"text ({meta['model_kwargs']!r}): they cannot rebuild the model")
-    cfg = RunConfig(model=meta["model"], model_kwargs=meta["model_kwargs"], dtype=meta["dtype"],
-                    seed=meta["seed"])
+    saved = checkpoint.latest(directory)
+    if not isinstance(saved.model_kwargs, dict):
+        raise checkpoint.CheckpointError(f"the checkpoint in {saved.folder} keeps its model's arguments only "
+                                         f"as text ({saved.model_kwargs!r}): they cannot rebuild the model")
+    cfg = RunConfig(model=saved.model, model_kwargs=saved.model_kwargs, dtype=saved.dtype, seed=saved.seed)
     whole = unsplit(build_model(cfg)[0])
     wanted = whole.state_dict()
-    tensors, _ = checkpoint.read_state(folder, meta, list(wanted))
+    tensors, _ = checkpoint.read_state(saved, list(wanted))
     # The checkpoint's tensors are memory-mapped from its files: copied into the model's own
     whole.load_state_dict({k: v.clone() for k, v in tensors.items()}, strict=True)
-    return whole, meta, note
+    return whole, saved
 
 
 def export(directory, out) -> list[Path]:
     """Write the model of the newest complete checkpoint in ``directory`` into ``out``; the files written."""
-    whole, meta, _ = load_model(directory)
+    whole, saved = load_model(directory)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().clone() for k, v in whole.state_dict().items()}, out / "state_dict.pt")
@@ -74,8 +70,8 @@ def export(directory, out) -> list[Path]:
         whole.save_pretrained(out)
         written += sorted(p for p in out.iterdir() if p.name != "state_dict.pt")
     (out / "exported_from.json").write_text(json.dumps(
-        {"checkpoint": str(Path(directory).resolve()), "step": meta["step"], "model": meta["model"],
-         "model_kwargs": meta["model_kwargs"], "dtype": meta["dtype"]}, indent=1, default=repr))
+        {"checkpoint": str(saved.folder.resolve()), "step": saved.step, "model": saved.model,
+         "model_kwargs": saved.model_kwargs, "dtype": saved.dtype}, indent=1, default=repr))
     return written
 
 

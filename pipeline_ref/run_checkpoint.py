@@ -21,16 +21,16 @@ def resume(run) -> None:
     layout that saved them, this rank's random generators; preflight has refused a damaged folder."""
     cfg, world_rank = run.cfg, run.comm.Get_rank()
     watchdog.beat(f"loading the checkpoint in {cfg.resume_from}")
-    folder, meta, note = checkpoint.latest(cfg.resume_from)
-    checkpoint.load_layers(folder, meta, run.layers, run.optimizer, run.state_names)
-    if meta["scaler"] is not None:
-        run.scaler.load_state(meta["scaler"])
-    same = meta["layout"] == checkpoint.layout_of(cfg)
+    saved = checkpoint.latest(cfg.resume_from)
+    checkpoint.load_layers(saved, run.layers, run.optimizer, run.state_names)
+    if saved.scaler is not None:
+        run.scaler.load_state(saved.scaler)
+    same = saved.layout == checkpoint.layout_of(cfg)
     if same:
-        checkpoint.load_rng(folder, world_rank, run.device)
-    run.first_step = meta["step"]
+        checkpoint.load_rng(saved.folder, world_rank, run.device)
+    run.first_step = saved.step
     if cfg.verbose and world_rank == 0:
-        print(f"resuming from {folder} (step {meta['step']})" + (f"; {note}" if note else "")
+        print(f"resuming from {saved.folder} (step {saved.step})" + (f"; {saved.note}" if saved.note else "")
               + ("" if same else "; random generators not restored: saved on another layout"), flush=True)
 
 

@@ -111,7 +111,7 @@ def test_adamw_resumes_with_data_parallel_replicas(runs):
     assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-12)
     for key, value in _params(straight).items():
         torch.testing.assert_close(_params(resumed)[key], value, rtol=1e-10, atol=1e-12)
-    files = checkpoint.latest(runs[1]["adamw_dp2"])[1]["files"]     # replica 0's layers, every rank's rng
+    files = checkpoint.latest(runs[1]["adamw_dp2"]).files     # replica 0's layers, every rank's rng
     assert sorted(files) == sorted([checkpoint.layer_file(i) for i in range(8)]
                                    + [checkpoint.rng_file(r) for r in range(4)])
 
@@ -120,8 +120,8 @@ def test_adamw_resumes_with_data_parallel_replicas(runs):
 def test_float16_resumes_with_its_loss_scale(runs):
     _, folder = runs
     # Step 1 overflowed (1e6 x inputs): scale halved, good steps reset; two good steps later still halved.
-    assert checkpoint.latest(folder["fp16"])[1]["scaler"] == {"scale": 2.0 ** 15, "good_steps": 0}
-    assert checkpoint.latest(folder["fp16_end"])[1]["scaler"] == {"scale": 2.0 ** 15, "good_steps": 2}
+    assert checkpoint.latest(folder["fp16"]).scaler == {"scale": 2.0 ** 15, "good_steps": 0}
+    assert checkpoint.latest(folder["fp16_end"]).scaler == {"scale": 2.0 ** 15, "good_steps": 2}
     assert runs[0]["fp16"][0].skipped_steps == [1]
 
 
@@ -129,8 +129,7 @@ def test_float16_resumes_with_its_loss_scale(runs):
 @pytest.mark.parametrize("name", ["gpt2", "gpt2_bf16"])
 def test_a_whole_gpt2_saved_at_2_stages_resumes_at_4(runs, name):
     _assert_resumed_equals(*runs[0][name])
-    meta = checkpoint.latest(runs[1][name])[1]
-    names = {n for entry in meta["files"].values() for n in entry["names"]}
+    names = {n for entry in checkpoint.latest(runs[1][name]).files.values() for n in entry["names"]}
     assert "transformer.h.0.attn.c_attn.weight" in names and "lm_head.weight" in names   # the module's own
 
 
@@ -141,7 +140,7 @@ def test_a_full_disk_names_rank_and_file_and_leaves_the_previous_checkpoint(runs
     assert head.startswith("rank 1: failed while saving the checkpoint of step 4: pipeline_ref.checkpoint."
                            f"CheckpointError: could not write {folder}/step-000004/layer-"), head
     assert "No space left on device" in head
-    assert checkpoint.latest(folder)[1]["step"] == 2
+    assert checkpoint.latest(folder).step == 2
     assert not list((folder / "step-000004").glob(".*tmp*")), "a temporary file was left behind"
     straight, resumed = runs[0]["adamw"][0], runs[0]["after the full disk"]
     assert resumed.first_step == 2 and resumed.losses == straight.losses[2:]
@@ -162,8 +161,7 @@ def test_export_of_a_trained_gpt2_loads_offline_with_the_pipelined_logits(runs, 
     module, _, (inputs, _) = hf_models.gpt2(**GPT2["model_kwargs"])
     module, sample = module.double(), inputs[:2]
     pieces = split.trace(module, sample)
-    folder, meta, _ = checkpoint.latest(saved)
-    checkpoint.load_layers(folder, meta, dict(enumerate(pieces)), keep=set(module.state_dict()))
+    checkpoint.load_layers(checkpoint.latest(saved), dict(enumerate(pieces)), keep=set(module.state_dict()))
     pipelined = split.compose(pieces)(sample).logits
     assert torch.equal(exported(sample).logits, pipelined)          # float64, bit for bit
     fresh = hf_models.gpt2(**GPT2["model_kwargs"])[0].double()     # the factory's own model loads it too
@@ -194,20 +192,20 @@ def test_export_of_a_list_of_layers_loads_into_the_factorys_layers(tmp_path):
 def test_an_unfinished_step_never_loads(tmp_path):
     layers = [torch.nn.Linear(2, 2) for _ in range(2)]
     files = checkpoint.save_layers(tmp_path, 1, dict(enumerate(layers)))
-    checkpoint.commit(tmp_path, 1, {"num_layers": 2}, files)
-    saved = {k: v.clone() for k, v in layers[0].state_dict().items()}
+    checkpoint.commit(tmp_path, 1, checkpoint.describe_run(RunConfig(), None, 2), files)
+    weights = {k: v.clone() for k, v in layers[0].state_dict().items()}
     # A crash while step 2 was written: its layers (one half-written, under a temporary name), no marker.
     with torch.no_grad():
         layers[0].weight.add_(1.0)
     checkpoint.save_layers(tmp_path, 2, {0: layers[0]})
     (checkpoint.step_folder(tmp_path, 2) / ".layer-001.pt.tmp-123").write_bytes(b"half")
     (tmp_path / checkpoint.LATEST).write_text("step-000002")         # even if the pointer had moved on
-    folder, meta, note = checkpoint.latest(tmp_path)
-    assert folder.name == "step-000001" and meta["step"] == 1
-    assert note.endswith("names step-000002, which has no complete.json (a save cut short): resuming from "
-                         "step-000001, the newest complete checkpoint")
+    saved = checkpoint.latest(tmp_path)
+    assert saved.folder.name == "step-000001" and saved.step == 1
+    assert saved.note.endswith("names step-000002, which has no complete.json (a save cut short): resuming "
+                               "from step-000001, the newest complete checkpoint")
     (tmp_path / checkpoint.LATEST).unlink()                          # even without the pointer
-    assert checkpoint.latest(tmp_path)[0].name == "step-000001"
-    checkpoint.load_layers(folder, meta, {0: layers[0]})
-    assert torch.equal(layers[0].weight, saved["weight"])
-    assert json.loads((folder / "complete.json").read_text())["format"] == checkpoint.FORMAT
+    assert checkpoint.latest(tmp_path).folder.name == "step-000001"
+    checkpoint.load_layers(saved, {0: layers[0]})
+    assert torch.equal(layers[0].weight, weights["weight"])
+    assert json.loads((saved.folder / "complete.json").read_text())["format"] == checkpoint.FORMAT

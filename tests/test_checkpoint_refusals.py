@@ -107,11 +107,11 @@ def test_a_pointer_to_an_unfinished_step_falls_back_and_says_so(tmp_path, pointe
     (tmp_path / checkpoint.LATEST).write_text("step-000004")
     preflight(_resume(tmp_path), 2)    # not refused: resumes from step 2
     from pipeline_ref.checkpoint_check import check
-    folder, meta, note = check(_resume(tmp_path), build_model(_resume(tmp_path))[0])
-    assert folder.name == "step-000002" and meta["step"] == 2
+    saved = check(_resume(tmp_path), build_model(_resume(tmp_path))[0])
+    assert saved.folder.name == "step-000002" and saved.step == 2
     why = "is missing" if pointer == "missing" else "has no complete.json (a save cut short)"
-    assert note == (f"{tmp_path / 'latest'} names step-000004, which {why}: resuming from step-000002, the "
-                    f"newest complete checkpoint")
+    assert saved.note == (f"{tmp_path / 'latest'} names step-000004, which {why}: resuming from step-000002, "
+                          f"the newest complete checkpoint")
 
 
 def test_the_command_line_refuses_before_starting_any_rank(tmp_path):
@@ -129,7 +129,9 @@ def test_the_command_line_refuses_before_starting_any_rank(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert "layer-001.pt has 200 bytes" in lines[0], lines
-    assert seconds < 10, f"took {seconds:.1f} s"
+    # The refusal itself takes well under 10 s (the cases above); a whole command adds a Python start and
+    # torch's import, which a loaded machine stretches: this bound says only that nothing waits or hangs.
+    assert seconds < 30, f"took {seconds:.1f} s"
     left = [e.parent.name for e in Path("/proc").glob("[0-9]*/environ")
             if _has(e, f"PIPELINE_REF_TEST_RUN={marker}".encode())]
     assert not left, f"processes left: {left}"
