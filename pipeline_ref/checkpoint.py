@@ -1,7 +1,8 @@
 """Checkpoints a crash cannot spoil, keyed by the model's own names, so any number of stages loads them.
 
-Part of the faults layer (it imports nothing of the package; ``train.py`` calls it, ``checkpoint_check.py``
-refuses a damaged or foreign folder before any rank trains, ``export.py`` writes the model out again).
+Part of the faults layer (it imports nothing of the package; ``run_checkpoint.py`` saves and resumes a run
+with it, ``checkpoint_check.py`` refuses a damaged or foreign folder before any rank trains, ``export.py``
+writes the model out again).
 
     python -m pipeline_ref run ... --steps 100 --save-checkpoint ckpt --checkpoint-every 10
     python -m pipeline_ref run ... --steps 100 --resume ckpt          # on 2, 4 or any number of stages
@@ -38,7 +39,7 @@ import torch
 
 LATEST = "latest"
 MARKER = "complete.json"
-FORMAT = 2          # 1: the first layout (layer files keyed by index, parameters only), refused readably
+FORMAT = 2          # what complete.json says; a folder without it (layer files by index only) is refused
 
 
 class CheckpointError(ValueError):

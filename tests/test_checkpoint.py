@@ -169,6 +169,25 @@ def test_export_of_a_trained_gpt2_loads_offline_with_the_pipelined_logits(runs, 
     assert torch.equal(fresh(sample).logits, exported(sample).logits)
 
 
+def test_pieces_cut_at_other_points_load_by_name(tmp_path):
+    """--split-at's pieces follow the stage count: 2 pieces saved, 4 others loaded, by the module's names."""
+    from pipeline_ref import hf_models, split
+    torch.manual_seed(0)
+    trained, _, (inputs, _) = hf_models.gpt2(**GPT2["model_kwargs"])
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))          # not what the factory makes
+    two = split.trace(trained, inputs[:2], ["transformer.h.2"])
+    files = checkpoint.save_layers(tmp_path, 1, dict(enumerate(two)), keep=set(trained.state_dict()))
+    checkpoint.commit(tmp_path, 1, checkpoint.describe_run(_cfg(GPT2, 2, 2), None, 2), files)
+    torch.manual_seed(0)
+    fresh = hf_models.gpt2(**GPT2["model_kwargs"])[0]
+    four = split.trace(fresh, inputs[:2], ["transformer.h.1", "transformer.h.2", "transformer.h.3"])
+    checkpoint.load_layers(checkpoint.latest(tmp_path), dict(enumerate(four)), keep=set(fresh.state_dict()))
+    for name, value in trained.state_dict().items():          # the pieces hold the module's own Parameters
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+
 def test_export_of_a_list_of_layers_loads_into_the_factorys_layers(tmp_path):
     from pipeline_ref import models
     from pipeline_ref.__main__ import main
