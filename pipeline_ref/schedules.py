@@ -21,6 +21,7 @@ from __future__ import annotations
 from .geometry import OPS, Action, Schedule, ScheduleError  # noqa: F401  (the names users import from here)
 from .geometry import actions_of, interleave
 from .asynchronous import ASYNCHRONOUS, pipedream, pipedream_2bw  # noqa: F401
+from .auto_schedule import zb_auto
 from .dualpipe import dualpipev
 from .interleaved import interleaved
 from .replay import validate  # noqa: F401
@@ -58,7 +59,7 @@ def one_f_one_b(num_stages: int, num_microbatches: int) -> Schedule:
 
 
 GENERATORS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved,
-              "zb-h1": zb_h1, "zb-h2": zb_h2, "zbv": zbv, "dualpipev": dualpipev,
+              "zb-h1": zb_h1, "zb-h2": zb_h2, "zbv": zbv, "zb-auto": zb_auto, "dualpipev": dualpipev,
               "pipedream": pipedream, "pipedream-2bw": pipedream_2bw}   # steps=: one stream, no flush
 
 
