@@ -24,10 +24,11 @@ WAIT_HATCH = "///"
 # colours, so a schedule is never mistaken for an op.
 SCHEDULE_COLORS = {"naive": "#7F7F7F", "gpipe": "#8172B3", "1f1b": "#DA8BC3", "interleaved": "#937860",
                    "zb-h1": "#64B5CD", "zb-h2": "#2A7F9E", "zbv": "#A6D854", "dualpipev": "#55A868",
-                   "pipedream": "#C44E52", "pipedream-2bw": "#DD8452"}
+                   "pipedream": "#C44E52", "pipedream-2bw": "#DD8452", "zb-auto": "#17BECF"}
 THEORY_COLOR = "black"
 SCHEDULE_MARKERS = {"naive": "s", "gpipe": "o", "1f1b": "^", "interleaved": "D", "zb-h1": "v", "zb-h2": "<",
-                    "zbv": ">", "dualpipev": "P", "pipedream": "X", "pipedream-2bw": "*"}
+                    "zbv": ">", "dualpipev": "P", "pipedream": "X", "pipedream-2bw": "*",
+                    "zb-auto": "d"}
 EVENT_GID, WAIT_GID = "event", "wait"   # tags on the drawn rectangles, so tests can count them
 
 
