@@ -5,12 +5,16 @@
 The notebooks are never re-executed: the site shows the outputs they were committed with (plots included).
 The sources are staged into out/site-src first, so nothing in the repository is edited:
 
-    README.md                  the home page
+    home.md                    generated (book/home.py): the student's home page, the README one click away
+    README.md                  the repository's README, a page of its own
     lessons/NN_*.ipynb         one page per lesson (globbed: a new lesson needs no edit here), each with a
                                closing cell that links its exercise page and says the grading command
     exercises/exNN_*.md        generated: the exercise file as shipped, its graded tests, the commands
-    lessons/README.md, lessons/INSTRUCTOR.md, timings.md (generated), benchmarks/README.md and its results
+    lessons/README.md, lessons/INSTRUCTOR.md, the other lessons/*.md (reports the lessons' README links),
+    timings.md (generated), benchmarks/README.md and its results
     _toc.yml                   generated from the lesson list (book/course.py)
+
+book/site.css keeps every page within a phone's width; book/home.py also draws the favicon.
 
 A build newer than every file it was made from is kept (``--force`` rebuilds); otherwise Sphinx rebuilds only
 the pages whose staged source changed. Math is rendered by a MathJax copied into the site (book/assets.py).
@@ -20,13 +24,14 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from book import assets, course, timings
+from book import assets, course, home, timings
 
 ROOT = course.ROOT
 BOOK = ROOT / "book"
@@ -34,15 +39,16 @@ STAGE = ROOT / "out" / "site-src"
 OUT = ROOT / "out" / "site"
 HTML = OUT / "_build" / "html"
 STAMP = HTML / ".built"
-GRADE_ALL = "make grade"
+GRADE_ALL = home.GRADE_ALL
 
 
 # --------------------------------------------------------------------------- what the site is made of
 
 def sources() -> list[Path]:
     """Every file the site is built from (for the freshness check)."""
-    files = [ROOT / "README.md", ROOT / "lessons" / "README.md", ROOT / "lessons" / "INSTRUCTOR.md"]
-    files += sorted(BOOK.glob("*.py")) + [BOOK / "_config.yml", BOOK / "package.json"]
+    files = [ROOT / "README.md", *sorted((ROOT / "lessons").glob("*.md"))]
+    files += sorted(BOOK.glob("*.py")) + [BOOK / "_config.yml", BOOK / "package.json", BOOK / "site.css"]
+    files += sorted((ROOT / "exercises" / "hints").glob("*.md"))
     files += sorted((ROOT / "lessons").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("ex*.py"))
     files += sorted((ROOT / "tests" / "exercises").glob("test_ex*.py"))
     files += [p for p in sorted((ROOT / "benchmarks").rglob("*")) if p.suffix in (".md", ".png", ".csv")]
@@ -114,6 +120,10 @@ def exercise_cell(lesson: course.Lesson) -> dict:
 def lesson_notebook(lesson: course.Lesson) -> str:
     nb = json.loads(lesson.notebook.read_text())
     course.without_widgets(nb["cells"])
+    for cell in nb["cells"]:            # the test harness's markers (nbval) mean nothing to a reader
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"]).splitlines()
+            cell["source"] = "\n".join(line for line in source if not line.startswith("# NBVAL_")).strip()
     nb.get("metadata", {}).pop("widgets", None)     # the saved widget state: nothing on a static page uses it
     nb["cells"].append(exercise_cell(lesson))
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
@@ -132,24 +142,60 @@ def exercise_page(lesson: course.Lesson) -> str:
     lines += ["```", ""]
     if graded is not None:
         doc = ast.get_docstring(ast.parse(graded.read_text())) or ""
-        tests = [n.name for n in ast.parse(graded.read_text()).body
-                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
-        lines += [f"## How it is graded: `tests/exercises/{graded.name}`", "", "```text", doc.strip(), "```", "",
-                  f"Its {len(tests)} tests: " + ", ".join(f"`{t}`" for t in tests) + ".", ""]
+        tests = graded_tests(graded)
+        lines += [f"## How it is graded: `tests/exercises/{graded.name}`", "", "```text", doc.strip(), "```",
+                  "", f"Its {len(tests)} tests, {sum(p for _, p, _ in tests):g} points:", "",
+                  "| test | points | what it checks |", "|---|---|---|"]
+        lines += [f"| `{name}` | {points:g} | {what} |" for name, points, what in tests] + [""]
+    lines += hints_section(lesson)
     lines += [f"## The file as shipped", "", f"```{{literalinclude}} {ex.name}", ":language: python", "```", ""]
     return "\n".join(lines)
 
 
+def graded_tests(graded: Path) -> list[tuple[str, float, str]]:
+    """(test name, its points, the first line of its docstring) of each test function in a graded file."""
+    found = []
+    for node in ast.parse(graded.read_text()).body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+            continue
+        points = [d.args[0].value for d in node.decorator_list if isinstance(d, ast.Call) and d.args
+                  and ast.unparse(d.func).endswith("mark.points") and isinstance(d.args[0], ast.Constant)]
+        what = (ast.get_docstring(node) or "").strip().split("\n")[0].replace("|", "\\|")
+        found.append((node.name, float(points[0]) if points else 0.0, what))
+    return found
+
+
+def hints_section(lesson: course.Lesson) -> list[str]:
+    """The exercise's hints file, one collapsed section per function (its levels stay collapsed inside)."""
+    hints = ROOT / "exercises" / "hints" / f"{lesson.exercise.stem}.md"
+    if not hints.exists():
+        return []
+    lines = ["## Hints", "", "Each opens on a click: try the question first.", ""]
+    sections = re.split(r"^## ", hints.read_text(), flags=re.M)[1:]
+    for section in sections:
+        title, _, body = section.partition("\n")
+        lines += [":::{admonition} " + title.strip(), ":class: dropdown", "", body.strip(), ":::", ""]
+    return lines
+
+
+def other_lesson_pages() -> list[Path]:
+    """lessons/*.md besides the README and the instructor's guide (a report a lesson links: under_load.md)."""
+    return [p for p in sorted((ROOT / "lessons").glob("*.md"))
+            if p.name not in ("README.md", "INSTRUCTOR.md")]
+
+
 def toc(lessons: list[course.Lesson], extra: dict[str, bool]) -> str:
     lines = ["# Generated by book/build_site.py from lessons/NN_*.ipynb: do not edit.", "format: jb-book",
-             "root: README", "parts:", "  - caption: Lessons", "    chapters:"]
+             "root: home", "parts:", "  - caption: Lessons", "    chapters:"]
     for lesson in lessons:
         lines.append(f"      - file: lessons/{lesson.stem}")
         if lesson.exercise is not None:
             lines += ["        sections:", f"          - file: exercises/{lesson.exercise.stem}"]
+    lines += ["  - caption: The course's repository", "    chapters:", "      - file: README"]
     lines += ["  - caption: Teaching the course", "    chapters:", "      - file: lessons/README"]
     if extra["instructor"]:
         lines.append("      - file: lessons/INSTRUCTOR")
+    lines += [f"      - file: lessons/{page.stem}" for page in other_lesson_pages()]
     lines.append("      - file: timings")
     if extra["benchmarks"]:
         lines += ["  - caption: Measurements", "    chapters:", "      - file: benchmarks/README"]
@@ -161,11 +207,14 @@ def toc(lessons: list[course.Lesson], extra: dict[str, bool]) -> str:
 def stage(lessons: list[course.Lesson]) -> None:
     st = Stage(STAGE)
     st.copy(BOOK / "_config.yml", "_config.yml")
+    st.write("home.md", home.page(lessons))
     st.copy(ROOT / "README.md")
     st.copy(ROOT / "lessons" / "README.md")
     instructor = ROOT / "lessons" / "INSTRUCTOR.md"
     if instructor.exists():
         st.copy(instructor)
+    for other in other_lesson_pages():
+        st.copy(other)
     for lesson in lessons:
         st.write(f"lessons/{lesson.notebook.name}", lesson_notebook(lesson))
         if lesson.exercise is not None:
@@ -180,8 +229,11 @@ def stage(lessons: list[course.Lesson]) -> None:
             st.copy(path)
     st.write("_toc.yml", toc(lessons, {"instructor": instructor.exists(), "benchmarks": bench.exists(),
                                        "results": bench.exists() and any(p.suffix == ".md" for p in results)}))
+    st.write("_extra/favicon.ico", home.favicon_bytes())       # /favicon.ico, which browsers ask for
     static = STAGE / "_vendor"      # served as _static/mathjax/...
     assets.copy_mathjax(static / "mathjax")
+    shutil.copy2(BOOK / "site.css", static / "site.css")
+    (static / "favicon.ico").write_bytes(home.favicon_bytes())
     st.remove_the_rest(keep=static)
 
 

@@ -5,6 +5,7 @@ its launch buttons are off, yet sphinx-thebe still puts its set-up script on eve
 Sphinx 7.4 (the second copy throws "Identifier 'THEBE_JS_URL' has already been declared" in the browser),
 and that script names a CDN. This drops both from each page as it is written, and any script of the page
 that would be fetched from another site, so that the pages work offline (tests/test_site.py checks it).
+MyST-NB asks Sphinx to put MathJax on every page; this keeps it only on the pages that have math.
 
 Loaded by book/_config.yml (``sphinx.local_extensions``).
 """
@@ -19,10 +20,16 @@ def _unused(script) -> bool:
     return str(filename).startswith(("http://", "https://", "//"))
 
 
+def _mathjax(script) -> bool:
+    filename = str(getattr(script, "filename", None) or script)
+    return "mathjax" in filename.lower() or "MathJax" in getattr(script, "attributes", {}).get("body", "")
+
+
 def drop_unused_scripts(app, pagename, templatename, context, doctree):
     scripts = context.get("script_files")
     if scripts:
-        context["script_files"] = [s for s in scripts if not _unused(s)]
+        has_math = 'class="math' in context.get("body", "")
+        context["script_files"] = [s for s in scripts if not _unused(s) and (has_math or not _mathjax(s))]
 
 
 def setup(app):

@@ -3,6 +3,9 @@
     with serve(folder) as base_url, open_browser(tmp_path, base_url) as (context, blocked):
         page = context.new_page(); page.goto(base_url + "/index.html")
 
+PAGE_FACTS and WIDTH_FACTS are what a page of the site reports (tests/test_site.py); PHONE and LAPTOP the
+widths it is read at.
+
 Debian's chromium (/usr/bin/chromium, installed by ``make browser``, which .ci/run calls), driven by Playwright
 for Python; Playwright's own browser downloads are never used. ``skip_without_browser`` skips a test, with the
 reason, where either is missing, and ``open_browser`` where chromium is there but does not start. Every
@@ -90,3 +93,45 @@ def open_browser(profile_dir: Path, base_url: str):
             yield context, blocked
         finally:
             context.close()
+
+
+# --------------------------------------------------------------------------- what a site page reports
+
+# What a page reports after it has loaded and MathJax has typeset it.
+PAGE_FACTS = """() => {
+  const skip = 'pre, code, script, style, textarea, mjx-container, mjx-assistive-mml';
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const text = [];
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    if (!node.parentElement.closest(skip)) text.push(node.textContent);
+  }
+  const math = [...document.querySelectorAll('span.math, div.math')];
+  return {
+    text: text.join(' '),
+    shown: document.body.innerText,
+    images: [...document.images].map(i => ({src: i.currentSrc || i.src,
+                                            ok: i.complete && i.naturalWidth > 0 && i.naturalHeight > 0})),
+    plots: document.querySelectorAll('main img[src*="_images/"]').length,
+    math: math.length,
+    unrendered: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
+    hrefs: [...document.querySelectorAll('a[href]')].map(a => a.href),
+    ids: [...document.querySelectorAll('[id]')].map(e => e.id),
+    h1: [...document.querySelectorAll('main h1')].map(h => h.innerText.replace(/#\\s*$/, '').trim()),
+    ...WIDTH_FACTS(),
+    mathjax: !!document.querySelector('script[src*="mathjax" i]'),
+    nbval: [...document.querySelectorAll('main pre')].filter(p => p.innerText.includes('NBVAL_')).length,
+  };
+}"""
+# Whether a page fits its viewport: the page's own width, and every box whose content is wider than the box
+# and does not scroll (its content is cut off, or spills over the page).
+WIDTH_FACTS = """() => ({
+    width: document.documentElement.scrollWidth,
+    clipped: [...document.querySelectorAll('main :is(pre, table, .cell_output, div.highlight, p)')]
+      .filter(e => e.scrollWidth > e.clientWidth + 1
+                   && !['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+      .map(e => `${e.tagName.toLowerCase()}.${e.className}: ${e.scrollWidth} > ${e.clientWidth} px`)
+      .slice(0, 5),
+})"""
+PHONE, LAPTOP = 390, 1400
+MATHJAX_DONE = "() => window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : false"

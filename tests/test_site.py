@@ -4,8 +4,9 @@
 
 The browser checks need Debian's chromium and Playwright (``make browser`` as root, which .ci/run does); where
 either is missing they are skipped with the reason, and the build checks still run. The site is built once
-per session (a build newer than all its sources is reused). Screenshots of the home page and of one lesson
-are saved to out/site/screenshots/.
+per session (a build newer than all its sources is reused). Every page is opened at a phone's width (390 px),
+where all the checks run, and again at a laptop's (1400 px) for its width. Screenshots of the home page and of
+one lesson are saved to out/site/screenshots/.
 """
 from __future__ import annotations
 
@@ -21,36 +22,13 @@ from urllib.parse import urldefrag
 import pytest
 
 from book import assets, build_site, course
-from tests.browser import open_browser, serve, skip_without_browser
+from tests.browser import (LAPTOP, MATHJAX_DONE, PAGE_FACTS, PHONE, WIDTH_FACTS, open_browser, serve,
+                           skip_without_browser)
 
 SCREENSHOTS = build_site.OUT / "screenshots"
+ROOT_HINTS = course.ROOT / "exercises" / "hints"
 RAW_MATH = re.compile(r"\$[^$\s][^$\n]*\$|\\\(|\\\[")     # $...$, \( or \[ left in the text: math not rendered
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
-
-# What a page reports after it has loaded and MathJax has typeset it.
-PAGE_FACTS = """() => {
-  const skip = 'pre, code, script, style, textarea, mjx-container, mjx-assistive-mml';
-  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-  const text = [];
-  while (walker.nextNode()) {
-    const node = walker.currentNode;
-    if (!node.parentElement.closest(skip)) text.push(node.textContent);
-  }
-  const math = [...document.querySelectorAll('span.math, div.math')];
-  return {
-    text: text.join(' '),
-    shown: document.body.innerText,
-    images: [...document.images].map(i => ({src: i.currentSrc || i.src,
-                                            ok: i.complete && i.naturalWidth > 0 && i.naturalHeight > 0})),
-    plots: document.querySelectorAll('main img[src*="_images/"]').length,
-    math: math.length,
-    unrendered: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
-    hrefs: [...document.querySelectorAll('a[href]')].map(a => a.href),
-    ids: [...document.querySelectorAll('[id]')].map(e => e.id),
-    h1: [...document.querySelectorAll('main h1')].map(h => h.innerText.replace(/#\\s*$/, '').trim()),
-  };
-}"""
-MATHJAX_DONE = "() => window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : false"
 
 
 @dataclass
@@ -68,6 +46,7 @@ class Walk:
     blocked: list[str]                      # requests off the local server (aborted)
     search_hits: list[str]
     screenshots: list[Path]
+    laptop: dict[str, dict]                 # by relative path: WIDTH_FACTS at the laptop's width
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +82,7 @@ def walk(site, lessons, tmp_path_factory) -> Walk:
     shown = next((l for l in lessons if _image_outputs(l.notebook)), lessons[0])
     with serve(site) as base, open_browser(tmp_path_factory.mktemp("chromium"), base) as (context, blocked):
         page = context.new_page()
+        page.set_viewport_size({"width": PHONE, "height": 844})
         reports: dict[str, Page] = {}
         for rel in paths:
             report = reports[rel] = Page(f"{base}/{rel}")
@@ -111,15 +91,22 @@ def walk(site, lessons, tmp_path_factory) -> Walk:
             page.on("console", on_console)
             page.on("pageerror", on_error)
             page.goto(report.url, wait_until="load")
-            if rel == "index.html":         # a redirect (meta refresh) to the README: follow it
-                page.wait_for_url(f"{base}/README.html")
+            if rel == "index.html":         # a redirect (meta refresh) to the home page: follow it
+                page.wait_for_url(f"{base}/home.html")
                 page.wait_for_load_state("load")
             page.evaluate(MATHJAX_DONE)
-            report.facts = page.evaluate(PAGE_FACTS)
+            report.facts = page.evaluate(PAGE_FACTS.replace("WIDTH_FACTS()", f"({WIDTH_FACTS})()"))
             page.remove_listener("console", on_console)
             page.remove_listener("pageerror", on_error)
+        page.set_viewport_size({"width": LAPTOP, "height": 900})
+        laptop = {}
+        for rel in [p for p in paths if p.startswith(("home", "lessons/", "exercises/"))]:    # the wide ones
+            page.goto(f"{base}/{rel}", wait_until="load")
+            page.evaluate(MATHJAX_DONE)
+            laptop[rel] = page.evaluate(WIDTH_FACTS)
+        page.set_viewport_size({"width": 1280, "height": 900})
         shots = [SCREENSHOTS / "home.png", SCREENSHOTS / f"lesson_{shown.stem}.png"]
-        page.goto(f"{base}/README.html", wait_until="load")
+        page.goto(f"{base}/home.html", wait_until="load")
         page.screenshot(path=str(shots[0]))
         page.goto(f"{base}/lessons/{shown.stem}.html", wait_until="load")
         page.evaluate(MATHJAX_DONE)
@@ -132,7 +119,7 @@ def walk(site, lessons, tmp_path_factory) -> Walk:
         urls = sorted({urldefrag(h).url for r in reports.values() for h in r.facts["hrefs"]
                        if h.startswith(base + "/")})
         links = {u: _status(u) for u in urls}
-    return Walk(base, reports, links, list(blocked), hits, shots)
+    return Walk(base, reports, links, list(blocked), hits, shots, laptop)
 
 
 def _image_outputs(notebook: Path) -> int:
@@ -153,10 +140,17 @@ def test_a_page_per_lesson_and_exercise_and_the_readme_as_home(site, lessons):
         assert (site / "lessons" / f"{lesson.stem}.html").exists(), f"no page for {lesson.notebook.name}"
         if lesson.exercise is not None:
             assert (site / "exercises" / f"{lesson.exercise.stem}.html").exists(), f"no page for {lesson.exercise}"
-    home = (site / "index.html").read_text()
-    assert 'url=README.html' in home, "the home page should be the README"
+    assert 'url=home.html' in (site / "index.html").read_text(), "the home page should be home.html"
     readme = (site / "README.html").read_text()
     assert course.first_heading(_readme_as_notebook(site)) in readme
+    home = (site / "home.html").read_text()
+    assert 'href="README.html"' in home, "the home page should link the repository's README"
+    for lesson in lessons:
+        assert f'href="lessons/{lesson.stem}.html"' in home, f"the home page does not link {lesson.stem}"
+        if lesson.exercise is not None:
+            assert f'href="exercises/{lesson.exercise.stem}.html"' in home, f"no link: {lesson.exercise.name}"
+    assert build_site.GRADE_ALL in re.sub(r"<[^>]+>", "", home), "the home page does not say how to grade"
+    assert (site / "favicon.ico").read_bytes()[:4] == b"\x00\x00\x01\x00", "no /favicon.ico (an ICO file)"
     assert (site / "search.html").exists() and (site / "searchindex.js").exists(), "no search page"
     assert (site / "_static" / "mathjax" / "tex-chtml.js").exists(), "MathJax is not served by the site itself"
 
@@ -257,3 +251,35 @@ def test_the_search_box_finds_lessons(walk):
 def test_screenshots_saved(walk):
     for shot in walk.screenshots:
         assert shot.exists() and shot.stat().st_size > 10_000, f"{shot} is missing or blank"
+
+
+def test_exercise_pages_show_each_tests_points_and_the_hints_collapsed(site, lessons):
+    for lesson in lessons:
+        if lesson.exercise is None or lesson.graded is None:
+            continue
+        html = (site / "exercises" / f"{lesson.exercise.stem}.html").read_text()
+        text = " ".join(re.sub(r"<[^>]+>", " ", html).split())      # what the page says, cell by cell
+        for name, points, _ in build_site.graded_tests(lesson.graded):
+            assert f"{name} {points:g}" in text, f"{lesson.exercise.stem}: no row with {name}'s {points:g}"
+        hints = ROOT_HINTS / f"{lesson.exercise.stem}.md"
+        if hints.exists():
+            sections = len(re.findall(r"^## ", hints.read_text(), re.M))
+            assert html.count("dropdown") >= sections > 0, f"{lesson.exercise.stem}: hints not collapsed"
+
+
+def test_no_page_is_wider_than_a_phone_or_a_laptop_and_wide_boxes_scroll(walk):
+    too_wide = {rel: p.facts["width"] for rel, p in walk.pages.items() if p.facts["width"] > PHONE}
+    too_wide.update({f"{rel} at {LAPTOP}": f["width"] for rel, f in walk.laptop.items()
+                     if f["width"] > LAPTOP})
+    assert not too_wide, f"pages wider than the screen (px): {too_wide}"
+    clipped = {rel: p.facts["clipped"] for rel, p in walk.pages.items() if p.facts["clipped"]}
+    clipped.update({f"{rel} at {LAPTOP}": f["clipped"] for rel, f in walk.laptop.items() if f["clipped"]})
+    assert not clipped, f"boxes whose content is cut off or spills (they should scroll): {clipped}"
+
+
+def test_no_test_markers_and_mathjax_only_where_there_is_math(walk):
+    markers = [rel for rel, p in walk.pages.items() if p.facts["nbval"]]
+    assert not markers, f"nbval's markers shown in the code of {markers}"
+    needless = [rel for rel, p in walk.pages.items() if p.facts["mathjax"] and not p.facts["math"]]
+    assert not needless, f"pages without math that load MathJax: {needless}"
+    assert any(p.facts["mathjax"] for p in walk.pages.values()), "no page loads MathJax"
