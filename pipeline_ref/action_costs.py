@@ -35,10 +35,11 @@ def per_rank(name: str, cost, num_stages: int) -> list | None:
     elif isinstance(cost, Sequence) and not isinstance(cost, str):
         costs = [[float(c) for c in entry] if isinstance(entry, Sequence) else float(entry) for entry in cost]
     else:
-        raise ValueError(f"{name}: expected a number, one per rank, a callable (rank, chunk, microbatch) or a "
-                         f"mapping, got {cost!r}")
+        raise ValueError(f"{name}: expected a number, one per rank, a callable (rank, chunk, microbatch) or "
+                         f"a mapping, got {cost!r}")
     if len(costs) != num_stages:
-        raise ValueError(f"{name}: {len(costs)} costs given for {num_stages} ranks (give one, or one per rank)")
+        raise ValueError(f"{name}: {len(costs)} costs given for {num_stages} ranks "
+                         f"(give one, or one per rank)")
     if any(min(c) < 0 if isinstance(c, list) else c < 0 for c in costs):
         raise ValueError(f"{name}: costs must be non-negative, got {costs}")
     return costs
@@ -75,7 +76,8 @@ def _one(name: str, cost, rank: int, chunk: int, microbatch: int) -> float:
     try:
         value = float(cost(rank, chunk, microbatch) if callable(cost) else cost[(rank, chunk, microbatch)])
     except KeyError:
-        raise ValueError(f"{name}: no cost for (rank {rank}, chunk {chunk}, microbatch {microbatch})") from None
+        raise ValueError(f"{name}: no cost for (rank {rank}, chunk {chunk}, "
+                         f"microbatch {microbatch})") from None
     if not value >= 0:
         raise ValueError(f"{name}: costs must be non-negative, got {value} for (rank {rank}, chunk {chunk}, "
                          f"microbatch {microbatch})")

@@ -1,10 +1,11 @@
-"""Zero-bubble schedules searched under a memory limit: the Zero Bubble paper's heuristic (ZB-1p, ZB-2p), as data.
+"""Zero-bubble schedules searched under a memory limit: the Zero Bubble paper's heuristic (ZB-1p, ZB-2p),
+as data.
 
 Layer: schedules (pure data: the search plays its own small timeline, no simulator, no processes).
 
     >>> from pipeline_ref import schedules, simulate
-    >>> sched = schedules.build("zb-auto", 4, 8, max_in_flight=8, forward=1.0, input_grad=1.0, weight_grad=1.0)
-    >>> max(simulate.simulate(sched, forward=1.0, input_grad=1.0, weight_grad=1.0).peak_stashed) <= 8
+    >>> sched = schedules.build("zb-auto", 4, 8, max_in_flight=8, forward=1.0, input_grad=2.0)
+    >>> max(simulate.simulate(sched, forward=1.0, input_grad=2.0, weight_grad=1.0).peak_stashed) <= 8
     True
 
 Qi et al. 2023 ("Zero Bubble Pipeline Parallelism", section 3.1; their code: sail-sg/zero-bubble-pipeline-
@@ -90,13 +91,16 @@ class _Greedy:
         back = self.done[FORWARD][p - 1][0] + costs[BACKWARD][p - 1]   # when the first gradient leaves
         for stage in range(p - 2, -1, -1):
             held, busy = self.held[stage], self.end[stage]
-            while self.count[FORWARD][stage] + extra[stage] < m and held + self.memory[FORWARD] <= self.limit + 1e-9:
+            forwards = self.count[FORWARD][stage]
+            while forwards + extra[stage] < m and held + self.memory[FORWARD] <= self.limit + 1e-9:
                 if (busy + costs[FORWARD][stage] > back + comm) if allow_bubble else (busy >= back + comm):
                     break
-                held, busy, extra[stage] = held + self.memory[FORWARD], busy + costs[FORWARD][stage], extra[stage] + 1
+                held, busy = held + self.memory[FORWARD], busy + costs[FORWARD][stage]
+                extra[stage] += 1
             back = max(busy, back + comm) + costs[BACKWARD][stage]
-        for stage in range(1, p):                    # fewer than the stage before, as far as microbatches allow
-            while extra[stage] > 0 and extra[stage] >= extra[stage - 1] and self.count[FORWARD][stage] + extra[stage] < m:
+        for stage in range(1, p):                    # fewer than the stage before, while microbatches remain
+            forwards = self.count[FORWARD][stage]
+            while extra[stage] > 0 and extra[stage] >= extra[stage - 1] and forwards + extra[stage] < m:
                 extra[stage] -= 1
         for stage in range(p):
             for _ in range(extra[stage]):
@@ -109,7 +113,8 @@ class _Greedy:
         count, costs, end = self.count, self.costs, self.end
         if count[FORWARD][stage] >= self.m:
             return False
-        if not (prioritize_b and stage + 1 < self.p and count[FORWARD][stage] >= count[FORWARD][stage + 1] + 2):
+        ahead = stage + 1 < self.p and count[FORWARD][stage] >= count[FORWARD][stage + 1] + 2
+        if not (prioritize_b and ahead):
             return True
         next_plus = end[stage + 1] + costs[FORWARD][stage + 1] + costs[BACKWARD][stage + 1] + self.comm
         if end[stage] >= next_plus:
@@ -130,7 +135,8 @@ class _Greedy:
             if wanted[stage]:
                 self.make_room(stage, FORWARD)
                 if stage > 0:
-                    self.fill_wait(stage, self.done[FORWARD][stage - 1][self.count[FORWARD][stage]] + self.comm, greedy)
+                    arrival = self.done[FORWARD][stage - 1][self.count[FORWARD][stage]] + self.comm
+                    self.fill_wait(stage, arrival, greedy)
                 self.put(stage, FORWARD)
         for stage in range(p - 1, -1, -1):
             self.make_room(stage, BACKWARD)
@@ -161,7 +167,8 @@ def play(num_stages: int, num_microbatches: int, max_in_flight: float, forward=1
     if not max_in_flight >= 1:
         raise ScheduleError(f"max_in_flight must be at least 1 microbatch, got {max_in_flight!r}")
     if not 0 <= weight_memory <= 1 or latency < 0:
-        raise ScheduleError(f"weight_memory must be in [0, 1] and latency >= 0, got {weight_memory}, {latency}")
+        raise ScheduleError(f"weight_memory must be in [0, 1] and latency >= 0, got {weight_memory}, "
+                            f"{latency}")
     costs = [_per_stage(n, c, p) for n, c in (("forward", forward), ("input_grad", input_grad),
                                                ("weight_grad", weight_grad))]
     memory = (1.0, -(1.0 - weight_memory), -weight_memory)
@@ -181,8 +188,8 @@ def play(num_stages: int, num_microbatches: int, max_in_flight: float, forward=1
         if best is None or run.longest_stage() < best.longest_stage():
             best = run
     if best is None:
-        raise ScheduleError(f"no schedule of {p} stages and {m} microbatches fits max_in_flight={max_in_flight}: "
-                            + refusals[0])
+        raise ScheduleError(f"no schedule of {p} stages and {m} microbatches fits "
+                            f"max_in_flight={max_in_flight}: " + refusals[0])
     return Schedule(best.order), best.longest_stage()
 
 
@@ -190,4 +197,5 @@ def zb_auto(num_stages: int, num_microbatches: int, max_in_flight: float | None 
             input_grad=1.0, weight_grad=1.0, latency: float = 0.0, weight_memory: float = 1.0) -> Schedule:
     """The searched schedule; ``max_in_flight`` defaults to 2p (ZB-2p); p is ZB-1p."""
     limit = 2 * num_stages if max_in_flight is None else max_in_flight
-    return play(num_stages, num_microbatches, limit, forward, input_grad, weight_grad, latency, weight_memory)[0]
+    return play(num_stages, num_microbatches, limit, forward, input_grad, weight_grad, latency,
+                weight_memory)[0]

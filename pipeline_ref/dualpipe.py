@@ -78,7 +78,7 @@ def dualpipev(num_stages: int, num_microbatches: int) -> Schedule:
             f(0), f(1)
         for _ in range(p - r - 1):
             b(1, split=True), w(), f(1)
-        pairs = m - 2 * p + r + 1               # (F0 B1) (F1 B0) pairs; torch plays the last rank's first in turn
+        pairs = m - 2 * p + r + 1               # (F0 B1) (F1 B0); torch runs the last rank's first in turn
         actions += interleave(*(whole[op, c][start:start + pairs] for op, c, start in
                                 (("F", 0, forwards[0]), ("B", 1, backwards[1]), ("F", 1, forwards[1]),
                                  ("B", 0, backwards[0]))))

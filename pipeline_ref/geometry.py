@@ -58,7 +58,7 @@ def actions_of(op: str, count: int, chunk: int = 0) -> list[Action]:
 
 
 def interleave(*lists: list) -> list:
-    """``[a0, b0, c0, a1, b1, c1, ...]`` from lists of one length: a schedule's repeating groups, built by slicing."""
+    """``[a0, b0, c0, a1, b1, c1, ...]`` from lists of one length: repeating groups, built by slicing."""
     out = [None] * sum(map(len, lists))
     for k, items in enumerate(lists):
         out[k::len(lists)] = items

@@ -78,7 +78,8 @@ def replay(schedule: Schedule, visit: Callable[[int, Action, tuple | None], None
 
 
 def sweep(plan: Plan, visit: Callable[[int, int], None] | None = None) -> list[int]:
-    """Sweep the ranks in order, each as far as its messages allow, until none moves; return each rank's position.
+    """Sweep the ranks in order, each as far as its messages allow, until none moves; return where each
+    rank stopped.
 
     ``visit(rank, index)`` is called for each action played, in play order.
     """
@@ -162,7 +163,8 @@ def _columns(actions) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if not isinstance(actions, (list, tuple)) or not actions or set(map(type, actions)) != {Action}:
         return None
     ops, microbatches, chunks = zip(*actions)
-    if not set(ops) <= OP_CODES.keys() or set(map(type, microbatches)) != {int} or set(map(type, chunks)) != {int}:
+    integers = set(map(type, microbatches)) | set(map(type, chunks))
+    if not set(ops) <= OP_CODES.keys() or integers != {int}:
         return None
     columns = (np.fromiter(map(OP_CODES.__getitem__, ops), np.int64, len(ops)),
                np.array(microbatches, np.int64), np.array(chunks, np.int64))
@@ -170,11 +172,13 @@ def _columns(actions) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 
 def _well_formed(schedule, num_microbatches: int | None) -> list | None:
-    """Each rank's columns if every check of :func:`check_structure` passes; else None (the slow way finds why)."""
+    """Each rank's columns if every check of :func:`check_structure` passes, else None (the slow way
+    says why)."""
     columns = [_columns(actions) for actions in schedule] if schedule else [None]
     if any(c is None for c in columns):
         return None
-    microbatches = 1 + max(int(mb.max()) for _, mb, _ in columns) if num_microbatches is None else num_microbatches
+    microbatches = (1 + max(int(mb.max()) for _, mb, _ in columns) if num_microbatches is None
+                    else num_microbatches)
     chunks = 1 + max(int(ch.max()) for _, _, ch in columns)
     for ops, mb, ch in columns:
         if mb.max() >= microbatches:

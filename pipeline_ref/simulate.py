@@ -60,7 +60,8 @@ def simulate(schedule: Schedule, forward: Cost = 1.0, backward: Cost = 2.0, late
     plan = compile_schedule(schedule)
     num_stages = len(plan.schedule)
     matrix = action_costs.latency_matrix(latency, num_stages)
-    costs = [action_costs.of_actions("forward", forward, plan, 0), action_costs.of_actions("backward", backward, plan, 1),
+    costs = [action_costs.of_actions("forward", forward, plan, 0),
+             action_costs.of_actions("backward", backward, plan, 1),
              (action_costs.of_actions("input_grad", input_grad, plan, 2) if input_grad is not None
               else action_costs.of_actions("backward", backward, plan, 2, halve=True)),
              (action_costs.of_actions("weight_grad", weight_grad, plan, 3) if weight_grad is not None
@@ -88,7 +89,8 @@ def simulate(schedule: Schedule, forward: Cost = 1.0, backward: Cost = 2.0, late
     trace.meta = {"source": "simulated", "num_stages": num_stages, "time_unit": time_unit,
                   "layout": plan.schedule.layout, "num_microbatches": plan.num_microbatches,
                   "costs": {**_cost_tables(num_stages, forward, backward, input_grad, weight_grad),
-                            "latency": float(latency) if isinstance(latency, (int, float)) else matrix.tolist()}}
+                            "latency": (float(latency) if isinstance(latency, (int, float))
+                                        else matrix.tolist())}}
     if pairs:
         trace.meta["overlapped_pairs"] = len(pairs)
     return trace
@@ -119,11 +121,13 @@ def _pairs(plan: Plan, costs: list, forward_backward) -> dict:
         for index in np.flatnonzero((ops[:-1] == 0) & (ops[1:] == 1) & (chunks[:-1] != chunks[1:])).tolist():
             whole = float(pair_costs[rank][index])
             forward, backward = float(costs[0][rank][index]), float(costs[1][rank][index + 1])
-            pairs[rank, index] = (whole, whole * (forward / (forward + backward) if forward + backward > 0 else 0.5))
+            share = forward / (forward + backward) if forward + backward > 0 else 0.5
+            pairs[rank, index] = (whole, whole * share)
     return pairs
 
 
-def _objects(plan: Plan, starts: list, ends: list, waits: list, raw_starts: dict) -> tuple[list[Event], list[Wait]]:
+def _objects(plan: Plan, starts: list, ends: list, waits: list,
+             raw_starts: dict) -> tuple[list[Event], list[Wait]]:
     """The Event and Wait objects of a play, in the order ``replay.sweep`` visits the actions."""
     schedule, sources = plan.schedule, plan.sources
     waited = {(rank, bisect_left(raw_starts.get(rank, starts[rank]), until)): (since, until)

@@ -57,7 +57,7 @@ class Wait:
 
 
 class Deferred(NamedTuple):
-    """A simulated step whose Event and Wait objects are not built yet, and the numbers that need none of them.
+    """A simulated step whose Event and Wait objects are not built yet, and the numbers that need none.
 
     The simulator plays 10^5-10^6 actions in a search and most callers read only ``makespan``,
     ``utilization`` and ``peak_stashed``; building an object per action would cost more than the play.
@@ -187,7 +187,7 @@ def _set_waits(trace: Trace, waits: list[Wait]) -> None:
     trace._built()["_waits"] = waits
 
 
-# The dataclass's __init__, ==, repr and asdict all go through these, so a deferred trace is built on first use.
+# The dataclass's __init__, ==, repr and asdict go through these, so a deferred trace is built on first use.
 Trace.events = property(_get_events, _set_events)
 Trace.waits = property(_get_waits, _set_waits)
 

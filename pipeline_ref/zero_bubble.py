@@ -96,7 +96,8 @@ def zb_h2(num_stages: int, num_microbatches: int, max_in_flight: int | None = No
                 schedule[s].append(I[ni])
                 inputs[s] = ni + 1
                 i_end[s].append(now + 1)
-            elif nf < m and nf - weights[s] < limit and (s == 0 or nf < len(f_end[s - 1]) and f_end[s - 1][nf] <= now):
+            elif nf < m and nf - weights[s] < limit and (
+                    s == 0 or nf < len(f_end[s - 1]) and f_end[s - 1][nf] <= now):
                 schedule[s].append(F[nf])
                 forwards[s] = nf + 1
                 f_end[s].append(now + 1)
@@ -141,9 +142,10 @@ def zbv(num_stages: int, num_microbatches: int) -> Schedule:
                    + interleave(F1[r:p], I1[:up], W1[:up])
                    + interleave(F0[warmup + r:], I0[:with_f0], W0[:with_f0], F1[p:p + with_f0],
                                 I1[up:up + with_f0], W1[up:up + with_f0])
-                   + interleave(I0[with_f0:turn], W0[with_f0:turn], F1[p + with_f0:], I1[up + with_f0:up + turn],
-                                W1[up + with_f0:up + turn])
-                   + interleave(I0[turn:turn + r], I1[up + turn:]) + interleave(I0[turn + r:], W0[turn:turn + up])
+                   + interleave(I0[with_f0:turn], W0[with_f0:turn], F1[p + with_f0:],
+                                I1[up + with_f0:up + turn], W1[up + with_f0:up + turn])
+                   + interleave(I0[turn:turn + r], I1[up + turn:])
+                   + interleave(I0[turn + r:], W0[turn:turn + up])
                    + W1[up + turn:] + W0[turn + up:])
         schedule.append(actions if m == n else [a for a in actions if a.microbatch < m])
     return Schedule(schedule, layout="v")

@@ -1,4 +1,5 @@
-"""zb-auto, the Zero Bubble paper's heuristic under a memory limit: valid, never over its limit, and refused clearly.
+"""zb-auto, the Zero Bubble paper's heuristic under a memory limit: valid, never over its limit, and refused
+clearly.
 
 Its reproduction of the paper's ZB-1p / ZB-2p bubble rates is in tests/test_zero_bubble_paper.py.
 """

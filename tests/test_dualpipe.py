@@ -116,7 +116,8 @@ def test_overlapped_pairs_reproduce_the_dualpipe_readme_bubble(p):
 
 
 def test_an_overlapped_pair_waits_for_both_inputs():
-    """Rank 0 of DualPipeV on 2 ranks: a pair F2.1 B0 starts only once B0's gradient has come back from rank 1."""
+    """Rank 0 of DualPipeV on 2 ranks: a pair F2.1 B0 starts only once B0's gradient has come back from
+    rank 1."""
     from pipeline_ref.geometry import Action
     schedule = schedules.build("dualpipev", 2, 4)
     trace = simulate.simulate(schedule, forward=1.0, backward=2.0, forward_backward=2.5, latency=0.5)
@@ -128,7 +129,8 @@ def test_an_overlapped_pair_waits_for_both_inputs():
             continue
         assert backward.end - forward.start == pytest.approx(2.5)             # one action of F&B
         assert forward.end - forward.start == pytest.approx(2.5 / 3)          # shown split F : B = 1 : 2
-        for action in (Action("F", forward.microbatch, forward.chunk), Action("B", backward.microbatch, backward.chunk)):
+        for action in (Action("F", forward.microbatch, forward.chunk),
+                       Action("B", backward.microbatch, backward.chunk)):
             dependency = schedule.pipeline.dependency(action, 0)
             if dependency is not None:                # both inputs arrived before the pair began
                 source, needed = dependency

@@ -1,4 +1,5 @@
-"""The fast simulator (compiled schedule, event-driven play, events built on first use) against a plain replay.
+"""The fast simulator (compiled schedule, event-driven play, events built on first use) against a plain
+replay.
 
 The reference below is the simulator as it was before issue 30, written out in a few lines: sweep the ranks
 in order, each as far as its messages allow, until none moves; an action starts at max(rank free, producer's
@@ -17,7 +18,8 @@ OPS = {"F": "forward", "B": "backward", "I": "input_grad", "W": "weight_grad"}
 
 
 def reference(schedule: Schedule, cost, latency):
-    """(events, waits, peak stash) of ``schedule``: cost(op, rank, chunk, microbatch), latency(source, dest)."""
+    """(events, waits, peak stash) of ``schedule``; cost(op, rank, chunk, microbatch), latency(source, dest)
+    give the times."""
     pipe = Schedule.of(schedule).pipeline
     ended, free, position = {}, [0.0] * len(schedule), [0] * len(schedule)
     events, waits = [], []
@@ -37,7 +39,8 @@ def reference(schedule: Schedule, cost, latency):
                     arrival = ended[key] + (latency(source, rank) if source != rank else 0.0)
                     if arrival > ready:
                         what = "activation" if action.op == "F" else "gradient"
-                        waits.append(Wait(rank, f"recv {what} {action.microbatch} from rank {source}", ready, arrival))
+                        what = f"recv {what} {action.microbatch} from rank {source}"
+                        waits.append(Wait(rank, what, ready, arrival))
                         ready = arrival
                 end = ready + cost(action.op, rank, action.chunk, action.microbatch)
                 events.append(Event(rank, action.op, action.microbatch, action.chunk, ready, end))
@@ -55,8 +58,9 @@ def reference(schedule: Schedule, cost, latency):
     return events, waits, peaks
 
 
-CASES = ([(name, p, m, options) for name, options in (("naive", {}), ("gpipe", {}), ("1f1b", {}), ("zb-h1", {}),
-                                                      ("zb-h2", {}), ("zbv", {}), ("pipedream", {"steps": 2}))
+ONE_CHUNK = (("naive", {}), ("gpipe", {}), ("1f1b", {}), ("zb-h1", {}), ("zb-h2", {}), ("zbv", {}),
+             ("pipedream", {"steps": 2}), ("zb-auto", {"max_in_flight": 3}))
+CASES = ([(name, p, m, options) for name, options in ONE_CHUNK
           for p, m in ((1, 1), (2, 3), (3, 5), (4, 8), (8, 24))]
          + [("interleaved", p, m, {"chunks": v}) for p, m, v in ((2, 4, 2), (3, 6, 3), (4, 8, 2), (8, 16, 2))]
          + [("dualpipev", p, m, {}) for p, m in ((1, 2), (2, 5), (4, 8), (8, 20))])
@@ -65,7 +69,8 @@ CASES = ([(name, p, m, options) for name, options in (("naive", {}), ("gpipe", {
 def _costs(kind: str, p: int, rng: random.Random):
     """(keyword arguments for simulate, the same costs as reference's cost function)."""
     if kind == "equal":
-        return {"forward": 1.0, "backward": 2.0}, lambda op, r, c, i: {"F": 1.0, "B": 2.0, "I": 1.0, "W": 1.0}[op]
+        equal = {"F": 1.0, "B": 2.0, "I": 1.0, "W": 1.0}
+        return {"forward": 1.0, "backward": 2.0}, lambda op, r, c, i: equal[op]
     if kind == "per rank":
         table = {op: [round(rng.uniform(0.2, 2.0), 3) for _ in range(p)] for op in OPS}
         return ({OPS[op]: table[op] for op in OPS}, lambda op, r, c, i: table[op][r])
@@ -86,11 +91,13 @@ def test_same_trace_as_a_plain_replay(name, p, m, options, kind, latency):
     schedule = schedules.build(name, p, m, **options)
     keywords, cost = _costs(kind, p, rng)
     table = [[rng.uniform(0.0, 0.5) for _ in range(p)] for _ in range(p)]
-    latency_of = {"none": lambda s, d: 0.0, "number": lambda s, d: 0.25, "pairs": lambda s, d: table[s][d]}[latency]
+    latency_of = {"none": lambda s, d: 0.0, "number": lambda s, d: 0.25,
+                  "pairs": lambda s, d: table[s][d]}[latency]
     given = {"none": 0.0, "number": 0.25, "pairs": table}[latency]
     trace = simulate.simulate(schedule, latency=given, **keywords)
     events, waits, peaks = reference(schedule, cost, latency_of)
-    makespan, utilization, stash = trace.makespan, trace.utilization, trace.peak_stashed   # before any event is built
+    # read before any Event object is built
+    makespan, utilization, stash = trace.makespan, trace.utilization, trace.peak_stashed
     assert trace.events == events
     assert trace.waits == waits
     assert makespan == max(e.end for e in events) - min(e.start for e in events)
@@ -117,15 +124,16 @@ def test_costs_that_cannot_be_played_are_refused_with_their_name():
         simulate.simulate(schedules.build("gpipe", 2, 2), backward={})
     with pytest.raises(ValueError, match=r"input_grad: costs must be non-negative, got -1.0"):
         simulate.simulate(schedule, input_grad=lambda r, c, i: -1.0)
-    with pytest.raises(ValueError, match=r"latency: expected a number, a callable \(source, destination\) or a "
-                                         r"2 x 2 table, got shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"latency: expected a number, a callable \(source, destination\) "
+                                         r"or a 2 x 2 table, got shape \(3,\)"):
         simulate.simulate(schedule, latency=[0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=r"message latency must be non-negative"):
         simulate.simulate(schedule, latency=lambda s, d: -0.5)
 
 
 def test_a_link_model_makes_only_the_crossing_slow():
-    """Two nodes of two ranks: NVLink-like inside, network-like across. Only rank 1 -> 2 pays the slow link."""
+    """Two nodes of two ranks: NVLink-like inside, network-like across. Only rank 1 -> 2 pays the slow
+    link."""
     def link(source, destination):
         return 0.01 if source // 2 == destination // 2 else 1.0
     fast = simulate.simulate(schedules.build("gpipe", 4, 1), latency=0.01)
