@@ -22,7 +22,9 @@ condition: the load average before and after, our ranks' share of the time they 
 (``machine.ShareMeter``), and ``wait_probe.py``: what a waiting rank costs its core, each way of waiting.
 Gradients of the first step are compared with torch's (float32, every condition's first round).
 
-Writes results.md, results.csv and probe.json into ``--out``; the whole run takes ~6-8 minutes on 2 cores.
+Writes results.md, results.csv and probe.json into ``--out``. Its time is 3 x 3 launches and one probe per
+condition, mostly starting ranks and, on a loaded machine, waiting for cores (the committed run, on a machine
+shared with other jobs: 23 min; benchmarks/README.md, section 7).
 """
 from __future__ import annotations
 
