@@ -26,11 +26,12 @@ class Band(NamedTuple):
 
 
 def run_costs(trace: Trace) -> dict:
-    """One measured trace's costs in ``simulate``'s keywords, plus ``extra`` (s): time after the schedule.
+    """One measured trace's costs in ``simulate``'s keywords.
 
     Per rank and op, the mean duration (the mean keeps the rank's busy time whole) plus the mean time the
-    rank spent between its actions (the executor's own work); the median message latency; ``extra`` is the
-    longest wait that was no receive (a data-parallel all-reduce).
+    rank spent between its actions (the executor's own work); the median message latency. Like the measured
+    step (``Trace.makespan``: first action to last), it leaves out a data-parallel all-reduce after the last
+    action.
     """
     gap = [_gap_per_action(trace, r) for r in range(trace.num_ranks)]
     costs = {}
@@ -40,7 +41,6 @@ def run_costs(trace: Trace) -> dict:
                          for r in range(trace.num_ranks)]
             costs[key] = [sum(d) / len(d) + gap[r] if d else 0.0 for r, d in enumerate(durations)]
     costs["latency"] = simulate.costs_from_trace(trace)["latency"]
-    costs["extra"] = max((w.end - w.start for w in trace.waits if not w.what.startswith("recv")), default=0.0)
     return costs
 
 
@@ -63,7 +63,6 @@ def band(schedule, traces: list[Trace]) -> Band:
         combined = {key: ([pick(c[key][r] for c in costs) for r in range(len(costs[0][key]))]
                           if isinstance(costs[0][key], list) else pick(c[key] for c in costs))
                     for key in costs[0]}
-        extra = combined.pop("extra")
-        return simulate.simulate(schedule, **combined, time_unit="s").makespan + extra
+        return simulate.simulate(schedule, **combined, time_unit="s").makespan
 
     return Band(play(min), play(max), play(lambda values: median(list(values))))

@@ -157,7 +157,9 @@ class Comparison(Rounds):
 
     ``results[name]``: one RunResult per round; ``shares[name]``: per round, the lowest rank's share of
     the time it wanted a core (``machine.ShareMeter``). A round's value is the median of its steps after
-    the first ``warmup``; the warm-up steps are in ``warmup[name]``, round after round.
+    the first ``warmup`` (``RunResult.step_seconds``: first action to last, so a data-parallel all-reduce
+    after the last action is in neither the step nor its band); the warm-up steps are in ``warmup[name]``,
+    round after round.
     """
     quantity = "step"
 
