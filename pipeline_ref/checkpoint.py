@@ -195,7 +195,7 @@ def latest(directory) -> Saved:
                           f"written)")
 
 
-def _load_file(path: Path, mmap: bool = True):
+def load_file(path: Path, mmap: bool = True):
     """A checkpoint file's content, memory-mapped (a rank reads only what it copies); CheckpointError naming
     the file if it does not load."""
     try:
@@ -218,7 +218,7 @@ def read_state(saved: Saved, names) -> tuple[dict, dict]:
                               ": it is of another model")
     tensors, moments = {}, {}
     for file in sorted({where[n] for n in names}):
-        content = _load_file(folder / file)
+        content = load_file(folder / file)
         for name in names:
             if where[name] == file:
                 tensors[name] = content["state"][name]
@@ -241,7 +241,7 @@ def load_layers(saved: Saved, layers: dict, optimizer=None, keep=None) -> None:
 
 def load_rng(folder: Path, world_rank: int, device) -> None:
     """This rank's random generators as they were at the save (only meaningful on the same layout)."""
-    generators = _load_file(folder / rng_file(world_rank), mmap=False)
+    generators = load_file(folder / rng_file(world_rank), mmap=False)
     torch.set_rng_state(generators["cpu"])
     if "cuda" in generators and device.type == "cuda":
         torch.cuda.set_rng_state(generators["cuda"], device)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, Saved, _load_file, latest
+from .checkpoint import CheckpointError, Saved, latest, load_file
 
 
 def expected_state(model) -> dict:
@@ -57,7 +57,7 @@ def _check_files(folder: Path, files: dict) -> None:
         if size != entry["bytes"]:
             raise CheckpointError(f"{path} has {size} bytes, {entry['bytes']} were written: the checkpoint "
                                   f"is damaged; delete {folder} to resume from an earlier step")
-        _load_file(path)          # a file of the right size that is not what we wrote
+        load_file(path)          # a file of the right size that is not what we wrote
 
 
 def check(cfg, model) -> Saved:
