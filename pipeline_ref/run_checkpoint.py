@@ -30,7 +30,7 @@ def resume(run) -> None:
         checkpoint.load_rng(saved.folder, world_rank, run.device)
     run.first_step = saved.step
     if cfg.verbose and world_rank == 0:
-        print(f"resuming from {saved.folder} (step {saved.step})" + (f"; {saved.note}" if saved.note else "")
+        print((saved.note or f"resuming from {saved.folder} (step {saved.step})")
               + ("" if same else "; random generators not restored: saved on another layout"), flush=True)
 
 
