@@ -60,8 +60,11 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows, notes = [], []
     for depth in depths:
-        warning = (f"{depth} ranks share {gpus} GPU(s): correct, but not a speed measurement"
-                   if device == "cuda" and depth > gpus else None if device == "cuda" else core_warning(depth, cores()))
+        if device == "cuda":
+            warning = (f"{depth} ranks share {gpus} GPU(s): correct, but not a speed measurement"
+                       if depth > gpus else None)
+        else:
+            warning = core_warning(depth, cores())
         if warning:
             print(f"warning: {warning}")
         where = f"{depth} ranks, one GPU each" if device == "cuda" else f"{depth} local CPU ranks"
@@ -106,7 +109,8 @@ def _row(comparison, name: str, depth: int, out: Path) -> dict:
             "step_min_s": low, "step_max_s": high, "band_low_s": explained.low, "band_high_s": explained.high,
             "band_predicted_s": explained.predicted,
             "prediction_error": simulate.prediction_error(measured, predicted)["makespan_error"],
-            "flag": "; ".join(comparison.causes(name)), "peak_stashed": measured.peak_stashed, "chart": str(chart)}
+            "flag": "; ".join(comparison.causes(name)), "peak_stashed": measured.peak_stashed,
+            "chart": str(chart)}
 
 
 def _print_table(rows) -> None:
@@ -118,7 +122,7 @@ def _print_table(rows) -> None:
         print(f"{r['schedule']:<8}  {r['stages']:>6}  {r['microbatches']:>2}  {r['measured']:>11.3f}  "
               f"{r['theory']:>6.3f}  {r['measured'] / r['theory']:>5.3f}  {r['warmup_step_s']:>11.3f}  "
               f"{spread:>26}  {explained:>30}  {r['flag'] or '-'}")
-    print("utilization: median over the rounds; theory: naive 1/p, GPipe and 1F1B m/(m+p-1) (equal stages, free "
-          "messages);\nstep: the median over the rounds of each run's steps after its first (warm-up); band: the "
-          "step the schedule explains,\nthe simulator played with the runs' own per-rank op times and message "
-          "latency (lowest, highest and median over the rounds)")
+    print("utilization: median over the rounds; theory: naive 1/p, GPipe and 1F1B m/(m+p-1) (equal stages, "
+          "free messages);\nstep: the median over the rounds of each run's steps after its first (warm-up); "
+          "band: the step the schedule explains,\nthe simulator played with the runs' own per-rank op times "
+          "and message latency (lowest, highest and median over the rounds)")
