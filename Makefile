@@ -9,9 +9,17 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test grade grader-check exercises env kernel lessons clean site slides autograder browser \
 	lessons-under-load lessons-run
 
+# TORCH_INDEX picks where torch comes from: empty (PyPI: on Linux the CUDA build, on macOS the only build),
+# cpu (PyTorch's CPU-only build: a Linux laptop without an NVIDIA GPU), cu126 or any other name of
+# download.pytorch.org/whl/NAME, or a whole index URL. E.g.  make env TORCH_INDEX=cpu
+TORCH_INDEX ?=
+TORCH_INDEX_URL = $(if $(findstring ://,$(TORCH_INDEX)),$(TORCH_INDEX),\
+                    https://download.pytorch.org/whl/$(TORCH_INDEX))
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX_URL) \
+	  "$$(grep -o 'torch==[0-9.]*' pyproject.toml)")
 	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
