@@ -81,7 +81,7 @@ def _drain(pumps: list, limit: float = 60.0) -> None:
     for t in pumps:
         t.join(timeout=max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() for t in pumps):
-        sys.stderr.write(f"{MARK} launch: the ranks' output was still open {limit:.0f} s after mpiexec ended "
+        sys.stderr.write(f"{MARK} launch: the ranks' output was still open {limit:g} s after mpiexec ended "
                          f"(a process it started holds it); lines printed after this are not shown\n")
         sys.stderr.flush()
 

@@ -1,10 +1,13 @@
-"""A rank that waits for a message gives its core away (message.wait_yielding): pure, with a stand-in request.
+"""What a loaded machine must not do to a run: a waiting rank gives its core away (message.wait_yielding), and
+the launcher reads its ranks' output to the end or says it could not (launch._drain). Pure, with stand-ins.
 
     .venv/bin/python -m pytest -q tests/test_waits.py
 """
+import threading
+
 import pytest
 
-from pipeline_ref import message
+from pipeline_ref import launch, message
 
 
 class LateRequest:
@@ -64,3 +67,22 @@ def test_spin_keeps_mpis_own_wait(clock, monkeypatch):
     request = LateRequest(polls=5)
     message.wait_yielding(request)
     assert request.waited and request.tests == 0 and naps == []
+
+
+def test_the_launcher_waits_for_output_that_lags_behind_and_says_when_it_gives_up(capsys):
+    late_lines, release = [], threading.Event()
+
+    def lagging_pump():                 # a reader still busy 1 s after mpiexec ended (5 s and more under load)
+        release.wait(1.0)
+        late_lines.append("  step 3/3  loss 0.1\n")
+    pump = threading.Thread(target=lagging_pump, daemon=True)
+    pump.start()
+    launch._drain([pump], limit=10)
+    assert late_lines and capsys.readouterr().err == ""
+
+    stuck = threading.Thread(target=release.wait, args=(30,), daemon=True)   # a pipe nobody closes
+    stuck.start()
+    launch._drain([stuck], limit=0.2)
+    release.set()
+    err = capsys.readouterr().err
+    assert "output was still open 0.2 s after mpiexec ended" in err and "not shown" in err
