@@ -22,6 +22,7 @@ MLP = {"model": "mlp", "model_kwargs": {"depth": 8, "width": 8, "batch": 16}, "d
 DROPOUT = {"model": "tests.checkpoint_targets:dropout_mlp", "dtype": "float64"}
 FP16 = {"model": "tests.rank_targets:overflow_linear", "model_kwargs": {"overflow_step": 1},
         "autocast": "float16", "lr": 0.01}
+TIED = {"model": "gpt_tied", "dtype": "float64", "optimizer": "adamw", "lr": 0.01}   # head weight = embedding
 GPT2 = {"model": "hf_gpt2", "model_kwargs": {"blocks": 4, "batch": 8}, "optimizer": "adamw", "lr": 3e-3}
 
 
@@ -48,7 +49,7 @@ def full_disk(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, full_disk):
     folder = {name: str(tmp_path_factory.mktemp(name)) for name in ("adamw", "adamw_dp2", "dropout", "fp16",
-                                                                   "fp16_end", "gpt2", "gpt2_bf16")}
+                                                                   "fp16_end", "tied", "gpt2", "gpt2_bf16")}
     bf16 = {**GPT2, "autocast": "bfloat16"}
     pairs = {   # name: (never stopped, stopped after 2 steps, resumed)
         "adamw": (_cfg(MLP, 2, 5), _cfg(MLP, 2, 2, checkpoint_dir=folder["adamw"]),
@@ -58,6 +59,8 @@ def runs(tmp_path_factory, full_disk):
         "fp16": (_cfg(FP16, 2, 4), _cfg(FP16, 2, 2, checkpoint_dir=folder["fp16"]),
                  _cfg(FP16, 2, 4, resume_from=folder["fp16"], checkpoint_dir=folder["fp16_end"],
                       checkpoint_every=4)),
+        "tied": (_cfg(TIED, 2, 4), _cfg(TIED, 2, 2, checkpoint_dir=folder["tied"]),
+                 _cfg(TIED, 4, 4, resume_from=folder["tied"])),
         "gpt2": (_cfg(GPT2, 2, 4, dtype="float64"),
                  _cfg(GPT2, 2, 2, dtype="float64", checkpoint_dir=folder["gpt2"]),
                  _cfg(GPT2, 4, 4, dtype="float64", resume_from=folder["gpt2"])),
@@ -123,6 +126,13 @@ def test_float16_resumes_with_its_loss_scale(runs):
     assert checkpoint.latest(folder["fp16"]).scaler == {"scale": 2.0 ** 15, "good_steps": 0}
     assert checkpoint.latest(folder["fp16_end"]).scaler == {"scale": 2.0 ** 15, "good_steps": 2}
     assert runs[0]["fp16"][0].skipped_steps == [1]
+
+
+@pytest.mark.mpi
+def test_a_weight_tied_across_stages_resumes_at_4_stages(runs):
+    """Each holder of the tied weight keeps its copy, with its AdamW state, in its own layer's file."""
+    _assert_resumed_equals(*runs[0]["tied"])
+    assert runs[0]["tied"][2].tied                      # the 4-stage run holds the weight on two ranks
 
 
 @pytest.mark.mpi
