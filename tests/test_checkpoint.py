@@ -6,8 +6,8 @@ Two launches: a run whose disk fills up during a save (``full_disk``), then one 
 every pair (never stopped; stopped and resumed): AdamW in float64 (at 2 and at 4 stages, with 2 replicas,
 and from the folder the full disk left), a weight tied across stages, a model with dropout (its random
 generators), float16 with its loss scale, and a whole Hugging Face GPT-2 at 2 stages resumed at 4, in float64
-and under bfloat16 autocast. The exported model is checked against the pipelined one, in-process; damaged and foreign
-folders are tests/test_checkpoint_refusals.py's.
+and under bfloat16 autocast. The exported model is checked against the pipelined one, in-process; damaged
+and foreign folders are tests/test_checkpoint_refusals.py's.
 """
 import json
 
