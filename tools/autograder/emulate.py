@@ -254,6 +254,7 @@ def report(args, setup: dict | None, runs: dict, load_before, limits_used: bool)
     memory_mb = max(build.DEFAULTS["memory_mb"], 256 * -(-int(peak * 1.3) // 256))   # 30 % above, in 256 MB
     how = (f"cgroup limits {args.cpus} CPU and {args.memory_mb} MB per run" if limits_used else
            "no cgroup: runs not limited, times those of a whole core")
+    how += "; graded with " + (f"{args.python} (--python)" if args.python else "setup.sh's venv")
     data = {"when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "how": how,
             "cpus": args.cpus, "memory_limit_mb": args.memory_mb,
             "machine": {"cores": os.cpu_count(), "load_average_before": [round(x, 1) for x in load_before],
