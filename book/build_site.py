@@ -47,7 +47,8 @@ GRADE_ALL = home.GRADE_ALL
 def sources() -> list[Path]:
     """Every file the site is built from (for the freshness check)."""
     files = [ROOT / "README.md", *sorted((ROOT / "lessons").glob("*.md"))]
-    files += sorted(BOOK.glob("*.py")) + [BOOK / "_config.yml", BOOK / "package.json", BOOK / "site.css"]
+    files += sorted(BOOK.glob("*.py")) + [BOOK / "_config.yml", BOOK / "package.json", BOOK / "site.css",
+                                                  BOOK / "search_text.js"]
     files += sorted((ROOT / "exercises" / "hints").glob("*.md"))
     files += sorted((ROOT / "lessons").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("ex*.py"))
     files += sorted((ROOT / "tests" / "exercises").glob("test_ex*.py"))
@@ -232,7 +233,8 @@ def stage(lessons: list[course.Lesson]) -> None:
     st.write("_extra/favicon.ico", home.favicon_bytes())       # /favicon.ico, which browsers ask for
     static = STAGE / "_vendor"      # served as _static/mathjax/...
     assets.copy_mathjax(static / "mathjax")
-    shutil.copy2(BOOK / "site.css", static / "site.css")
+    for name in ("site.css", "search_text.js"):
+        shutil.copy2(BOOK / name, static / name)
     (static / "favicon.ico").write_bytes(home.favicon_bytes())
     st.remove_the_rest(keep=static)
 

@@ -47,6 +47,7 @@ class Walk:
     search_hits: list[str]
     screenshots: list[Path]
     laptop: dict[str, dict]                 # by relative path: WIDTH_FACTS at the laptop's width
+    snippets: list[str]                     # the search results' snippets for "bubble"
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +117,14 @@ def walk(site, lessons, tmp_path_factory) -> Walk:
         page.goto(f"{base}/search.html?q=microbatches", wait_until="load")
         page.wait_for_selector("#search-results li", timeout=30_000)
         hits = page.eval_on_selector_all("#search-results li a", "links => links.map(a => a.href)")
+        # Snippets come from each hit's page text, where formulas are still TeX (book/search_text.js).
+        page.goto(f"{base}/search.html?q=bubble", wait_until="load")
+        page.wait_for_function("() => document.querySelectorAll('#search-results li p.context').length >= 3")
+        snippets = page.eval_on_selector_all("#search-results li p.context", "ps => ps.map(p => p.innerText)")
         urls = sorted({urldefrag(h).url for r in reports.values() for h in r.facts["hrefs"]
                        if h.startswith(base + "/")})
         links = {u: _status(u) for u in urls}
-    return Walk(base, reports, links, list(blocked), hits, shots, laptop)
+    return Walk(base, reports, links, list(blocked), hits, shots, laptop, snippets)
 
 
 def _image_outputs(notebook: Path) -> int:
@@ -244,8 +249,10 @@ def test_each_lesson_page_has_its_title_plots_and_exercise(walk, lessons):
             assert wanted in page.facts["hrefs"], f"{lesson.stem}: no link to its exercise page {wanted}"
 
 
-def test_the_search_box_finds_lessons(walk):
+def test_the_search_box_finds_lessons_and_its_snippets_show_no_tex(walk):
     assert any("/lessons/" in hit for hit in walk.search_hits), f"searching 'microbatches' found {walk.search_hits}"
+    raw = [s[:200] for s in walk.snippets if re.search(r"\\[a-zA-Z(\[]|\$", s)]
+    assert walk.snippets and not raw, f"search snippets with raw TeX: {raw[:3]}"
 
 
 def test_screenshots_saved(walk):
