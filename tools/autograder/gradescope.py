@@ -75,7 +75,7 @@ def place(submission: Path, exercises: Path) -> list[str]:
         lines.append(f"{stub.name}: taken from {chosen.relative_to(submission)}{others}")
     for name in sorted(found):
         lines.append(f"{name}: submitted but not an exercise of the course (ignored)")
-    broken = import_errors(exercises, sorted(stubs))
+    broken = {name: error for name, error in import_errors(exercises, sorted(stubs)).items() if name in stubs}
     for name, error in broken.items():
         (exercises / name).write_bytes(stubs[name])
         lines.append(f"{name}: DOES NOT IMPORT, graded as the stub (0 points for its tests): {error}")
