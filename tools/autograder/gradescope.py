@@ -75,10 +75,14 @@ def place(submission: Path, exercises: Path) -> list[str]:
         lines.append(f"{stub.name}: taken from {chosen.relative_to(submission)}{others}")
     for name in sorted(found):
         lines.append(f"{name}: submitted but not an exercise of the course (ignored)")
-    broken = {name: error for name, error in import_errors(exercises, sorted(stubs)).items() if name in stubs}
-    for name, error in broken.items():
-        (exercises / name).write_bytes(stubs[name])
-        lines.append(f"{name}: DOES NOT IMPORT, graded as the stub (0 points for its tests): {error}")
+    errors = import_errors(exercises, sorted(stubs))
+    broken = {name: error for name, error in errors.items() if name in stubs}
+    for name, error in errors.items():
+        if name in stubs:
+            (exercises / name).write_bytes(stubs[name])
+            lines.append(f"{name}: DOES NOT IMPORT, graded as the stub (0 points for its tests): {error}")
+        else:
+            lines.append(f"{name} (not submitted) does not import: {error}")
     (exercises.parent / "broken.json").write_text(json.dumps(broken, indent=1) + "\n")
     return lines
 
