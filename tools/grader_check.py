@@ -17,8 +17,8 @@ keep every point. Exit status 1 if any entry is not as it should be.
 Time: each entry is a pytest run of its own (torch imported, often ranks started), 15-25 s without ranks and
 20-60 s with them on the course's shared 2-core machine; a deadlock costs the watchdog's 20 s more. The whole
 catalogue (then 33 entries) took 1225 s there, under a load of 11-20 from other jobs; ``--quick`` (then 16
-entries) 566 s under the same load. Issue 29 added 22 entries (55 now, 30 of them without ranks): each took
-10-85 s under a load of 7-10. Too slow for the test suite (which has a minute for it), so ``make test`` only checks that
+entries) 566 s under the same load. With issue 29's 22 entries (55 now, 30 of them without ranks) the whole
+catalogue took 1555 s with ``-j 2`` under a load of 14-19 (an entry 16-129 s). Too slow for the test suite (which has a minute for it), so ``make test`` only checks that
 every entry still applies to its solution (tests/test_grader.py); run ``make grader-check`` after changing a
 graded test or a solution.
 """
