@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import ipykernel.kernelspec
 import nbformat
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,9 +145,17 @@ def measures(nb) -> bool:
     return any(c.cell_type == "code" and any(m in c.source for m in MEASURES) for c in nb.cells)
 
 
+class ThisPython(KernelSpecManager):
+    """Every kernel name means this interpreter (the course's .venv), whatever kernels the user installed."""
+
+    def get_kernel_spec(self, kernel_name):
+        return KernelSpec(resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict())
+
+
 def execute(nb, timeout: int = CELL_TIMEOUT) -> tuple[float, str | None]:
     """Run every cell with lessons/ as the working directory; (seconds, the first error or None)."""
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+    kernel = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+    client = NotebookClient(nb, km=kernel, timeout=timeout, allow_errors=True,
                             resources={"metadata": {"path": str(LESSONS)}})
     start = time.perf_counter()
     client.execute()
