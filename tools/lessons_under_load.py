@@ -149,7 +149,8 @@ class ThisPython(KernelSpecManager):
     """Every kernel name means this interpreter (the course's .venv), whatever kernels the user installed."""
 
     def get_kernel_spec(self, kernel_name):
-        return KernelSpec(resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict())
+        spec = ipykernel.kernelspec.get_kernel_dict()
+        return KernelSpec(resource_dir=ipykernel.kernelspec.RESOURCES, **spec)
 
 
 def execute(nb, timeout: int = CELL_TIMEOUT) -> tuple[float, str | None]:
