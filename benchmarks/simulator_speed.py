@@ -37,7 +37,8 @@ COSTS = {"forward": 1.0, "backward": 2.0, "latency": 0.05}
 WORKER = """
 import json, sys, time
 from pipeline_ref import schedules, simulate
-name, p, m, options, costs, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *map(json.loads, sys.argv[4:7])
+name, p, m = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+options, costs, events = map(json.loads, sys.argv[4:7])
 clock = time.process_time
 t0, w0 = clock(), time.perf_counter()
 schedule = schedules.build(name, p, m, **options)
@@ -66,7 +67,8 @@ def run_one(package_root: Path, name: str, p: int, m: int, options: dict, events
 
 def baseline_package(folder: Path) -> Path:
     """The pipeline_ref package as it was at BASELINE, extracted into ``folder``."""
-    archive = subprocess.run(["git", "archive", BASELINE, "pipeline_ref"], cwd=ROOT, capture_output=True, check=True)
+    archive = subprocess.run(["git", "archive", BASELINE, "pipeline_ref"], cwd=ROOT, capture_output=True,
+                             check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     return folder
 
@@ -89,7 +91,8 @@ def summarize(name: str, old: list[dict], new: list[dict]) -> dict:
     def total(runs):
         return median(r["build"] + r["simulate"] for r in runs) if runs else None
     row = {"schedule": name, "actions": new[0]["actions"], "old_s": total(old), "new_s": total(new),
-           "new_build_s": median(r["build"] for r in new), "new_simulate_s": median(r["simulate"] for r in new),
+           "new_build_s": median(r["build"] for r in new),
+           "new_simulate_s": median(r["simulate"] for r in new),
            "new_events_s": median(r["events"] for r in new) if new[0]["events"] is not None else None,
            "old_wall_s": median(r["wall"] for r in old) if old else None,
            "new_wall_s": median(r["wall"] for r in new)}
@@ -105,7 +108,8 @@ def markdown(rows: list[dict], large: list[dict], info: dict, args) -> str:
         return "-" if x is None else f"{x:.3f}"
     lines = ["# Simulator speed (issue 30, item 1)", "",
              f"`schedules.build` + `simulate.simulate` (F = 1, B = 2, latency 0.05) at p = {args.stages}, "
-             f"m = {args.microbatches}: CPU seconds of one process, median of {args.rounds} alternating rounds. "
+             f"m = {args.microbatches}: CPU seconds of one process, median of {args.rounds} alternating "
+             "rounds. "
              f"Old: the package at commit {BASELINE}. New: this commit. Written by "
              "`benchmarks/simulator_speed.py`.", "",
              "| schedule | actions | old (s) | new (s) | speed-up | new: build | new: play | + events | "
@@ -123,7 +127,7 @@ def markdown(rows: list[dict], large: list[dict], info: dict, args) -> str:
               "| schedule | actions | build + play (CPU s) | wall (s) |", "|---|---|---|---|"]
     for r in large:
         lines.append(f"| {r['schedule']} | {r['actions']} | {r['new_s']:.2f} | {r['new_wall_s']:.2f} |")
-    lines += ["", machine_markdown(info), ""]
+    lines += ["", machine_markdown(info), ""]           # with the load average before and after the run
     return "\n".join(lines)
 
 
@@ -133,9 +137,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stages", type=int, default=64)
     parser.add_argument("--microbatches", type=int, default=1024)
-    parser.add_argument("--large", default="1f1b,zbv", help="schedules to play at p = 128, m = 4096 ('' for none)")
+    parser.add_argument("--large", default="1f1b,zbv",
+                        help="schedules to play at p = 128, m = 4096 ('' for none)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "simulator_speed")
     args = parser.parse_args()
+    info = machine_info()                         # its load average is the one before the run
     with tempfile.TemporaryDirectory() as folder:
         rows = measure(args.rounds, args.stages, args.microbatches, baseline_package(Path(folder)))
     large = []
@@ -144,7 +150,7 @@ def main() -> None:
             # events left unbuilt: 10^6-10^7 Event objects would need gigabytes
             large.append(summarize(name, [], [run_one(ROOT, name, 128, 4096, options, events=False)]))
             print(large[-1], flush=True)
-    info = machine_info()
+    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "large": large, "machine": info,
                                                        "baseline": BASELINE, "costs": COSTS}, indent=2))
