@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from math import fsum
-from operator import sub
 from typing import NamedTuple
 
 import numpy as np
@@ -76,15 +75,18 @@ def simulate(schedule: Schedule, forward: Cost = 1.0, backward: Cost = 2.0, late
         raise ScheduleError(deadlock_message(plan.schedule, stuck))
     for (rank, index), (whole, _) in pairs.items():
         per_action[rank][index + 1] = whole        # the pair's B carries the pair's cost
-    ends = [(np.array(start) + cost).tolist() for start, cost in zip(starts, per_action)]
     raw_starts = {rank: list(starts[rank]) for rank, _ in pairs}    # to place the waits (before the split)
+    starts = [np.array(start, np.float64) for start in starts]
+    ends = [start + cost for start, cost in zip(starts, per_action)]   # the loop's own sums, bit for bit
     for (rank, index), (_, share) in pairs.items():    # the pair's time, split F : B between its two events
         starts[rank][index] = starts[rank][index + 1]
         ends[rank][index] = starts[rank][index + 1] = starts[rank][index] + share
-    span = (max(e[-1] for e in ends if e) - min(s[0] for s in starts if s)) if any(starts) else 0.0
-    busy = fsum(d for start, end in zip(starts, ends) for d in map(sub, end, start))
+    played = [rank for rank, start in enumerate(starts) if len(start)]
+    span = float(max(ends[r][-1] for r in played) - min(starts[r][0] for r in played)) if played else 0.0
+    busy = fsum(np.concatenate([end - start for start, end in zip(starts, ends)]).tolist())
     trace = Trace(num_ranks=num_stages)
-    trace.defer(Deferred(lambda: _objects(plan, starts, ends, waits, raw_starts), span, busy))
+    trace.defer(Deferred(lambda: _objects(plan, [start.tolist() for start in starts],
+                                          [end.tolist() for end in ends], waits, raw_starts), span, busy))
     trace.peak_stashed = [max(0, int(np.cumsum(holds).max())) if len(holds) else 0 for holds in plan.holds]
     trace.meta = {"source": "simulated", "num_stages": num_stages, "time_unit": time_unit,
                   "layout": plan.schedule.layout, "num_microbatches": plan.num_microbatches,
