@@ -32,6 +32,8 @@ def statuses(line):
      "flagged"),
     ("I + W of zb-h1's median time on rank 0 is 1.43 of B of 1f1b's (1.15-1.51 over 5 rounds): longer.",
      "agrees"),
+    ("  both 2x2, overlap's step with its all-reduce is 1.07 of both 2x2's (0.81-1.08 over 3 rounds): longer.",
+     "DISAGREES"),
 ])
 def test_measure_verdicts_are_checked_against_their_spread(line, expected):
     assert statuses(line) == [("measure.verdict", expected)]

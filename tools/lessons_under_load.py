@@ -85,7 +85,7 @@ def _inside_band(m) -> bool:
 
 # (kind, pattern, does the line agree with its own numbers)
 VERDICTS = [
-    ("measure.verdict", re.compile(rf"'s [\w +]+ is (?P<ratio>{NUMBER}) of .+?'s \((?P<low>{NUMBER})-"
+    ("measure.verdict", re.compile(rf"'s [^'()]*? is (?P<ratio>{NUMBER}) of .+?'s \((?P<low>{NUMBER})-"
                                    rf"(?P<high>{NUMBER}) over \d+ rounds?\): (?P<word>shorter|longer|not "
                                    rf"distinguishable)"), _protocol),
     ("step_ratio_sentence", re.compile(rf"(?P<ratio>{NUMBER}) \((?P<word>shorter|longer|as long)\)"),
