@@ -37,6 +37,8 @@ CONFIGS = ([_cfg("interleaved", p, m, model, chunks=v, sync=sync)
            + [_cfg("dualpipev", p, m, model, sync=sync)      # m >= 2p; overlapped pairs played F then B
               for model, p, m, sync in (("mlp", 1, 2, False), ("mlp", 2, 4, True), ("gpt_tied", 2, 4, False),
                                         ("gpt_tied", 3, 6, True), ("mlp", 4, 12, False))]
+           + [_cfg("zb-auto", p, m, model, sync=sync)         # searched under its default limit of 2p
+              for model, p, m, sync in (("mlp", 3, 6, False), ("gpt_tied", 2, 4, True))]
            + [_cfg(s, 2, 2, "gpt_tied", chunks=v, dp=2)
               for s, v in (("interleaved", 2), ("zb-h1", 1), ("zb-h2", 1), ("zbv", 1))])
 
