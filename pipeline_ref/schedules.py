@@ -12,9 +12,12 @@ processes) and by the executor (``executor.py``, over MPI).
     >>> schedules.validate(sched)
 
 The textbook schedules are here; interleaved 1F1B is in ``interleaved.py``, the zero-bubble
-ones in ``zero_bubble.py``, DualPipeV in ``dualpipe.py``, PipeDream and 2BW (no flush:
-``build(name, p, m, steps=k)`` streams k x m microbatches) in ``asynchronous.py``. ``validate`` lives in ``replay.py`` (it replays the ranks) and is
-re-exported here, where users look for it.
+ones in ``zero_bubble.py``, the one searched under a memory limit (``zb-auto``: the Zero Bubble
+paper's ZB-1p / ZB-2p) in ``auto_schedule.py``, DualPipeV in ``dualpipe.py``, PipeDream and 2BW
+(no flush: ``build(name, p, m, steps=k)`` streams k x m microbatches) in ``asynchronous.py``.
+``validate`` lives in ``replay.py`` (it replays the ranks) and is re-exported here, where users
+look for it. Generators build each rank's list by slicing action lists shared between ranks
+(``geometry.actions_of``, ``geometry.interleave``): a search builds schedules of 10^5-10^6 actions.
 """
 from __future__ import annotations
 
