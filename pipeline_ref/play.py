@@ -67,10 +67,12 @@ def play(plan: Plan, rows: list, pairs: dict) -> tuple[list[int], list[list[floa
     waits: list[list] = [[] for _ in rows]
     actions = rows                                 # iterators: each rank's place, kept across its runs
     pending: list[tuple | None] = [None] * len(rows)   # the action a rank stopped at
+    pushes, waiters = [s.append for s in starts], [w.append for w in waits]
     runnable = list(range(len(rows) - 1, -1, -1))
+    wake = runnable.append
     while runnable:
         rank = runnable.pop()
-        now, push, wait = free[rank], starts[rank].append, waits[rank].append
+        now, push, wait = free[rank], pushes[rank], waiters[rank]
         if pending[rank] is not None:              # woken by the message it stopped for: play that first
             _, latency, cost, made = pending[rank]
             arrival = ended[pending[rank][0]] + latency
@@ -81,7 +83,7 @@ def play(plan: Plan, rows: list, pairs: dict) -> tuple[list[int], list[list[floa
             now += cost
             ended[made] = now
             if blocked[made]:
-                runnable.append(readers[made])
+                wake(readers[made])
             pending[rank] = None
         for needed, latency, cost, made in actions[rank]:
             arrival = ended[needed]
@@ -97,7 +99,7 @@ def play(plan: Plan, rows: list, pairs: dict) -> tuple[list[int], list[list[floa
             now += cost
             ended[made] = now
             if blocked[made]:
-                runnable.append(readers[made])
+                wake(readers[made])
         free[rank] = now
     for rank in {rank for rank, _ in pairs}:       # take the pairs' extra rows back out
         for k, index in reversed(list(enumerate(sorted(i for r, i in pairs if r == rank)))):
