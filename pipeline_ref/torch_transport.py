@@ -26,7 +26,7 @@ which wire they use. Two ways to match a message with its receive:
   takes them. :func:`check_order` proves before any message that the schedule sends every channel's
   messages in the order the peer receives them (all built-in schedules do).
 
-A message to oneself (ZB-V's turn on the last rank) never touches the wire (:class:`_Loopback`).
+A message to oneself (ZB-V's turn on the last rank) never touches the wire (:class:`message.Loopback`).
 NCCL reads device memory, so the Messenger does not stage through the host; gloo is given CPU
 tensors. NCCL also needs **one GPU per rank**: two ranks on one GPU are refused
 (:func:`check_own_gpus`), while MPI with staging can share one.
@@ -45,7 +45,7 @@ import torch
 
 from . import watchdog
 from .config import ConfigError
-from .message import ACTIVATION, GRADIENT, message_tag
+from .message import ACTIVATION, GRADIENT, Loopback, message_tag
 
 MAX_TAG = 2 ** 31 - 1        # gloo takes a 32-bit signed tag; NCCL ignores it (matching by order)
 
@@ -163,7 +163,7 @@ class TorchTransport:
         self.num_chunks = num_chunks
         self.max_tag = MAX_TAG
         self.reads_device_memory = self.stream_ordered = backend == "nccl"
-        self._loopback = _Loopback()
+        self._loopback = Loopback()
 
     def _wire(self, peer: int, tag: int, sending: bool):
         if self.groups is None:
@@ -208,42 +208,6 @@ class TorchTransport:
 class _TorchRequest:
     def __init__(self, work):
         self.test, self.wait = work.is_completed, work.wait
-
-
-class _Loopback:
-    """Messages from a rank to itself, matched by tag in memory (the wire has no pair to itself)."""
-
-    def __init__(self):
-        self.unmatched_sends: dict[int, torch.Tensor] = {}
-        self.unmatched_recvs: dict[int, "_Done"] = {}
-
-    def send(self, buffer: torch.Tensor, tag: int):
-        if tag in self.unmatched_recvs:
-            request = self.unmatched_recvs.pop(tag)
-            request.buffer.copy_(buffer)
-            request.done = True
-        else:
-            self.unmatched_sends[tag] = buffer.clone()    # the sender may reuse its buffer at once
-        return _Done(None, True)
-
-    def recv(self, buffer: torch.Tensor, tag: int):
-        if tag in self.unmatched_sends:
-            buffer.copy_(self.unmatched_sends.pop(tag))
-            return _Done(buffer, True)
-        request = self.unmatched_recvs[tag] = _Done(buffer, False)
-        return request
-
-
-class _Done:
-    def __init__(self, buffer, done: bool):
-        self.buffer, self.done = buffer, done
-
-    def test(self) -> bool:
-        return self.done
-
-    def wait(self) -> None:
-        if not self.done:   # a valid schedule produces a rank's own message before it waits for it
-            raise RuntimeError("a rank waited for a message to itself that it has not sent")
 
 
 def open_transport(comm, topo, schedule, device: torch.device, timeout_s: float = 120.0,
