@@ -30,6 +30,10 @@ SCHEDULE_MARKERS = {"naive": "s", "gpipe": "o", "1f1b": "^", "interleaved": "D",
                     "zbv": ">", "dualpipev": "P", "pipedream": "X", "pipedream-2bw": "*",
                     "zb-auto": "d"}
 EVENT_GID, WAIT_GID = "event", "wait"   # tags on the drawn rectangles, so tests can count them
+LABEL_GID = "microbatch"                # tag on the box labels, so annotations can move them
+# Lessons draw charts 10-11 in wide; the course site shrinks them to its 784 px column (about 0.7x), and a
+# label must stay >= 9 pt there (tests/test_figures.py), so charts write 13 pt.
+LABEL_POINTS = 13
 
 
 def _pyplot():
@@ -65,23 +69,25 @@ def gantt(trace: Trace, ax=None, title: str | None = None):
         ax.add_patch(Rectangle((e.start, e.rank - height / 2), e.duration, height,
                                facecolor=OP_COLORS.get(e.op, "black"), alpha=1.0 / (1 + 0.6 * e.chunk),
                                edgecolor="white", linewidth=0.5, gid=EVENT_GID))
-        # A label wider than its box is noise: skip boxes under ~1.2% of the chart.
-        if e.duration >= 0.012 * width:
+        # A label wider than its box is noise: skip boxes under ~2% of the chart (two digits at 13 pt).
+        if e.duration >= 0.02 * width:
             ax.text(e.start + e.duration / 2, e.rank, str(e.microbatch), ha="center", va="center",
-                    fontsize=7, color="white", clip_on=True)
+                    fontsize=LABEL_POINTS, color="white", clip_on=True, gid=LABEL_GID)
     ax.set_xlim(low, high)
     ax.set_ylim(trace.num_ranks - 0.5, -0.5)   # inverted: rank 0 on top
     ax.set_yticks(range(trace.num_ranks))
     ax.set_yticklabels([f"rank {r}" for r in range(trace.num_ranks)])
-    ax.set_xlabel(f"time ({time_unit(trace)})")
+    ax.set_xlabel(f"time ({time_unit(trace)})", fontsize=LABEL_POINTS)
+    ax.tick_params(labelsize=LABEL_POINTS)
     ops = [op for op in OP_COLORS if any(e.op == op for e in trace.events)]
     handles = [Patch(facecolor=OP_COLORS[op], label=OP_NAMES[op]) for op in ops]
     if trace.waits:
         handles.append(Patch(facecolor=WAIT_COLOR, edgecolor="#A0A0A0", hatch=WAIT_HATCH, label="wait"))
     if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=LABEL_POINTS,
+                  frameon=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=LABEL_POINTS)
     return ax
 
 

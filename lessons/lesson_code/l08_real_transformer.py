@@ -115,40 +115,44 @@ def gpt2_small_pieces(vocab: int = 50257, dim: int = 768, blocks: int = 12, posi
 
 
 def draw_pieces(rows: list[dict], boundaries: list[dict], ranges):
-    """The pieces in a row, coloured by the stage that holds them, and what crosses each cut below them:
-    solid arrows for tensors that get a gradient back, dashed for those that do not (mask, position ids)."""
+    """The pieces top to bottom, coloured by the stage that holds them, and what crosses each cut between
+    them: red for tensors that get a gradient back, grey for those that do not (mask, position ids).
+    Drawn tall and narrow so its labels stay readable in the course site's 784 px column."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import FancyBboxPatch
 
-    from lesson_code.diagrams import STAGE_COLORS, _arrow
+    from lesson_code.diagrams import STAGE_COLORS
     stage_of = {i: s for s, r in enumerate(ranges) for i in r}
-    fig, ax = plt.subplots(figsize=(12, 3.4))
     n = len(rows)
-    ax.set_xlim(-0.6, 2 * n - 0.9)
-    ax.set_ylim(-2.9, 1.3)
+    fig, ax = plt.subplots(figsize=(8, 0.85 * n + 1.0))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(-n + 0.4, 0.6)
     ax.axis("off")
     for i, row in enumerate(rows):
-        x = 2 * i
-        ax.add_patch(FancyBboxPatch((x - 0.5, -0.4), 1.0, 0.8, boxstyle="round,pad=0.05",
-                                    facecolor=STAGE_COLORS[stage_of[i] % len(STAGE_COLORS)], alpha=0.8))
-        ax.text(x, 0.08, row["holds"].replace("transformer.", "").replace(", ", "\n"), ha="center", va="center",
-                fontsize=8, color="white", weight="bold")
-        ax.text(x, -0.28, f"{row['parameters']:,}", ha="center", va="center", fontsize=7, color="white")
-        ax.text(x, 0.62, f"piece {i}", ha="center", fontsize=8)
+        ax.add_patch(FancyBboxPatch((1.9, -i - 0.25), 3.4, 0.5, boxstyle="round,pad=0.03",
+                                    facecolor=STAGE_COLORS[stage_of[i] % len(STAGE_COLORS)], alpha=0.85))
+        ax.text(3.6, -i, f"{i}: {row['holds'].replace('transformer.', '')}", ha="center", va="center",
+                fontsize=10, color="white", weight="bold")
+        ax.text(5.5, -i, f"{row['parameters']:,} parameters", ha="left", va="center", fontsize=10)
     for s, r in enumerate(ranges):
-        ax.text(r.start + r.stop - 1, 1.05, f"stage {s} (rank {s})", ha="center", fontsize=10, weight="bold",
-                color=STAGE_COLORS[s % len(STAGE_COLORS)])
+        ax.text(1.7, -(r.start + r.stop - 1) / 2, f"stage {s}\n(rank {s})", ha="right", va="center",
+                fontsize=11, weight="bold", color=STAGE_COLORS[s % len(STAGE_COLORS)])
     for i in range(n - 1):
         crossing = [b for b in boundaries if b["cut"] == f"{i} -> {i + 1}"]
         for k, b in enumerate(crossing):
-            y = -0.9 - 0.75 * k
-            grad = b["gradient back"]
-            _arrow(ax, (2 * i + 0.45, y), (2 * i + 1.55, y), color="#C44E52" if grad else "#555555",
-                   style="<|-|>" if grad else "-|>", dashed=not grad)
+            color = "#C44E52" if b["gradient back"] else "#555555"
+            y = -i - 0.5 + 0.12 * (len(crossing) - 1) - 0.24 * k
             shape = "x".join(map(str, b["shape"]))
-            ax.text(2 * i + 1.0, y - 0.28, f"{b['dtype']} {shape}", ha="center", fontsize=6.5,
-                    color="#C44E52" if grad else "#555555")
-    ax.set_title("GPT-2 cut by torch's tracer: pieces (parameters), and what crosses each cut "
-                 "(red, both ways: a gradient comes back; grey, dashed: no gradient)", fontsize=9)
+            ax.text(5.5, y, f"{b['dtype']} {shape}", ha="left", va="center", fontsize=9.5, color=color,
+                    style="normal" if b["gradient back"] else "italic")
+        if crossing:
+            ax.annotate("", xy=(3.6, -i - 0.72), xytext=(3.6, -i - 0.28),
+                        arrowprops={"arrowstyle": "<|-|>" if any(b["gradient back"] for b in crossing)
+                                    else "-|>", "color": "#333333"})
+    ax.legend(handles=[Line2D([], [], color="#C44E52", label="crosses a cut, a gradient comes back"),
+                       Line2D([], [], color="#555555", label="crosses a cut, no gradient (italic)")],
+              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=9.5, frameon=False)
+    ax.set_title("GPT-2 cut by torch's tracer: pieces (parameters), what crosses each cut", fontsize=11)
     fig.tight_layout()
     return fig

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pipeline_ref import async_reference, asynchronous, schedules, simulate
 from pipeline_ref.config import build_model
 from pipeline_ref.device import choose
-from pipeline_ref.trace import Event, Trace
+from pipeline_ref.trace import Event, Trace, Wait
 
 
 def flushed(num_stages: int, num_microbatches: int, steps: int, forward: float = 1.0, backward: float = 2.0) -> Trace:
@@ -27,7 +27,13 @@ def flushed(num_stages: int, num_microbatches: int, steps: int, forward: float =
     events = [Event(e.rank, e.op, t * num_microbatches + e.microbatch, e.chunk,
                     t * one.makespan + e.start, t * one.makespan + e.end)
               for t in range(steps) for e in one.events]
-    return Trace(num_ranks=num_stages, events=events, peak_stashed=one.peak_stashed,
+    # The idle time too, so this chart hatches it as the simulated stream's charts do.
+    waits = [Wait(w.rank, w.what, t * one.makespan + w.start, t * one.makespan + w.end)
+             for t in range(steps) for w in one.waits]
+    last_end = {rank: max(e.end for e in one.events if e.rank == rank) for rank in range(num_stages)}
+    waits += [Wait(rank, "flush", t * one.makespan + end, (t + 1) * one.makespan)      # waiting for the flush
+              for t in range(steps - 1) for rank, end in last_end.items() if end < one.makespan]
+    return Trace(num_ranks=num_stages, events=events, waits=waits, peak_stashed=one.peak_stashed,
                  meta={**one.meta, "schedule": "1f1b (flush every step)", "num_microbatches": steps * num_microbatches})
 
 
@@ -48,14 +54,20 @@ def versions_row(schedule: str, stage: int, num_stages: int, num_microbatches: i
 
 def annotate_versions(ax, trace: Trace, schedule: str, num_microbatches: int) -> None:
     """Under each box of a ``plot.gantt`` chart, the weight version that action used (``vK``)."""
+    from pipeline_ref.plot import LABEL_GID, LABEL_POINTS
+    # Two lines in each box, readable on the site: the microbatch (gantt's label, moved up) over its version.
+    for label in ax.texts:
+        if label.get_gid() == LABEL_GID:
+            x, y = label.get_position()
+            label.set_position((x, y - 0.19))
     low = min(e.start for e in trace.events)
     width = max(e.end for e in trace.events) - low or 1.0
     for e in trace.events:
-        if e.end - e.start < 0.012 * width:        # as plot.gantt: a label wider than its box is noise
+        if e.end - e.start < 0.02 * width:        # as plot.gantt: a label wider than its box is noise
             continue
         version = version_of(schedule, e.rank, trace.num_ranks, num_microbatches, e.microbatch)
-        ax.text(e.start + (e.end - e.start) / 2, e.rank + 0.3, f"v{version}", ha="center", va="center",
-                fontsize=6, color="black", clip_on=True)
+        ax.text(e.start + (e.end - e.start) / 2, e.rank + 0.2, f"v{version}", ha="center", va="center",
+                fontsize=LABEL_POINTS, color="black", clip_on=True)
 
 
 def _model_on_device(cfg):
