@@ -142,7 +142,7 @@ def utilization_curve(points, num_stages: int, ax=None, path=None):
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{p} stages")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")   # "center right" hid the naive marker at the largest m
+    ax.legend(fontsize=9, loc="best")   # "center right" hid the naive marker at the largest m
     if path is not None:
         ax.figure.savefig(path, dpi=120, bbox_inches="tight")
     return ax

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from lesson_code import l08_real_transformer as l08, l09_asynchronous as l09  # noqa: E402
-from pipeline_ref import plot, schedules, simulate  # noqa: E402
+from lesson_code import diagrams, l08_real_transformer as l08, l09_asynchronous as l09  # noqa: E402
+from pipeline_ref import partition, plot, schedules, simulate  # noqa: E402
 
 COLUMN_PX = 784          # the site's content column
 CSS_PX_PER_INCH = 96
@@ -77,15 +77,26 @@ def l09_versions():
     return fig, traces
 
 
+KNOWN_SMALL = pytest.mark.xfail(strict=True, reason="labels shown at 6-7 pt")
+SIMULATED = simulate.simulate(schedules.build("1f1b", 4, 8))
 FIGURES = {
     "l08 draw_pieces": lambda: l08.draw_pieces(*l08_pieces()),
     "l09 versions": lambda: l09_versions()[0],
+    "plot.gantt": lambda: plot.gantt(SIMULATED).figure,
+    "plot.compare_gantt": lambda: plot.compare_gantt(SIMULATED, SIMULATED),
+    "plot.utilization_curve": lambda: plot.utilization_curve([("gpipe", 4, 0.6)], num_stages=4).figure,
+    # Known too small (6-7 pt shown), not yet redrawn: lessons 00 and 01's diagrams.
+    "diagrams.deadlock_diagram": pytest.param(diagrams.deadlock_diagram, marks=KNOWN_SMALL),
+    "diagrams.split_model_diagram": pytest.param(lambda: diagrams.split_model_diagram(8, partition.uniform(8, 2)),
+                                                 marks=KNOWN_SMALL),
 }
 
 
-@pytest.mark.parametrize("name", sorted(FIGURES))
-def test_labels_are_readable_on_the_site(name):
-    fig = FIGURES[name]()
+@pytest.mark.parametrize("make", [pytest.param(*(f.values if hasattr(f, "values") else (f,)),
+                                               marks=getattr(f, "marks", ()), id=name)
+                                  for name, f in FIGURES.items()])
+def test_labels_are_readable_on_the_site(make):
+    fig = make()
     try:
         assert small_labels(fig) == []
     finally:
