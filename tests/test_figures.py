@@ -40,7 +40,11 @@ def small_labels(fig) -> list[tuple[str, float]]:
     fig.canvas.draw()
     box = fig.get_tightbbox(fig.canvas.get_renderer())
     width = box.width + 2 * TIGHT_PAD_INCHES
-    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    # An axis turned off (ax.axis("off")) keeps its tick and axis labels "visible" but never draws them.
+    hidden = {id(t) for ax in fig.axes if not ax.axison
+              for t in [*ax.get_xticklabels(which="both"), *ax.get_yticklabels(which="both"),
+                        ax.xaxis.label, ax.yaxis.label]}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
     shown = [(t.get_text(), displayed_points(t.get_fontsize(), width, fig.dpi)) for t in texts]
     return [(text, round(points, 1)) for text, points in shown if points < MIN_DISPLAYED_PT]
 
@@ -77,7 +81,6 @@ def l09_versions():
     return fig, traces
 
 
-KNOWN_SMALL = pytest.mark.xfail(strict=True, reason="labels shown at 6-7 pt")
 SIMULATED = simulate.simulate(schedules.build("1f1b", 4, 8))
 FIGURES = {
     "l08 draw_pieces": lambda: l08.draw_pieces(*l08_pieces()),
@@ -85,10 +88,8 @@ FIGURES = {
     "plot.gantt": lambda: plot.gantt(SIMULATED).figure,
     "plot.compare_gantt": lambda: plot.compare_gantt(SIMULATED, SIMULATED),
     "plot.utilization_curve": lambda: plot.utilization_curve([("gpipe", 4, 0.6)], num_stages=4).figure,
-    # Known too small (6-7 pt shown), not yet redrawn: lessons 00 and 01's diagrams.
-    "diagrams.deadlock_diagram": pytest.param(diagrams.deadlock_diagram, marks=KNOWN_SMALL),
-    "diagrams.split_model_diagram": pytest.param(lambda: diagrams.split_model_diagram(8, partition.uniform(8, 2)),
-                                                 marks=KNOWN_SMALL),
+    "diagrams.deadlock_diagram": diagrams.deadlock_diagram,
+    "diagrams.split_model_diagram": lambda: diagrams.split_model_diagram(8, partition.uniform(8, 2)),
 }
 
 

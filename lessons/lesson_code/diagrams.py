@@ -10,51 +10,52 @@ STAGE_COLORS = ["#2A9D8F", "#8172B3", "#E9C46A", "#64B5CD", "#937860", "#C44E52"
 PIPELINE_COLOR, DATA_COLOR = "#C44E52", "#4C72B0"   # the MPI book's red pipeline and blue data groups
 
 
-def _arrow(ax, start, end, color="black", style="-|>", dashed=False, text=None, text_offset=(0, 0.12)):
+def _arrow(ax, start, end, color="black", style="-|>", dashed=False, text=None, text_offset=(0, 0.12),
+           fontsize=12):
     ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=14, color=color, linewidth=1.5,
                                  linestyle="--" if dashed else "-"))
     if text:
         ax.text((start[0] + end[0]) / 2 + text_offset[0], (start[1] + end[1]) / 2 + text_offset[1], text,
-                ha="center", va="center", fontsize=8, color=color)
+                ha="center", va="center", fontsize=fontsize, color=color)
 
 
 def deadlock_diagram():
     """Three exchanges between two ranks, time running down: a deadlock, its fix, and eager buffering."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(10, 5.0))
     panels = [
-        ("both Send first, large message:\ndeadlock", "blocked"),
-        ("Sendrecv, or Isend + Irecv + Wait:\nboth messages move", "fixed"),
-        ("both Send first, small message:\npasses (MPI buffers it)", "eager"),
+        ("both Send first,\nlarge message:\ndeadlock", "blocked"),
+        ("Sendrecv, or\nIsend + Irecv + Wait:\nboth move", "fixed"),
+        ("both Send first,\nsmall message:\npasses (buffered)", "eager"),
     ]
     for ax, (title, kind) in zip(axes, panels):
         ax.set_xlim(-0.6, 1.6)
         ax.set_ylim(3.2, -0.5)
         ax.axis("off")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=12)
         for x, name in ((0, "rank 0"), (1, "rank 1")):
-            ax.text(x, -0.3, name, ha="center", fontsize=9, weight="bold")
+            ax.text(x, -0.3, name, ha="center", fontsize=12, weight="bold")
             ax.plot([x, x], [0, 3], color="#555555", linewidth=1)
         if kind == "blocked":
             for x, dx in ((0, 1), (1, -1)):
                 _arrow(ax, (x, 0.5), (x + 0.45 * dx, 0.9), color="#C44E52", dashed=True)
-                ax.text(x, 2.0, "Send waits for\na matching Recv\n(never posted)", ha="center", fontsize=8,
+                ax.text(x, 2.0, "Send waits\nfor a Recv\nnever posted", ha="center", fontsize=12,
                         color="#C44E52", bbox=dict(facecolor="white", edgecolor="#C44E52"))
         elif kind == "fixed":
             _arrow(ax, (0, 0.5), (1, 1.3), color=OP_COLORS["F"], text="0 → 1", text_offset=(0, -0.25))
             _arrow(ax, (1, 0.5), (0, 1.3), color=OP_COLORS["B"], text="1 → 0", text_offset=(0, 0.35))
             for x in (0, 1):
-                ax.text(x, 2.2, "Wait: done", ha="center", fontsize=8,
+                ax.text(x, 2.2, "Wait: done", ha="center", fontsize=12,
                         bbox=dict(facecolor="white", edgecolor="#555555"))
         else:
             ax.add_patch(FancyBboxPatch((0.3, 0.95), 0.4, 0.5, boxstyle="round,pad=0.02", facecolor="#EEEEEE",
                                         edgecolor="#888888"))
-            ax.text(0.5, 1.2, "MPI's\nbuffers", ha="center", va="center", fontsize=7)
+            ax.text(0.5, 1.2, "MPI's\nbuffers", ha="center", va="center", fontsize=12)
             _arrow(ax, (0, 0.5), (0.32, 1.05), color=OP_COLORS["F"])
             _arrow(ax, (1, 0.5), (0.68, 1.05), color=OP_COLORS["B"])
             _arrow(ax, (0.35, 1.4), (1, 2.2), color=OP_COLORS["F"], dashed=True)
             _arrow(ax, (0.65, 1.4), (0, 2.2), color=OP_COLORS["B"], dashed=True)
             for x in (0, 1):
-                ax.text(x, 2.6, "Recv: done", ha="center", fontsize=8,
+                ax.text(x, 2.6, "Recv: done", ha="center", fontsize=12,
                         bbox=dict(facecolor="white", edgecolor="#555555"))
     fig.tight_layout()
     return fig
@@ -95,24 +96,24 @@ def communicator_grid(memberships):
 
 def split_model_diagram(num_layers: int, ranges):
     """The layers of a model as boxes, coloured by the rank that owns them, with the messages between ranks."""
-    fig, ax = plt.subplots(figsize=(1.0 * num_layers + 1.5, 2.6))
+    fig, ax = plt.subplots(figsize=(0.8 * num_layers + 1.0, 2.8))   # under 7.8 in: not shrunk on the site
     owner = {i: s for s, r in enumerate(ranges) for i in r}
     for i in range(num_layers):
         ax.add_patch(FancyBboxPatch((i + 0.1, 0.0), 0.8, 1.0, boxstyle="round,pad=0.02",
                                     facecolor=STAGE_COLORS[owner[i] % len(STAGE_COLORS)], alpha=0.85,
                                     edgecolor="black"))
-        ax.text(i + 0.5, 0.5, f"layer\n{i}", ha="center", va="center", fontsize=8, color="white")
+        ax.text(i + 0.5, 0.5, f"layer\n{i}", ha="center", va="center", fontsize=10, color="white")
     for s, r in enumerate(ranges):
         ax.text((r.start + r.stop) / 2, -0.35, f"rank {s}", ha="center", fontsize=10, weight="bold",
                 color=STAGE_COLORS[s % len(STAGE_COLORS)])
         if s + 1 < len(ranges):
             x = r.stop
             _arrow(ax, (x - 0.35, 1.35), (x + 0.35, 1.35), color=OP_COLORS["F"], text="activation",
-                   text_offset=(0, 0.22))
+                   text_offset=(0, 0.22), fontsize=10)
             _arrow(ax, (x + 0.35, -0.75), (x - 0.35, -0.75), color=OP_COLORS["B"], text="gradient",
-                   text_offset=(0, -0.22))
-    ax.text(-0.2, 0.5, "input", ha="right", va="center", fontsize=9)
-    ax.text(num_layers + 0.1, 0.5, "loss", ha="left", va="center", fontsize=9)
+                   text_offset=(0, -0.22), fontsize=10)
+    ax.text(-0.2, 0.5, "input", ha="right", va="center", fontsize=10)
+    ax.text(num_layers + 0.1, 0.5, "loss", ha="left", va="center", fontsize=10)
     ax.set_xlim(-0.9, num_layers + 0.7)
     ax.set_ylim(-1.2, 1.9)
     ax.axis("off")
