@@ -21,8 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from lesson_code import diagrams, l08_real_transformer as l08, l09_asynchronous as l09  # noqa: E402
-from pipeline_ref import partition, plot, schedules, simulate  # noqa: E402
+from lesson_code import diagrams, l04_data_parallel as l04, l05_balancing as l05  # noqa: E402
+from lesson_code import l08_real_transformer as l08, l09_asynchronous as l09  # noqa: E402
+from pipeline_ref import partition, plot, schedules, simulate, topology  # noqa: E402
 
 COLUMN_PX = 784          # the site's content column
 CSS_PX_PER_INCH = 96
@@ -81,7 +82,56 @@ def l09_versions():
     return fig, traces
 
 
+def lesson_04_grids():
+    """Lesson 04's two grids side by side in one 13 in figure, as its notebook cell draws them."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.2), gridspec_kw={"width_ratios": [3.5, 5.5]})
+    topology.draw(topology.Grid(2, 2), ax=axes[0], title="pp = 2 x dp = 2 (this lesson's 4 ranks)")
+    topology.draw(topology.Grid(4, 2), ax=axes[1],
+                  title="pp = 4 x dp = 2: rows are pipelines, columns data groups")
+    fig.tight_layout()
+    return fig
+
+
+def memberships(num_stages: int, num_pipelines: int) -> list[dict]:
+    """What lesson 00's ``split_grid`` reports, without MPI (world rank: pipeline * num_stages + stage)."""
+    return [{"world": pipe * num_stages + stage, "stage": stage, "pipeline": pipe,
+             "pipeline members": [pipe * num_stages + s for s in range(num_stages)],
+             "data members": [q * num_stages + stage for q in range(num_pipelines)]}
+            for pipe in range(num_pipelines) for stage in range(num_stages)]
+
+
+def lesson_04_layouts() -> list[dict]:
+    """Rows shaped like lesson 04's layout comparison (made-up sizes: only the drawing is checked)."""
+    return [{"name": name, "parameter bytes": params * 2**20, "stash bytes": stash * 2**20,
+             "samples/s": speed}
+            for name, params, stash, speed in [("pp=4", 10, 6, 300), ("pp=2 x dp=2", 20, 4, 400),
+                                               ("dp=4", 40, 2, 500)]]
+
+
+def lesson_05_layers():
+    """Lesson 05's chart for a five-layer model whose head costs most, cut by the three partitioners."""
+    names = ["embedding", "block 0", "block 1", "block 2", "head"]
+    params, costs = [100, 400, 400, 400, 800], [0.1, 1.0, 1.0, 1.0, 3.0]
+    splits = {"uniform": partition.uniform(5, 2), "parameters": partition.by_cost(params, 2),
+              "time": partition.by_cost(costs, 2)}
+    return l05.layer_bars(names, params, costs, splits)
+
+
+def lesson_03_phases():
+    """Lesson 03's 1F1B chart (10 in wide) with its warmup, steady and cooldown bars."""
+    fig, ax = plt.subplots(figsize=(10, 3))
+    schedule = schedules.build("1f1b", 4, 8)
+    trace = simulate.simulate(schedule, forward=1.0, backward=2.0)
+    diagrams.mark_phases(plot.gantt(trace, ax, title="simulated 1F1B"), schedule, trace)
+    fig.tight_layout()
+    return fig
+
+
 SIMULATED = simulate.simulate(schedules.build("1f1b", 4, 8))
+# Lesson 04's cell puts both grids in 13 in, shrunk ~0.6x on the site; readable only once the cell stacks them
+# (a notebook change, outside this test's files). Drawn alone (below), the grids are readable.
+NOTEBOOK_TOO_WIDE = pytest.mark.xfail(strict=True,
+                                      reason="lesson 04's cell draws both grids in one 13 in figure")
 FIGURES = {
     "l08 draw_pieces": lambda: l08.draw_pieces(*l08_pieces()),
     "l09 versions": lambda: l09_versions()[0],
@@ -90,6 +140,13 @@ FIGURES = {
     "plot.utilization_curve": lambda: plot.utilization_curve([("gpipe", 4, 0.6)], num_stages=4).figure,
     "diagrams.deadlock_diagram": diagrams.deadlock_diagram,
     "diagrams.split_model_diagram": lambda: diagrams.split_model_diagram(8, partition.uniform(8, 2)),
+    "diagrams.communicator_grid": lambda: diagrams.communicator_grid(memberships(2, 2)),
+    "diagrams.mark_phases": lesson_03_phases,
+    "topology.draw 2x2": lambda: topology.draw(topology.Grid(2, 2)).figure,
+    "topology.draw 4x2": lambda: topology.draw(topology.Grid(4, 2)).figure,
+    "topology.draw lesson 04 cell": pytest.param(lesson_04_grids, marks=NOTEBOOK_TOO_WIDE),
+    "l04 layout_bars": lambda: l04.layout_bars(lesson_04_layouts()),
+    "l05 layer_bars": lesson_05_layers,
 }
 
 

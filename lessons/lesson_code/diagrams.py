@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from pipeline_ref.plot import OP_COLORS
+from pipeline_ref.plot import LABEL_POINTS, OP_COLORS
 
 STAGE_COLORS = ["#2A9D8F", "#8172B3", "#E9C46A", "#64B5CD", "#937860", "#C44E52"]   # not the F/B colours
 PIPELINE_COLOR, DATA_COLOR = "#C44E52", "#4C72B0"   # the MPI book's red pipeline and blue data groups
@@ -87,7 +87,7 @@ def communicator_grid(memberships):
     ax.set_ylim(pipelines - 0.4, -0.6)
     ax.set_xticks(range(stages), [f"stage {s}" for s in range(stages)])
     ax.set_yticks(range(pipelines), [f"pipeline {p}" for p in range(pipelines)])
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=9, frameon=False)
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
@@ -143,6 +143,6 @@ def mark_phases(ax, schedule, trace):
     handles, labels = ax.get_legend_handles_labels()
     old = ax.get_legend()
     extra = old.legend_handles if old is not None else []
-    ax.legend(handles=list(extra) + handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
-              frameon=False)
+    ax.legend(handles=list(extra) + handles, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+              fontsize=LABEL_POINTS, frameon=False)   # the size of the Gantt chart's own legend
     return ax
