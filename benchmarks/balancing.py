@@ -22,9 +22,12 @@ import argparse
 from pathlib import Path
 from statistics import median
 
-from pipeline_ref import bench, machine, partition, schedules, simulate
+from pipeline_ref import schedules, simulate
+from pipeline_ref.engine import machine
+from pipeline_ref.front import partition
+from pipeline_ref.tools import bench
 from pipeline_ref.config import RunConfig
-from pipeline_ref.trace import Trace
+from pipeline_ref.sim.trace import Trace
 
 HERE = Path(__file__).resolve().parent
 MODEL = "tests.rank_targets:unbalanced_mlp"

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/memory_flat.py [--steps 500] [--schedule 1f1b] [--out benchmarks/results/memory_flat]
 
-Trains the demo's model (pipeline_ref/demo.py: MLP depth 8, width 1024) on 2 local ranks for ``--steps``
+Trains the demo's model (pipeline_ref/tools/demo.py: MLP depth 8, width 1024) on 2 local ranks for ``--steps``
 steps and reads every rank's resident memory (``/proc/self/statm``) after each step (``RunResult.step_rss``).
 A buffer or trace that leaked per step or per message would grow it linearly; the table gives, per rank, the
 median resident memory just after warm-up (steps 10-60) and over the last 50 steps, the growth between them, the
@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from statistics import linear_regression, median
 
-from pipeline_ref import machine
+from pipeline_ref.engine import machine
 from pipeline_ref.config import RunConfig
-from pipeline_ref.demo import DEMO_MODEL
+from pipeline_ref.tools.demo import DEMO_MODEL
 from pipeline_ref.launch import launch
 
 HERE = Path(__file__).resolve().parent

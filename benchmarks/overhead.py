@@ -39,11 +39,13 @@ from statistics import median, quantiles
 import torch
 from torch import nn
 
-from pipeline_ref import bench, machine, models, schedules, simulate
+from pipeline_ref import models, schedules, simulate
+from pipeline_ref.engine import machine
+from pipeline_ref.tools import bench
 from pipeline_ref.config import RunConfig
-from pipeline_ref.demo import DEMO_MODEL
-from pipeline_ref.stage import Stage
-from pipeline_ref.trace import executor_gaps
+from pipeline_ref.tools.demo import DEMO_MODEL
+from pipeline_ref.engine.stage import Stage
+from pipeline_ref.sim.trace import executor_gaps
 
 HERE = Path(__file__).resolve().parent
 
@@ -108,7 +110,8 @@ def between_actions(repeats: int, model: dict) -> list[dict]:
 
 def calls_rank(comm, cfg: RunConfig) -> list[dict] | None:
     """Rank side of part 3: time every call the executor makes between actions, over one warm run."""
-    from pipeline_ref import executor, message, train
+    from pipeline_ref import train
+    from pipeline_ref.engine import executor, message
     spent, calls = {}, {}
 
     def timed(owner, name, label):
@@ -144,8 +147,8 @@ def cold_costs(iterations: int = 200) -> list[tuple[str, float]]:
     loop and right after a demo stage's matrix products (4 MiB of weights a layer), when
     the caches hold the weights instead of the interpreter's state.
     """
-    from pipeline_ref import watchdog
-    from pipeline_ref.finite import nonfinite
+    from pipeline_ref.faults import watchdog
+    from pipeline_ref.faults.finite import nonfinite
     torch.set_num_threads(1)
     width, rows = DEMO_MODEL["width"], DEMO_MODEL["batch"] // 8
     x, copy = torch.randn(rows, width), torch.empty(rows, width)
@@ -198,7 +201,7 @@ def main() -> None:
     between = between_actions(args.repeats, DEMO_MODEL)
     small = between_actions(args.repeats, SMALL_MESSAGES)
     cold = cold_costs()
-    from pipeline_ref.launch import launch      # part 3: ranks import this file, so it must be on their path
+    from pipeline_ref.launch import launch  # part 3: ranks import this file, so it must be on their path
     calls = launch(2, "overhead:calls_rank", RunConfig(schedule="1f1b", pp=2, microbatches=m, steps=2,
                                                         model_kwargs=DEMO_MODEL),
                    env={"PYTHONPATH": str(HERE)}, timeout=600)[0]

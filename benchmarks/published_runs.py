@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline_ref import cluster, planner
+from pipeline_ref.sim import cluster
+from pipeline_ref.tools import planner
 
 MEGATRON_2021 = ("Narayanan et al. 2021, Efficient Large-Scale Language Model Training on GPU Clusters Using "
                  "Megatron-LM, arXiv:2104.04473, Table 1 (also in https://github.com/NVIDIA/Megatron-LM "

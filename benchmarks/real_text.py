@@ -22,8 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline_ref import machine, one_device, text_data
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref import one_device
+from pipeline_ref.engine import machine
+from pipeline_ref.models import text_data
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 from pipeline_ref.launch import launch
 
 HERE = Path(__file__).resolve().parent

@@ -28,10 +28,12 @@ from statistics import median
 import torch
 from torch import nn
 
-from pipeline_ref import bench, machine, models, simulate
+from pipeline_ref import models, simulate
+from pipeline_ref.engine import machine
+from pipeline_ref.tools import bench
 from pipeline_ref.config import RunConfig
-from pipeline_ref.stage import Stage
-from pipeline_ref.trace import Trace
+from pipeline_ref.engine.stage import Stage
+from pipeline_ref.sim.trace import Trace
 
 HERE = Path(__file__).resolve().parent
 MODEL_KWARGS = models.MEASURE_MLP        # the lessons' model (lesson_code.common.LESSON_MODEL)

@@ -102,7 +102,7 @@ def summarize(name: str, old: list[dict], new: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], large: list[dict], info: dict, args) -> str:
-    from pipeline_ref.machine import machine_markdown
+    from pipeline_ref.engine.machine import machine_markdown
 
     def seconds(x):
         return "-" if x is None else f"{x:.3f}"
@@ -132,7 +132,7 @@ def markdown(rows: list[dict], large: list[dict], info: dict, args) -> str:
 
 
 def main() -> None:
-    from pipeline_ref.machine import machine_info
+    from pipeline_ref.engine.machine import machine_info
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stages", type=int, default=64)

@@ -1,4 +1,4 @@
-"""What cutting a whole nn.Module costs (pipeline_ref/split.py), and whether torch.fx could have done it.
+"""What cutting a whole nn.Module costs (pipeline_ref/front/split.py), and whether torch.fx could have done it.
 
     .venv/bin/python benchmarks/split_time.py [--out benchmarks/results/split_time]
 
@@ -22,7 +22,9 @@ FACTORIES = ["gpt2", "llama", "skip_net"]
 
 def measure(kind: str) -> dict:
     import torch
-    from pipeline_ref import hf_models, models, split
+    from pipeline_ref import models
+    from pipeline_ref.front import split
+    from pipeline_ref.models import hf_models
 
     def build(seed):
         torch.manual_seed(seed)
@@ -51,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/split_time")
     args = parser.parse_args()
-    from pipeline_ref import machine
+    from pipeline_ref.engine import machine
     rows = [json.loads(subprocess.run([sys.executable, __file__, "--one", kind], capture_output=True, text=True,
                                       check=True).stdout.strip().splitlines()[-1]) for kind in FACTORIES]
     lines = ["# Cutting a whole module: trace time", "", machine.machine_markdown(machine.machine_info()), "",

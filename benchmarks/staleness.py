@@ -6,7 +6,7 @@ The model is the real-text GPT (``--model text_gpt``: bytes of the standard libr
 step), untied (PipeDream keeps weight versions per stage, so a Parameter on two stages is refused), trained with
 plain SGD at one learning rate for every schedule, m = 4 microbatches per step.
 
-- Loss against steps comes from ``pipeline_ref.async_reference`` (one process, float32): the schedules' exact
+- Loss against steps comes from ``pipeline_ref.models.async_reference`` (one process, float32): the schedules' exact
   semantics, which tests/test_pipedream.py proves equal to the pipelined runs (float64, real text included;
   ``--check`` repeats that here on a few steps). A synchronous schedule computes the same for every p, and so
   does 2BW (its delay is one step whatever the depth); PipeDream's staleness grows with p (stage s runs
@@ -31,7 +31,11 @@ from statistics import median
 
 import torch
 
-from pipeline_ref import async_reference, asynchronous, machine, models, partition, schedules, simulate
+from pipeline_ref import models, schedules, simulate
+from pipeline_ref.engine import machine
+from pipeline_ref.front import partition
+from pipeline_ref.models import async_reference
+from pipeline_ref.schedules import asynchronous
 from pipeline_ref.config import RunConfig
 from pipeline_ref.launch import launch
 

@@ -8,7 +8,7 @@ vs_torch.py starts it with the same ``mpiexec`` that starts pipeline_ref's ranks
 Each rank takes its rank and the world size from PMI_RANK / PMI_SIZE (set by MPICH's
 Hydra; also OMPI_COMM_WORLD_* or RANK / WORLD_SIZE) and joins a gloo process group.
 A run is [schedule, microbatches, dtype, warm-up steps, timed steps]. The model is
-built exactly as pipeline_ref builds it (``config.build_model``: same seed, same
+built exactly as pipeline_ref builds it (``preflight.build_model``: same seed, same
 init, same data), split by ``partition.uniform``; each rank wraps its slice, an
 ``nn.Sequential``, in a manually built ``PipelineStage``. Loss scaling is the same as
 pipeline_ref's: each microbatch's mean loss times 1/m, and ``scale_grads=False``,
@@ -36,8 +36,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from pipeline_ref import partition
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.front import partition
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 REPLAY_DISTURBED = True     # --keep-disturbed: measure under load (vs_torch.py's conditions), replay nothing

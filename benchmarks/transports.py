@@ -34,9 +34,10 @@ def pingpong_rank(comm, sizes, repeats: int, rounds: int):
     """Both transports, ``rounds`` times each, alternating; per size the median over rounds of the mean
     half round trip (seconds)."""
     import torch
-    from pipeline_ref import schedules, topology
-    from pipeline_ref.message import Messenger, MPITransport, TensorSpec
-    from pipeline_ref.torch_transport import open_transport
+    from pipeline_ref import schedules
+    from pipeline_ref.engine import topology
+    from pipeline_ref.engine.message import Messenger, MPITransport, TensorSpec
+    from pipeline_ref.engine.torch_transport import open_transport
     topo = topology.split(comm, 2, 1)
     mpi = MPITransport(topo.pipeline)
     gloo = open_transport(comm, topo, schedules.Schedule.of(schedules.build("1f1b", 2, 2)), torch.device("cpu"))
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of each comparison (medians reported)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "transports")
     args = parser.parse_args(argv)
-    from pipeline_ref import machine
+    from pipeline_ref.engine import machine
     from pipeline_ref.launch import launch
     info = machine.machine_info()
     print("part 1: ping-pong through the Messenger, MPI and gloo ...", flush=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline_ref import bench
+from pipeline_ref.tools import bench
 
 HERE = Path(__file__).resolve().parent
 MODEL = {"depth": 8, "width": 1024, "batch": 2048}

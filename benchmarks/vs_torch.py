@@ -43,7 +43,8 @@ from statistics import median
 import torch
 
 from machine_load import CONDITIONS, load_average, loaded, ranks_for
-from pipeline_ref import machine, measure
+from pipeline_ref import measure
+from pipeline_ref.engine import machine
 from pipeline_ref.config import RunConfig
 from pipeline_ref.launch import mpiexec
 

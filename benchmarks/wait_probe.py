@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from pipeline_ref import message
+from pipeline_ref.engine import message
 
 
 def _compute(seconds: float) -> float:

@@ -11,7 +11,7 @@ same step, the gradients of the microbatches must add up to the gradient of the 
 A schedule is data: one list of ``Action`` per stage. ``Action("F", 2)`` is the forward of
 microbatch 2, ``Action("B", 2)`` its backward. For 2 stages and 3 microbatches GPipe is
 ``[[F0, F1, F2, B0, B1, B2], [F0, F1, F2, B0, B1, B2]]``. Who sends what to whom follows from the
-dependencies: ``pipeline_ref.schedules.validate`` checks a schedule, ``pipeline_ref.simulate``
+dependencies: ``pipeline_ref.schedules.validate`` checks a schedule, ``pipeline_ref.sim.simulate``
 plays it, and the executor runs it on real ranks; the tests do all three with yours.
 
 Stuck? ``exercises/hints/ex02_gpipe.md`` has longer hints, one section per function.

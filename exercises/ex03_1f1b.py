@@ -62,7 +62,7 @@ def run_actions(comm, stage, actions, inputs, targets, shape, dtype) -> None:
     """Play this rank's ``actions`` (ops ``F`` and ``B``, one chunk per rank) for one training step.
 
     ``comm``: the pipeline's communicator; this rank is stage ``comm.Get_rank()`` of ``comm.Get_size()``.
-    ``stage``: a ``pipeline_ref.stage.Stage`` holding this rank's layers and its activation stash:
+    ``stage``: a ``pipeline_ref.engine.stage.Stage`` holding this rank's layers and its activation stash:
     ``stage.forward(i, x, target)`` returns ``(y,)``, the output to send on (None on the last stage,
     where it takes ``target`` and keeps the loss); ``stage.backward(i, grad)`` returns ``(dx,)``, the
     input's gradient to send back (None on the first stage; ``grad`` is None on the last).

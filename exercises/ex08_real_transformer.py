@@ -2,7 +2,7 @@
 fits.
 
 A pipeline exists for the model that does not fit one device. Each rank holds, for the pieces of the model its
-stage owns (``pipeline_ref/split.py`` cuts a whole ``nn.Module`` into pieces):
+stage owns (``pipeline_ref/front/split.py`` cuts a whole ``nn.Module`` into pieces):
 
     weights       its parameters, their gradients, and the optimizer's state: AdamW keeps two moments per
                   parameter (as many bytes again, twice) and one 4-byte step counter per parameter tensor;

@@ -1,18 +1,40 @@
 """pipeline_ref: the reference implementation of the pipeline-parallelism course.
 
-Follow one microbatch from the command line to the trace, one module at a time:
+Folders are layers, bottom to top; each imports only from the layers below it (``tests/test_layers.py``
+checks every import, function-level ones too):
 
-    geometry    Action, Schedule, Pipeline: which virtual stage talks to which (imports nothing else)
-    schedules   the generators (naive, gpipe, 1f1b; interleaved.py, zero_bubble.py), build, describe
-    replay      the ranks played in dependency order: validate() and simulate() both use it
-    simulate    the schedule with costs, without processes; theory: the closed forms
-    config      RunConfig and every check made before a rank communicates
-    train       set-up, the step loop, SGD, results (results.RunResult)
-    stage       one model chunk: forward / backward / I / W, the stash
-    message     boundaries (tuples of tensors) and the Transport that moves them (MPI)
-    executor    receive, compute, send, for each action of a rank
-    trace       what happened and when; plot: Gantt charts
+    schedules/   geometry (Action, Op, Schedule, Pipeline), the generators, replay / validate: pure data
+    sim/         simulate, theory, trace, timeline, plot, the band, the cluster cost model, the planner
+    faults/      watchdog, non-finite checks, checkpoints, the rank entry
+    engine/      one rank, one step: executor, stage, messages and their transports, reduce, topology, ...
+    models/      the zoo, Hugging Face models, text data, batches, one-process references
+    front/       a model to stages: split (torch's tracer), cut, partition, profiling, memory plan
+    (root)       the run: config (a leaf), preflight, train, async_run, one_device, results, launch, measure
+    tools/       demo, bench, doctor, memory, plan, export: tools around the library, never imported by it
+
+From Python, the package's face:
+
+    from pipeline_ref import schedules, simulate, RunConfig, launch
 
 Start with ``python -m pipeline_ref demo``.
 """
+import importlib
+
 __version__ = "0.1.0"
+
+# Loaded when first asked for, so that importing one module (a rank's entry, the simulator) costs no torch.
+_FACE = {"schedules": ("pipeline_ref.schedules", None), "simulate": ("pipeline_ref.sim.simulate", None),
+         "RunConfig": ("pipeline_ref.config", "RunConfig"), "launch": ("pipeline_ref.launch", None)}
+__all__ = list(_FACE)
+
+
+def __getattr__(name: str):
+    if name not in _FACE:
+        raise AttributeError(f"module 'pipeline_ref' has no attribute {name!r}")
+    module_name, attribute = _FACE[name]
+    module = importlib.import_module(module_name)
+    return module if attribute is None else getattr(module, attribute)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

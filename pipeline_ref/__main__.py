@@ -20,8 +20,9 @@ import json
 import os
 import sys
 
-from .config import AUTOCAST, DEVICES, DTYPES, OPTIMIZERS, PARTITIONS, TRANSPORTS, ConfigError, RunConfig, check_config
-from .schedules import GENERATORS
+from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, ConfigError, RunConfig
+from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, check_config
+from pipeline_ref.schedules import GENERATORS
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -91,15 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--stages", type=int, nargs="*", help="pipeline depths (default: 2, and 4, 8 where they fit)")
     demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one rank per GPU")
 
-    from .bench import add_parser as add_bench_parser   # bench.py owns its own options
+    from pipeline_ref.tools.bench import add_parser as add_bench_parser  # bench.py owns its own options
     add_bench_parser(sub)
-    from .doctor import add_parser as add_doctor_parser   # and doctor.py its own
+    from pipeline_ref.tools.doctor import add_parser as add_doctor_parser  # and doctor.py its own
     add_doctor_parser(sub)
-    from .memory_cli import add_parser as add_memory_parser
+    from pipeline_ref.tools.memory_cli import add_parser as add_memory_parser
     add_memory_parser(sub)
-    from .export import add_parser as add_export_parser   # a checkpoint's whole model, out of the pipeline
+    # a checkpoint's whole model, out of the pipeline
+    from pipeline_ref.tools.export import add_parser as add_export_parser
     add_export_parser(sub)
-    from .plan_cli import add_parser as add_plan_parser
+    from pipeline_ref.tools.plan_cli import add_parser as add_plan_parser
     add_plan_parser(sub)
 
     simulate = sub.add_parser("simulate", help="play a schedule without processes")
@@ -129,7 +131,7 @@ def _config(args) -> RunConfig:
 def _report(result, args) -> None:
     """What a run measured: the warm steps' median (the first step warms up), then the files asked for."""
     import torch
-    from . import trace as trace_mod
+    from pipeline_ref.sim import trace as trace_mod
     cfg = result.config
     theory = _theory(cfg.schedule, cfg.pp, cfg.microbatches, cfg.chunks)
     steps = len(result.step_utilization)
@@ -159,21 +161,21 @@ def _report(result, args) -> None:
 
 def _run(args) -> int:
     if args.stall_timeout is None:
-        from .watchdog import STALL_SECONDS
+        from pipeline_ref.faults.watchdog import STALL_SECONDS
         args.stall_timeout = STALL_SECONDS.get(args.device, STALL_SECONDS["cuda"])
     cfg = _config(args)
     check_config(cfg, args.ranks)               # refuse before any rank starts or communicates
     if args.ranks is not None:
-        from .config import preflight
-        from .launch import launch
+        from pipeline_ref.preflight import preflight
+        from pipeline_ref.launch import launch
         preflight(cfg, args.ranks)              # and what needs the model: layers, batch, schedule
         result = launch(args.ranks, "pipeline_ref.train:run_rank", cfg, timeout=args.timeout,
                         stall_timeout=args.stall_timeout, echo=True)[0]
         _report(result, args)
         return 0
     from mpi4py import MPI
-    from . import watchdog
-    from .train import run_rank
+    from pipeline_ref.faults import watchdog
+    from pipeline_ref.train import run_rank
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1 and cfg.world_size > 1:
         raise ConfigError(f"--pp {cfg.pp} x --dp {cfg.dp} needs {cfg.world_size} ranks: add "
@@ -191,7 +193,7 @@ def _run(args) -> int:
 
 def _theory(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
     """" (theory 0.800)", or nothing where no closed form applies (a user's schedule, ZB-H1 with m < p)."""
-    from . import theory
+    from pipeline_ref.sim import theory
     try:
         return f" (theory {theory.utilization(name, pp, microbatches, chunks=chunks, **costs):.4f})"
     except ValueError:
@@ -199,7 +201,8 @@ def _theory(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
 
 
 def _simulate(args) -> int:
-    from . import schedules, simulate
+    from pipeline_ref import schedules
+    from pipeline_ref.sim import simulate
     options = {"chunks": args.chunks} if args.schedule == "interleaved" else {}
     schedule = schedules.build(args.schedule, args.pp, args.microbatches, **options)
     # A chunk (interleaved: v per rank; ZB-V: 2) is that fraction of a stage; the zero-bubble schedules split
@@ -210,14 +213,14 @@ def _simulate(args) -> int:
     print(schedules.describe(schedule))
     if args.timeline:
         import shutil
-        from .timeline import timeline
+        from pipeline_ref.sim.timeline import timeline
         print(timeline(trace, width=shutil.get_terminal_size((100, 24)).columns))
     theory = _theory(args.schedule, args.pp, args.microbatches, args.chunks, forward=args.forward,
                      input_grad=args.backward / 2, weight_grad=args.backward / 2)
     print(f"utilization {trace.utilization:.4f}{theory.replace('theory', 'closed form, no communication:')}; "
           f"makespan {trace.makespan:g}; peak stashed per stage {trace.peak_stashed}")
     if args.plot:
-        from . import plot
+        from pipeline_ref.sim import plot
         axes = plot.gantt(trace, title=f"{args.schedule}, {args.pp} stages, {args.microbatches} microbatches (simulated)")
         axes.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"Gantt chart -> {args.plot}")
@@ -232,28 +235,28 @@ def main(argv=None) -> int:
         if args.command == "simulate":
             return _simulate(args)
         if args.command == "doctor":
-            from .doctor import main as doctor_main
+            from pipeline_ref.tools.doctor import main as doctor_main
             return doctor_main(args)
         if args.command == "plan":
-            from .plan_cli import main as plan_main
+            from pipeline_ref.tools.plan_cli import main as plan_main
             return plan_main(args)
         if args.command == "memory":
-            from .memory_cli import main as memory_main
+            from pipeline_ref.tools.memory_cli import main as memory_main
             return memory_main(args)
         if args.command == "bench":
-            from .bench import main as bench_main
+            from pipeline_ref.tools.bench import main as bench_main
             return bench_main(args)
         if args.command == "export":
-            from .export import main as export_main
+            from pipeline_ref.tools.export import main as export_main
             return export_main(args)
-        from .demo import main as demo_main
+        from pipeline_ref.tools.demo import main as demo_main
         return demo_main(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except Exception as err:
-        from .launch import LaunchError
-        from .schedules import ScheduleError
+        if getattr(err, "refusal", False):      # a ConfigError or TransportError: the request, refused
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        from pipeline_ref.launch import LaunchError
+        from pipeline_ref.schedules import ScheduleError
         if isinstance(err, (LaunchError, ScheduleError)):
             print(f"error: {err}", file=sys.stderr)
             return 1

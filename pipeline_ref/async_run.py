@@ -24,10 +24,12 @@ from functools import partial
 
 import torch
 
-from . import asynchronous, machine, watchdog
-from .results import Memory, RunResult
-from .trace import Trace
-from .weight_versions import WeightVersions
+from pipeline_ref.engine import machine
+from pipeline_ref.faults import watchdog
+from pipeline_ref.schedules import asynchronous
+from pipeline_ref.results import Memory, RunResult
+from pipeline_ref.sim.trace import Trace
+from pipeline_ref.engine.weight_versions import WeightVersions
 
 
 def _rule(cfg, stage: int):
@@ -59,7 +61,7 @@ def _stream_data(run) -> tuple[list | None, list | None]:
     if getattr(run, "data", None) is None:            # the same batch at every step
         per_step = [(run.inputs, run.targets)] * cfg.steps
     else:                                             # a batch per step (real text): each step's own
-        from .batches import microbatches
+        from pipeline_ref.models.batches import microbatches
         per_step = [microbatches(run.data.at(t), cfg, run.topo, run.pipeline, run.device) for t in range(cfg.steps)]
     pick = lambda k: None if per_step[0][k] is None else [per_step[j // m][k][j % m] for j in range(cfg.steps * m)]
     return pick(0), pick(1)

@@ -4,7 +4,7 @@
     results = launch.launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2), timeout=120)
     results[0]          # what rank 0 returned
 
-Under the hood: ``mpiexec -n N python -m mpi4py -m pipeline_ref._rank ...``, with
+Under the hood: ``mpiexec -n N python -m mpi4py -m pipeline_ref.faults._rank ...``, with
 ``mpiexec`` taken from this Python's own environment (the ``mpich`` wheel puts it
 next to the interpreter), never from PATH. ``python -m mpi4py`` makes an uncaught
 exception on one rank abort them all. What can go wrong, and what ends it:
@@ -42,7 +42,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import watchdog
+from pipeline_ref.faults import watchdog
 
 MARK = watchdog.MARK      # the prefix of the ranks' own reports
 STALL_SECONDS = watchdog.STALL_SECONDS["cpu"]    # CPU ranks; run --device cuda gives 120 s
@@ -118,7 +118,7 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
         launcher = (os.getpid(), socket.gethostname())    # each rank's watchdog watches this process
         payload.write_bytes(pickle.dumps((target, args, kwargs, stall_timeout, launcher)))
         command = [str(mpiexec()), "-n", str(num_ranks), sys.executable, "-m", "mpi4py",
-                   "-m", "pipeline_ref._rank", str(payload), tmp]
+                   "-m", "pipeline_ref.faults._rank", str(payload), tmp]
         full_env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank),
                     "MKL_NUM_THREADS": str(threads_per_rank), **(env or {})}
         out, err = [], []

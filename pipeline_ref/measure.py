@@ -23,10 +23,11 @@ import time
 from statistics import median
 from typing import Callable, NamedTuple
 
-from . import machine
-from .band import Band, band
-from .config import ConfigError, RunConfig, check_config, make_schedule
-from .results import RunResult
+from pipeline_ref.engine import machine
+from pipeline_ref.sim.band import Band, band
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import check_config, make_schedule
+from pipeline_ref.results import RunResult
 
 MIN_ROUNDS = 3          # fewer give no spread worth the name
 DRIFT = 0.10            # halves of the rounds this far apart (and not overlapping): the machine changed
@@ -230,8 +231,8 @@ def rounds_rank(comm, named: list[tuple[str, RunConfig]], rounds: int, progress:
     rounds played again) on world rank 0, None elsewhere.
     """
     from mpi4py import MPI
-    from . import watchdog
-    from .train import run_rank
+    from pipeline_ref.faults import watchdog
+    from pipeline_ref.train import run_rank
     kept, replayed, index = [], 0, 0
     while index < rounds:
         played = []
@@ -269,7 +270,7 @@ def compare(configs: dict[str, RunConfig], num_ranks: int | None = None, rounds:
     not used. Bad requests raise ConfigError before any rank starts. ``progress`` prints a line per run
     to stderr; ``launch_options`` go to ``launch.launch`` (e.g. ``stall_timeout``).
     """
-    from .launch import launch
+    from pipeline_ref.launch import launch
     if not isinstance(configs, dict) or not configs:
         raise ConfigError("compare takes a dict of names to RunConfigs, at least one")
     if rounds < 1 or warmup < 0:

@@ -7,7 +7,7 @@
     one_device.validation_loss(curve.layers, cfg, batches=8)
 
 Everything a pipelined run does per step is done here in one place, in the same order: the same seeded model
-and data (``config.build_model``), the batch cut into the same ``m`` microbatches whose losses are scaled by
+and data (``preflight.build_model``), the batch cut into the same ``m`` microbatches whose losses are scaled by
 ``1/m`` and accumulated (so float64 agrees with a pipeline to rounding), the same optimizer (``optim.py``), the
 same autocast and loss scale, and the same skip of a step whose gradients are not finite. A pipelined run's losses
 should equal ``train(cfg).losses`` step for step: ``tests/test_real_training.py`` checks it.
@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import batches, optim, precision
-from .config import RunConfig, build_model
-from .finite import nonfinite
+from pipeline_ref.engine import optim, precision
+from pipeline_ref.models import batches
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
+from pipeline_ref.faults.finite import nonfinite
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from statistics import median
 
-from .config import RunConfig
-from .trace import Trace
+from pipeline_ref.config import RunConfig
+from pipeline_ref.sim.trace import Trace
 
 
 @dataclass(frozen=True)

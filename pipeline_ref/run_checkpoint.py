@@ -8,12 +8,12 @@ Part of the run layer (it takes a ``train.RankRun``; ``checkpoint.py`` below it 
 
 A checkpoint holds the layers by the unsplit model's names with the optimizer's state beside each parameter,
 the loss scale, and every world rank's random generators (restored only on the layout that saved them, where
-each rank holds the layers it held then: dropout draws the same masks). ``config.preflight`` has refused a
+each rank holds the layers it held then: dropout draws the same masks). ``preflight.preflight`` has refused a
 damaged or foreign folder before any rank gets here.
 """
 from __future__ import annotations
 
-from . import checkpoint, watchdog
+from pipeline_ref.faults import checkpoint, watchdog
 
 
 def resume(run) -> None:

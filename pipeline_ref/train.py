@@ -4,7 +4,7 @@
 Python, or ``mpiexec``/``srun`` on a cluster); world rank 0 returns a :class:`~pipeline_ref.results.RunResult`,
 the others None. It reads in four parts:
 
-    set_up        everything that can be refused is refused before the first message (``config.preflight``);
+    set_up        everything that can be refused is refused before the first message (``preflight.preflight``);
                   the model is cut into stages, the ranks into a pp x dp grid, shapes agreed with the neighbours
     train_step    the pipeline plays the schedule (``executor.py``) inside this replica's pipeline
                   communicator; gradients averaged over the data communicator and summed over the ranks
@@ -25,13 +25,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import (async_run, asynchronous, batches, cut, machine, optim, partition, precision, run_checkpoint,
-               watchdog)
-from .config import RunConfig, preflight
-from .device import for_rank as device_for_rank
-from .finite import NonFiniteError, nonfinite
-from .results import Memory, RunResult
-from .trace import Trace, Wait
+from pipeline_ref import async_run, run_checkpoint
+from pipeline_ref.engine import machine, optim, precision
+from pipeline_ref.faults import watchdog
+from pipeline_ref.front import cut, partition
+from pipeline_ref.models import batches
+from pipeline_ref.schedules import asynchronous
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import preflight
+from pipeline_ref.engine.device import for_rank as device_for_rank
+from pipeline_ref.faults.finite import NonFiniteError, nonfinite
+from pipeline_ref.results import Memory, RunResult
+from pipeline_ref.sim.trace import Trace, Wait
 
 
 @dataclass
@@ -65,12 +70,12 @@ class RankRun:
 
 def set_up(comm, cfg: RunConfig) -> RankRun:
     from mpi4py import MPI
-    from . import topology
-    from .executor import Executor, agree_specs, plan
-    from .message import Messenger, MPITransport, check_tag_range
-    from .torch_transport import open_transport
-    from .reduce import GradientReducer
-    from .stage import StashMeter, Stage
+    from pipeline_ref.engine import topology
+    from pipeline_ref.engine.executor import Executor, agree_specs, plan
+    from pipeline_ref.engine.message import Messenger, MPITransport, check_tag_range
+    from pipeline_ref.engine.torch_transport import open_transport
+    from pipeline_ref.engine.reduce import GradientReducer
+    from pipeline_ref.engine.stage import StashMeter, Stage
 
     watchdog.beat("checking the configuration")
     layers, loss_fn, batch, schedule = preflight(cfg, comm.Get_size())

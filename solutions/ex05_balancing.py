@@ -120,7 +120,7 @@ def gpipe_step(forward: list, backward: list, latency: float, num_microbatches: 
     per forward and ``backward[s]`` per backward, every message ``latency`` after its producer ends, and
     nothing else: no op longer than its cost, no time between ops but the waits for messages.
 
-    Exactly what ``pipeline_ref.simulate`` gives for ``schedules.build("gpipe", p, m)`` with these costs, for
+    Exactly what ``pipeline_ref.sim.simulate`` gives for ``schedules.build("gpipe", p, m)`` with these costs, for
     any costs (unequal stages too). Example: ``gpipe_step([1, 2], [2, 4], 0.5, 3) == 22.0``; with one stage,
     ``gpipe_step([1], [2], 0.0, 4) == 12.0``.
     """

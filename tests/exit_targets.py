@@ -23,7 +23,7 @@ def sys_exit_in_compute():
 def returns_early(comm):
     """Rank 1's target returns at once, while rank 0 waits for its message."""
     from mpi4py import MPI
-    from pipeline_ref import watchdog
+    from pipeline_ref.faults import watchdog
     if comm.Get_rank() == 1:
         watchdog.beat("F0 of step 0: computing")
         return "done too soon"

@@ -11,7 +11,7 @@ import time
 def idle(comm, seconds: float = 60):
     """Once every rank is up, rank 0 says so (one line: two ranks' lines can interleave), then all wait (not
     watched: only their launcher ending them is tested)."""
-    from pipeline_ref import watchdog
+    from pipeline_ref.faults import watchdog
     watchdog.beat("waiting, as the test asked", watched=False)
     comm.Barrier()
     if comm.Get_rank() == 0:
@@ -22,7 +22,7 @@ def idle(comm, seconds: float = 60):
 def never_sends(comm):
     """Rank 0 never sends what rank 1 waits for: a hang in a receive, ended by rank 1's watchdog."""
     from mpi4py import MPI
-    from pipeline_ref import watchdog
+    from pipeline_ref.faults import watchdog
     if comm.Get_rank() == 0:
         watchdog.beat("thinking about something else", watched=False)
         time.sleep(3600)
@@ -77,7 +77,8 @@ def crash_in_setup():
 
 def crash_in_allreduce(comm, cfg):
     """Train with --dp 2, but rank 1 crashes (SIGSEGV) inside the data-parallel all-reduce of step 0."""
-    from pipeline_ref import reduce, train
+    from pipeline_ref import train
+    from pipeline_ref.engine import reduce
     start = reduce.GradientReducer.start
 
     def crashing_start(self):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from pipeline_ref import models
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 
 
 def reference(cfg: RunConfig):

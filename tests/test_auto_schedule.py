@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from pipeline_ref import auto_schedule, schedules, simulate
-from pipeline_ref.geometry import ScheduleError
+from pipeline_ref import schedules, simulate
+from pipeline_ref.schedules import auto_schedule
+from pipeline_ref.schedules.geometry import ScheduleError
 
 
 def _held(schedule, weight_memory: float) -> float:

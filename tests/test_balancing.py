@@ -2,10 +2,11 @@
 cuts by is taken in alternating rounds, so identical layers measure alike (pure inputs, a fake clock)."""
 import pytest
 
-from pipeline_ref import partition, schedules, simulate
+from pipeline_ref import schedules, simulate
+from pipeline_ref.front import partition
 from pipeline_ref.config import RunConfig
 from pipeline_ref.launch import launch
-from pipeline_ref.trace import Trace
+from pipeline_ref.sim.trace import Trace
 
 HEAVY_ENDS = [8.0, 1, 1, 1, 1, 1, 1, 1, 1, 8.0]   # an embedding and a head far heavier than the blocks
 HEAVY_FRONT = [8.0, 1, 1, 1, 1, 1, 1, 1, 1, 1]    # (on 2 stages HEAVY_ENDS is already balanced by uniform)
@@ -73,7 +74,7 @@ def _identical_linears(count=4, width=8):
 
 
 def test_alternating_rounds_charge_a_drifting_machine_to_every_layer_alike():
-    from pipeline_ref import profiling
+    from pipeline_ref.front import profiling
     layers, sample = _identical_linears()
     # Each timing lasts longer than the one before (a machine slowing down during the profile). Timed in
     # sequence, the last layer would cost the most; in rounds that alternate their order, the middle two of
@@ -86,7 +87,7 @@ def test_alternating_rounds_charge_a_drifting_machine_to_every_layer_alike():
 
 
 def test_a_stray_slow_round_is_dropped_by_the_median_and_warmup_is_not_used():
-    from pipeline_ref import profiling
+    from pipeline_ref.front import profiling
     layers, sample = _identical_linears(count=3)
     # Timings 0-2 are the warm-up round (100 s each: not used); timing 7 is one stray slow run.
     costs = profiling.layer_costs(layers, sample, repeats=5, warmup=1,
@@ -95,7 +96,8 @@ def test_a_stray_slow_round_is_dropped_by_the_median_and_warmup_is_not_used():
 
 
 def test_identical_layers_are_grouped_by_class_and_shapes():
-    from pipeline_ref import models, profiling
+    from pipeline_ref import models
+    from pipeline_ref.front import profiling
     layers, _, _ = models.tiny_gpt(vocab=64, dim=16, heads=2, blocks=3, seq_len=4, batch=4)
     assert profiling.identical_layers(layers) == [[1, 2, 3]]          # the blocks; not the embedding or head
     linears, _ = _identical_linears(count=2)
@@ -104,7 +106,7 @@ def test_identical_layers_are_grouped_by_class_and_shapes():
 
 
 def test_consistency_flags_a_layer_beyond_the_tolerance():
-    from pipeline_ref import profiling
+    from pipeline_ref.front import profiling
     costs, groups = [1.0, 0.9, 1.15, 5.0, 1.0, 1.3, 1.0], [[0, 1, 2], [3], [4, 5, 6]]
     inside, outside = profiling.consistency(costs, groups)[::2]
     assert inside.within and inside.median == 1.0 and (inside.lowest, inside.highest) == (0.9, 1.15)

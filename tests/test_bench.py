@@ -1,4 +1,4 @@
-"""The benchmark sweep (pipeline_ref.bench): its plan, numbers, tables and files. Never asserts a timing.
+"""The benchmark sweep (pipeline_ref.tools.bench): its plan, numbers, tables and files. Never asserts a timing.
 
 Pure tests use synthetic results made by the simulator; one small real run (2 ranks, a tiny
 model, two microbatch counts) checks that the command writes its files.
@@ -9,10 +9,12 @@ import csv
 
 import pytest
 
-from pipeline_ref import bench, machine, measure, schedules, simulate
+from pipeline_ref import measure, schedules, simulate
+from pipeline_ref.engine import machine
+from pipeline_ref.tools import bench
 from pipeline_ref.results import RunResult
 from pipeline_ref.config import ConfigError, RunConfig
-from pipeline_ref.trace import Event, Trace, Wait, executor_gaps
+from pipeline_ref.sim.trace import Event, Trace, Wait, executor_gaps
 
 
 def test_plan_is_one_group_per_depth_with_every_schedule_and_microbatch_count():

@@ -9,10 +9,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline_ref import models, schedules
-from pipeline_ref.config import ConfigError, RunConfig, build_model, check_config, check_fits, make_schedule
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import build_model, check_config, check_fits, make_schedule
 from pipeline_ref.launch import launch
 from tests.one_device import assert_equals_one_device, reference
-from pipeline_ref.stage import Stage
+from pipeline_ref.engine.stage import Stage
 
 MODELS = {"mlp": {"depth": 12, "width": 8, "batch": 12},
           "gpt_tied": {"dim": 16, "heads": 2, "blocks": 6, "seq_len": 8, "batch": 12, "vocab": 32}}

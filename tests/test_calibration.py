@@ -6,7 +6,7 @@ Pure: synthetic traces built by hand or by the simulator itself; no MPI, millise
 import pytest
 
 from pipeline_ref import schedules, simulate
-from pipeline_ref.trace import Event, Trace, Wait
+from pipeline_ref.sim.trace import Event, Trace, Wait
 
 
 @pytest.mark.parametrize("name", ["naive", "gpipe", "1f1b"])

@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from pipeline_ref import checkpoint
+from pipeline_ref.faults import checkpoint
 from pipeline_ref.config import RunConfig
 from pipeline_ref.launch import LaunchError, launch
 
@@ -148,7 +148,7 @@ def test_a_whole_gpt2_saved_at_2_stages_resumes_at_4(runs, name):
 def test_a_full_disk_names_rank_and_file_and_leaves_the_previous_checkpoint(runs, full_disk):
     folder, error = full_disk
     head = error.partition("\n")[0]
-    assert head.startswith("rank 1: failed while saving the checkpoint of step 4: pipeline_ref.checkpoint."
+    assert head.startswith("rank 1: failed while saving the checkpoint of step 4: pipeline_ref.faults.checkpoint."
                            f"CheckpointError: could not write {folder}/step-000004/layer-"), head
     assert "No space left on device" in head
     assert checkpoint.latest(folder).step == 2
@@ -160,7 +160,8 @@ def test_a_full_disk_names_rank_and_file_and_leaves_the_previous_checkpoint(runs
 @pytest.mark.mpi
 def test_export_of_a_trained_gpt2_loads_offline_with_the_pipelined_logits(runs, tmp_path):
     from transformers import AutoModelForCausalLM
-    from pipeline_ref import hf_models, split
+    from pipeline_ref.front import split
+    from pipeline_ref.models import hf_models
     from pipeline_ref.__main__ import main
     saved = runs[1]["gpt2"]                  # float64, AdamW, saved after step 2 by 2 stages
     assert main(["export", saved, "--out", str(tmp_path)]) == 0
@@ -182,7 +183,8 @@ def test_export_of_a_trained_gpt2_loads_offline_with_the_pipelined_logits(runs, 
 
 def test_pieces_cut_at_other_points_load_by_name(tmp_path):
     """--split-at's pieces follow the stage count: 2 pieces saved, 4 others loaded, by the module's names."""
-    from pipeline_ref import hf_models, split
+    from pipeline_ref.front import split
+    from pipeline_ref.models import hf_models
     torch.manual_seed(0)
     trained, _, (inputs, _) = hf_models.gpt2(**GPT2["model_kwargs"])
     with torch.no_grad():

@@ -3,7 +3,7 @@
     .venv/bin/python -m pytest -q tests/test_checkpoint_refusals.py       # a few seconds: no rank is started
 
 Each case damages a checkpoint written here as a run writes it (``checkpoint.save_layers`` + ``commit``) and
-asks ``config.preflight``, the check every rank and the parent of ``run -n N`` make before any message. One
+asks ``preflight.preflight``, the check every rank and the parent of ``run -n N`` make before any message. One
 case goes through the command line, whose parent refuses before it starts mpiexec: nothing is left running.
 """
 import os
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ref import checkpoint, optim
-from pipeline_ref.config import ConfigError, RunConfig, build_model, preflight
+from pipeline_ref.engine import optim
+from pipeline_ref.faults import checkpoint
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import build_model, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = {"model": "mlp", "model_kwargs": {"depth": 4, "width": 8, "batch": 16}, "dtype": "float64", "pp": 2,
@@ -106,7 +108,7 @@ def test_a_pointer_to_an_unfinished_step_falls_back_and_says_so(tmp_path, pointe
         (checkpoint.step_folder(tmp_path / "elsewhere", 4) / "layer-000.pt").rename(target / "layer-000.pt")
     (tmp_path / checkpoint.LATEST).write_text("step-000004")
     preflight(_resume(tmp_path), 2)    # not refused: resumes from step 2
-    from pipeline_ref.checkpoint_check import check
+    from pipeline_ref.faults.checkpoint_check import check
     saved = check(_resume(tmp_path), build_model(_resume(tmp_path))[0])
     assert saved.folder.name == "step-000002" and saved.step == 2
     why = "is missing" if pointer == "missing" else "has no complete.json (a save cut short)"

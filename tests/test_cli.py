@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline_ref import models
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 from pipeline_ref.launch import mpiexec
 
 
@@ -67,7 +68,7 @@ def test_simulate_command_prints_the_schedule_and_utilization(tmp_path):
 
 def test_the_report_is_the_median_of_the_warm_steps():
     from pipeline_ref.results import RunResult
-    from pipeline_ref.trace import Trace
+    from pipeline_ref.sim.trace import Trace
     result = RunResult(config=RunConfig(), losses=[1.0] * 4, trace=Trace(num_ranks=2),
                        step_seconds=[0.5, 0.03, 0.01, 0.02], step_utilization=[0.3, 0.8, 0.7, 0.9], memory=[])
     assert result.warm_utilization == 0.8 and result.warm_step_seconds == 0.02      # step 1 left out

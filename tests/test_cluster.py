@@ -1,4 +1,4 @@
-"""The cluster cost model (pipeline_ref/cluster.py): shapes against their papers' parameter counts, the
+"""The cluster cost model (pipeline_ref/sim/cluster.py): shapes against their papers' parameter counts, the
 FLOP and activation formulas against their closed forms, messages and all-reduces against their definitions.
 
     .venv/bin/python -m pytest -q tests/test_cluster.py
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline_ref import cluster
+from pipeline_ref.sim import cluster
 
 # Narayanan et al. 2021, Table 1: each model's parameter count (billions) as published.
 MEGATRON_PARAMETERS = {"megatron-1.7b": 1.7, "megatron-3.6b": 3.6, "megatron-7.5b": 7.5, "megatron-18b": 18.4,
@@ -92,7 +92,7 @@ def test_compute_time_and_optimizer_state():
 def test_the_docstring_examples_hold():
     import doctest
 
-    from pipeline_ref import step_model
+    from pipeline_ref.sim import step_model
     for module in (cluster, step_model):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, f"{module.__name__}: {result}"

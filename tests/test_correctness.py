@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline_ref import models
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 from pipeline_ref.launch import launch
 from tests.one_device import assert_equals_one_device, reference
 
@@ -56,7 +57,8 @@ def references():
 
 
 def test_targets_that_cannot_split_say_how_to_reshape_them():
-    from pipeline_ref.config import ConfigError, check_fits
+    from pipeline_ref.config import ConfigError
+    from pipeline_ref.preflight import check_fits
     with pytest.raises(ConfigError, match=r"targets' first dimension \(10\) does not split into 1 replica\(s\) x 4 "
                                           r"equal microbatches.*targets.view\(8, -1\)"):
         check_fits(RunConfig(pp=2, microbatches=4), num_layers=4, batch_size=8, target_size=10)

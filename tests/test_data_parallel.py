@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline_ref import models
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 from pipeline_ref.launch import launch
 from tests.one_device import assert_equals_one_device, reference
 

@@ -5,9 +5,10 @@ Pure: the runs are the simulator's traces standing in for measured ones; `make d
 """
 import pytest
 
-from pipeline_ref import demo, measure, schedules, simulate
+from pipeline_ref import measure, schedules, simulate
+from pipeline_ref.tools import demo
 from pipeline_ref.config import RunConfig
-from pipeline_ref.demo import pipeline_depths
+from pipeline_ref.tools.demo import pipeline_depths
 from pipeline_ref.results import RunResult
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ref import doctor, launch
-from pipeline_ref.doctor import Row
+from pipeline_ref import launch
+from pipeline_ref.tools import doctor
+from pipeline_ref.tools.doctor import Row
 
 ROWS = ["Python", "torch", "MPI library", "mpiexec", "2-rank start", "cores", "CUDA", "CUDA-aware MPI",
         "torch.distributed", "transformers", "Jupyter kernel"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_ref import schedules, simulate
-from pipeline_ref.dualpipe import dualpipev, idle_time
+from pipeline_ref.schedules.dualpipe import dualpipev, idle_time
 
 
 def test_the_same_order_as_torch_distributed_pipelining():
@@ -69,14 +69,15 @@ def test_played_in_sequence_its_bubble_is_zbv_s(p):
 
 @pytest.mark.parametrize("p, m", [(2, 4), (2, 7), (3, 6), (3, 9), (4, 8), (4, 13)])
 def test_theory_closed_form_equals_the_simulator(p, m):
-    from pipeline_ref import schedules, simulate, theory
+    from pipeline_ref import schedules, simulate
+    from pipeline_ref.sim import theory
     trace = simulate.simulate(schedules.build("dualpipev", p, m), forward=1, input_grad=1, weight_grad=1)
     assert theory.utilization("dualpipev", p, m) == pytest.approx(trace.utilization, rel=1e-12)
     assert theory.peak_stashed("dualpipev", p, m) == trace.peak_stashed
 
 
 def test_theory_refuses_where_the_closed_form_does_not_hold():
-    from pipeline_ref import theory
+    from pipeline_ref.sim import theory
     with pytest.raises(ValueError, match="needs num_microbatches >= 2 num_stages"):
         theory.utilization("dualpipev", 3, 5)
     with pytest.raises(ValueError, match="holds for F = I = W"):
@@ -118,7 +119,7 @@ def test_overlapped_pairs_reproduce_the_dualpipe_readme_bubble(p):
 def test_an_overlapped_pair_waits_for_both_inputs():
     """Rank 0 of DualPipeV on 2 ranks: a pair F2.1 B0 starts only once B0's gradient has come back from
     rank 1."""
-    from pipeline_ref.geometry import Action
+    from pipeline_ref.schedules.geometry import Action
     schedule = schedules.build("dualpipev", 2, 4)
     trace = simulate.simulate(schedule, forward=1.0, backward=2.0, forward_backward=2.5, latency=0.5)
     ended = {(e.rank, e.op, e.microbatch, e.chunk): e.end for e in trace.events}

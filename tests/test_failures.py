@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ref.config import ConfigError, RunConfig, check_config, check_fits
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import check_config, check_fits
 from pipeline_ref.launch import LaunchError, launch
 
 
@@ -88,7 +89,7 @@ def test_config_refused_inside_ranks_names_the_problem():
 def test_abort_all_never_returns_even_when_mpi_abort_does():
     # MPICH 5's MPI_Abort returned before its kill arrived, and the rank went on to print a traceback.
     program = ("import sys\n"
-               "from pipeline_ref import watchdog\n"
+               "from pipeline_ref.faults import watchdog\n"
                "class ReturningComm:\n"
                "    def Abort(self, code): print('asked to abort with', code, flush=True)\n"
                "watchdog.abort_all(ReturningComm(), 3)\n"

@@ -197,13 +197,13 @@ def test_no_rank_outlives_its_launcher(launcher_faults, case):
 
 def test_a_heartbeat_survives_its_writer(tmp_path):
     program = ("import os, time\n"
-               "from pipeline_ref import watchdog\n"
+               "from pipeline_ref.faults import watchdog\n"
                f"watchdog.start(3, None, heartbeat_dir={str(tmp_path)!r})\n"
                "watchdog.beat('W7 of step 4: computing ' + 'x' * 1000)\n"
                "os.kill(os.getpid(), 9)\n")
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, timeout=60)
     assert done.returncode == -signal.SIGKILL
-    from pipeline_ref.watchdog import read_heartbeat
+    from pipeline_ref.faults.watchdog import read_heartbeat
     text, age, watched = read_heartbeat(tmp_path / "rank3.beat")
     assert text.startswith("W7 of step 4: computing xxx") and len(text) < 512 and watched and 0 <= age < 30
 
@@ -222,7 +222,8 @@ def test_the_rank_mpich_reports_killed_is_found_by_its_pid(tmp_path):
 
 def test_a_failure_whose_stderr_was_cut_short_is_read_from_its_heartbeat(tmp_path):
     """MPI_Abort can kill the proxy before it forwards a rank's last line: the heartbeat file still says it."""
-    from pipeline_ref import launch as launching, watchdog
+    from pipeline_ref import launch as launching
+    from pipeline_ref.faults import watchdog
     board = watchdog._open_board(tmp_path / "rank1.beat")
     watchdog._write(board, "failed while checking the configuration: ConfigError: too few layers", watched=False)
     board.flush()

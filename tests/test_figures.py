@@ -23,7 +23,10 @@ from matplotlib.text import Text  # noqa: E402
 
 from lesson_code import diagrams, l04_data_parallel as l04, l05_balancing as l05  # noqa: E402
 from lesson_code import l08_real_transformer as l08, l09_asynchronous as l09  # noqa: E402
-from pipeline_ref import partition, plot, schedules, simulate, topology  # noqa: E402
+from pipeline_ref import schedules, simulate
+from pipeline_ref.engine import topology
+from pipeline_ref.front import partition
+from pipeline_ref.sim import plot  # noqa: E402
 
 COLUMN_PX = 784          # the site's content column
 CSS_PX_PER_INCH = 96

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline_ref.finite import nonfinite
+from pipeline_ref.faults.finite import nonfinite
 
 
 def _exact(tensors):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline_ref import models
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 from pipeline_ref.launch import launch
 
 pytestmark = [pytest.mark.gpu,

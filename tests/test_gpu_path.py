@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline_ref import device as devices
-from pipeline_ref import schedules, torch_transport
-from pipeline_ref.config import ConfigError, RunConfig, check_config
-from pipeline_ref.geometry import Action, Schedule
+from pipeline_ref.engine import device as devices
+from pipeline_ref import schedules
+from pipeline_ref.engine import torch_transport
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import check_config
+from pipeline_ref.schedules.geometry import Action, Schedule
 from pipeline_ref.launch import LaunchError, launch
-from pipeline_ref.message import Messenger, TensorSpec, pack, unpack
+from pipeline_ref.engine.message import Messenger, TensorSpec, pack, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT = {"dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "batch": 8, "vocab": 32}
@@ -79,14 +81,14 @@ def test_backend_and_matching_follow_the_device():
     assert torch_transport.ordered_for("gloo", env={"PIPELINE_REF_TORCH_ORDERED": "1"})
     import torch.distributed as dist
     if not dist.is_nccl_available():
-        with pytest.raises(ConfigError, match="NCCL"):
+        with pytest.raises(torch_transport.TransportError, match="NCCL"):
             torch_transport.check_available("nccl")
     torch_transport.check_available("gloo")
 
 
 def test_nccl_refuses_two_ranks_on_one_gpu():
     torch_transport.check_own_gpus([("a", 0), ("a", 1), ("b", 0), ("b", 1)])
-    with pytest.raises(ConfigError, match=r"ranks 1, 2 would share GPU cuda:1 on a.*one GPU per rank"):
+    with pytest.raises(torch_transport.TransportError, match=r"ranks 1, 2 would share GPU cuda:1 on a.*one GPU per rank"):
         torch_transport.check_own_gpus([("a", 0), ("a", 1), ("a", 1)])
 
 
@@ -105,7 +107,7 @@ def test_a_schedule_out_of_order_is_refused_by_name():
     F, B = (lambda m: Action("F", m, 0)), (lambda m: Action("B", m, 0))
     swapped = Schedule.of([[F(0), F(1), B(0), B(1)], [F(1), F(0), B(1), B(0)]])   # valid, with MPI's tags
     schedules.validate(swapped, 2)
-    with pytest.raises(ConfigError, match=r"rank 0's message 1 to rank 1 .* F0, but rank 1 .* for F1"):
+    with pytest.raises(torch_transport.TransportError, match=r"rank 0's message 1 to rank 1 .* F0, but rank 1 .* for F1"):
         torch_transport.check_order(swapped, "swapped")
 
 
@@ -262,7 +264,7 @@ def test_the_messenger_stages_only_for_a_transport_that_cannot_read_device_memor
 def stand_in_round_trip(comm):
     """Over real MPI: rank 0 sends staged boundaries (stand-in copies, done at once) to rank 1, which
     receives them staged. Also each rank's local rank, from the launcher and from MPI's own split."""
-    from pipeline_ref.message import MPITransport, specs_of
+    from pipeline_ref.engine.message import MPITransport, specs_of
     staging = StandInStaging(done=True)
     messenger = Messenger(MPITransport(comm, sync_sends=True), torch.device("cpu"), staging=staging)
     boundaries = [(torch.randn(5, 7, generator=torch.Generator().manual_seed(i)), torch.arange(i + 1))

@@ -1,17 +1,19 @@
-"""The whole-module factories (pipeline_ref/hf_models.py): Hugging Face GPT-2 and Llama from small configs with
+"""The whole-module factories (pipeline_ref/models/hf_models.py): Hugging Face GPT-2 and Llama from small configs with
 random weights (nothing downloaded), and the skip-connection net; what --model gets from each."""
 import math
 
 import pytest
 import torch
 
-from pipeline_ref import hf_models, models
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref import models
+from pipeline_ref.models import hf_models
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 
 pytest.importorskip("transformers")
 
 
-@pytest.mark.parametrize("name", ["hf_gpt2", "hf_llama", "pipeline_ref.hf_models:skip_net"])
+@pytest.mark.parametrize("name", ["hf_gpt2", "hf_llama", "pipeline_ref.models.hf_models:skip_net"])
 def test_factories_give_a_whole_module_the_checks_accept(name):
     module, loss_fn, (inputs, targets) = build_model(RunConfig(model=name, dtype="float64",
                                                                model_kwargs={"batch": 4}))
@@ -20,7 +22,7 @@ def test_factories_give_a_whole_module_the_checks_accept(name):
     loss, grads = models.reference_step(module, loss_fn, inputs, targets)
     # named as the module names them, one gradient per parameter
     assert set(grads) == {n for n, _ in module.named_parameters()}
-    if name != "pipeline_ref.hf_models:skip_net":
+    if name != "pipeline_ref.models.hf_models:skip_net":
         assert not inputs.is_floating_point() and inputs.shape == targets.shape == (4, 16)
         assert abs(loss - math.log(128)) < 0.5        # random init: about the uniform guess
 

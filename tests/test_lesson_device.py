@@ -114,7 +114,8 @@ def test_sized_returns_a_copy_and_refuses_unknown_names():
 
 
 def test_a_run_config_takes_the_course_device():
-    from pipeline_ref.config import RunConfig, check_config
+    from pipeline_ref.config import RunConfig
+    from pipeline_ref.preflight import check_config
     check_config(RunConfig(device=device.DEVICE, model="mlp", model_kwargs=sized("timing")), world_size=2)
 
 

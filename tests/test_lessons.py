@@ -20,9 +20,10 @@ if str(LESSONS) not in sys.path:
     sys.path.insert(0, str(LESSONS))
 
 from lesson_code import common, diagrams  # noqa: E402
-from pipeline_ref import models, partition, schedules, simulate  # noqa: E402
-from pipeline_ref.stage import Stage  # noqa: E402
-from pipeline_ref.trace import Event, Trace, Wait  # noqa: E402
+from pipeline_ref import models, schedules, simulate
+from pipeline_ref.front import partition  # noqa: E402
+from pipeline_ref.engine.stage import Stage  # noqa: E402
+from pipeline_ref.sim.trace import Event, Trace, Wait  # noqa: E402
 
 
 @pytest.mark.parametrize("num_stages, microbatches", [(1, 1), (2, 1), (2, 4), (4, 8)])
@@ -79,7 +80,7 @@ def test_diagrams_draw():
                diagrams.split_model_diagram(8, partition.uniform(8, 2))]
     schedule = schedules.build("1f1b", 4, 8)
     trace = simulate.simulate(schedule)
-    from pipeline_ref import plot
+    from pipeline_ref.sim import plot
     ax = diagrams.mark_phases(plot.gantt(trace), schedule, trace)
     labels = ax.get_legend_handles_labels()[1]
     assert {"warmup", "steady", "cooldown"} <= set(labels)

@@ -1,4 +1,4 @@
-"""The measurement protocol (pipeline_ref.measure, pipeline_ref.band): statistics, bands, flags and verdicts.
+"""The measurement protocol (pipeline_ref.measure, pipeline_ref.sim.band): statistics, bands, flags and verdicts.
 
 Pure tests feed planted numbers and simulated traces (no MPI, milliseconds); one small launched test plays
 two configs in alternating rounds on 2 ranks. Never asserts a timing.
@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from pipeline_ref import band, measure, schedules, simulate
+from pipeline_ref import measure, schedules, simulate
+from pipeline_ref.sim import band
 from pipeline_ref.config import ConfigError, RunConfig
 from pipeline_ref.results import RunResult
 

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from pipeline_ref import schedules
-from pipeline_ref.executor import Executor, ReceiveWindow, agree_specs, plan
-from pipeline_ref.geometry import Action, Pipeline
-from pipeline_ref.message import (ACTIVATION, GRADIENT, Messenger, TensorSpec, gradient_specs, message_tag, pack,
-                                  specs_of, unpack)
-from pipeline_ref.stage import Stage
+from pipeline_ref.engine.executor import Executor, ReceiveWindow, agree_specs, plan
+from pipeline_ref.schedules.geometry import Action, Pipeline
+from pipeline_ref.engine.message import (ACTIVATION, GRADIENT, Messenger, TensorSpec, gradient_specs,
+                                         message_tag, pack, specs_of, unpack)
+from pipeline_ref.engine.stage import Stage
 
 
 class LoopbackTransport:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_ref import batches, models
+from pipeline_ref import models
+from pipeline_ref.models import batches
 
 SMALL_GPT = {"vocab": 32, "dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "batch": 6}
 

@@ -5,7 +5,7 @@ import random
 import pytest
 from torch import nn
 
-from pipeline_ref import partition
+from pipeline_ref.front import partition
 
 
 def _sizes(ranges):

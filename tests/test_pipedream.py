@@ -12,11 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_ref import async_reference, asynchronous, models, partition, replay, schedules
+from pipeline_ref import models, schedules
+from pipeline_ref.front import partition
+from pipeline_ref.models import async_reference
+from pipeline_ref.schedules import asynchronous, replay
 from pipeline_ref.async_run import _rule
-from pipeline_ref.config import ConfigError, RunConfig, build_model, check_config, preflight
-from pipeline_ref.stage import Stage
-from pipeline_ref.weight_versions import WeightVersions
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import build_model, check_config, preflight
+from pipeline_ref.engine.stage import Stage
+from pipeline_ref.engine.weight_versions import WeightVersions
 
 ASYNC = ("pipedream", "pipedream-2bw")
 MODELS = {"mlp": {"depth": 6, "width": 8, "batch": 12},

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ref import cluster, planner, step_model, theory
+from pipeline_ref.sim import cluster, step_model, theory
+from pipeline_ref.tools import planner
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("published_runs", ROOT / "benchmarks" / "published_runs.py")
@@ -115,7 +116,7 @@ def test_the_plan_command(capsys):
 
 
 def test_a_hugging_face_config_becomes_a_shape(tmp_path):
-    from pipeline_ref import plan_cli
+    from pipeline_ref.tools import plan_cli
     path = tmp_path / "config.json"
     path.write_text('{"model_type": "llama", "num_hidden_layers": 80, "hidden_size": 8192, '
                     '"num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672, '

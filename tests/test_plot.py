@@ -1,4 +1,4 @@
-"""Smoke tests of pipeline_ref.plot under the Agg backend: figures are drawn, files written, boxes counted."""
+"""Smoke tests of pipeline_ref.sim.plot under the Agg backend: figures are drawn, files written, boxes counted."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +9,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from pipeline_ref import plot, schedules, simulate  # noqa: E402
-from pipeline_ref.trace import Event, Trace  # noqa: E402
+from pipeline_ref import schedules, simulate
+from pipeline_ref.sim import plot  # noqa: E402
+from pipeline_ref.sim.trace import Event, Trace  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -95,12 +96,13 @@ def test_utilization_curve(tmp_path):
 
 
 def test_importing_plot_does_not_import_pyplot():
-    code = "import sys, pipeline_ref.plot; sys.exit('matplotlib.pyplot' in sys.modules)"
+    code = "import sys, pipeline_ref.sim.plot; sys.exit('matplotlib.pyplot' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
 
 
 def test_every_built_in_schedule_has_its_own_colour_and_marker():
-    from pipeline_ref import plot, schedules
+    from pipeline_ref import schedules
+    from pipeline_ref.sim import plot
     assert set(schedules.GENERATORS) <= set(plot.SCHEDULE_COLORS) == set(plot.SCHEDULE_MARKERS)
     assert len(set(plot.SCHEDULE_COLORS.values())) == len(plot.SCHEDULE_COLORS)

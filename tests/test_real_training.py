@@ -4,13 +4,17 @@ Each pipelined run's loss curve is compared with ``one_device.train`` of the sam
 data, microbatches, optimizer, precision and loss scale, on one process): equal to rounding in float64, within a
 stated tolerance in float32 and under autocast. One launch of 2 ranks plays every run (``train.run_many``).
 """
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from pipeline_ref import batches, one_device, optim, precision, text_data
-from pipeline_ref.config import ConfigError, RunConfig, check_config
+from pipeline_ref import one_device
+from pipeline_ref.engine import optim, precision
+from pipeline_ref.models import batches, text_data
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import check_config
 from pipeline_ref.launch import launch
 
 TEXT = {"dim": 32, "heads": 4, "blocks": 2, "seq_len": 32, "batch": 8, "max_bytes": 200_000}
@@ -109,7 +113,7 @@ def test_adamw_float32_curve_equals_one_device_and_counts_optimizer_memory(pipel
 def test_bf16_tracks_one_device_and_float32(pipelined):
     bf16 = pipelined["bf16 adamw zb-h1"].losses
     assert bf16 == pytest.approx(one_device.train(RUNS["bf16 adamw zb-h1"]).losses, rel=2e-2)
-    float32 = one_device.train(RunConfig(**{**RUNS["bf16 adamw zb-h1"].to_dict(), "autocast": None})).losses
+    float32 = one_device.train(dataclasses.replace(RUNS["bf16 adamw zb-h1"], autocast=None)).losses
     assert bf16 == pytest.approx(float32, rel=2e-2)   # bf16's 8-bit mantissa: ~0.4% per op, within 2% here
     assert all(math.isfinite(x) for x in bf16)
 
@@ -125,8 +129,8 @@ def test_fp16_overflow_skips_exactly_that_step_on_every_rank(pipelined):
 
 @pytest.mark.mpi
 def test_memory_plan_equals_what_the_run_held(pipelined):
-    from pipeline_ref import memory_plan
-    from pipeline_ref.config import preflight
+    from pipeline_ref.front import memory_plan
+    from pipeline_ref.preflight import preflight
     cfg = RUNS["float32 adamw gpipe"]
     layers, loss_fn, batch, schedule = preflight(cfg)
     planned = memory_plan.plan(layers, loss_fn, batch, schedule, cfg.microbatches, cfg.optimizer)
@@ -136,7 +140,7 @@ def test_memory_plan_equals_what_the_run_held(pipelined):
 
 
 def test_a_run_over_its_memory_budget_is_refused_saying_by_how_much():
-    from pipeline_ref.config import preflight
+    from pipeline_ref.preflight import preflight
     cfg = RunConfig(model="text_gpt", model_kwargs=TEXT, optimizer="adamw", memory_budget=0.0001)
     with pytest.raises(ConfigError, match=r"rank \d would hold .* GB over the budget of 0.0001 GB per rank"):
         preflight(cfg)
@@ -144,7 +148,7 @@ def test_a_run_over_its_memory_budget_is_refused_saying_by_how_much():
 
 
 def test_largest_fitting_finds_the_boundary_of_a_monotone_test():
-    from pipeline_ref.memory_plan import largest_fitting
+    from pipeline_ref.front.memory_plan import largest_fitting
     for boundary in (1, 2, 3, 7, 8, 100, 511):
         assert largest_fitting(lambda n: n <= boundary, limit=512) == boundary
     assert largest_fitting(lambda n: False) is None
@@ -152,8 +156,8 @@ def test_largest_fitting_finds_the_boundary_of_a_monotone_test():
 
 
 def test_more_stages_fit_a_larger_model():
-    from pipeline_ref import memory_plan
-    from pipeline_ref.config import build_model, make_schedule
+    from pipeline_ref.front import memory_plan
+    from pipeline_ref.preflight import build_model, make_schedule
 
     def total(stages):
         cfg = RunConfig(pp=stages, model="text_gpt", model_kwargs={**TEXT, "blocks": 4}, optimizer="adamw")

@@ -1,4 +1,4 @@
-"""Tests of pipeline_ref.simulate: the simulator against closed-form theory and hand-derived timings."""
+"""Tests of pipeline_ref.sim.simulate: the simulator against closed-form theory and hand-derived timings."""
 import pytest
 
 from pipeline_ref import schedules, simulate

@@ -11,8 +11,8 @@ import random
 import pytest
 
 from pipeline_ref import schedules, simulate
-from pipeline_ref.geometry import Action, Schedule, result_of
-from pipeline_ref.trace import Event, Wait
+from pipeline_ref.schedules.geometry import Action, Schedule, result_of
+from pipeline_ref.sim.trace import Event, Wait
 
 OPS = {"F": "forward", "B": "backward", "I": "input_grad", "W": "weight_grad"}
 
@@ -109,7 +109,7 @@ def test_a_deferred_trace_survives_copy_pickle_and_json():
     import copy
     import json
     import pickle
-    from pipeline_ref.trace import Trace
+    from pipeline_ref.sim.trace import Trace
     trace = simulate.simulate(schedules.build("zbv", 3, 6), forward=1.0, backward=2.0, latency=0.1)
     for other in (copy.deepcopy(trace), pickle.loads(pickle.dumps(trace)),
                   Trace.from_dict(json.loads(json.dumps(trace.to_dict())))):

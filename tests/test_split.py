@@ -1,11 +1,14 @@
-"""A whole nn.Module cut by torch's tracer (pipeline_ref/split.py): pieces that compose to the module, split
+"""A whole nn.Module cut by torch's tracer (pipeline_ref/front/split.py): pieces that compose to the module, split
 points by name, tied weights kept one Parameter, bad names refused before any rank starts; then one batch of
 MPI runs (2-4 ranks, every schedule) whose loss and gradients equal one device in float64."""
 import pytest
 import torch
 
-from pipeline_ref import cut, hf_models, models, split
-from pipeline_ref.config import ConfigError, RunConfig, build_model, preflight
+from pipeline_ref import models
+from pipeline_ref.front import cut, split
+from pipeline_ref.models import hf_models
+from pipeline_ref.config import ConfigError, RunConfig
+from pipeline_ref.preflight import build_model, preflight
 from pipeline_ref.launch import launch
 from tests.one_device import assert_equals_one_device, reference
 
@@ -141,7 +144,7 @@ def _cfg(schedule, pp, model="hf_gpt2", chunks=1, dp=1, **extra):
                      dtype="float64", collect_grads=True, stall_timeout=120, **extra)
 
 
-SKIP = "pipeline_ref.hf_models:skip_net"
+SKIP = "pipeline_ref.models.hf_models:skip_net"
 # Every schedule on 2 and 4 stages (1F1B and ZB-H1 on 3 too); split points by name are the one-process tests'
 CONFIGS = ([_cfg(s, pp) for s in ("naive", "gpipe", "1f1b", "zb-h1") for pp in ((2, 3, 4) if "1" in s else (2, 4))]
            + [_cfg("interleaved", pp, chunks=2) for pp in (2, 4)]

@@ -1,4 +1,4 @@
-"""The text time grid of a trace (pipeline_ref/timeline.py) and `simulate --timeline`. Pure: no ranks."""
+"""The text time grid of a trace (pipeline_ref/sim/timeline.py) and `simulate --timeline`. Pure: no ranks."""
 import contextlib
 import io
 import re
@@ -6,8 +6,8 @@ import re
 import pytest
 
 from pipeline_ref import schedules, simulate
-from pipeline_ref.timeline import slot_width, timeline
-from pipeline_ref.trace import Event, Trace
+from pipeline_ref.sim.timeline import slot_width, timeline
+from pipeline_ref.sim.trace import Event, Trace
 
 # GPipe, 2 stages, 2 microbatches, F = 1, B = 2, worked out by hand: rank 1 starts F0 when rank 0's F0 ends
 # (t = 1), its backwards run 3-5 and 5-7, and rank 0's backwards wait for them (5-7, 7-9).

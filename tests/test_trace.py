@@ -1,12 +1,12 @@
-"""Tests of pipeline_ref.trace on hand-built traces: derived numbers, serialization, exports."""
+"""Tests of pipeline_ref.sim.trace on hand-built traces: derived numbers, serialization, exports."""
 import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from pipeline_ref import trace as trace_mod
-from pipeline_ref.trace import Event, Trace, Wait
+from pipeline_ref.sim import trace as trace_mod
+from pipeline_ref.sim.trace import Event, Trace, Wait
 
 
 def one_f_one_b_by_hand() -> Trace:

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from pipeline_ref import launch, message
+from pipeline_ref import launch
+from pipeline_ref.engine import message
 
 
 class LateRequest:

@@ -13,7 +13,8 @@ rows (their profiled costs are not published with the paper).
 """
 import pytest
 
-from pipeline_ref import auto_schedule, schedules, simulate
+from pipeline_ref import schedules, simulate
+from pipeline_ref.schedules import auto_schedule
 
 # model, p, m, then Table 9: T_F, T_B, T_W, T_comm; then Table 5: 1F1B, ZB-H1, ZB-H2, ZB-1p, ZB-2p
 TABLE = [("1.5B", 8, 24, 18.522, 18.086, 9.337, 0.601, 0.2431, 0.1585, 0.1083, 0.1585, 0.0433),

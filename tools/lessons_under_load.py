@@ -211,7 +211,7 @@ def summary_line(result: dict) -> str:
 
 def report(results: list[dict], quiet: bool, started: float) -> str:
     """lessons/under_load.md: the machine, the load, and each verdict with its status."""
-    from pipeline_ref.machine import cores
+    from pipeline_ref.engine.machine import cores
     mode = ("quiet (no busy process)" if quiet
             else "under load: one busy process (a Python loop) beside the lesson")
     lines = ["# The lessons' verdicts under load", "",

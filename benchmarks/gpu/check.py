@@ -84,8 +84,8 @@ def gpu_info() -> dict:
 def staging_rank(comm, sizes, repeats: int, device_kind: str):
     """Rank 0 sends ``repeats`` messages of each size to rank 1 through the Messenger (staged on a GPU)."""
     import torch
-    from pipeline_ref.device import for_rank
-    from pipeline_ref.message import Messenger, MPITransport, TensorSpec
+    from pipeline_ref.engine.device import for_rank
+    from pipeline_ref.engine.message import Messenger, MPITransport, TensorSpec
     device = for_rank(device_kind, comm)
     messenger = Messenger(MPITransport(comm), device)
     rows = []
@@ -122,7 +122,8 @@ def staging_rank(comm, sizes, repeats: int, device_kind: str):
 
 
 def sweep(out: Path, device: str, quick: bool) -> int:
-    from pipeline_ref import machine, theory
+    from pipeline_ref.engine import machine
+    from pipeline_ref.sim import theory
     from pipeline_ref.config import RunConfig
     from pipeline_ref.launch import launch
     out.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from statistics import median
 
-from pipeline_ref.machine import cores  # noqa: F401  (the notebooks import it from here)
+from pipeline_ref.engine.machine import cores  # noqa: F401  (the notebooks import it from here)
 from lesson_code.device import sized
 
 # The model the timing demos train (pipeline_ref.models.mlp): 8 equal blocks, so 2 or 4 stages cost the same, and
 # a stage's matrix products (microbatch x width x width per block) outweigh its message (microbatch x width floats).
-# On a CPU width 512: smaller than the demo's model (pipeline_ref/demo.py), so that a notebook runs in well under
+# On a CPU width 512: smaller than the demo's model (pipeline_ref/tools/demo.py), so that a notebook runs in well under
 # a minute on 2 cores. Sized for the course's device (lesson_code/device.py: PIPELINE_COURSE_DEVICE).
 TIMING_MODEL = sized("timing")
 
@@ -47,7 +47,7 @@ def classify_waits(trace) -> list[dict]:
     to the wait's end, the message's latency as this rank saw it (None otherwise). Both ranks time from the same
     barrier, so their clocks agree to within microseconds.
     """
-    from pipeline_ref.simulate import receipts
+    from pipeline_ref.sim.simulate import receipts
     rows = []
     for r in receipts(trace):
         ready = r.produced <= r.wait.start

@@ -7,7 +7,7 @@
 
 ``DEVICE`` is ``"cpu"`` or ``"cuda"``: what ``PIPELINE_COURSE_DEVICE`` asks for (``auto``: a GPU when torch
 sees one), read once when a notebook (or a rank) imports this module. A ``RunConfig(device="cuda")`` run puts
-each rank on its own GPU, chosen from the launcher's local rank (``pipeline_ref.device.for_rank``): on a node with
+each rank on its own GPU, chosen from the launcher's local rank (``pipeline_ref.engine.device.for_rank``): on a node with
 N GPUs a lesson's ranks use up to N of them, one per rank (more ranks than GPUs share them, which is correct over
 MPI).
 

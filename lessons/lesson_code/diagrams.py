@@ -1,10 +1,10 @@
-"""The pictures the lessons draw with matplotlib (no image files), beside pipeline_ref.plot's Gantt charts."""
+"""The pictures the lessons draw with matplotlib (no image files), beside pipeline_ref.sim.plot's Gantt charts."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from pipeline_ref.plot import LABEL_POINTS, OP_COLORS
+from pipeline_ref.sim.plot import LABEL_POINTS, OP_COLORS
 
 STAGE_COLORS = ["#2A9D8F", "#8172B3", "#E9C46A", "#64B5CD", "#937860", "#C44E52"]   # not the F/B colours
 PIPELINE_COLOR, DATA_COLOR = "#C44E52", "#4C72B0"   # the MPI book's red pipeline and blue data groups

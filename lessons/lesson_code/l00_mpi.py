@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from pipeline_ref import watchdog
+from pipeline_ref.faults import watchdog
 
 
 def hello(comm):

@@ -1,6 +1,6 @@
 """Lesson 03, on the ranks: a schedule played with blocking Send/Recv, in the schedule's order.
 
-This is the obvious way to write an executor, and what pipeline_ref.executor
+This is the obvious way to write an executor, and what pipeline_ref.engine.executor
 does *not* do. Before an action a rank receives what it needs (blocking Recv);
 after it, it sends its result on (blocking Send). For GPipe that works. For
 1F1B it hangs as soon as MPI stops buffering the messages: in the steady state
@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline_ref import models, partition, schedules, watchdog
-from pipeline_ref.stage import Stage
+from pipeline_ref import models, schedules
+from pipeline_ref.faults import watchdog
+from pipeline_ref.front import partition
+from pipeline_ref.engine.stage import Stage
 
 
 def play_blocking(comm, schedule_name: str, num_microbatches: int = 4, width: int = 512,

@@ -12,9 +12,12 @@ from __future__ import annotations
 import torch
 
 from lesson_code.common import LESSON_MODEL
-from pipeline_ref import band, models, profiling, schedules, simulate
-from pipeline_ref.config import RunConfig, build_model
-from pipeline_ref.device import choose
+from pipeline_ref import models, schedules, simulate
+from pipeline_ref.front import profiling
+from pipeline_ref.sim import band
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
+from pipeline_ref.engine.device import choose
 
 # The model of the activation-checkpointing runs (pipeline_ref.models.mlp): 8 equal blocks; on 2 stages a
 # microbatch of 64 samples through 4 blocks is 4 products of 64 x 1024 x 1024.
@@ -39,7 +42,7 @@ def layer_costs(cfg: RunConfig, repeats: int = 7) -> list[float]:
     """Seconds of forward + backward of each layer on one microbatch, on one core of this process (or its GPU):
     the median of ``repeats`` alternating rounds after a warm-up round.
 
-    The same measurement the ranks make for ``partition="time"`` (``pipeline_ref.profiling.layer_costs``).
+    The same measurement the ranks make for ``partition="time"`` (``pipeline_ref.front.profiling.layer_costs``).
     """
     layers, _, (inputs, _) = build_model(cfg)
     device = choose(cfg.device)            # this process: GPU 0 when the course runs on CUDA, else the CPU

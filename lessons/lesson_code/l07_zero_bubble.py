@@ -93,7 +93,7 @@ def split_backward_flops(depth: int = 4, width: int = 256, batch: int = 64) -> d
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline_ref.stage import Stage
+    from pipeline_ref.engine.stage import Stage
     torch.manual_seed(0)
     layers, loss_fn, (x, _) = models.mlp(depth=depth, width=width, batch=batch)
     plain = Stage(nn.Sequential(*layers), loss_fn=loss_fn)

@@ -1,7 +1,7 @@
 """Lesson 08, beside the ranks: a Hugging Face GPT-2 on real text, its pieces, what crosses each cut, what it holds.
 
     model, loss_fn, batches = gpt2_text()                 # the lesson's model (``RunConfig(model=GPT2_TEXT)``)
-    pieces = split.trace(model, sample)                   # torch's tracer cuts it (pipeline_ref/split.py)
+    pieces = split.trace(model, sample)                   # torch's tracer cuts it (pipeline_ref/front/split.py)
     piece_rows(model, pieces), boundary_rows(pieces, sample)   # what each piece holds, what each cut carries
     piece_bytes(pieces, loss_fn, sample, target)          # per piece: parameter bytes by name, activation bytes
 
@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline_ref import hf_models, precision, split, text_data
-from pipeline_ref.stage import Stage
+from pipeline_ref.engine import precision
+from pipeline_ref.front import split
+from pipeline_ref.models import hf_models, text_data
+from pipeline_ref.engine.stage import Stage
 
 GPT2_TEXT = "lesson_code.l08_real_transformer:gpt2_text"
 # Small enough that a few dozen bf16 steps on 2 CPU ranks take seconds; wide enough to learn bytes of Python.

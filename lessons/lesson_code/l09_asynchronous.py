@@ -14,10 +14,12 @@ The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MP
 """
 from __future__ import annotations
 
-from pipeline_ref import async_reference, asynchronous, schedules, simulate
-from pipeline_ref.config import build_model
-from pipeline_ref.device import choose
-from pipeline_ref.trace import Event, Trace, Wait
+from pipeline_ref import schedules, simulate
+from pipeline_ref.models import async_reference
+from pipeline_ref.schedules import asynchronous
+from pipeline_ref.preflight import build_model
+from pipeline_ref.engine.device import choose
+from pipeline_ref.sim.trace import Event, Trace, Wait
 
 
 def flushed(num_stages: int, num_microbatches: int, steps: int, forward: float = 1.0, backward: float = 2.0) -> Trace:
@@ -54,7 +56,7 @@ def versions_row(schedule: str, stage: int, num_stages: int, num_microbatches: i
 
 def annotate_versions(ax, trace: Trace, schedule: str, num_microbatches: int) -> None:
     """Under each box of a ``plot.gantt`` chart, the weight version that action used (``vK``)."""
-    from pipeline_ref.plot import LABEL_GID, LABEL_POINTS
+    from pipeline_ref.sim.plot import LABEL_GID, LABEL_POINTS
     # Two lines in each box, readable on the site: the microbatch (gantt's label, moved up) over its version.
     for label in ax.texts:
         if label.get_gid() == LABEL_GID:

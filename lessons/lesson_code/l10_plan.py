@@ -16,7 +16,8 @@ import csv
 import math
 from dataclasses import replace
 
-from pipeline_ref import cluster, schedules, simulate, step_model, theory
+from pipeline_ref import schedules, simulate
+from pipeline_ref.sim import cluster, step_model, theory
 
 GB = 1e9        # the seed's and the datasheets' decimal gigabytes
 

@@ -5,7 +5,7 @@ simulated Gantt chart with its utilization, redrawn on every change.
     widget            # the last expression of a cell: Jupyter shows the sliders and the chart
     widget.set(stages=2, microbatches=4, schedule="gpipe")      # what moving the sliders does
 
-The chart is ``pipeline_ref.plot.gantt`` of ``pipeline_ref.simulate.simulate`` (forward 1, backward 2 cost units),
+The chart is ``pipeline_ref.sim.plot.gantt`` of ``pipeline_ref.sim.simulate.simulate`` (forward 1, backward 2 cost units),
 drawn into a PNG and shown in an ``ipywidgets.Image``, so everything, the redraw included, runs without a
 browser (tests/test_lessons.py moves the sliders). On GitHub, where widgets do not run, the lesson's static
 charts above it say the same.
@@ -17,7 +17,8 @@ import io
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from pipeline_ref import plot, schedules, simulate
+from pipeline_ref import schedules, simulate
+from pipeline_ref.sim import plot
 
 FORWARD, BACKWARD = 1.0, 2.0
 

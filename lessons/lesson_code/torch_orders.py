@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline_ref import schedules
-from pipeline_ref.geometry import Pipeline
+from pipeline_ref.schedules.geometry import Pipeline
 from pipeline_ref.schedules import Action
 
 TORCH_CLASSES = {"interleaved": "ScheduleInterleaved1F1B", "zb-h1": "ScheduleInterleavedZeroBubble",

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from pipeline_ref import watchdog
+from pipeline_ref.faults import watchdog
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ import time
 import torch
 from torch import nn
 
-from pipeline_ref import partition, topology
-from pipeline_ref.config import RunConfig, build_model
+from pipeline_ref.engine import topology
+from pipeline_ref.front import partition
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
 from tests.exercises.rank_checks import _student, check
 from tests.exercises.rank_checks_pipeline import _executor
 
@@ -292,7 +294,7 @@ def _student_split(ex, base):
 
 @check("ex07.split", EX07, SPLIT, ranks=3)
 def split_on_ranks(comm, impl):
-    from pipeline_ref import stage as stage_module
+    from pipeline_ref.engine import stage as stage_module
     from pipeline_ref.train import run_many
     ex = _student(impl, EX07)
     original = stage_module.WeightGradients

@@ -14,10 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline_ref import partition, schedules, watchdog
-from pipeline_ref.config import RunConfig, build_model
-from pipeline_ref.geometry import Action
-from pipeline_ref.stage import Stage
+from pipeline_ref import schedules
+from pipeline_ref.faults import watchdog
+from pipeline_ref.front import partition
+from pipeline_ref.config import RunConfig
+from pipeline_ref.preflight import build_model
+from pipeline_ref.schedules.geometry import Action
+from pipeline_ref.engine.stage import Stage
 from tests.exercises.rank_checks import EX00, EX01, SEND_RECV, _first, _student, check
 
 # =========================================================================== exercise 1: the naive split

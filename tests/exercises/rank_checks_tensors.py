@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from pipeline_ref import watchdog
+from pipeline_ref.faults import watchdog
 from tests.exercises.rank_checks import EX00, NONBLOCKING, SEND_RECV, _student, check
 
 

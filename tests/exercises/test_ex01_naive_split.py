@@ -10,8 +10,9 @@ equal the unsplit model's on one process, to 1e-12. Your exercise 0 carries the 
 import pytest
 import torch
 
-from pipeline_ref import models, partition
-from pipeline_ref.config import build_model
+from pipeline_ref import models
+from pipeline_ref.front import partition
+from pipeline_ref.preflight import build_model
 from tests.exercises import rank_checks_pipeline
 
 pytestmark = pytest.mark.mpi

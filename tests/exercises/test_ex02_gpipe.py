@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline_ref import models, schedules, simulate
-from pipeline_ref.config import build_model
+from pipeline_ref.preflight import build_model
 from pipeline_ref.schedules import Action
 from tests.exercises import rank_checks_pipeline
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pipeline_ref import models, schedules, simulate
-from pipeline_ref.config import build_model
+from pipeline_ref.preflight import build_model
 from tests.exercises import rank_checks_pipeline as checks
 
 GRID = [(p, m) for p in (1, 2, 3, 4, 5) for m in (1, 2, 3, 4, 5, 8)]

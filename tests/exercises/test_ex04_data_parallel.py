@@ -11,8 +11,9 @@ data-parallel replicas end with the gradients of the whole batch on one device.
 import pytest
 import torch
 
-from pipeline_ref import models, partition
-from pipeline_ref.config import build_model
+from pipeline_ref import models
+from pipeline_ref.front import partition
+from pipeline_ref.preflight import build_model
 from tests.exercises import rank_checks_parallel as checks
 
 WORLD = 4

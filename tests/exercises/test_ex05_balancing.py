@@ -19,7 +19,7 @@ import random
 import pytest
 
 from pipeline_ref import schedules, simulate
-from pipeline_ref.trace import Event, Trace
+from pipeline_ref.sim.trace import Event, Trace
 
 # (costs, stages, the best slowest stage): greedy splits miss each of these, whether they fill a stage up to
 # total / stages or just past it, from the first layer or from the last.

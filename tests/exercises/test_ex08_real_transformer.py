@@ -205,8 +205,9 @@ def test_fewest_stages(ex):
 @functools.lru_cache(maxsize=1)
 def gpt2_table():
     """The pieces of hf_models.gpt2 (random weights, tied wte/lm_head), measured on one process as a run counts."""
-    from pipeline_ref import hf_models, split
-    from pipeline_ref.stage import Stage
+    from pipeline_ref.front import split
+    from pipeline_ref.models import hf_models
+    from pipeline_ref.engine.stage import Stage
     torch.manual_seed(0)
     model, loss_fn, (x, y) = hf_models.gpt2(**GPT2)
     m = 4

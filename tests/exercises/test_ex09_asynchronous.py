@@ -12,10 +12,10 @@ and 2 (2BW).
 import pytest
 import torch
 
-from pipeline_ref import asynchronous
+from pipeline_ref.schedules import asynchronous
 from pipeline_ref.async_run import _rule
 from pipeline_ref.config import RunConfig
-from pipeline_ref.weight_versions import WeightVersions
+from pipeline_ref.engine.weight_versions import WeightVersions
 
 SCHEDULES = ("pipedream", "pipedream-2bw")
 

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from pipeline_ref import cluster, theory
+from pipeline_ref.sim import cluster, theory
 
 
 @pytest.fixture

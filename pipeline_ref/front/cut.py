@@ -1,0 +1,88 @@
+"""A run's model cut into stages, the same on every rank: a list of layers partitioned, or a whole module traced.
+
+    c = cut.cut(comm, cfg, model, sample_microbatch, pipeline, device)    # in train.set_up
+    c.layers[i] for i in c.ranges[v]        # the pieces (or layers) virtual stage v holds
+    c.chunk(*those)                         # its module: nn.Sequential of layers, split.Chain of pieces
+    c.names, c.tied                         # parameter names as on one device; weights held by several ranks
+
+A list of layers goes through ``partition.choose`` as it always has. A whole ``nn.Module`` is traced by
+``split.trace`` (``torch.distributed.pipelining``'s front end): cut at ``cfg.split_at`` (one piece per
+stage), or at every block, the blocks then grouped by parameters, or by measured time with
+``--partition time`` (``piece_costs``, profiled on world rank 0 and broadcast, as for layers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline_ref.front import profiling, split
+
+
+def num_pieces(cfg, model, inputs, chunks: int) -> int:
+    """Layers in a list, or the pieces a whole module will be cut into; ValueError for what cannot be cut."""
+    pieces = cfg.pp * chunks
+    if not split.is_whole_module(model):
+        if cfg.split_at:
+            raise ValueError("--split-at cuts a whole nn.Module; this model is a list of layers (see --partition)")
+        return len(model)
+    count = split.count_pieces(model, inputs[:1], cfg.split_at)
+    wanted = f"--pp {cfg.pp}" + (f" x {chunks} chunks" if chunks > 1 else "")
+    if cfg.split_at and count != pieces:
+        raise ValueError(f"--split-at names {count - 1} point(s), cutting the model into {count} pieces, but "
+                         f"{wanted} needs {pieces}: name {pieces - 1}")
+    if count < pieces:
+        names = ", ".join(split.blocks(model, split.record_calls(model, inputs[:1])))
+        raise ValueError(f"{wanted} needs {pieces} pieces, but --split auto cuts this model into at most {count}: "
+                         f"a stage can begin at {names}; use fewer stages or a model with more blocks")
+    return count
+
+
+def piece_costs(pieces, sample, repeats: int = 3) -> list[float]:
+    """Median seconds of forward + backward of each piece on what the pieces before it produce."""
+    return profiling.layer_costs(pieces, split.as_args(sample), repeats)
+
+
+@dataclass
+class Cut:
+    """How one run's model becomes stages: the pieces (or layers), one range of them per virtual stage."""
+    layers: list
+    ranges: list
+    costs: list | None               # measured seconds per piece ("time"), else None
+    names: dict                      # id(Parameter) -> the name the one-device model gives it
+    tied: list                       # (name, pipeline ranks holding a copy)
+    chunk: type                      # pieces -> one chunk's module (nn.Sequential for layers, Chain for pieces)
+    loss_fn: object                  # the loss the last stage applies to its chunk's output
+
+
+def cut(comm, cfg, model, loss_fn, sample, pipe, device: torch.device) -> Cut:
+    """The run's stages, the same on every rank: layers partitioned, or a whole module traced and grouped."""
+    from pipeline_ref.front import partition
+    from pipeline_ref.engine.reduce import tied_groups
+    n = pipe.num_virtual_stages
+    if not split.is_whole_module(model):
+        ranges, costs = partition.choose(comm, cfg.partition, model, sample, num_pieces=n)
+        names = {id(p): name for name, p in nn.Sequential(*model).named_parameters()}
+        return Cut(model, ranges, costs, names, tied_groups(model, ranges, pipe), nn.Sequential, loss_fn)
+    from pipeline_ref.faults.watchdog import beat
+    beat("tracing the model (torch.export) and cutting it into pieces")
+    key = (cfg.model, repr(sorted(cfg.model_kwargs.items())), cfg.dtype, cfg.seed)
+    pieces = split.trace(model, sample.cpu(), list(cfg.split_at) or None, key=key)   # traced on the CPU ...
+    if device.type != "cpu":     # ... then ops that make tensors (arange, ones) are pointed at the device,
+        from torch.distributed.pipelining._IR import _modify_graph_op_device   # as torch's build_stage does
+        for piece in pieces:
+            _modify_graph_op_device(piece.graph_module, device)
+    if cfg.split_at:
+        ranges, costs = [range(i, i + 1) for i in range(len(pieces))], None
+    else:   # blocks grouped by parameters (the memory they hold), or by measured time
+        method = "time" if cfg.partition == "time" else "parameters"
+        ranges, costs = partition.choose(comm, method, pieces, sample, num_pieces=n, profile=piece_costs)
+    names = {id(p): name for name, p in model.named_parameters()}
+    holders: dict[int, set] = {}
+    for vstage, r in enumerate(ranges):
+        for index in r:
+            for p in pieces[index].parameters():
+                holders.setdefault(id(p), set()).add(pipe.place(vstage).rank)
+    tied = sorted((names[k], sorted(v)) for k, v in holders.items() if len(v) > 1)
+    return Cut(pieces, ranges, costs, names, tied, split.Chain, split.loss_of(pieces, loss_fn))
