@@ -36,7 +36,8 @@ def pingpong_rank(comm, sizes, repeats: int, rounds: int):
     import torch
     from pipeline_ref import schedules
     from pipeline_ref.engine import topology
-    from pipeline_ref.engine.message import Messenger, MPITransport, TensorSpec
+    from pipeline_ref.engine.message import Messenger, TensorSpec
+    from pipeline_ref.engine.mpi_transport import MPITransport
     from pipeline_ref.engine.torch_transport import open_transport
     topo = topology.split(comm, 2, 1)
     mpi = MPITransport(topo.pipeline)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from pipeline_ref.engine import message
+from pipeline_ref.engine import mpi_transport
 
 
 def _compute(seconds: float) -> float:
@@ -56,11 +56,11 @@ def one_wait(comm, way: str, seconds: float, buffer: torch.Tensor) -> dict:
 
 
 def _yielding(request) -> None:
-    saved, message.WAIT = message.WAIT, "yield"
+    saved, mpi_transport.WAIT = mpi_transport.WAIT, "yield"
     try:
-        message.wait_yielding(request)
+        mpi_transport.wait_yielding(request)
     finally:
-        message.WAIT = saved
+        mpi_transport.WAIT = saved
 
 
 def pingpong(comm, way: str, count: int, buffer: torch.Tensor) -> float:

@@ -1,13 +1,17 @@
 """The command line of pipeline_ref.
 
-    python -m pipeline_ref demo [--out DIR]                     naive / GPipe / 1F1B measured vs theory, Gantt charts
+    python -m pipeline_ref demo [--out DIR]                     naive / GPipe / 1F1B measured vs theory, Gantt
+                                                                charts
     python -m pipeline_ref run --schedule 1f1b --pp 4 --microbatches 8 -n 4 [--steps N] [--dtype float64]
-                               [--device cpu|cuda|auto] [--model pkg.module:factory] [--save-grads FILE] [--trace FILE]
-                               [--save-params FILE]
+                               [--device cpu|cuda|auto] [--model pkg.module:factory] [--save-grads FILE]
+                               [--trace FILE] [--save-params FILE]
     python -m pipeline_ref simulate --schedule 1f1b --pp 4 --microbatches 8 [--plot FILE] [--timeline]
-    python -m pipeline_ref doctor [--json]                      what this machine offers the course, what fails
-    python -m pipeline_ref memory --memory-budget GB [--model text_gpt]   bytes per rank; the largest model that fits
-    python -m pipeline_ref plan --model gpt3-175b --gpus 1024 --device h100   configurations ranked by predicted speed
+    python -m pipeline_ref doctor [--json]                      what this machine offers the course, what
+                                                                fails
+    python -m pipeline_ref memory --memory-budget GB [--model text_gpt]   bytes per rank; the largest model
+                                                                          that fits
+    python -m pipeline_ref plan --model gpt3-175b --gpus 1024 --device h100   configurations ranked by
+                                                                              predicted speed
 
 ``run`` starts its own ranks with ``-n N``; without it, it expects to be one of
 the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, ConfigError, RunConfig
@@ -38,60 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline_ref", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train with a pipeline schedule on MPI ranks")
-    _add_run_options(run)
-    run.add_argument("-n", "--ranks", type=int, help="start this many local ranks (else: run under mpiexec)")
-    run.add_argument("--steps", type=int, default=4, help="training steps (the first warms up; the report is "
-                     "the median of the others)")
-    run.add_argument("--model", default="mlp", help="'mlp', 'gpt', 'gpt_tied', 'text_gpt' (real text) or pkg.module:factory")
-    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    run.add_argument("--device", default="cpu", choices=list(DEVICES))
-    run.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
-                     help='the model factory\'s options, e.g. \'{"blocks": 8, "dim": 128}\'')
-    run.add_argument("--memory-budget", type=float, metavar="GB", help="per rank: refuse, before any rank "
-                     "starts, a run that would not fit (python -m pipeline_ref memory plans one)")
-    run.add_argument("--lr", type=float, default=0.05)
-    run.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS), help="each stage's own optimizer")
-    run.add_argument("--autocast", choices=list(AUTOCAST), help="mixed precision: float32 master weights, "
-                     "layers in bfloat16, or float16 with dynamic loss scaling (an overflow skips the step everywhere)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--sync-sends", action="store_true", help="synchronous sends (no eager buffering)")
-    run.add_argument("--transport", default="mpi", choices=list(TRANSPORTS),
-                     help="the wire of the pipeline's messages: MPI, or torch.distributed (gloo on CPU, NCCL on GPUs)")
-    run.add_argument("--partition", default="uniform", choices=list(PARTITIONS),
-                     help="layers -> stages: equal layer counts, equal parameters, or equal measured time")
-    split = run.add_mutually_exclusive_group()     # a factory returning a whole nn.Module (split.py)
-    split.add_argument("--split", choices=["auto"], help="cut a whole nn.Module at its blocks, grouped by "
-                       "parameters (--partition time: by measured time); the default for such a model")
-    split.add_argument("--split-at", metavar="NAME,...", type=lambda s: tuple(n for n in s.split(",") if n),
-                       default=(), help="cut a whole nn.Module so that a stage begins at each named submodule")
-    run.add_argument("--checkpoint", action="store_true",
-                     help="activation checkpointing: stash only stage inputs, recompute in the backward")
-    run.add_argument("--overlap-allreduce", action="store_true",
-                     help="start a stage's gradient all-reduce right after its last backward")
-    run.add_argument("--save-checkpoint", metavar="DIR", help="save per-layer checkpoints here (atomic, any stages)")
-    run.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="with --save-checkpoint: every K steps")
-    run.add_argument("--resume", metavar="DIR", help="continue from the newest complete checkpoint in DIR "
-                     "(--steps counts from the start)")
-    run.add_argument("--skip-nonfinite-steps", action="store_true",
-                     help="a NaN/inf skips that step on every rank (agreed by an all-reduce) instead of ending the run")
-    run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
-    run.add_argument("--save-params", metavar="FILE", help="torch.save every parameter after the run, keyed as "
-                     "named_parameters() names them (compare with async_reference.py, or your own run)")
-    run.add_argument("--trace", metavar="FILE", help="write the last step's trace (Chrome/Perfetto JSON)")
-    run.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (with -n)")
-    run.add_argument("--stall-timeout", type=float, default=None,
-                     help="seconds without progress on a rank before the run ends, named (default: 20 on cpu, "
-                          "120 on cuda, where a first step pays for CUDA's start; see watchdog.STALL_SECONDS)")
-
-    demo = sub.add_parser("demo", help="naive, GPipe and 1F1B measured against theory, with Gantt charts")
-    demo.add_argument("--out", default="out/demo", help="folder for the plots and tables")
-    demo.add_argument("--microbatches", type=int, default=8)
-    demo.add_argument("--steps", type=int, default=3, help="steps per run; the first warms up (reported, not used)")
-    demo.add_argument("--rounds", type=int, default=3, help="alternating rounds of the schedules (medians, spread)")
-    demo.add_argument("--stages", type=int, nargs="*", help="pipeline depths (default: 2, and 4, 8 where they fit)")
-    demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one rank per GPU")
-
+    _add_run_parser(sub)
+    from pipeline_ref.tools.demo import add_parser as add_demo_parser
+    add_demo_parser(sub)
     from pipeline_ref.tools.bench import add_parser as add_bench_parser  # bench.py owns its own options
     add_bench_parser(sub)
     from pipeline_ref.tools.doctor import add_parser as add_doctor_parser  # and doctor.py its own
@@ -104,6 +56,75 @@ def _parser() -> argparse.ArgumentParser:
     from pipeline_ref.tools.plan_cli import add_parser as add_plan_parser
     add_plan_parser(sub)
 
+    _add_simulate_parser(sub)
+    return parser
+
+
+def _add_run_parser(sub) -> None:
+    """``run``: what to train and how; then what to keep of it."""
+    run = sub.add_parser("run", help="train with a pipeline schedule on MPI ranks")
+    _add_run_options(run)
+    run.add_argument("-n", "--ranks", type=int, help="start this many local ranks (else: run under mpiexec)")
+    run.add_argument("--steps", type=int, default=4, help="training steps (the first warms up; the report is "
+                     "the median of the others)")
+    run.add_argument("--model", default="mlp",
+                     help="'mlp', 'gpt', 'gpt_tied', 'text_gpt' (real text) or pkg.module:factory")
+    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    run.add_argument("--device", default="cpu", choices=list(DEVICES))
+    run.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+                     help='the model factory\'s options, e.g. \'{"blocks": 8, "dim": 128}\'')
+    run.add_argument("--memory-budget", type=float, metavar="GB", help="per rank: refuse, before any rank "
+                     "starts, a run that would not fit (python -m pipeline_ref memory plans one)")
+    run.add_argument("--lr", type=float, default=0.05)
+    run.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS),
+                     help="each stage's own optimizer")
+    run.add_argument("--autocast", choices=list(AUTOCAST), help="mixed precision: float32 master weights, "
+                     "layers in bfloat16, or float16 with dynamic loss scaling (an overflow skips the step "
+                     "everywhere)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--sync-sends", action="store_true", help="synchronous sends (no eager buffering)")
+    run.add_argument("--transport", default="mpi", choices=list(TRANSPORTS),
+                     help="the wire of the pipeline's messages: MPI, or torch.distributed (gloo on CPU, NCCL "
+                          "on GPUs)")
+    run.add_argument("--partition", default="uniform", choices=list(PARTITIONS),
+                     help="layers -> stages: equal layer counts, equal parameters, or equal measured time")
+    split = run.add_mutually_exclusive_group()     # a factory returning a whole nn.Module (split.py)
+    split.add_argument("--split", choices=["auto"], help="cut a whole nn.Module at its blocks, grouped by "
+                       "parameters (--partition time: by measured time); the default for such a model")
+    split.add_argument("--split-at", metavar="NAME,...", type=lambda s: tuple(n for n in s.split(",") if n),
+                       default=(),
+                       help="cut a whole nn.Module so that a stage begins at each named submodule")
+    run.add_argument("--checkpoint", action="store_true",
+                     help="activation checkpointing: stash only stage inputs, recompute in the backward")
+    run.add_argument("--overlap-allreduce", action="store_true",
+                     help="start a stage's gradient all-reduce right after its last backward")
+    _add_run_keep_options(run)
+
+
+def _add_run_keep_options(run) -> None:
+    """``run``: checkpoints, what to save, time limits."""
+    run.add_argument("--save-checkpoint", metavar="DIR",
+                     help="save per-layer checkpoints here (atomic, any stages)")
+    run.add_argument("--checkpoint-every", type=int, default=1, metavar="K",
+                     help="with --save-checkpoint: every K steps")
+    run.add_argument("--resume", metavar="DIR", help="continue from the newest complete checkpoint in DIR "
+                     "(--steps counts from the start)")
+    run.add_argument("--skip-nonfinite-steps", action="store_true",
+                     help="a NaN/inf skips that step on every rank (agreed by an all-reduce) instead of "
+                          "ending the run")
+    run.add_argument("--save-grads", metavar="FILE", help="torch.save the whole model's first-step gradients")
+    run.add_argument("--save-params", metavar="FILE",
+                     help="torch.save every parameter after the run, keyed as "
+                     "named_parameters() names them (compare with async_reference.py, or your own run)")
+    run.add_argument("--trace", metavar="FILE", help="write the last step's trace (Chrome/Perfetto JSON)")
+    run.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (with -n)")
+    run.add_argument("--stall-timeout", type=float, default=None,
+                     help="seconds without progress on a rank before the run ends, named (default: 20 on "
+                          "cpu, 120 on cuda, where a first step pays for CUDA's start; see "
+                          "watchdog.STALL_SECONDS)")
+
+
+def _add_simulate_parser(sub) -> None:
     simulate = sub.add_parser("simulate", help="play a schedule without processes")
     _add_run_options(simulate)
     simulate.add_argument("--forward", type=float, default=1.0, help="cost of a forward")
@@ -111,15 +132,16 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--latency", type=float, default=0.0, help="latency of one message")
     simulate.add_argument("--plot", metavar="FILE", help="save a Gantt chart")
     simulate.add_argument("--timeline", action="store_true",
-                          help="also print the schedule as a time grid (one column per time slot, '.' = idle)")
-    return parser
+                          help="also print the schedule as a time grid (a column per time slot, '.' idle)")
 
 
 def _config(args) -> RunConfig:
-    return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches, chunks=args.chunks,
+    return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches,
+                     chunks=args.chunks,
                      steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
                      seed=args.seed, sync_sends=args.sync_sends, transport=args.transport,
-                     overlap_allreduce=args.overlap_allreduce, partition=args.partition, split_at=args.split_at,
+                     overlap_allreduce=args.overlap_allreduce, partition=args.partition,
+                     split_at=args.split_at,
                      checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
                      collect_params=bool(args.save_params),
                      stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True,
@@ -138,10 +160,11 @@ def _report(result, args) -> None:
     if steps > 1:
         which = f"median of steps 2-{steps}" if steps > 2 else "step 2"
         measured = (f"utilization {result.warm_utilization:.3f} ({which}; step 1, the warm-up: "
-                    f"{result.step_utilization[0]:.3f}){theory}, step {result.warm_step_seconds * 1e3:.1f} ms")
+                    f"{result.step_utilization[0]:.3f}){theory}, "
+                    f"step {result.warm_step_seconds * 1e3:.1f} ms")
     else:
-        measured = (f"utilization {result.step_utilization[0]:.3f} of a single, cold step (a warm-up; use --steps 3 "
-                    f"or more for a steady number){theory}")
+        measured = (f"utilization {result.step_utilization[0]:.3f} of a single, cold step (a warm-up; use "
+                    f"--steps 3 or more for a steady number){theory}")
     print(f"{cfg.schedule} on {cfg.pp} stages, {cfg.microbatches} microbatches: {measured}, "
           f"peak stashed activations per stage {result.trace.peak_stashed}")
     if "weight_versions" in result.trace.meta:      # PipeDream, 2BW: the versions each stage kept
@@ -221,7 +244,9 @@ def _simulate(args) -> int:
           f"makespan {trace.makespan:g}; peak stashed per stage {trace.peak_stashed}")
     if args.plot:
         from pipeline_ref.sim import plot
-        axes = plot.gantt(trace, title=f"{args.schedule}, {args.pp} stages, {args.microbatches} microbatches (simulated)")
+        axes = plot.gantt(trace,
+                          title=f"{args.schedule}, {args.pp} stages, {args.microbatches} microbatches "
+                                "(simulated)")
         axes.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"Gantt chart -> {args.plot}")
     return 0

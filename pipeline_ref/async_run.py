@@ -1,4 +1,5 @@
-"""PipeDream and PipeDream-2BW on the ranks: one stream of steps x m microbatches through the ordinary executor.
+"""PipeDream and PipeDream-2BW on the ranks: one stream of steps x m microbatches through the ordinary
+executor.
 
 ``train.run_rank`` sets a run up as for any schedule (partition, grid, stages, shapes) and hands an
 asynchronous one to :func:`run_stream`, which
@@ -22,12 +23,11 @@ from __future__ import annotations
 import time
 from functools import partial
 
-import torch
 
 from pipeline_ref.engine import machine
 from pipeline_ref.faults import watchdog
 from pipeline_ref.schedules import asynchronous
-from pipeline_ref.results import Memory, RunResult
+from pipeline_ref.results import Memory, RankReport, RunResult, measured_trace, rank_memory
 from pipeline_ref.sim.trace import Trace
 from pipeline_ref.engine.weight_versions import WeightVersions
 
@@ -56,20 +56,22 @@ def attach_versions(run) -> list[WeightVersions]:
 
 
 def _stream_data(run) -> tuple[list | None, list | None]:
-    """This rank's inputs and targets of each microbatch j of the stream: microbatch j % m of step j // m's batch."""
+    """This rank's inputs and targets of each microbatch j of the stream: microbatch j % m of step j // m's
+    batch."""
     cfg, m = run.cfg, run.cfg.microbatches
     if getattr(run, "data", None) is None:            # the same batch at every step
         per_step = [(run.inputs, run.targets)] * cfg.steps
     else:                                             # a batch per step (real text): each step's own
         from pipeline_ref.models.batches import microbatches
-        per_step = [microbatches(run.data.at(t), cfg, run.topo, run.pipeline, run.device) for t in range(cfg.steps)]
-    pick = lambda k: None if per_step[0][k] is None else [per_step[j // m][k][j % m] for j in range(cfg.steps * m)]
+        per_step = [microbatches(run.data.at(t), cfg, run.topo, run.pipeline,
+                                 run.device) for t in range(cfg.steps)]
+    def pick(k):
+        return None if per_step[0][k] is None else [per_step[j // m][k][j % m] for j in range(cfg.steps * m)]
     return pick(0), pick(1)
 
 
 def run_stream(run) -> RunResult | None:
-    cfg, comm, rank = run.cfg, run.comm, run.topo.stage
-    m, n = cfg.microbatches, cfg.steps * cfg.microbatches
+    cfg, comm = run.cfg, run.comm
     stores = attach_versions(run)
     inputs, targets = _stream_data(run)
     meter = next(iter(run.stages.values())).meter
@@ -80,17 +82,14 @@ def run_stream(run) -> RunResult | None:
     events, waits = run.executor.run(inputs, targets, 0, t0=began)
     for store in stores:
         store.finish()
-    losses = [loss.item() for s in run.stages.values() for loss in s.losses]
-    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)
-    report = {"losses": losses, "events": events, "waits": waits, "peak": meter.peak_count,
-              "versions": max(s.peak for s in stores), "version_bytes": sum(s.peak * s.version_bytes for s in stores),
-              "memory": Memory(parameters=nbytes(run.params), gradients=0, optimizer=0,
-                               peak_stashed_bytes=meter.peak_bytes,
-                               device_peak=torch.cuda.max_memory_allocated(run.device)
-                               if run.device.type == "cuda" else None),
-              "params": ({run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
-                         if cfg.collect_params else None),
-              "rss": machine.resident_bytes()}
+    memory = rank_memory(run.params, meter, run.device)
+    report = RankReport(events=events, waits=waits, peak=meter.peak_count, rss=machine.resident_bytes(),
+                        memory=Memory(memory.parameters, 0, 0, memory.peak_stashed_bytes, memory.device_peak),
+                        losses=[loss.item() for s in run.stages.values() for loss in s.losses],
+                        versions=max(s.peak for s in stores),
+                        version_bytes=sum(s.peak * s.version_bytes for s in stores),
+                        params={run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
+                        if cfg.collect_params else None)
     watchdog.beat("gathering the results of the stream")
     gathered = comm.gather(report, root=0)
     watchdog.beat("finished")
@@ -104,24 +103,17 @@ def run_stream(run) -> RunResult | None:
 def _result(run, gathered: list) -> RunResult:
     cfg = run.cfg
     m = cfg.microbatches
-    losses = next(g["losses"] for g in gathered if g["losses"])
+    losses = next(g.losses for g in gathered if g.losses)
     step_losses = [sum(losses[t * m:(t + 1) * m]) / m for t in range(cfg.steps)]
-    memory = [g["memory"].device_peak for g in gathered]
-    trace = Trace(num_ranks=cfg.pp, events=[e for g in gathered for e in g["events"]],
-                  waits=[w for g in gathered for w in g["waits"]], peak_stashed=[g["peak"] for g in gathered],
-                  peak_stashed_bytes=[g["memory"].peak_stashed_bytes for g in gathered],
-                  peak_memory_bytes=memory if None not in memory else None,
-                  meta={"source": "measured", "schedule": cfg.schedule, "num_stages": cfg.pp,
-                        "layout": run.pipeline.layout, "num_microbatches": cfg.steps * m, "steps": cfg.steps,
-                        "dp": 1, "device": str(run.device), "time_unit": "s",
-                        "weight_versions": [g["versions"] for g in gathered],
-                        "weight_version_bytes": [g["version_bytes"] for g in gathered]})
+    trace = measured_trace(gathered, cfg, run.pipeline.layout, run.device, num_microbatches=cfg.steps * m,
+                           steps=cfg.steps, weight_versions=[g.versions for g in gathered],
+                           weight_version_bytes=[g.version_bytes for g in gathered])
     seconds, utilization = step_windows(trace, cfg.steps, m)
     return RunResult(config=cfg, losses=step_losses, trace=trace, step_seconds=seconds,
-                     step_utilization=utilization, memory=[g["memory"] for g in gathered],
-                     params=[g["params"] for g in gathered] if cfg.collect_params else None,
+                     step_utilization=utilization, memory=[g.memory for g in gathered],
+                     params=[g.params for g in gathered] if cfg.collect_params else None,
                      partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
-                     predicted_stage_costs=run.predicted, step_rss=[[g["rss"] for g in gathered]])
+                     predicted_stage_costs=run.predicted, step_rss=[[g.rss for g in gathered]])
 
 
 def step_windows(trace: Trace, steps: int, num_microbatches: int) -> tuple[list[float], list[float]]:

@@ -13,7 +13,8 @@ import torch
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda", "auto")
 PARTITIONS = ("uniform", "parameters", "time")
-TRANSPORTS = ("mpi", "torch")     # the wire of the pipeline's messages: MPI, or torch.distributed (gloo / NCCL)
+# the wire of the pipeline's messages: MPI, or torch.distributed (gloo / NCCL)
+TRANSPORTS = ("mpi", "torch")
 
 
 class ConfigError(ValueError):
@@ -35,11 +36,14 @@ class RunConfig:
     device: str = "cpu"
     lr: float = 0.05                  # plain SGD, so a few steps visibly lower the loss
     optimizer: str = "sgd"            # per stage, on its own parameters (optim.py): sgd or adamw
-    autocast: str | None = None       # mixed precision (precision.py): "bfloat16", or "float16" with loss scaling
-    memory_budget: float | None = None  # GB per rank: refuse, before training, a run that would not fit (memory_plan)
+    # mixed precision (precision.py): "bfloat16", or "float16" with loss scaling
+    autocast: str | None = None
+    # GB per rank: refuse, before training, a run that would not fit (memory_plan)
+    memory_budget: float | None = None
     seed: int = 0
     sync_sends: bool = False          # Issend: no send order passes only thanks to eager buffering
-    transport: str = "mpi"            # "torch": torch.distributed (torch_transport.py), gloo on CPU, NCCL on GPUs
+    # "torch": torch.distributed (torch_transport.py), gloo on CPU, NCCL on GPUs
+    transport: str = "mpi"
     collect_grads: bool = False       # gather the whole model's gradients after the first step
     collect_params: bool = False      # gather every rank's parameters after the last step
     overlap_allreduce: bool = False   # start a stage's gradient all-reduce right after its last backward

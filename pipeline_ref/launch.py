@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import signal
 import socket
 import subprocess
@@ -42,7 +41,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline_ref.faults import watchdog
+from pipeline_ref.faults import diagnosis, watchdog
 
 MARK = watchdog.MARK      # the prefix of the ranks' own reports
 STALL_SECONDS = watchdog.STALL_SECONDS["cpu"]    # CPU ranks; run --device cuda gives 120 s
@@ -89,7 +88,8 @@ def _drain(pumps: list, limit: float = 60.0) -> None:
 @contextmanager
 def _sigterm_raises():
     """SIGTERM raises _Terminated here for the duration (only the main thread may set handlers; a SIGTERM that
-    is ignored stays ignored). Without this, SIGTERM would end this process at once and leave mpiexec running."""
+    is ignored stays ignored). Without this, SIGTERM would end this process at once and leave mpiexec
+    running."""
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
         yield
@@ -104,7 +104,8 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeout: float | None = STALL_SECONDS,
+def launch(num_ranks: int, target: str, *args, timeout: float = 300,
+           stall_timeout: float | None = STALL_SECONDS,
            echo: bool = False, threads_per_rank: int = 1, env: dict | None = None, **kwargs) -> list:
     """Run ``target(comm, *args, **kwargs)`` on ``num_ranks`` ranks; return each rank's result.
 
@@ -128,9 +129,11 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
                 # A session of its own: a Ctrl-C in a terminal reaches only us, and we end the ranks.
                 process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                            env=full_env, start_new_session=True)
-                pumps = [threading.Thread(target=_pump, args=(process.stdout, out, sys.stdout if echo else None),
+                pumps = [threading.Thread(target=_pump,
+                                          args=(process.stdout, out, sys.stdout if echo else None),
                                           daemon=True),
-                         threading.Thread(target=_pump, args=(process.stderr, err, sys.stderr if echo else None),
+                         threading.Thread(target=_pump,
+                                          args=(process.stderr, err, sys.stderr if echo else None),
                                           daemon=True)]
                 for t in pumps:
                     t.start()
@@ -154,18 +157,24 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300, stall_timeo
         _drain(pumps)
         if timed_out or code != 0:
             _kill_ranks(Path(tmp), str(payload))
-            raise LaunchError(_failure(num_ranks, code, timed_out, timeout, out, err, Path(tmp)))
-        import torch   # only now: a failed launch should not pay for it
-        results = []
-        for rank in range(num_ranks):
-            path = Path(tmp) / f"rank{rank}.pt"
-            if not path.exists():     # a rank left early with code 0 and MPI ended the others: it said so
-                said = (any(line.startswith(MARK) for line in err)
-                        or _beats(Path(tmp), num_ranks, "left the run"))
-                raise LaunchError(_failure(num_ranks, code, False, timeout, out, err, Path(tmp)) if said
-                                  else f"rank {rank} exited without a result\n" + _tail(out, err))
-            results.append(torch.load(path, weights_only=False))
-        return results
+            raise LaunchError(diagnosis.failure(num_ranks, code, timed_out, timeout, out, err, Path(tmp)))
+        return _results(Path(tmp), num_ranks, code, timeout, out, err)
+
+
+
+def _results(tmp: Path, num_ranks: int, code, timeout: float, out: list, err: list) -> list:
+    """What each rank returned, in rank order; a rank without a result is named."""
+    import torch   # only now: a failed launch should not pay for it
+    results = []
+    for rank in range(num_ranks):
+        path = tmp / f"rank{rank}.pt"
+        if not path.exists():     # a rank left early with code 0 and MPI ended the others: it said so
+            said = (any(line.startswith(MARK) for line in err)
+                    or diagnosis.beats(tmp, num_ranks, "left the run"))
+            raise LaunchError(diagnosis.failure(num_ranks, code, False, timeout, out, err, tmp) if said
+                              else f"rank {rank} exited without a result\n" + diagnosis.output_tail(out, err))
+        results.append(torch.load(path, weights_only=False))
+    return results
 
 
 def _interrupted(stop: BaseException, process, tmp: Path, payload: str, num_ranks: int) -> None:
@@ -181,7 +190,8 @@ def _interrupted(stop: BaseException, process, tmp: Path, payload: str, num_rank
             pass
     why = "KeyboardInterrupt" if isinstance(stop, KeyboardInterrupt) else "SIGTERM"
     lines = "".join(f"\n  {line}" for line in doing)
-    sys.stderr.write(f"{MARK} launch: {why}; stopped mpiexec and its {num_ranks} rank(s), which were doing:{lines}\n")
+    sys.stderr.write(f"{MARK} launch: {why}; stopped mpiexec and its {num_ranks} rank(s), which were "
+                     f"doing:{lines}\n")
     sys.stderr.flush()
 
 
@@ -226,116 +236,3 @@ def _kill_ranks(tmp: Path, payload: str) -> None:
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass    # already gone, or the pid file half written
-
-
-def _tail(out: list, err: list, lines: int = 30) -> str:
-    text = "".join(out[-lines:]) + "".join(err[-lines:])
-    return f"--- last lines the ranks printed ---\n{text}" if text.strip() else ""
-
-
-def _merge_reports(reports: list[str]) -> list[str]:
-    """"rank 0: X" and "rank 1: X" become "ranks 0, 1: X" (a refused configuration fails every rank alike),
-    in the order the first of each was reported."""
-    ranks_by_message: dict[str, list[int]] = {}
-    for report in reports:
-        head, _, message = report.partition(": ")
-        if head.startswith("rank ") and head[5:].isdigit():
-            ranks_by_message.setdefault(message, []).append(int(head[5:]))
-        else:
-            ranks_by_message.setdefault(report, [])
-    merged = []
-    for message, ranks in ranks_by_message.items():
-        ranks = sorted(set(ranks))
-        if not ranks:
-            merged.append(message)
-        else:
-            merged.append(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {message}")
-    return merged
-
-
-def _cause_first(report: str) -> int:
-    """Which report is the cause: a failure, then a rank stuck on its own work, then one stuck waiting for another,
-    then a rank that left because its launcher went."""
-    if ": failed while " in report or ": left the run early " in report or " left the run early: " in report:
-        return 0
-    if ": stuck for " in report:
-        return 2 if "waiting for" in report.split(" while ", 1)[-1] else 1
-    return 3
-
-
-def _ranks_named(report: str) -> set[int]:
-    """The ranks a report is about: "rank 3 (stage 1, replica 1): ..." -> {3}, "ranks 0, 1: ..." -> {0, 1}."""
-    head = re.match(r"ranks? ([\d, ]+)", report)
-    return {int(r) for r in re.findall(r"\d+", head[1])} if head else set()
-
-
-def _beats(tmp: Path, num_ranks: int, prefix: str) -> list[tuple[int, str]]:
-    """(rank, last report) of the ranks whose heartbeat file's last report starts with ``prefix``."""
-    beats = [(r, watchdog.read_heartbeat(tmp / f"rank{r}.beat")) for r in range(num_ranks)]
-    return [(r, b[0]) for r, b in beats if b and b[0].startswith(prefix)]
-
-
-def _returned_early(reports: list[str], tmp: Path) -> list[str]:
-    """A rank whose target returned (exit code 0) while another was stuck waiting for it: the cause."""
-    for report in reports:
-        waited = re.match(r"ranks? (\d+).*: stuck for .* waiting for .* from rank (\d+)", report)
-        if waited:
-            beat = watchdog.read_heartbeat(tmp / f"rank{waited[2]}.beat")
-            if beat and beat[0] in ("saving the result", "finished"):     # its target has returned
-                return [f"rank {waited[2]} left the run early: its target returned (exit code 0) while rank "
-                        f"{waited[1]} still waited for it"]
-    return []
-
-
-def _died(out: list, tmp: Path) -> tuple[int, str] | None:
-    """(rank, how) of the process MPICH's mpiexec reports as ended badly ("BAD TERMINATION ... PID n"), if any."""
-    text = "".join(out)
-    found = re.search(r"PID (\d+) RUNNING AT .*\n=\s*EXIT CODE: (\d+)", text)
-    if not found:
-        return None
-    pids = {}
-    for pid_file in tmp.glob("rank*.pid"):
-        try:
-            pids[int(pid_file.read_text())] = int(pid_file.stem[4:])
-        except ValueError:
-            pass
-    rank = pids.get(int(found.group(1)))
-    if rank is None:
-        return None
-    by_signal = re.search(r"EXIT STRING: .*\(signal (\d+)\)", text)
-    if by_signal:
-        number = int(by_signal.group(1))
-        try:
-            return rank, f"signal {number}, {signal.Signals(number).name}"
-        except ValueError:
-            return rank, f"signal {number}"
-    return rank, f"exit code {found.group(2)}"
-
-
-def _failure(num_ranks, code, timed_out, timeout, out, err, tmp: Path) -> str:
-    reports = _merge_reports([line.strip()[len(MARK):].strip() for line in err if line.startswith(MARK)])
-    reports.sort(key=_cause_first)      # stable: among equals, the first reported first
-    if not reports:     # MPI_Abort may kill the proxy before it forwards a rank's last stderr line
-        reports = _merge_reports([f"rank {r}: {text}" for r, text in _beats(tmp, num_ranks, "failed while")
-                                  + _beats(tmp, num_ranks, "left the run")])
-    reports = _returned_early(reports, tmp) + reports
-    named = set().union(*(_ranks_named(report) for report in reports))
-    died = None if reports else _died(out, tmp)
-    if died is not None:
-        rank, how = died
-        beat = watchdog.read_heartbeat(tmp / f"rank{rank}.beat")
-        reports = [f"rank {rank} died ({how}) while {beat[0] if beat else 'starting'}"]
-        named = {rank}
-    limit = f"the run on {num_ranks} ranks did not finish within {timeout:.0f} s and was stopped"
-    if timed_out:
-        reports.insert(0, limit)
-    elif code is not None and code < 0 and not reports:
-        reports = [f"mpiexec (the MPI launcher) was killed by signal {-code} ({signal.Signals(-code).name})"]
-    elif not reports:
-        reports = [f"the run on {num_ranks} ranks failed (exit code {code}) and no rank said why"]
-    others = watchdog.last_actions(tmp, num_ranks, skip=frozenset(named))
-    body = "".join(f"\n  {r}" for r in reports[1:])
-    if others:
-        body += f"\n{'what the other ranks were doing' if named else 'what the ranks were doing'}:"
-        body += "".join(f"\n  {line}" for line in others)
-    return f"{reports[0]}{body}\n{_tail(out, err)}"

@@ -7,10 +7,11 @@
     one_device.validation_loss(curve.layers, cfg, batches=8)
 
 Everything a pipelined run does per step is done here in one place, in the same order: the same seeded model
-and data (``preflight.build_model``), the batch cut into the same ``m`` microbatches whose losses are scaled by
-``1/m`` and accumulated (so float64 agrees with a pipeline to rounding), the same optimizer (``optim.py``), the
-same autocast and loss scale, and the same skip of a step whose gradients are not finite. A pipelined run's losses
-should equal ``train(cfg).losses`` step for step: ``tests/test_real_training.py`` checks it.
+and data (``preflight.build_model``), the batch cut into the same ``m`` microbatches whose losses are scaled
+by
+``1/m`` and accumulated (so float64 agrees with a pipeline to rounding), the same optimizer (``optim.py``),
+the same autocast and loss scale, and the same skip of a step whose gradients are not finite. A pipelined
+run's losses should equal ``train(cfg).losses`` step for step: ``tests/test_real_training.py`` checks it.
 (``models.reference_step`` is one step of this, for gradients alone.) It runs on ``cfg.device``, as the ranks
 do, so a GPU run has a GPU reference.
 """
@@ -74,7 +75,8 @@ def train(cfg: RunConfig) -> Curve:
 
 @torch.no_grad()
 def validation_loss(layers: list, cfg: RunConfig, batches: int = 8) -> float:
-    """Mean loss of ``layers`` over the first ``batches`` validation batches of the run's data (``text_data``)."""
+    """Mean loss of ``layers`` over the first ``batches`` validation batches of the run's data
+    (``text_data``)."""
     _, loss_fn, batch = build_model(cfg)
     source = getattr(batch, "source", None)
     if not hasattr(source, "validation"):

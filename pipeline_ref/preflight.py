@@ -28,8 +28,9 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if ":" in cfg.schedule:
         _schedule_function(cfg.schedule)
     elif cfg.schedule not in schedules.GENERATORS:
-        raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(schedules.GENERATORS)}, "
-                          f"or give your own generator as pkg.module:function")
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of "
+                          f"{', '.join(schedules.GENERATORS)}, or give your own generator as "
+                          "pkg.module:function")
     for name in ("pp", "dp", "microbatches", "steps", "chunks", "checkpoint_every"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
@@ -37,17 +38,31 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     if cfg.chunks > 1 and cfg.schedule != "interleaved" and ":" not in cfg.schedule:
-        raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved (or your own generator); "
-                          f"zbv always holds 2 chunks per rank")
-    if cfg.memory_budget is not None and not (isinstance(cfg.memory_budget, (int, float)) and cfg.memory_budget > 0):
-        raise ConfigError(f"--memory-budget is in GB per rank and must be positive, got {cfg.memory_budget!r}")
+        raise ConfigError(f"--chunks {cfg.chunks} applies only to --schedule interleaved (or your own "
+                          f"generator); zbv always holds 2 chunks per rank")
+    budget = cfg.memory_budget
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        raise ConfigError(f"--memory-budget is in GB per rank and must be positive, got {budget!r}")
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if cfg.autocast is not None and cfg.autocast not in AUTOCAST:
         raise ConfigError(f"unknown autocast dtype {cfg.autocast!r}; choose one of {', '.join(AUTOCAST)}")
     if cfg.autocast and cfg.dtype != "float32":
-        raise ConfigError(f"--autocast {cfg.autocast} keeps float32 master weights: use it with --dtype float32, "
-                          f"not {cfg.dtype}")
+        raise ConfigError(f"--autocast {cfg.autocast} keeps float32 master weights: use it with --dtype "
+                          f"float32, not {cfg.dtype}")
+    _check_combinations(cfg)
+    if world_size is not None and world_size != cfg.world_size:
+        raise ConfigError(f"the run has {world_size} ranks but --pp {cfg.pp} x --dp {cfg.dp} needs "
+                          f"{cfg.world_size}; start it with -n {cfg.world_size}")
+    try:
+        models.load_factory(cfg.model)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+
+
+
+def _check_combinations(cfg: RunConfig) -> None:
+    """What the options allow together: checkpoints and asynchronous schedules, devices, transports."""
     if cfg.schedule in asynchronous.ASYNCHRONOUS and (cfg.checkpoint_dir or cfg.resume_from):
         raise ConfigError(f"{cfg.schedule} has no point where a checkpoint is exact: its one stream of steps "
                           f"x microbatches always has microbatches in flight, whose stashed activations "
@@ -66,7 +81,8 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
             "--save-checkpoint": bool(cfg.checkpoint_dir), "--resume": bool(cfg.resume_from),
             "--save-grads (no step has one gradient)": cfg.collect_grads,
             f"--optimizer {getattr(cfg, 'optimizer', 'sgd')} (the updates are SGD, in weight_versions.py)":
-                getattr(cfg, "optimizer", "sgd") != "sgd", "--autocast": bool(getattr(cfg, "autocast", None))})
+                getattr(cfg, "optimizer", "sgd") != "sgd",
+                "--autocast": bool(getattr(cfg, "autocast", None))})
     except schedules.ScheduleError as err:
         raise ConfigError(str(err)) from None
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -76,13 +92,6 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.transport == "torch" and cfg.sync_sends:
         raise ConfigError("--sync-sends is MPI's Issend; torch.distributed has no synchronous send: "
                           "use it with --transport mpi")
-    if world_size is not None and world_size != cfg.world_size:
-        raise ConfigError(f"the run has {world_size} ranks but --pp {cfg.pp} x --dp {cfg.dp} needs "
-                          f"{cfg.world_size}; start it with -n {cfg.world_size}")
-    try:
-        models.load_factory(cfg.model)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from None
 
 
 def build_model(cfg: RunConfig):
@@ -109,18 +118,19 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1
         raise ConfigError(f"{pieces} but the model has only {num_layers} layers; every "
                           f"{'chunk' if chunks > 1 else 'stage'} needs at least one")
     if split_backward and cfg.checkpoint:
-        raise ConfigError(f"--checkpoint cannot be combined with schedule {cfg.schedule!r}, whose backward is "
-                          f"split into I and W (it would recompute the forward twice)")
+        raise ConfigError(f"--checkpoint cannot be combined with schedule {cfg.schedule!r}, whose backward "
+                          f"is split into I and W (it would recompute the forward twice)")
     pieces = cfg.dp * cfg.microbatches
     if batch_size % pieces:
         raise ConfigError(f"the global batch of {batch_size} samples does not split into {cfg.dp} "
                           f"replica(s) x {cfg.microbatches} equal microbatches; choose --microbatches "
                           f"(and --dp) so that their product divides {batch_size}")
     if target_size is not None and target_size != batch_size and target_size % pieces:
-        raise ConfigError(f"the targets' first dimension ({target_size}) does not split into {cfg.dp} replica(s) x "
-                          f"{cfg.microbatches} equal microbatches as the inputs' ({batch_size}) do; give targets "
-                          f"whose first dimension is the batch (e.g. targets.view({batch_size}, -1)) or a multiple "
-                          f"of it in the inputs' order (per token: (batch * tokens,))")
+        raise ConfigError(f"the targets' first dimension ({target_size}) does not split into {cfg.dp} "
+                          f"replica(s) x {cfg.microbatches} equal microbatches as the inputs' ({batch_size}) "
+                          "do; give targets whose first dimension is the batch (e.g. "
+                          f"targets.view({batch_size}, -1)) or a multiple of it in the inputs' order (per "
+                          "token: (batch * tokens,))")
 
 
 def preflight(cfg: RunConfig, world_size: int | None = None):
@@ -142,8 +152,8 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
                split_backward=schedule.splits_backward, target_size=batch[1].shape[0])
     if cfg.schedule in asynchronous.ASYNCHRONOUS and cfg.pp > 1 and asynchronous.shared_parameters(layers):
         raise ConfigError(f"{cfg.schedule} keeps weight versions per stage, and layers of this model share a "
-                          f"Parameter ({asynchronous.shared_parameters(layers)[0]}): two stages would update it at "
-                          f"different times; untie it, or use a schedule with a flush")
+                          f"Parameter ({asynchronous.shared_parameters(layers)[0]}): two stages would update "
+                          f"it at different times; untie it, or use a schedule with a flush")
     if cfg.memory_budget is not None:
         _check_memory(cfg, layers, loss_fn, batch, schedule)
     if cfg.resume_from:               # a damaged or foreign checkpoint: one line, before any rank trains
@@ -158,7 +168,8 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
 def _check_memory(cfg: RunConfig, layers, loss_fn, batch, schedule) -> None:
     from pipeline_ref.front import memory_plan
     if not isinstance(layers, (list, tuple)):
-        raise ConfigError("--memory-budget plans a list of layers; a whole nn.Module (--split) is not planned yet")
+        raise ConfigError("--memory-budget plans a list of layers; a whole nn.Module (--split) is not "
+                          "planned yet")
     ranks = memory_plan.plan(layers, loss_fn, batch, schedule, cfg.microbatches, cfg.optimizer, cfg.partition,
                              cfg.dp, cfg.checkpoint)
     problem = memory_plan.over_budget(ranks, cfg.memory_budget)
@@ -173,14 +184,16 @@ def _schedule_function(spec: str):
     try:
         function = getattr(importlib.import_module(module_name), name)
     except Exception as err:     # ImportError, AttributeError, or whatever the module raised
-        raise ConfigError(f"cannot load the schedule generator {spec!r}: {type(err).__name__}: {err}") from None
+        raise ConfigError(f"cannot load the schedule generator {spec!r}: "
+                          f"{type(err).__name__}: {err}") from None
     if not callable(function):
         raise ConfigError(f"the schedule generator {spec!r} is not callable")
     return function
 
 
 def make_schedule(cfg: RunConfig) -> schedules.Schedule:
-    """The run's schedule, validated: a built-in name, or a user's ``pkg.module:function(num_stages, num_microbatches)``."""
+    """The run's schedule, validated: a built-in name, or a user's ``pkg.module:function(num_stages,
+    num_microbatches)``."""
     if ":" in cfg.schedule:
         options = {"chunks": cfg.chunks} if cfg.chunks > 1 else {}
         schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches, **options)
@@ -194,6 +207,8 @@ def make_schedule(cfg: RunConfig) -> schedules.Schedule:
             raise ConfigError(str(err)) from None
     if not isinstance(schedule, (list, tuple)) or len(schedule) != cfg.pp:
         raise ConfigError(f"schedule {cfg.schedule!r} must give one list of actions per stage ({cfg.pp}), "
-                          f"got {type(schedule).__name__} of length {len(schedule) if hasattr(schedule, '__len__') else '?'}")
-    schedules.validate(schedule, cfg.microbatches * (cfg.steps if cfg.schedule in asynchronous.ASYNCHRONOUS else 1))
+                          f"got {type(schedule).__name__} of length "
+                          f"{len(schedule) if hasattr(schedule, '__len__') else '?'}")
+    schedules.validate(schedule,
+                       cfg.microbatches * (cfg.steps if cfg.schedule in asynchronous.ASYNCHRONOUS else 1))
     return schedules.Schedule.of(schedule)

@@ -1,11 +1,13 @@
 """One pipelined (and data-parallel) training run on this rank: set up, play N steps, gather the results.
 
 ``run_rank(comm, cfg)`` is what every rank calls, whoever started the ranks (``launch.py`` from
-Python, or ``mpiexec``/``srun`` on a cluster); world rank 0 returns a :class:`~pipeline_ref.results.RunResult`,
-the others None. It reads in four parts:
+Python, or ``mpiexec``/``srun`` on a cluster); world rank 0 returns a
+:class:`~pipeline_ref.results.RunResult`, the others None. It reads in four parts:
 
-    set_up        everything that can be refused is refused before the first message (``preflight.preflight``);
-                  the model is cut into stages, the ranks into a pp x dp grid, shapes agreed with the neighbours
+    set_up        everything that can be refused is refused before the first message
+                  (``preflight.preflight``);
+                  the model is cut into stages, the ranks into a pp x dp grid, shapes agreed with the
+                  neighbours
     train_step    the pipeline plays the schedule (``executor.py``) inside this replica's pipeline
                   communicator; gradients averaged over the data communicator and summed over the ranks
                   sharing a tied weight (``reduce.py``)
@@ -23,7 +25,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from pipeline_ref import async_run, run_checkpoint
 from pipeline_ref.engine import machine, optim, precision
@@ -35,8 +36,8 @@ from pipeline_ref.config import RunConfig
 from pipeline_ref.preflight import preflight
 from pipeline_ref.engine.device import for_rank as device_for_rank
 from pipeline_ref.faults.finite import NonFiniteError, nonfinite
-from pipeline_ref.results import Memory, RunResult
-from pipeline_ref.sim.trace import Trace, Wait
+from pipeline_ref.results import RankReport, RunResult, measured_trace, rank_memory
+from pipeline_ref.sim.trace import Wait
 
 
 @dataclass
@@ -69,41 +70,35 @@ class RankRun:
 
 
 def set_up(comm, cfg: RunConfig) -> RankRun:
-    from mpi4py import MPI
     from pipeline_ref.engine import topology
     from pipeline_ref.engine.executor import Executor, agree_specs, plan
-    from pipeline_ref.engine.message import Messenger, MPITransport, check_tag_range
+    from pipeline_ref.engine.message import Messenger, check_tag_range
+    from pipeline_ref.engine.mpi_transport import MPITransport
     from pipeline_ref.engine.torch_transport import open_transport
     from pipeline_ref.engine.reduce import GradientReducer
-    from pipeline_ref.engine.stage import StashMeter, Stage
 
     watchdog.beat("checking the configuration")
     layers, loss_fn, batch, schedule = preflight(cfg, comm.Get_size())
     inputs, targets = batch                   # step 0's, when the factory gives a batch per step
     pipe = schedule.pipeline                  # num_stages, chunks per rank, and where each chunk sits
-    m, device = cfg.microbatches, device_for_rank(cfg.device, comm)   # one GPU per rank: the launcher's local rank
+    # one GPU per rank: the launcher's local rank
+    m, device = cfg.microbatches, device_for_rank(cfg.device, comm)
     per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
     state_names = set(layers.state_dict()) if cut.split.is_whole_module(layers) else None   # checkpoints
-    model = cut.cut(comm, cfg, layers, loss_fn, inputs[:per_replica // m].to(device), pipe, device)  # module: traced
+    # module: traced
+    model = cut.cut(comm, cfg, layers, loss_fn, inputs[:per_replica // m].to(device), pipe, device)
     layers, ranges, costs = model.layers, model.ranges, model.costs     # pieces (split.py) or the layers
     watchdog.beat("splitting the ranks into pipeline and data communicators")
     topo = topology.split(comm, cfg.pp, cfg.dp)
     watchdog.locate(f"stage {topo.stage}, replica {topo.replica}" if cfg.dp > 1 else "")   # in its reports
     rank = topo.stage
-    transport = (open_transport(comm, topo, schedule, device, cfg.stall_timeout, cfg.schedule) if cfg.transport == "torch"
+    transport = (open_transport(comm, topo, schedule, device, cfg.stall_timeout,
+                                cfg.schedule) if cfg.transport == "torch"
                  else MPITransport(topo.pipeline, sync_sends=cfg.sync_sends))
     check_tag_range(transport, schedule.num_microbatches, pipe.num_chunks)   # PipeDream: steps x m
 
-    meter = StashMeter()                      # the rank's stash, over all its chunks
-    stages = {}
-    for chunk in range(pipe.num_chunks):
-        piece = ranges[pipe.virtual_stage(rank, chunk)]
-        stages[chunk] = Stage(model.chunk(*layers[piece.start:piece.stop]).to(device),
-                              pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), model.loss_fn, m,
-                              recompute=cfg.checkpoint, split_backward=schedule.splits_backward, meter=meter)
-    for stage in stages.values():
-        stage.precision = precision.autocast(cfg.autocast, device)
+    stages = _stages(cfg, model, schedule, rank, device)
     params = list({id(p): p for s in stages.values() for p in s.parameters()}.values())
     held = {i: layers[i] for c in range(pipe.num_chunks) for i in ranges[pipe.virtual_stage(rank, c)]}
     names = model.names    # as nn.Sequential(*layers), or the whole module, names them: as on one device
@@ -113,45 +108,61 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
 
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
     in_specs, out_specs = agree_specs(transport, stages, pipe, rank, sample)
-    executor = Executor(stages, _by_world_rank(plan(schedule[rank], pipe, rank, in_specs, out_specs), topo),
+    executor = Executor(stages,
+                        topology.by_world_rank(plan(schedule[rank], pipe, rank, in_specs, out_specs), topo),
                         Messenger(transport, device), rank, device, skip_nonfinite=cfg.skips_nonfinite)
 
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
     dp_reducer = GradientReducer(topo.data, params, average=True)
-    by_name = {names[id(p)]: p for p in params}
-    tied = model.tied
-    tie_reducers = []
-    for name, holders in tied:            # Split is collective: every rank takes part in each
-        member = rank in holders
-        tie_comm = comm.Split(topo.replica if member else MPI.UNDEFINED, rank)
-        if member:
-            tie_reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
-    run = RankRun(cfg, comm, topo, pipe, stages, executor, params, names, micro_inputs, micro_targets,
-                  dp_reducer, tie_reducers, [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
-                  + ([transport] if cfg.transport == "torch" else []),     # its Free() ends its process group
-                  ranges, costs, partition.stage_costs(costs, ranges) if costs else None, tied, device, held,
-                  0, batch if isinstance(batch, batches.PerStep) else None,
-                  optim.make(cfg.optimizer, params, cfg.lr), precision.scaler_for(cfg.autocast), state_names)
+    tie_reducers = _tie_reducers(comm, topo, model.tied, {names[id(p)]: p for p in params})
+    communicators = [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
+    run = RankRun(cfg=cfg, comm=comm, topo=topo, pipeline=pipe, stages=stages, executor=executor,
+                  params=params, names=names, inputs=micro_inputs, targets=micro_targets,
+                  dp_reducer=dp_reducer, tie_reducers=tie_reducers,
+                  # a torch transport's Free() ends its process group
+                  communicators=communicators + ([transport] if cfg.transport == "torch" else []),
+                  ranges=ranges, layer_costs=costs, tied=model.tied, device=device, layers=held, first_step=0,
+                  predicted=partition.stage_costs(costs, ranges) if costs else None,
+                  data=batch if isinstance(batch, batches.PerStep) else None,
+                  optimizer=optim.make(cfg.optimizer, params, cfg.lr),
+                  scaler=precision.scaler_for(cfg.autocast), state_names=state_names)
     if cfg.resume_from:
         run_checkpoint.resume(run)
     return run
 
 
-def _by_world_rank(steps: list, topo) -> list:
-    """With --dp > 1, "waiting for ... from rank k" names the world rank mpiexec shows, and its stage."""
-    if topo.grid.dp == 1:
-        return steps
-    from dataclasses import replace
-    named = lambda s: f"from rank {topo.grid.rank(s, topo.replica)} (stage {s})"
-    return [replace(step, waiting=step.waiting.replace(f"from rank {step.receive.source}",
-                                                       named(step.receive.source)))
-            if step.receive is not None else step for step in steps]
+
+def _stages(cfg: RunConfig, model, schedule, rank: int, device) -> dict:
+    """chunk -> Stage: the pieces of each virtual stage this rank holds, sharing one stash meter."""
+    from pipeline_ref.engine.stage import StashMeter, Stage
+    pipe, meter, stages = schedule.pipeline, StashMeter(), {}   # the rank's stash, over all its chunks
+    for chunk in range(pipe.num_chunks):
+        piece = model.ranges[pipe.virtual_stage(rank, chunk)]
+        stages[chunk] = Stage(model.chunk(*model.layers[piece.start:piece.stop]).to(device),
+                              pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), model.loss_fn,
+                              cfg.microbatches, recompute=cfg.checkpoint,
+                              split_backward=schedule.splits_backward, meter=meter)
+        stages[chunk].precision = precision.autocast(cfg.autocast, device)
+    return stages
 
 
-def train_step(run: RankRun, step: int) -> dict:
+def _tie_reducers(comm, topo, tied: list, by_name: dict) -> list:
+    """A sum over the stages holding each tied weight (Split is collective: every rank takes part in each)."""
+    from mpi4py import MPI
+    from pipeline_ref.engine.reduce import GradientReducer
+    reducers = []
+    for name, holders in tied:
+        member = topo.stage in holders
+        tie_comm = comm.Split(topo.replica if member else MPI.UNDEFINED, topo.stage)
+        if member:
+            reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
+    return reducers
+
+def train_step(run: RankRun, step: int) -> RankReport:
     """One step on this rank: the schedule, then the all-reduces. Returns this rank's report of it."""
     cfg, rank = run.cfg, run.topo.stage
-    if run.data is not None:                  # a batch per step (real text): this step's, same shapes as step 0's
+    # a batch per step (real text): this step's, same shapes as step 0's
+    if run.data is not None:
         run.inputs, run.targets = batches.microbatches(run.data.at(step), cfg, run.topo, run.pipeline,
                                                       run.device)
     for stage in run.stages.values():         # float16: the loss scaled up by the agreed scale
@@ -163,8 +174,8 @@ def train_step(run: RankRun, step: int) -> dict:
     meter = next(iter(run.stages.values())).meter
     meter.reset_peaks()
     began = time.perf_counter()
-    events, waits = run.executor.run(run.inputs, run.targets, step, t0=began,
-                                     after_last_backward=run.dp_reducer.start if cfg.overlap_allreduce else None)
+    early = run.dp_reducer.start if cfg.overlap_allreduce else None   # the all-reduce after the last B
+    events, waits = run.executor.run(run.inputs, run.targets, step, t0=began, after_last_backward=early)
     found = run.executor.found_nonfinite or _nonfinite_gradients(run, step)
     skip = False
     if cfg.skips_nonfinite:
@@ -183,11 +194,13 @@ def train_step(run: RankRun, step: int) -> dict:
     if cfg.dp > 1 or run.tie_reducers:
         waits.append(Wait(rank, "all-reduce gradients", reduce_start - began, time.perf_counter() - began))
     losses = [loss for s in run.stages.values() for loss in s.losses]
-    return {"loss": torch.stack(losses).mean().item() if losses else None,
-            "grads": ({run.names[id(p)]: p.grad.detach().cpu().clone() for p in run.params if p.grad is not None}
-                      if cfg.collect_grads and step == run.first_step and run.topo.replica == 0 else None),
-            "events": events, "waits": waits, "peak": meter.peak_count, "memory": _memory(run, meter),
-            "skip": skip, "nonfinite": found, "rss": machine.resident_bytes()}
+    first = cfg.collect_grads and step == run.first_step and run.topo.replica == 0
+    return RankReport(events=events, waits=waits, peak=meter.peak_count,
+                      memory=rank_memory(run.params, meter, run.device, run.optimizer),
+                      rss=machine.resident_bytes(),
+                      loss=torch.stack(losses).mean().item() if losses else None,
+                      grads={run.names[id(p)]: p.grad.detach().cpu().clone() for p in run.params
+                             if p.grad is not None} if first else None, skip=skip, nonfinite=found)
 
 
 def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
@@ -202,13 +215,6 @@ def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
 
 
 
-def _memory(run: RankRun, meter) -> Memory:
-    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)
-    return Memory(parameters=nbytes(run.params), gradients=nbytes(p.grad for p in run.params if p.grad is not None),
-                  optimizer=run.optimizer.state_bytes(), peak_stashed_bytes=meter.peak_bytes,
-                  device_peak=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None)
-
-
 def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     run = set_up(comm, cfg)
     if cfg.verbose and comm.Get_rank() == 0:
@@ -218,64 +224,54 @@ def run_rank(comm, cfg: RunConfig) -> RunResult | None:
     losses, grads, seconds, utilization, gathered, skipped, rss = [], None, [], [], None, [], []
     for step in range(run.first_step, cfg.steps):
         report = train_step(run, step)
-        if not report["skip"]:
+        if not report.skip:
             run.scaler.unscale(run.params)
             run.optimizer.step()
-        run.scaler.update(skipped=report["skip"])     # the same on every rank: the skip was agreed
+        run.scaler.update(skipped=report.skip)     # the same on every rank: the skip was agreed
         if cfg.checkpoint_dir and (step + 1) % cfg.checkpoint_every == 0:
             run_checkpoint.save(run, step + 1)
         if cfg.collect_params and step == cfg.steps - 1:
-            report["params"] = {run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
+            report.params = {run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
         watchdog.beat(f"gathering the results of step {step}")
         gathered = comm.gather(report, root=0)
         if comm.Get_rank() == 0:
-            last_stages = [g["loss"] for g in gathered if g["loss"] is not None]
+            last_stages = [g.loss for g in gathered if g.loss is not None]
             losses.append(sum(last_stages) / len(last_stages))
-            if report["skip"]:
+            if report.skip:
                 skipped.append(step)
                 if cfg.verbose:
                     print(f"  step {step + 1}/{cfg.steps} skipped on every rank: "
-                          + "; ".join(sorted({g["nonfinite"] for g in gathered if g["nonfinite"]})), flush=True)
-            trace = _trace(run, gathered)
+                          + "; ".join(sorted({g.nonfinite for g in gathered if g.nonfinite})), flush=True)
+            trace = measured_trace(gathered, cfg, run.pipeline.layout, run.device)
             seconds.append(trace.makespan)
-            rss.append([g["rss"] for g in gathered])
+            rss.append([g.rss for g in gathered])
             utilization.append(trace.utilization)
             if step == run.first_step and cfg.collect_grads:
-                grads = {k: v for g in gathered if g["grads"] for k, v in g["grads"].items()}
+                grads = {k: v for g in gathered if g.grads for k, v in g.grads.items()}
             if cfg.verbose:
                 print(f"  step {step + 1}/{cfg.steps}  loss {losses[-1]:.6f}  {trace.makespan:.3f} s  "
-                      f"utilization {trace.utilization:.3f}" + ("  (warm-up)" if step == run.first_step and cfg.steps > 1 else ""),
+                      f"utilization {trace.utilization:.3f}"
+                      + ("  (warm-up)" if step == run.first_step and cfg.steps > 1 else ""),
                       flush=True)
     watchdog.beat("finished")
     for c in run.communicators:      # MPI has a limited number of them; run_many makes many runs
         c.Free()
     if comm.Get_rank() != 0:
         return None
-    return RunResult(config=cfg, losses=losses, trace=trace, step_seconds=seconds, step_utilization=utilization,
-                     memory=[g["memory"] for g in gathered[:cfg.pp]], grads=grads,
-                     params=[g.get("params") for g in gathered] if cfg.collect_params else None,
+    return RunResult(config=cfg, losses=losses, trace=trace, step_seconds=seconds,
+                     step_utilization=utilization,
+                     memory=[g.memory for g in gathered[:cfg.pp]], grads=grads,
+                     params=[g.params for g in gathered] if cfg.collect_params else None,
                      partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
                      predicted_stage_costs=run.predicted, tied=run.tied, skipped_steps=skipped,
                      first_step=run.first_step, step_rss=rss)
 
 
-def _trace(run: RankRun, gathered: list) -> Trace:
-    """Replica 0's step as one trace (world ranks 0 .. pp - 1 are its stages)."""
-    replica0 = gathered[:run.cfg.pp]
-    memory = [g["memory"].device_peak for g in replica0]
-    return Trace(num_ranks=run.cfg.pp, events=[e for g in replica0 for e in g["events"]],
-                 waits=[w for g in replica0 for w in g["waits"]], peak_stashed=[g["peak"] for g in replica0],
-                 peak_stashed_bytes=[g["memory"].peak_stashed_bytes for g in replica0],
-                 peak_memory_bytes=memory if None not in memory else None,
-                 meta={"source": "measured", "schedule": run.cfg.schedule, "num_stages": run.cfg.pp,
-                       "layout": run.pipeline.layout, "num_microbatches": run.cfg.microbatches, "dp": run.cfg.dp,
-                       "device": str(run.device), "time_unit": "s"})
-
-
 def _announce(run: RankRun) -> None:
     cfg, chunks = run.cfg, run.pipeline.num_chunks
-    print(f"{cfg.schedule}: {cfg.pp} stages x {cfg.dp} replica(s), {cfg.microbatches} microbatches, {cfg.steps} "
-          f"step(s), layers per {'virtual ' if chunks > 1 else ''}stage {[len(r) for r in run.ranges]}"
+    print(f"{cfg.schedule}: {cfg.pp} stages x {cfg.dp} replica(s), {cfg.microbatches} microbatches, "
+          f"{cfg.steps} step(s), layers per {'virtual ' if chunks > 1 else ''}stage "
+          f"{[len(r) for r in run.ranges]}"
           + (f", tied {[n for n, _ in run.tied]}" if run.tied else ""), flush=True)
     if run.predicted:
         print(f"  {cfg.partition} partition: predicted forward+backward per microbatch and stage "
@@ -283,7 +279,8 @@ def _announce(run: RankRun) -> None:
 
 
 def run_many(comm, configs: list[RunConfig]) -> list[RunResult | None]:
-    """Each run on the first pp x dp ranks of ``comm``; the rest wait. Results as rank 0 of ``comm`` sees them."""
+    """Each run on the first pp x dp ranks of ``comm``; the rest wait. Results as rank 0 of ``comm`` sees
+    them."""
     from mpi4py import MPI
     results = []
     for index, cfg in enumerate(configs):

@@ -61,7 +61,8 @@ def unbalanced_mlp(width: int = 512, batch: int = 256):
 def cuda_round_trip(comm, sync_sends: bool = True):
     """Rank 0 sends CUDA tensors of several dtypes to rank 1 through the Messenger, one boundary of one tensor
     each and then all of them packed as one boundary; rank 1 returns what it received, on the CPU."""
-    from pipeline_ref.engine.message import Messenger, MPITransport, specs_of
+    from pipeline_ref.engine.message import Messenger, specs_of
+    from pipeline_ref.engine.mpi_transport import MPITransport
     device = torch.device("cuda", comm.Get_rank() % torch.cuda.device_count())
     generator = torch.Generator().manual_seed(3)
     tensors = [torch.randn(5, 7, generator=generator).to(dtype)

@@ -286,10 +286,7 @@ def test_zbv_simulation_equals_the_formula(num_stages, num_microbatches):
 
 def test_zbv_is_torch_distributed_pipelining_order():
     """torch's ScheduleZBVZeroBubble, built on a fake process group (no other process), runs the same order."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lessons"))
-    from lesson_code import torch_orders
+    from pipeline_ref.tools import torch_orders
     for p in (1, 2, 3, 4):
         for m in (1, p, 2 * p - 1, 2 * p + 1):
             assert torch_orders.torch_schedule("zbv", p, m, chunks=2) == schedules.build("zbv", p, m), (p, m)

@@ -3,8 +3,6 @@
 (Equal to one device on the ranks: tests/test_beyond_1f1b.py's matrix runs it with the other schedules past 1F1B.)
 """
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +13,7 @@ from pipeline_ref.schedules.dualpipe import dualpipev, idle_time
 def test_the_same_order_as_torch_distributed_pipelining():
     """torch's ScheduleDualPipeV, built on a fake process group, runs the same actions in the same order
     (each OVERLAP_F_B pair as its forward, then its backward)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lessons"))
-    from lesson_code import torch_orders
+    from pipeline_ref.tools import torch_orders
     for p in (1, 2, 3, 4):
         for m in (2 * p, 2 * p + 1, 3 * p + 2):
             assert torch_orders.torch_schedule("dualpipev", p, m, chunks=2) == schedules.build("dualpipev", p, m), (p, m)

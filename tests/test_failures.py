@@ -100,16 +100,16 @@ def test_abort_all_never_returns_even_when_mpi_abort_does():
 
 
 def test_identical_rank_reports_are_merged_in_the_order_first_reported():
-    from pipeline_ref.launch import _merge_reports
-    assert _merge_reports(["rank 2: failed X", "rank 1: stuck Y", "rank 0: failed X"]) == \
+    from pipeline_ref.faults.diagnosis import merge_reports
+    assert merge_reports(["rank 2: failed X", "rank 1: stuck Y", "rank 0: failed X"]) == \
         ["ranks 0, 2: failed X", "rank 1: stuck Y"]
-    assert _merge_reports(["rank 0: failed X"]) == ["rank 0: failed X"]
+    assert merge_reports(["rank 0: failed X"]) == ["rank 0: failed X"]
 
 
 def test_the_cause_comes_first():
-    from pipeline_ref.launch import _cause_first
+    from pipeline_ref.faults.diagnosis import cause_first
     reports = ["rank 0: the launcher (pid 7) is gone; ending this rank while B0 of step 0: computing",
                "rank 0: stuck for 4 s while B0 of step 0: waiting for the gradient of microbatch 0 from rank 1",
                "rank 1: stuck for 3 s while F0 of step 0: computing",
                "rank 1: failed while F0 of step 0: computing: RuntimeError: x"]
-    assert sorted(reports, key=_cause_first) == reports[::-1]
+    assert sorted(reports, key=cause_first) == reports[::-1]

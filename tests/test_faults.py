@@ -209,24 +209,24 @@ def test_a_heartbeat_survives_its_writer(tmp_path):
 
 
 def test_the_rank_mpich_reports_killed_is_found_by_its_pid(tmp_path):
-    from pipeline_ref.launch import _died
+    from pipeline_ref.faults.diagnosis import rank_that_died
     (tmp_path / "rank0.pid").write_text("4100")
     (tmp_path / "rank1.pid").write_text("4101")
     mpich = ["\n", "=" * 83 + "\n", "=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n",
              "=   PID 4101 RUNNING AT node7\n", "=   EXIT CODE: 9\n", "=   CLEANING UP REMAINING PROCESSES\n",
              "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)\n"]
-    assert _died(mpich, tmp_path) == (1, "signal 9, SIGKILL")
-    assert _died(mpich[:-1], tmp_path) == (1, "exit code 9")
-    assert _died(["nothing of the sort\n"], tmp_path) is None
+    assert rank_that_died(mpich, tmp_path) == (1, "signal 9, SIGKILL")
+    assert rank_that_died(mpich[:-1], tmp_path) == (1, "exit code 9")
+    assert rank_that_died(["nothing of the sort\n"], tmp_path) is None
 
 
 def test_a_failure_whose_stderr_was_cut_short_is_read_from_its_heartbeat(tmp_path):
     """MPI_Abort can kill the proxy before it forwards a rank's last line: the heartbeat file still says it."""
-    from pipeline_ref import launch as launching
+    from pipeline_ref.faults import diagnosis
     from pipeline_ref.faults import watchdog
     board = watchdog._open_board(tmp_path / "rank1.beat")
     watchdog._write(board, "failed while checking the configuration: ConfigError: too few layers", watched=False)
     board.flush()
-    message = launching._failure(2, 2, False, 60, [], [], tmp_path)
+    message = diagnosis.failure(2, 2, False, 60, [], [], tmp_path)
     assert message.startswith("rank 1: failed while checking the configuration: ConfigError: too few layers")
     assert "no rank said why" not in message

@@ -264,7 +264,8 @@ def test_the_messenger_stages_only_for_a_transport_that_cannot_read_device_memor
 def stand_in_round_trip(comm):
     """Over real MPI: rank 0 sends staged boundaries (stand-in copies, done at once) to rank 1, which
     receives them staged. Also each rank's local rank, from the launcher and from MPI's own split."""
-    from pipeline_ref.engine.message import MPITransport, specs_of
+    from pipeline_ref.engine.message import specs_of
+    from pipeline_ref.engine.mpi_transport import MPITransport
     staging = StandInStaging(done=True)
     messenger = Messenger(MPITransport(comm, sync_sends=True), torch.device("cpu"), staging=staging)
     boundaries = [(torch.randn(5, 7, generator=torch.Generator().manual_seed(i)), torch.arange(i + 1))

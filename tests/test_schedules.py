@@ -87,8 +87,11 @@ def test_build_rejects_non_positive_counts(num_stages, num_microbatches, bad):
         schedules.build("gpipe", num_stages, num_microbatches)
 
 
-def test_schedule_error_is_a_value_error():
-    assert issubclass(ScheduleError, ValueError)
+def test_a_schedule_error_reaches_whoever_catches_value_errors():
+    with pytest.raises(ValueError, match="num_stages"):
+        schedules.build("1f1b", 0, 4)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedules.build("2f2b", 2, 4)
 
 
 # --------------------------------------------------------------------------- validator: one rank's list
@@ -186,8 +189,8 @@ def test_a_schedule_keeps_its_layout():
 def test_counts():
     sched = [acts("F0 F1.1 B1.1 B0")]
     assert schedules.num_chunks(sched) == 2
-    assert schedules.count_microbatches(sched) == 2
-    assert schedules.count_microbatches([[]]) == 0
+    assert schedules.Schedule.of(sched).num_microbatches == 2
+    assert schedules.Schedule.of([[]]).num_microbatches == 0
 
 
 def test_microbatch_beyond_the_declared_count_is_refused():

@@ -109,10 +109,10 @@ def test_a_deferred_trace_survives_copy_pickle_and_json():
     import copy
     import json
     import pickle
-    from pipeline_ref.sim.trace import Trace
+    from tests import trace_json
     trace = simulate.simulate(schedules.build("zbv", 3, 6), forward=1.0, backward=2.0, latency=0.1)
     for other in (copy.deepcopy(trace), pickle.loads(pickle.dumps(trace)),
-                  Trace.from_dict(json.loads(json.dumps(trace.to_dict())))):
+                  trace_json.from_dict(json.loads(json.dumps(trace_json.to_dict(trace))))):
         assert other == trace and other.makespan == trace.makespan and other.utilization == trace.utilization
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import trace_json
 from pipeline_ref.sim import trace as trace_mod
 from pipeline_ref.sim.trace import Event, Trace, Wait
 
@@ -79,11 +80,11 @@ def test_event_name_and_duration():
 def test_dict_round_trip_through_json():
     t = one_f_one_b_by_hand()
     t.peak_stashed, t.peak_stashed_bytes, t.peak_memory_bytes = [2, 1], [2048, 1024], [10, 20]
-    data = json.loads(json.dumps(t.to_dict()))
-    back = Trace.from_dict(data)
+    data = json.loads(json.dumps(trace_json.to_dict(t)))
+    back = trace_json.from_dict(data)
     assert back == t
     assert isinstance(back.events[0], Event) and isinstance(back.waits[0], Wait)
-    assert Trace.from_dict(Trace(num_ranks=1).to_dict()) == Trace(num_ranks=1)
+    assert trace_json.from_dict(trace_json.to_dict(Trace(num_ranks=1))) == Trace(num_ranks=1)
 
 
 # --------------------------------------------------------------------------- Chrome trace

@@ -1,4 +1,4 @@
-"""What a loaded machine must not do to a run: a waiting rank gives its core away (message.wait_yielding), and
+"""What a loaded machine must not do to a run: a waiting rank gives its core away (mpi_transport.wait_yielding), and
 the launcher reads its ranks' output to the end or says it could not (launch._drain). Pure, with stand-ins.
 
     .venv/bin/python -m pytest -q tests/test_waits.py
@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from pipeline_ref import launch
-from pipeline_ref.engine import message
+from pipeline_ref.engine import mpi_transport
 
 
 class LateRequest:
@@ -27,46 +27,46 @@ class LateRequest:
 
 @pytest.fixture
 def clock(monkeypatch):
-    """perf_counter and sleep of message.py on a fake clock (1 µs per reading); records every sleep."""
+    """perf_counter and sleep of mpi_transport.py on a fake clock (1 µs per reading); records every sleep."""
     now, naps = [0.0], []
 
     def perf_counter():
         now[0] += 1e-6
         return now[0]
-    monkeypatch.setattr(message.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(mpi_transport.time, "perf_counter", perf_counter)
 
     def sleep(seconds):
         naps.append(seconds)
         now[0] += seconds
-    monkeypatch.setattr(message.time, "sleep", sleep)
+    monkeypatch.setattr(mpi_transport.time, "sleep", sleep)
     return now, naps
 
 
 def test_a_late_message_is_waited_for_asleep_with_naps_that_grow_with_the_wait(clock, monkeypatch):
     now, naps = clock
-    monkeypatch.setattr(message, "WAIT", "yield")
+    monkeypatch.setattr(mpi_transport, "WAIT", "yield")
     request = LateRequest(polls=200)
-    message.wait_yielding(request)
+    mpi_transport.wait_yielding(request)
     assert request.tests == 201 and not request.waited
-    shortest, longest = message.NAP_SECONDS
+    shortest, longest = mpi_transport.NAP_SECONDS
     assert naps and all(shortest <= nap <= longest for nap in naps)
     assert naps == sorted(naps) and naps[-1] == longest        # a long wait wakes rarely
-    assert naps[0] == shortest and now[0] > message.SPIN_SECONDS + sum(naps)   # it spun first
+    assert naps[0] == shortest and now[0] > mpi_transport.SPIN_SECONDS + sum(naps)   # it spun first
     assert naps[-2] == pytest.approx(min(longest, (now[0] - 2e-6 - naps[-1]) / 8), rel=0.01)
 
 
 def test_a_message_already_there_costs_no_sleep(clock, monkeypatch):
     _, naps = clock
-    monkeypatch.setattr(message, "WAIT", "yield")
-    message.wait_yielding(LateRequest(polls=0))
+    monkeypatch.setattr(mpi_transport, "WAIT", "yield")
+    mpi_transport.wait_yielding(LateRequest(polls=0))
     assert naps == []
 
 
 def test_spin_keeps_mpis_own_wait(clock, monkeypatch):
     _, naps = clock
-    monkeypatch.setattr(message, "WAIT", "spin")
+    monkeypatch.setattr(mpi_transport, "WAIT", "spin")
     request = LateRequest(polls=5)
-    message.wait_yielding(request)
+    mpi_transport.wait_yielding(request)
     assert request.waited and request.tests == 0 and naps == []
 
 

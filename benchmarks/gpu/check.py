@@ -85,7 +85,8 @@ def staging_rank(comm, sizes, repeats: int, device_kind: str):
     """Rank 0 sends ``repeats`` messages of each size to rank 1 through the Messenger (staged on a GPU)."""
     import torch
     from pipeline_ref.engine.device import for_rank
-    from pipeline_ref.engine.message import Messenger, MPITransport, TensorSpec
+    from pipeline_ref.engine.message import Messenger, TensorSpec
+    from pipeline_ref.engine.mpi_transport import MPITransport
     device = for_rank(device_kind, comm)
     messenger = Messenger(MPITransport(comm), device)
     rows = []

@@ -13,7 +13,6 @@ lesson is the code that ran.
     l05_balancing lesson 05: an unbalanced GPT, per-layer profiles, the three partitions
     l06_interleaved  lesson 06: the bubble in both conventions, message counts, the lessons' measured model
     l07_zero_bubble  lesson 07: the synchronous bound, bytes held per schedule, FLOPs of I and W
-    torch_orders  lessons 06-07: torch.distributed.pipelining's own orders, on a fake process group
     sizing        lessons 01 and 04: bytes of training state, GPT-3's stages, the decision guide
     simulator_widget  lessons 02-03: sliders that redraw the simulated Gantt chart (ipywidgets)
     common        helpers the notebooks share: the timing model, core count, memory arithmetic, calibration

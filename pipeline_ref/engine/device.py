@@ -14,10 +14,10 @@ communicator of the ranks sharing its memory (``Split_type(COMM_TYPE_SHARED)``),
 :class:`CudaStaging` is how a GPU message travels over an MPI that cannot read device memory (the
 ``mpich`` wheel): a send copies device -> pinned host memory on a side stream, so the copy overlaps
 the next action's kernels, and is posted once the copy's event says it is done; a receive lands in
-pinned memory and is copied to the device on the compute stream. The :class:`~pipeline_ref.engine.message.Messenger`
-keeps the bookkeeping (which copies are done, which sends are posted); the staging object only
-copies, so a unit test can swap in a CPU stand-in with the same three methods and check that
-bookkeeping without a GPU (``tests/test_gpu_path.py``).
+pinned memory and is copied to the device on the compute stream. The
+:class:`~pipeline_ref.engine.message.Messenger` keeps the bookkeeping (which copies are done, which sends are
+posted); the staging object only copies, so a unit test can swap in a CPU stand-in with the same three methods
+and check that bookkeeping without a GPU (``tests/test_gpu_path.py``).
 
 Pure functions (no CUDA call unless a GPU is asked for), so the CPU tests exercise them.
 """
@@ -40,7 +40,8 @@ def local_rank(comm=None, env=None) -> int:
             try:
                 return int(value)
             except ValueError:
-                raise ValueError(f"the launcher set {name}={value!r}, which is not a local rank (an integer)") from None
+                raise ValueError(f"the launcher set {name}={value!r}, which is not a local rank "
+                                 f"(an integer)") from None
     if comm is not None:
         from mpi4py import MPI
         node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
@@ -67,7 +68,8 @@ def choose(kind: str, local_rank: int = 0, gpus: int | None = None) -> torch.dev
         if kind == "auto":
             return torch.device("cpu")
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device "
-                         f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none: a CPU build'})")
+                         f"(torch {torch.__version__}, built for CUDA "
+                         f"{torch.version.cuda or 'none: a CPU build'})")
     return torch.device("cuda", local_rank % gpus)
 
 
@@ -83,10 +85,12 @@ class CudaStaging:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._stream = None                      # made on the first send: a rank that only receives needs none
+        # made on the first send: a rank that only receives needs none
+        self._stream = None
 
     def to_host(self, buffer: torch.Tensor):
-        """Start copying ``buffer`` to pinned host memory on the copy stream; returns (done event, host buffer)."""
+        """Start copying ``buffer`` to pinned host memory on the copy stream; returns (done event, host
+        buffer)."""
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         host = torch.empty(buffer.shape, dtype=buffer.dtype, pin_memory=True)
@@ -99,7 +103,8 @@ class CudaStaging:
         return done, host
 
     def host_buffer(self, size: int) -> torch.Tensor:
-        """A pinned buffer for a receive (not pooled: it may still feed an asynchronous copy to the device)."""
+        """A pinned buffer for a receive (not pooled: it may still feed an asynchronous copy to the
+        device)."""
         return torch.empty(size, dtype=torch.uint8, pin_memory=True)
 
     def to_device(self, tensors: tuple) -> tuple:

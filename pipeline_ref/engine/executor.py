@@ -71,7 +71,8 @@ def plan(actions, pipeline: Pipeline, rank: int, in_specs: dict, out_specs: dict
         receive = send = None
         if a.op == "F":
             if source:
-                receive = Receive(source.rank, tag(ACTIVATION, a.microbatch, a.chunk), in_specs[a.chunk], "activation")
+                receive = Receive(source.rank, tag(ACTIVATION, a.microbatch, a.chunk), in_specs[a.chunk],
+                                  "activation")
             if dest:
                 send = Send(dest.rank, tag(ACTIVATION, a.microbatch, dest.chunk))
         elif a.op in ("B", "I"):
@@ -108,7 +109,8 @@ def agree_specs(transport, stages: dict[int, Stage], pipeline: Pipeline, rank: i
             specs = specs_of(inputs)
         else:
             source = pipeline.place(v - 1)
-            specs = out_specs[source.chunk] if source.rank == rank else transport.recv_object(source.rank, tag=v)
+            specs = out_specs[source.chunk] if source.rank == rank else transport.recv_object(source.rank,
+                                                                                              tag=v)
             inputs = tuple(torch.zeros(s.shape, dtype=s.dtype, device=device).requires_grad_(s.requires_grad)
                            for s in specs)
             stages[chunk].wants_grad = tuple(s.requires_grad for s in specs)
@@ -229,8 +231,10 @@ class Executor:
         last_backward = max((i for i, s in enumerate(self.steps) if s.action.op in ("B", "W")), default=-1)
         marks, waits = [], []
         # What the heartbeat says, formatted now: after an action's large matrix products the caches hold the
-        # weights, and one f-string between actions costs 14 µs against 0.2 µs in a loop (overhead.py, part 4).
-        reports = [(f"{s.name} of step {step_index}: {s.waiting}", f"{s.name} of step {step_index}: computing")
+        # weights, and one f-string between actions costs 14 µs against 0.2 µs in a loop (overhead.py, part
+        # 4).
+        reports = [(f"{s.name} of step {step_index}: {s.waiting}",
+                    f"{s.name} of step {step_index}: computing")
                    for s in self.steps]
         for i, step in enumerate(self.steps):
             a, stage = step.action, stages[step.action.chunk]
@@ -247,15 +251,7 @@ class Executor:
             # Compute.
             watchdog.beat(reports[i][1])
             start = clock.mark()
-            if a.op == "F":
-                out = stage.forward(a.microbatch, inputs[a.microbatch] if received is None else received,
-                                    targets[a.microbatch] if stage.is_last else None)
-            elif a.op == "B":
-                out = stage.backward(a.microbatch, received)
-            elif a.op == "I":
-                out = stage.backward_input(a.microbatch, received)
-            else:
-                out = stage.backward_weight(a.microbatch)
+            out = _compute(stage, a, received, inputs, targets)
             self._check(a, stage, out, step_index)
             marks.append((a, start, clock.mark()))
             # Send, and give back the buffers nothing reads any more.
@@ -280,4 +276,17 @@ class Executor:
     def _events(self, marks, clock, t0: float) -> list[Event]:
         starts = clock.seconds([s for _, s, _ in marks], t0)
         ends = clock.seconds([e for _, _, e in marks], t0)
-        return [Event(self.rank, a.op, a.microbatch, a.chunk, s, e) for (a, _, _), s, e in zip(marks, starts, ends)]
+        return [Event(self.rank, a.op, a.microbatch, a.chunk, s, e) for (a, _, _), s, e in zip(marks, starts,
+                                                                                               ends)]
+
+
+def _compute(stage, action: Action, received, inputs, targets):
+    """One action's computation on its chunk; returns what it sends on (None where nothing goes on)."""
+    if action.op == "F":
+        x = inputs[action.microbatch] if received is None else received
+        return stage.forward(action.microbatch, x, targets[action.microbatch] if stage.is_last else None)
+    if action.op == "B":
+        return stage.backward(action.microbatch, received)
+    if action.op == "I":
+        return stage.backward_input(action.microbatch, received)
+    return stage.backward_weight(action.microbatch)

@@ -106,9 +106,9 @@ def machine_info() -> dict:
 
 
 def machine_markdown(info: dict) -> str:
-    return (f"Machine: {info['cpu']}, {info['cores']} free core(s) of {info['cpu_count']}; {info['platform']}; "
-            f"Python {info['python']}, torch {info['torch']}, mpi4py {info['mpi4py']}, MPICH {info['mpich']}; "
-            f"{info['date']}; load average before the run {info['load_average']}"
+    return (f"Machine: {info['cpu']}, {info['cores']} free core(s) of {info['cpu_count']}; "
+            f"{info['platform']}; Python {info['python']}, torch {info['torch']}, mpi4py {info['mpi4py']}, "
+            f"MPICH {info['mpich']}; {info['date']}; load average before the run {info['load_average']}"
             + (f", after {info['load_average_after']}" if info.get("load_average_after") else "") + ".\n")
 
 

@@ -13,7 +13,7 @@ same shapes every time, so after the first step no receive allocates; a buffer i
 specs together with its tensor views, so a reused receive unpacks nothing), and GPU staging. The
 wire itself is a :class:`Transport`, one small interface: ``isend``/``irecv`` of a byte
 buffer with a tag, returning a request with ``test()``/``wait()``, plus ``send_object`` /
-``recv_object`` for the set-up, and ``max_tag``. :class:`MPITransport` is MPI's (the course's);
+``recv_object`` for the set-up, and ``max_tag``. ``mpi_transport.MPITransport`` is MPI's (the course's);
 ``torch_transport.TorchTransport`` is torch.distributed's (gloo, NCCL), chosen by ``RunConfig.transport``.
 
 CUDA tensors: when the transport reads device memory (NCCL; an MPI library that is CUDA-aware:
@@ -23,7 +23,7 @@ device buffers go to it directly. Otherwise each message is staged through pinne
 copy is done (``progress`` checks), so the copy overlaps the next action's compute; a receive lands
 in pinned memory and is copied to the device on the compute stream, ahead of the kernels that use it.
 
-Synchronous sends (``MPITransport(sync_sends=True)``, ``Issend``) complete only once the
+Synchronous sends (``mpi_transport.MPITransport(sync_sends=True)``, ``Issend``) complete only once the
 receiver has posted the matching receive, so no send order passes a test merely because MPI
 buffered a small message eagerly. Tags name (direction, microbatch, chunk): messages match by
 meaning, not by arrival order.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +76,8 @@ def _offsets(specs) -> tuple[tuple[int, ...], int]:
 
 @functools.lru_cache(maxsize=1024)
 def _aligned_offsets(specs: tuple) -> tuple[tuple[int, ...], int]:
-    # Cached: a run has a handful of boundary specs, and every message asks (it was a tenth of a receive's cost).
+    # Cached: a run has a handful of boundary specs, and every message asks (it was a tenth of a receive's
+    # cost).
     offsets, end = [], 0
     for spec in specs:
         start = -(-end // ALIGN) * ALIGN
@@ -153,80 +153,6 @@ class _Done:
 
 
 
-class MPITransport:
-    """Bytes between the ranks of one MPI communicator."""
-
-    def __init__(self, comm, sync_sends: bool = False):
-        from mpi4py import MPI
-        self.comm, self.sync_sends, self._BYTE, self._memory = comm, sync_sends, MPI.BYTE, MPI.buffer.fromaddress
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.max_tag = comm.Get_attr(MPI.TAG_UB)
-        self.reads_device_memory = cuda_aware()   # else the Messenger stages GPU messages through the host
-        self._loopback = Loopback()
-
-    def _view(self, buffer: torch.Tensor):
-        # CPU: the bytes at the tensor's address (no copy; the Messenger keeps the tensor alive until the
-        # request completes), cheaper than a numpy view; CUDA (a CUDA-aware MPI): the tensor itself.
-        if buffer.is_cuda:
-            return [buffer, self._BYTE]
-        return [self._memory(buffer.data_ptr(), buffer.numel() * buffer.element_size()), self._BYTE]
-
-    def isend(self, buffer: torch.Tensor, dest: int, tag: int):
-        if dest == self.rank:
-            return self._loopback.send(buffer, tag)
-        send = self.comm.Issend if self.sync_sends else self.comm.Isend
-        return _MPIRequest(send(self._view(buffer), dest=dest, tag=tag))
-
-    def irecv(self, buffer: torch.Tensor, source: int, tag: int):
-        if source == self.rank:
-            return self._loopback.recv(buffer, tag)
-        return _MPIRequest(self.comm.Irecv(self._view(buffer), source=source, tag=tag))
-
-    def send_object(self, obj, dest: int, tag: int) -> None:
-        self.comm.send(obj, dest=dest, tag=tag)
-
-    def recv_object(self, source: int, tag: int):
-        return self.comm.recv(source=source, tag=tag)
-
-
-# A rank that waits for a message gives its core to the ranks that compute (DESIGN.md). MPICH's Wait polls
-# without ever sleeping: a rank in a bubble burns its core, and where processes outnumber cores (a laptop,
-# a shared node, 4 ranks on 2 cores) that core was wanted by a rank that computes (benchmarks/README.md,
-# "What load does"). So a wait polls with Test for SPIN_SECONDS (a message that is nearly there costs no
-# sleep), then sleeps between Tests: an eighth of the time waited so far, within NAP_SECONDS, so a long wait
-# wakes rarely and a message is noticed at most ~1/8 of its wait late. PIPELINE_REF_WAIT=spin restores
-# MPI's own Wait (to measure the difference).
-SPIN_SECONDS = 50e-6
-NAP_SECONDS = (50e-6, 1e-3)
-WAIT = os.environ.get("PIPELINE_REF_WAIT", "yield")
-
-
-def wait_yielding(request) -> None:
-    """Complete an MPI request, sleeping between polls once it has taken longer than SPIN_SECONDS."""
-    if WAIT == "spin":
-        request.Wait()
-        return
-    began = time.perf_counter()
-    shortest, longest = NAP_SECONDS
-    while not request.Test():
-        waited = time.perf_counter() - began
-        if waited > SPIN_SECONDS:
-            time.sleep(min(longest, max(shortest, waited / 8)))
-
-
-class _MPIRequest:
-    __slots__ = ("request",)
-
-    def __init__(self, request):
-        self.request = request
-
-    def test(self) -> bool:
-        return self.request.Test()
-
-    def wait(self) -> None:
-        wait_yielding(self.request)
-
-
 def check_tag_range(transport, num_microbatches: int, num_chunks: int) -> None:
     """Fail at set-up, not mid-step, if the largest tag does not fit the transport's limit."""
     largest = message_tag(GRADIENT, num_microbatches - 1, num_chunks - 1, num_chunks)
@@ -260,7 +186,8 @@ class Messenger:
 
     def __init__(self, transport, device: torch.device = torch.device("cpu"), staging=None):
         self.transport, self.device = transport, device
-        if staging is None and device.type == "cuda" and not getattr(transport, "reads_device_memory", cuda_aware()):
+        if staging is None and device.type == "cuda" and not getattr(transport, "reads_device_memory",
+                                                                     cuda_aware()):
             from pipeline_ref.engine.device import CudaStaging
             staging = CudaStaging(device)
         self.staging = staging
@@ -294,7 +221,8 @@ class Messenger:
 
     def release(self, received: PendingRecv) -> None:
         """Give a receive's buffer back once nothing reads its tensors any more (the executor knows when)."""
-        if self.staging is None:   # pooled with its views: the next message of these specs lands in it as they are
+        # pooled with its views: the next message of these specs lands in it as they are
+        if self.staging is None:
             self._free.setdefault(received.specs, []).append((received.buffer, received.views))
 
     def _post_staged(self, wait: bool) -> None:
@@ -310,7 +238,8 @@ class Messenger:
             self._staging.pop(0)
 
     def progress(self) -> None:
-        """Post the sends whose staging copy is done; let the transport move messages; drop completed sends."""
+        """Post the sends whose staging copy is done; let the transport move messages; drop completed
+        sends."""
         if self._staging:
             self._post_staged(wait=False)
         if self._sends:

@@ -6,10 +6,11 @@
     opt.state_of(param)        # that parameter's state ({} for SGD): a checkpoint keeps it by parameter name
     opt.restore(param, state)  # and puts back, so a resumed AdamW continues with its moments and step count
 
-Each stage owns an optimizer over exactly the parameters it holds, as DeepSpeed and torch.distributed.pipelining
-do: the update is elementwise, so N stages updating their own slices equal one device updating the whole model
-(a parameter tied across stages is updated on every rank that holds a copy, from the same summed gradient, so
-the copies stay equal). ``sgd`` is written out, nothing hidden; ``adamw`` is ``torch.optim.AdamW``.
+Each stage owns an optimizer over exactly the parameters it holds, as DeepSpeed and
+torch.distributed.pipelining do: the update is elementwise, so N stages updating their own slices equal one
+device updating the whole model (a parameter tied across stages is updated on every rank that holds a copy,
+from the same summed gradient, so the copies stay equal). ``sgd`` is written out, nothing hidden; ``adamw`` is
+``torch.optim.AdamW``.
 """
 from __future__ import annotations
 

@@ -1,18 +1,21 @@
-"""Mixed precision in a pipeline: autocast inside each stage, float32 master weights, and a loss scale that every
-rank keeps equal.
+"""Mixed precision in a pipeline: autocast inside each stage, float32 master weights, and a loss scale that
+every rank keeps equal.
 
     run --autocast bfloat16     each stage's layers (and its loss) under torch.autocast(bfloat16); parameters,
-                                gradients and the optimizer stay float32. bfloat16 has float32's range: no scaling.
-    run --autocast float16      the same in float16, whose largest number is 65504 and whose smallest normal is
+                                gradients and the optimizer stay float32. bfloat16 has float32's range: no
+                                scaling.
+    run --autocast float16      the same in float16, whose largest number is 65504 and whose smallest normal
+                                is
                                 6e-5: small gradients underflow to zero unless the loss is scaled up first.
 
-Dynamic loss scaling, as torch.amp.GradScaler and DeepSpeed's DynamicLossScaler do it: the last stage multiplies
-its loss by ``scale`` (with the 1/m of the microbatch mean), every gradient of the step is ``scale`` times too
-large, and is divided by ``scale`` before the update. If anything overflowed (an inf or NaN in an activation, a
-boundary gradient or a weight gradient, on any rank) the step is skipped and the scale halved; after
+Dynamic loss scaling, as torch.amp.GradScaler and DeepSpeed's DynamicLossScaler do it: the last stage
+multiplies its loss by ``scale`` (with the 1/m of the microbatch mean), every gradient of the step is
+``scale`` times too large, and is divided by ``scale`` before the update. If anything overflowed (an inf or
+NaN in an activation, a boundary gradient or a weight gradient, on any rank) the step is skipped and the scale
+halved; after
 ``growth_interval`` good steps in a row it doubles. In a pipeline the overflow appears on one stage while the
-others saw nothing, and each stage's optimizer would decide alone: the decision is therefore reduced over every
-rank of the run (pipeline and data parallel), the same reduction as ``--skip-nonfinite-steps``
+others saw nothing, and each stage's optimizer would decide alone: the decision is therefore reduced over
+every rank of the run (pipeline and data parallel), the same reduction as ``--skip-nonfinite-steps``
 (``train.train_step``), so all ranks skip together and their scales stay equal without ever being sent.
 """
 from __future__ import annotations
@@ -33,7 +36,8 @@ def autocast(name: str | None, device: torch.device):
 
 
 class LossScaler:
-    """The dynamic loss scale of a float16 run; identical on every rank because every rank sees the same skips."""
+    """The dynamic loss scale of a float16 run; identical on every rank because every rank sees the same
+    skips."""
 
     def __init__(self, scale: float = 2.0 ** 16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000):

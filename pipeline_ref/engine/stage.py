@@ -16,8 +16,8 @@ mean loss over the whole batch: the pipelined step equals the unsplit model's st
 
 The stash is measured, not guessed: a saved-tensors hook counts the bytes autograd keeps for each
 microbatch's backward (parameters excluded); with a split backward, the module outputs kept for
-``W`` and the output gradients an ``I`` keeps for it are counted too. A rank's stages share one :class:`StashMeter`, so the
-peak is the rank's.
+``W`` and the output gradients an ``I`` keeps for it are counted too. A rank's stages share one
+:class:`StashMeter`, so the peak is the rank's.
 
 With ``recompute=True`` (activation checkpointing, GPipe's re-materialisation) the forward runs
 without recording a graph and the stash keeps only the chunk's inputs; the backward runs the
@@ -58,7 +58,8 @@ class Stashed:
 
 
 class StashMeter:
-    """The activations a rank holds, over all its stages: how many microbatch-chunks, how many bytes, peaks."""
+    """The activations a rank holds, over all its stages: how many microbatch-chunks, how many bytes,
+    peaks."""
 
     def __init__(self):
         self.count = self.nbytes = self.peak_count = self.peak_bytes = 0
@@ -164,7 +165,8 @@ class Stage:
         return (loss * self.loss_scale,)
 
     def run_module(self, *inputs):
-        """The chunk's layers alone, in the run's precision (also what set-up runs to learn the output specs)."""
+        """The chunk's layers alone, in the run's precision (also what set-up runs to learn the output
+        specs)."""
         with self.precision():
             return self.module(*inputs)
 
@@ -189,12 +191,14 @@ class Stage:
                      for x, g in zip(stashed.inputs, grads) if _needs_grad(x))
 
     def backward(self, microbatch: int, grads) -> tuple | None:
-        """Backward of one microbatch through the chunk; return the inputs' gradients (None on the first stage)."""
+        """Backward of one microbatch through the chunk; return the inputs' gradients (None on the first
+        stage)."""
         stashed = self._take(microbatch, "B")
         self.meter.remove(stashed.nbytes)
         if self.weights is not None:
             self.weights.before_backward(microbatch)     # the version its forward used
-        if self.weight_grads:                          # a full B in a split schedule (DualPipeV): W keeps nothing
+        # a full B in a split schedule (DualPipeV): W keeps nothing
+        if self.weight_grads:
             self.weight_grads.forget(microbatch)
         outputs = stashed.outputs
         if self.recompute:

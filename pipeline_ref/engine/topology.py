@@ -87,3 +87,14 @@ def draw(grid: Grid, ax=None, title: str | None = None):
     ax.set_title(title or f"pp = {grid.pp} x dp = {grid.dp}: pipeline communicators (blue rows), "
                           f"data communicators (orange columns)", fontsize=9)
     return ax
+
+
+def by_world_rank(steps: list, topo) -> list:
+    """With --dp > 1, "waiting for ... from rank k" names the world rank mpiexec shows, and its stage."""
+    if topo.grid.dp == 1:
+        return steps
+    from dataclasses import replace
+    named = lambda s: f"from rank {topo.grid.rank(s, topo.replica)} (stage {s})"
+    return [replace(step, waiting=step.waiting.replace(f"from rank {step.receive.source}",
+                                                       named(step.receive.source)))
+            if step.receive is not None else step for step in steps]

@@ -67,9 +67,11 @@ def ordered_for(backend: str, env=None) -> bool:
 def check_available(backend: str) -> None:
     import torch.distributed as dist
     if not dist.is_available():
-        raise TransportError("--transport torch needs torch.distributed, which this torch build lacks; use --transport mpi")
+        raise TransportError("--transport torch needs torch.distributed, which this torch build lacks; use "
+                             "--transport mpi")
     if backend == "gloo" and not dist.is_gloo_available():
-        raise TransportError("--transport torch on CPU needs gloo, which this torch build lacks; use --transport mpi")
+        raise TransportError("--transport torch on CPU needs gloo, which this torch build lacks; use "
+                             "--transport mpi")
     if backend == "nccl" and not dist.is_nccl_available():
         raise TransportError(f"--transport torch on GPUs needs NCCL, which torch {torch.__version__} lacks "
                              f"(a build without CUDA?); use --transport mpi")
@@ -83,9 +85,10 @@ def check_own_gpus(places: list) -> None:
     shared = [(place, ranks) for place, ranks in seen.items() if len(ranks) > 1]
     if shared:
         (host, index), ranks = shared[0]
-        raise TransportError(f"ranks {', '.join(map(str, ranks))} would share GPU cuda:{index} on {host}, and NCCL "
-                             f"needs one GPU per rank (two ranks cannot share one): start at most as many ranks per "
-                             f"node as it has GPUs, or use --transport mpi, which stages messages through host memory")
+        raise TransportError(f"ranks {', '.join(map(str, ranks))} would share GPU cuda:{index} on {host}, "
+                             "and NCCL needs one GPU per rank (two ranks cannot share one): start at most "
+                             "as many ranks per node as it has GPUs, or use --transport mpi, which stages "
+                             "messages through host memory")
 
 
 def channel(tag: int, num_chunks: int) -> int:
@@ -115,16 +118,17 @@ def message_orders(schedule) -> tuple[dict, dict]:
 
 
 def check_order(schedule, name: str = "this schedule") -> None:
-    """Refuse, before any message, a schedule whose sends to a peer come in another order than its receives."""
+    """Refuse, before any message, a schedule that sends to a peer in another order than it receives."""
     sent, received = message_orders(schedule)
     for pair in sorted(set(sent) | set(received)):
         ours, theirs = sent.get(pair, []), received.get(pair, [])
         for k, (s, r) in enumerate(zip(ours, theirs)):
             if s[0] != r[0]:
                 raise TransportError(
-                    f"{name} cannot run over a transport that matches messages by order (NCCL): rank {pair[0]}'s "
-                    f"message {k + 1} to rank {pair[1]} on channel {pair[2]} is the result of {s[1]}, but rank "
-                    f"{pair[1]} receives message {k + 1} from rank {pair[0]} there for {r[1]}; use --transport mpi")
+                    f"{name} cannot run over a transport that matches messages by order (NCCL): rank "
+                    f"{pair[0]}'s message {k + 1} to rank {pair[1]} on channel {pair[2]} is the result of "
+                    f"{s[1]}, but rank {pair[1]} receives message {k + 1} from rank {pair[0]} there for "
+                    f"{r[1]}; use --transport mpi")
 
 
 def store_address(hosts: list[str], env=None) -> str:
@@ -151,7 +155,7 @@ def _rendezvous(comm, timeout: datetime.timedelta):
 
 
 def channels(schedule, pipelines: list[list[int]]) -> list[tuple[int, int, int]]:
-    """Every (source, dest, channel) of the run's ranks that a message crosses, in one order all ranks agree on."""
+    """Every (source, dest, channel) a message of the run crosses, in one order all ranks agree on."""
     sent, _ = message_orders(schedule)
     return [(ranks[a], ranks[b], c) for ranks in pipelines for a, b, c in sorted(sent)]
 
@@ -161,7 +165,8 @@ class TorchTransport:
 
     def __init__(self, ranks: list[int], rank_in_group: int, backend: str, groups: dict | None = None,
                  num_chunks: int = 1):
-        self.ranks, self.backend = ranks, backend          # ranks[stage]: the stage's rank in the process group
+        # ranks[stage]: the stage's rank in the process group
+        self.ranks, self.backend = ranks, backend
         self.rank, self.size = ranks.index(rank_in_group), len(ranks)
         self.groups = groups             # (source, dest, channel) -> its own group when ordered, else None
         self.num_chunks = num_chunks
@@ -224,8 +229,9 @@ def open_transport(comm, topo, schedule, device: torch.device, timeout_s: float 
     if ordered:
         check_order(schedule, name)
     if dist.is_initialized():
-        raise TransportError("--transport torch opens its own process group for the run, but torch.distributed is "
-                             "already initialized in this process; call dist.destroy_process_group() first")
+        raise TransportError("--transport torch opens its own process group for the run, but "
+                             "torch.distributed is already initialized in this process; call "
+                             "dist.destroy_process_group() first")
     timeout = datetime.timedelta(seconds=max(30.0, timeout_s))
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -234,7 +240,8 @@ def open_transport(comm, topo, schedule, device: torch.device, timeout_s: float 
     if backend == "nccl":
         check_own_gpus(comm.allgather((hosts[comm.Get_rank()], device.index)))
     # The default group is gloo in both cases: it carries the set-up's objects; NCCL carries the tensors.
-    dist.init_process_group("gloo", store=store, rank=comm.Get_rank(), world_size=comm.Get_size(), timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=comm.Get_rank(), world_size=comm.Get_size(),
+                            timeout=timeout)
     pipelines = [topo.grid.pipeline_ranks(r) for r in range(topo.grid.dp)]
     groups = None
     if ordered:
@@ -253,4 +260,5 @@ def _warm_up(groups: dict, me: int, device: torch.device) -> None:
     import torch.distributed as dist
     for (source, dest, _), group in sorted(groups.items(), key=lambda item: item[0]):
         byte = torch.zeros(1, dtype=torch.uint8, device=device)
-        (dist.isend(byte, dst=dest, group=group) if me == source else dist.irecv(byte, src=source, group=group)).wait()
+        (dist.isend(byte, dst=dest, group=group) if me == source else dist.irecv(byte, src=source,
+                                                                                 group=group)).wait()

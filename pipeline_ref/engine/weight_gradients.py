@@ -1,5 +1,6 @@
-"""The split backward of zero-bubble schedules: a chunk's input gradients now (``I``), its weight gradients later
-(``W``), nothing computed twice. ``Stage`` uses it when a schedule splits its backward; see the class below.
+"""The split backward of zero-bubble schedules: a chunk's input gradients now (``I``), its weight gradients
+later (``W``), nothing computed twice. ``Stage`` uses it when a schedule splits its backward; see the class
+below.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class WeightGradients:
     """
 
     def __init__(self, modules: list[nn.Module]):
-        self.owners = [m for chunk in modules for m in chunk.modules() if any(True for _ in m.parameters(recurse=False))]
+        self.owners = [m for chunk in modules for m in chunk.modules()
+                       if any(True for _ in m.parameters(recurse=False))]
         users: dict[int, int] = {}
         for module in self.owners:
             for p in module.parameters(recurse=False):
@@ -71,12 +73,14 @@ class WeightGradients:
         return self._outputs.get(key, [])
 
     def input_pass(self, key, ys: list, grad_outputs: list | None, wants: list) -> tuple[list, int]:
-        """Gradients of ``wants`` (the stage inputs) from ``ys``; keeps the owners' output gradients for ``W``.
+        """Gradients of ``wants`` (the stage inputs) from ``ys``; keeps the owners' output gradients for
+        ``W``.
 
         Returns (the inputs' gradients, bytes of the output gradients kept until ``W``)."""
         captured = self._outputs.pop(key)
         outputs = [o for _, o in captured]
-        grads = torch.autograd.grad(ys, wants + outputs + self.shared, grad_outputs=grad_outputs, retain_graph=True,
+        grads = torch.autograd.grad(ys, wants + outputs + self.shared, grad_outputs=grad_outputs,
+                                    retain_graph=True,
                                     allow_unused=True)
         for p, g in zip(self.shared, grads[len(wants) + len(outputs):]):
             if g is not None:
@@ -90,6 +94,7 @@ class WeightGradients:
             params = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in shared]
             if not params:
                 continue
-            for p, g in zip(params, torch.autograd.grad(output, params, grad, retain_graph=True, allow_unused=True)):
+            for p, g in zip(params,
+                            torch.autograd.grad(output, params, grad, retain_graph=True, allow_unused=True)):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad + g

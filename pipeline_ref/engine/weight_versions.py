@@ -29,9 +29,11 @@ import torch
 
 
 class WeightVersions:
-    def __init__(self, params, forward_version: Callable[[int, int], int], updates_after: Callable[[int], bool],
+    def __init__(self, params, forward_version: Callable[[int, int], int],
+                 updates_after: Callable[[int], bool],
                  lr: float, num_forwards: int, where: str = "this stage"):
-        """``forward_version(j, current)``: the version F of j uses (``current``: the newest version's number);
+        """``forward_version(j, current)``: the version F of j uses (``current``: the newest version's
+        number);
         ``updates_after(j)``: whether the optimizer steps after B of j; ``num_forwards``: microbatches in the
         run (no forward comes after the last one, so nothing is kept for it)."""
         self.params = list(params)
@@ -56,8 +58,9 @@ class WeightVersions:
     def before_forward(self, microbatch: int) -> None:
         version = self.forward_version(microbatch, self.current)
         if version not in self.versions:
-            raise RuntimeError(f"{self.where}: the forward of microbatch {microbatch} needs weight version {version}, "
-                               f"but the stage holds only {sorted(self.versions)} (newest {self.current})")
+            raise RuntimeError(f"{self.where}: the forward of microbatch {microbatch} needs weight version "
+                               f"{version}, but the stage holds only {sorted(self.versions)} (newest "
+                               f"{self.current})")
         self._load(version)
         self.stash[microbatch] = version
         self.next_forward = microbatch + 1
@@ -84,7 +87,8 @@ class WeightVersions:
     def _drop(self) -> None:
         needed = set(self.stash.values()) | {self.current}
         if self.next_forward < self.num_forwards:
-            # Forwards run in microbatch order and their versions never decrease: the next one bounds them all.
+            # Forwards run in microbatch order and their versions never decrease: the next one bounds them
+            # all.
             needed |= {v for v in self.versions if v >= self.forward_version(self.next_forward, self.current)}
         for version in [v for v in self.versions if v not in needed]:
             del self.versions[version]

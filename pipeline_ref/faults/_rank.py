@@ -2,17 +2,18 @@
 
     mpiexec -n N python -m mpi4py -m pipeline_ref.faults._rank PAYLOAD OUTDIR
 
-PAYLOAD is a pickle of (target "pkg.module:function", args, kwargs, stall_timeout, launcher), where launcher is the
-(pid, host name) of the process that called ``launch()``. The rank starts its watchdog first (before importing
-torch or the target, which takes seconds), so it leaves at once if its launcher goes; it writes its pid and a
-heartbeat file into OUTDIR (so the launcher can make sure it is gone, and say what it was doing), then calls
-``function(MPI.COMM_WORLD, *args, **kwargs)`` and saves what it returns to OUTDIR/rank<r>.pt. If it raises, the rank
-prints one line naming itself, what it was doing, the error and the line of the user's code it came from (launch.py
-reads it), then the exception propagates and ``python -m mpi4py`` aborts every rank (a refused configuration aborts
-at once, without a traceback: the one line is the whole story). A rank that leaves before its target returns,
-with exit code 0 (``sys.exit(0)``, ``os._exit(0)``), says so the same way, with its last action: the others
-cannot go on without it, and MPI would otherwise show it as a success, or blame a rank it killed while
-cleaning up.
+PAYLOAD is a pickle of (target "pkg.module:function", args, kwargs, stall_timeout, launcher), where launcher
+is the (pid, host name) of the process that called ``launch()``. The rank starts its watchdog first (before
+importing torch or the target, which takes seconds), so it leaves at once if its launcher goes; it writes its
+pid and a heartbeat file into OUTDIR (so the launcher can make sure it is gone, and say what it was doing),
+then calls
+``function(MPI.COMM_WORLD, *args, **kwargs)`` and saves what it returns to OUTDIR/rank<r>.pt. If it raises,
+the rank prints one line naming itself, what it was doing, the error and the line of the user's code it came
+from (launch.py reads it), then the exception propagates and ``python -m mpi4py`` aborts every rank (a refused
+configuration aborts at once, without a traceback: the one line is the whole story). A rank that leaves before
+its target returns, with exit code 0 (``sys.exit(0)``, ``os._exit(0)``), says so the same way, with its last
+action: the others cannot go on without it, and MPI would otherwise show it as a success, or blame a rank it
+killed while cleaning up.
 """
 import importlib
 import os
@@ -31,15 +32,16 @@ _LIBRARIES = {os.path.abspath(sysconfig.get_path(p)) for p in ("stdlib", "platst
 
 def _where(err: BaseException) -> str:
     """" (at exercises/ex03_1f1b.py:42)": the deepest frame of the user's code (not the standard library, an
-    installed package or pipeline_ref itself), looked for first in the innermost exception of a chain (an error
-    re-raised with more words keeps the user's line in its cause); "" when the error is pipeline_ref's own (a NaN
-    it found, a refused configuration: the message says it all, and the traceback follows)."""
+    installed package or pipeline_ref itself), looked for first in the innermost exception of a chain (an
+    error re-raised with more words keeps the user's line in its cause); "" when the error is pipeline_ref's
+    own (a NaN it found, a refused configuration: the message says it all, and the traceback follows)."""
     chain = []
     while err is not None and err not in chain:
         chain.append(err)
         err = err.__cause__ or err.__context__
     frames = [f for e in reversed(chain) for f in reversed(traceback.extract_tb(e.__traceback__))]
-    ours = [f for f in frames if not any(os.path.abspath(f.filename).startswith(lib + os.sep) for lib in _LIBRARIES)]
+    ours = [f for f in frames
+            if not any(os.path.abspath(f.filename).startswith(lib + os.sep) for lib in _LIBRARIES)]
     users = [f for f in ours if not os.path.abspath(f.filename).startswith(_PACKAGE + os.sep)]
     frame = (users or [None])[0]
     if frame is None:
@@ -93,7 +95,8 @@ def main(payload_path: str, outdir: str) -> None:
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
         refused = getattr(err, "refusal", False)    # a ConfigError or TransportError: the request refused
         message = f"failed while {watchdog.doing()}: {detail}{'' if refused else _where(err)}"
-        watchdog.beat(message, watched=False)   # kept in the heartbeat file too: an abort can cut stderr short
+        # kept in the heartbeat file too: an abort can cut stderr short
+        watchdog.beat(message, watched=False)
         watchdog.report(message)
         if refused:
             watchdog.abort_all(MPI.COMM_WORLD, 2)   # the user's request, refused: the line above says it all

@@ -1,7 +1,8 @@
 """Refuse a damaged or foreign checkpoint before any rank trains: one line saying what is wrong, what to do.
 
-Part of the faults layer, beside ``checkpoint.py``. ``preflight.preflight`` calls :func:`check` for ``--resume``
-(in the parent of ``run -n N`` before it starts any rank, and on every rank before its first message):
+Part of the faults layer, beside ``checkpoint.py``. ``preflight.preflight`` calls :func:`check` for
+``--resume`` (in the parent of ``run -n N`` before it starts any rank, and on every rank before its first
+message):
 
 * ``latest`` names a step folder that is missing or has no marker: the newest complete one is used, and the
   note says so;

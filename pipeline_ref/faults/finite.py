@@ -6,9 +6,9 @@ The executor checks each loss, stage output and input gradient, and ``train.py``
 gradients once per step. A check per action must not cost like an action: ``torch.isfinite(t).all()``
 writes a boolean tensor as large as ``t`` and reads it again, whereas a sum reads ``t`` once and
 allocates nothing (for a 128 x 1024 float32 activation on the course's 2-core machine, 259 µs
-against 10 µs: ``benchmarks/overhead.py``, part 4). NaN and inf survive a sum (inf - inf is NaN), so a finite total
-proves every element finite; a total that is not finite may also come from finite values whose
-sum overflows, so only then is each tensor checked element by element. One host sync per call.
+against 10 µs: ``benchmarks/overhead.py``, part 4). NaN and inf survive a sum (inf - inf is NaN), so a finite
+total proves every element finite; a total that is not finite may also come from finite values whose sum
+overflows, so only then is each tensor checked element by element. One host sync per call.
 """
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ def abort_all(comm, code: int) -> None:
     os._exit(code)
 
 
-# --- heartbeat files --------------------------------------------------------------------------------------------
+# --- heartbeat files
+# --------------------------------------------------------------------------------------------
 
 def _write(board: mmap.mmap, doing: str, watched: bool) -> None:
     text = doing.encode("utf-8", "replace")[:HEARTBEAT_BYTES - _HEADER.size]
@@ -108,7 +109,8 @@ def _write(board: mmap.mmap, doing: str, watched: bool) -> None:
 
 
 def read_heartbeat(path) -> tuple[str, float, bool] | None:
-    """(last report, seconds since it was made, watched?) from a rank's heartbeat file; None if it has none."""
+    """(last report, seconds since it was made, watched?) from a rank's heartbeat file; None if it has
+    none."""
     try:
         data = Path(path).read_bytes()
         when, watched, length = _HEADER.unpack_from(data)
@@ -139,7 +141,8 @@ def _open_board(path: Path) -> mmap.mmap:
         return mmap.mmap(f.fileno(), HEARTBEAT_BYTES)
 
 
-# --- who started us ---------------------------------------------------------------------------------------------
+# --- who started us
+# ---------------------------------------------------------------------------------------------
 
 def _parent_of(pid: int) -> int | None:
     try:   # the name in (...) may hold spaces and parentheses: the fields after its last ")" do not
@@ -202,8 +205,10 @@ def start(rank: int, stall_timeout: float | None, heartbeat_dir: str | None = No
         while True:
             time.sleep(poll)
             gone = _lost(chain)
-            if gone is not None and _lost(chain) == gone:   # asked twice: a loss is for good, a misread is not
-                who = "the launcher" if launcher and gone == launcher[0] else "a process that started this rank"
+            # asked twice: a loss is for good, a misread is not
+            if gone is not None and _lost(chain) == gone:
+                ours = launcher and gone == launcher[0]
+                who = "the launcher" if ours else "a process that started this rank"
                 report(f"{who} (pid {gone}) is gone; ending this rank while {_doing}")
                 os._exit(ORPHANED)
             since = _since

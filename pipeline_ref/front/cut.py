@@ -1,4 +1,5 @@
-"""A run's model cut into stages, the same on every rank: a list of layers partitioned, or a whole module traced.
+"""A run's model cut into stages, the same on every rank: a list of layers partitioned, or a whole module
+traced.
 
     c = cut.cut(comm, cfg, model, sample_microbatch, pipeline, device)    # in train.set_up
     c.layers[i] for i in c.ranges[v]        # the pieces (or layers) virtual stage v holds
@@ -25,7 +26,8 @@ def num_pieces(cfg, model, inputs, chunks: int) -> int:
     pieces = cfg.pp * chunks
     if not split.is_whole_module(model):
         if cfg.split_at:
-            raise ValueError("--split-at cuts a whole nn.Module; this model is a list of layers (see --partition)")
+            raise ValueError("--split-at cuts a whole nn.Module; this model is a list of layers (see "
+                             "--partition)")
         return len(model)
     count = split.count_pieces(model, inputs[:1], cfg.split_at)
     wanted = f"--pp {cfg.pp}" + (f" x {chunks} chunks" if chunks > 1 else "")
@@ -34,8 +36,9 @@ def num_pieces(cfg, model, inputs, chunks: int) -> int:
                          f"{wanted} needs {pieces}: name {pieces - 1}")
     if count < pieces:
         names = ", ".join(split.blocks(model, split.record_calls(model, inputs[:1])))
-        raise ValueError(f"{wanted} needs {pieces} pieces, but --split auto cuts this model into at most {count}: "
-                         f"a stage can begin at {names}; use fewer stages or a model with more blocks")
+        raise ValueError(f"{wanted} needs {pieces} pieces, but --split auto cuts this model into at most "
+                         f"{count}: a stage can begin at {names}; use fewer stages or a model with more "
+                         "blocks")
     return count
 
 
@@ -52,7 +55,8 @@ class Cut:
     costs: list | None               # measured seconds per piece ("time"), else None
     names: dict                      # id(Parameter) -> the name the one-device model gives it
     tied: list                       # (name, pipeline ranks holding a copy)
-    chunk: type                      # pieces -> one chunk's module (nn.Sequential for layers, Chain for pieces)
+    # pieces -> one chunk's module (nn.Sequential for layers, Chain for pieces)
+    chunk: type
     loss_fn: object                  # the loss the last stage applies to its chunk's output
 
 

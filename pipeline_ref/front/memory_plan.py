@@ -1,8 +1,10 @@
-"""Memory per rank before training: what a configuration will hold, whether it fits a budget, the largest GPT that does.
+"""Memory per rank before training: what a configuration will hold, whether it fits a budget, the largest GPT
+that does.
 
     python -m pipeline_ref memory --memory-budget 0.5 --model text_gpt --model-kwargs '{"dim": 256}' \\
         --optimizer adamw --schedule 1f1b --microbatches 8
-    python -m pipeline_ref run -n 2 --memory-budget 0.5 ...     # refused before any rank starts if it cannot fit
+    python -m pipeline_ref run -n 2 --memory-budget 0.5 ...     # refused before any rank starts if it cannot
+                                                                fit
 
 The reason pipelines exist is a model that does not fit one device, so the course counts, per pipeline rank:
 
@@ -14,9 +16,10 @@ The reason pipelines exist is a model that does not fit one device, so the cours
                   its chunks measured by running it through the real ``Stage`` on one process (a saved-tensors
                   hook, as in training: the same count the run reports as ``peak_stashed_bytes``)
 
-The activation estimate leaves out what the schedule adds beyond the stash (an I's output gradients kept for its
-W, though not the outputs W needs, which are counted; boundary buffers; autograd's temporaries during a backward) and the allocator's own overhead; on a GPU, also the
-CUDA context. A budget should leave room for them.
+The activation estimate leaves out what the schedule adds beyond the stash (an I's output gradients kept for
+its W, though not the outputs W needs, which are counted; boundary buffers; autograd's temporaries during a
+backward) and the allocator's own overhead; on a GPU, also the CUDA context. A budget should leave room for
+them.
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def optimizer_bytes(name: str, params: list) -> int:
 
 def chunk_stash_bytes(layers: list, loss_fn, ranges: list[range], inputs, target, recompute: bool = False,
                       split_backward: bool = False) -> list[int]:
-    """Bytes one microbatch leaves stashed on each virtual stage, run through a real ``Stage`` (one process)."""
+    """Bytes one microbatch leaves stashed on each virtual stage, run through a real ``Stage`` (one
+    process)."""
     sizes, x = [], (inputs,)
     for v, piece in enumerate(ranges):
         last = v == len(ranges) - 1
@@ -83,7 +87,8 @@ def peak_activation_bytes(actions, chunk_bytes: dict[int, int]) -> int:
 
 def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: str = "sgd",
          method: str = "uniform", dp: int = 1, recompute: bool = False) -> list[RankBytes]:
-    """What each pipeline rank will hold for ``schedule`` (a ``geometry.Schedule``) on this model and batch."""
+    """What each pipeline rank will hold for ``schedule`` (a ``geometry.Schedule``) on this model and
+    batch."""
     pipe = schedule.pipeline
     if method == "time":
         method = "parameters"          # time needs the ranks' profile; parameters stands in before training
@@ -92,7 +97,8 @@ def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: s
     inputs, targets = batch
     per_micro, per_target = inputs.shape[0] // (dp * microbatches), targets.shape[0] // (dp * microbatches)
     with torch.random.fork_rng(devices=[]):
-        stash = chunk_stash_bytes(layers, loss_fn, ranges, inputs[:per_micro], targets[:per_target], recompute,
+        stash = chunk_stash_bytes(layers, loss_fn, ranges, inputs[:per_micro], targets[:per_target],
+                                  recompute,
                                   schedule.splits_backward)
     ranks = []
     for rank in range(pipe.num_stages):
@@ -106,18 +112,21 @@ def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: s
 
 
 def over_budget(ranks: list[RankBytes], budget_gb: float) -> str | None:
-    """None if every rank fits ``budget_gb``; else a sentence naming the worst rank and by how much it is over."""
+    """None if every rank fits ``budget_gb``; else a sentence naming the worst rank and by how much it is
+    over."""
     worst = max(range(len(ranks)), key=lambda r: ranks[r].total)
     need = ranks[worst]
     if need.total <= budget_gb * GB:
         return None
-    return (f"rank {worst} would hold {need.total / GB:.3f} GB (parameters {need.parameters / GB:.3f}, gradients "
-            f"{need.gradients / GB:.3f}, optimizer {need.optimizer / GB:.3f}, activations {need.activations / GB:.3f}),"
-            f" {(need.total - budget_gb * GB) / GB:.3f} GB over the budget of {budget_gb:g} GB per rank")
+    return (f"rank {worst} would hold {need.total / GB:.3f} GB (parameters {need.parameters / GB:.3f}, "
+            f"gradients {need.gradients / GB:.3f}, optimizer {need.optimizer / GB:.3f}, activations "
+            f"{need.activations / GB:.3f}), {(need.total - budget_gb * GB) / GB:.3f} GB over the budget of "
+            f"{budget_gb:g} GB per rank")
 
 
 def table(ranks: list[RankBytes]) -> str:
-    lines = [f"{'rank':<6}{'parameters':>12}{'gradients':>12}{'optimizer':>12}{'activations':>13}{'total':>10}  (MB)"]
+    lines = [f"{'rank':<6}{'parameters':>12}{'gradients':>12}{'optimizer':>12}{'activations':>13}"
+             f"{'total':>10}  (MB)"]
     for r, b in enumerate(ranks):
         lines.append(f"{r:<6}{b.parameters / 1e6:>12.1f}{b.gradients / 1e6:>12.1f}{b.optimizer / 1e6:>12.1f}"
                      f"{b.activations / 1e6:>13.1f}{b.total / 1e6:>10.1f}")
@@ -125,7 +134,8 @@ def table(ranks: list[RankBytes]) -> str:
 
 
 def largest_fitting(fits, start: int = 1, limit: int = 4096) -> int | None:
-    """The largest n in [start, limit] with ``fits(n)`` (monotone: bigger never fits better); None if none fits."""
+    """The largest n in [start, limit] with ``fits(n)`` (monotone: bigger never fits better); None if none
+    fits."""
     if not fits(start):
         return None
     low, high = start, start

@@ -51,9 +51,10 @@ def _as_costs(costs) -> list[float]:
 
 def by_cost(costs, num_stages: int) -> list[range]:
     """The contiguous split of layers with per-layer ``costs`` into ``num_stages`` that minimises the slowest
-    stage's cost. Among the optimal splits it returns the most even one (least sum of squared stage costs, then
-    of squared layer counts; remaining ties give earlier stages more layers), so equal costs give ``uniform``.
-    Float costs are compared to within 1e-10 of the total, so "optimal" holds up to that rounding.
+    stage's cost. Among the optimal splits it returns the most even one (least sum of squared stage costs,
+    then of squared layer counts; remaining ties give earlier stages more layers), so equal costs give
+    ``uniform``. Float costs are compared to within 1e-10 of the total, so "optimal" holds up to that
+    rounding.
     """
     costs = _as_costs(costs)
     n, stages = len(costs), num_stages
@@ -76,7 +77,8 @@ def by_cost(costs, num_stages: int) -> list[range]:
 
     # Phase 2: among splits whose every stage costs at most the bottleneck, the most even. Sums of squares add
     # up stage by stage, so the same recursion finds the minimum. Float sums of equal real costs differ in the
-    # last bits (0.1 + 0.1 + 0.1 > 0.3), so costs count as equal within a tolerance far below any timing noise.
+    # last bits (0.1 + 0.1 + 0.1 > 0.3), so costs count as equal within a tolerance far below any timing
+    # noise.
     slack = 1e-10 * prefix[-1]
     tolerance = slack * prefix[-1]
     score: list[list[tuple[float, int] | None]] = [[None] * (n + 1) for _ in range(stages + 1)]
@@ -135,12 +137,15 @@ def split(layers, ranges: list[range]) -> list[list]:
     return [layers[r.start:r.stop] for r in ranges]
 
 
-def choose(comm, method: str, layers, sample, num_pieces: int, profile=None) -> tuple[list[range], list[float] | None]:
-    """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", also each layer's seconds.
+def choose(comm, method: str, layers, sample, num_pieces: int, profile=None) -> tuple[list[range],
+                                                                                      list[float] | None]:
+    """Layers -> ``num_pieces`` (virtual) stages, the same on every rank; with "time", also each layer's
+    seconds.
 
     "time" profiles every layer once, on world rank 0, and broadcasts the costs:
     every rank must cut the model at the same places, and timings differ between ranks.
-    ``profile(layers, sample)`` measures them (default ``profiling.layer_costs``; ``cut.piece_costs`` for pieces).
+    ``profile(layers, sample)`` measures them (default ``profiling.layer_costs``; ``cut.piece_costs`` for
+    pieces).
     """
     if method == "uniform":
         return uniform(len(layers), num_pieces), None

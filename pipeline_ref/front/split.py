@@ -6,23 +6,23 @@
 
 ``trace`` marks where a piece begins (a ``pipe_split()`` before the named submodule's forward, what
 ``SplitPoint.BEGINNING`` does), and ``torch.distributed.pipelining.pipeline`` traces the module with
-``torch.export`` and cuts the graph there. Each cut graph (a ``GraphModule``) becomes a :class:`Piece`
-that takes the previous piece's outputs as a tuple and returns a tuple: the values any later piece still
-needs, so a skip connection, an attention mask or integer position ids travel from piece to piece (only
-floating tensors that need one get a gradient back, ``message.py``). The last piece returns what the
-module returns (a Hugging Face ``ModelOutput`` too), so ``loss_fn`` sees what it sees on one device.
+``torch.export`` and cuts the graph there. Each cut graph (a ``GraphModule``) becomes a :class:`Piece` that
+takes the previous piece's outputs as a tuple and returns a tuple: the values any later piece still needs, so
+a skip connection, an attention mask or integer position ids travel from piece to piece (only floating tensors
+that need one get a gradient back, ``message.py``). The last piece returns what the module returns (a Hugging
+Face ``ModelOutput`` too), so ``loss_fn`` sees what it sees on one device.
 
 Shared weights: torch's front end deep-copies a Parameter used by two pieces (GPT-2's ``wte`` and
-``lm_head``). We bind every piece's parameters and buffers back to the original module's objects, by
-the names the cut graphs keep (the original names): tied weights are one Parameter again, so on one
-rank autograd sums their gradients, and across ranks ``tied_groups`` finds them by identity, as for
-lists of layers. Gradients are named as ``module.named_parameters()`` names them.
+``lm_head``). We bind every piece's parameters and buffers back to the original module's objects, by the names
+the cut graphs keep (the original names): tied weights are one Parameter again, so on one rank autograd sums
+their gradients, and across ranks ``tied_groups`` finds them by identity, as for lists of layers. Gradients
+are named as ``module.named_parameters()`` names them.
 
 ``--split auto`` cuts before every *block*: the submodules the forward calls once that hold parameters,
-descending from the root through containers and stopping at each item of a ``ModuleList``/``Sequential``
-(a repeated block) or a module without called children. The blocks are then grouped into stages like
-layers (``partition.py``: by parameters, or by measured time). One trace serves every stage count, and
-a process keeps it (``_CACHE``): a test matrix traces each model once per rank.
+descending from the root through containers and stopping at each item of a ``ModuleList``/``Sequential`` (a
+repeated block) or a module without called children. The blocks are then grouped into stages like layers
+(``partition.py``: by parameters, or by measured time). One trace serves every stage count, and a process
+keeps it (``_CACHE``): a test matrix traces each model once per rank.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def as_args(inputs) -> tuple:
 
 @dataclass
 class Calls:
-    """One forward of the module on a sample: submodules in the order first called, call counts, the output."""
+    """One forward of the module on a sample: submodules in the order first called, call counts, output."""
     order: list
     counts: dict
     output: object
@@ -82,7 +82,7 @@ def record_calls(module: nn.Module, sample) -> Calls:
 
 
 def blocks(module: nn.Module, calls: Calls) -> list[str]:
-    """The automatic cut candidates, in call order (see the module docstring); the first block is never a cut."""
+    """The automatic cut candidates, in call order (see the module docstring); never the first block."""
     called = set(calls.order)
 
     def children(name: str, mod: nn.Module):
@@ -119,9 +119,10 @@ def check_points(module: nn.Module, calls: Calls, points) -> list[str]:
             raise ValueError(f"--split-at {name!r}: the model has no submodule of that name; blocks a stage "
                              f"can begin at: {hint}") from None
         if calls.counts.get(name, 0) != 1:
-            raise ValueError(f"--split-at {name!r}: its forward runs {calls.counts.get(name, 0)} times in one "
-                             f"step, but a stage can only begin at a submodule called exactly once; try: {hint}")
-        first = next((n for n in calls.order if any(True for _ in module.get_submodule(n).parameters(False))), name)
+            raise ValueError(f"--split-at {name!r}: its forward runs {calls.counts.get(name, 0)} times in "
+                             f"one step, but a stage can only begin at a submodule called once; try: {hint}")
+        first = next((n for n in calls.order if any(True for _ in module.get_submodule(n).parameters(False))),
+                     name)
         if calls.order.index(name) <= calls.order.index(first):
             raise ValueError(f"--split-at {name!r} is where the model begins: the first stage would be empty")
     return sorted(points, key=calls.order.index)
@@ -257,8 +258,8 @@ def _trace(module: nn.Module, sample, points: list[str], out_spec) -> list[Piece
             else:
                 sub.forward = own
     if pipe.num_stages != len(points) + 1:
-        raise ValueError(f"the traced model has {pipe.num_stages} pieces, not {len(points) + 1}: a split point "
-                         f"with no computation before the next one ({points})")
+        raise ValueError(f"the traced model has {pipe.num_stages} pieces, not {len(points) + 1}: a split "
+                         f"point with no computation before the next one ({points})")
     pieces = [Piece(*plan) for plan in _plans(pipe.split_gm, out_spec)]
     flat = pieces[-1].outputs
     if len(flat if isinstance(flat, (tuple, list)) else (flat,)) != out_spec.num_leaves:

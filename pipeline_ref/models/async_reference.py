@@ -1,4 +1,5 @@
-"""What PipeDream and PipeDream-2BW compute, in one process: the ground truth the pipelined runs are tested against.
+"""What PipeDream and PipeDream-2BW compute, in one process: the ground truth the pipelined runs are tested
+against.
 
     losses, params = async_reference.train("pipedream", layers, loss_fn, (inputs, targets),
                                            ranges=[(0, 4), (4, 8)], num_microbatches=4, steps=3, lr=0.1)
@@ -13,7 +14,8 @@ stage 1 at version 5 is just one forward and one backward.
   afterwards stage s takes one SGD step with j's gradient: version j + 1 = version j - lr * g_j.
 - 2BW: the microbatches of step t all see version max(0, t - 1) everywhere; their mean gradient g_t is
   applied to version t: version t + 1 = version t - lr * g_t.
-- flush (GPipe, 1F1B, every synchronous schedule): step t sees version t; version t + 1 = version t - lr * g_t.
+- flush (GPipe, 1F1B, every synchronous schedule): step t sees version t; version t + 1 = version t - lr *
+  g_t.
 
 The order in which a stage receives its updates is the only order the pipelined run could apply them in
 (one per backward, backwards in microbatch order), so the two agree to rounding: tests/test_pipedream.py.
@@ -34,7 +36,8 @@ def version_used(schedule: str, stage: int, num_stages: int, num_microbatches: i
         return max(0, j - (p - stage - 1))
     if schedule == "pipedream-2bw":
         return max(0, j // m - 1)
-    if schedule == "flush":                     # any synchronous schedule (GPipe, 1F1B, ...): step t on version t
+    # any synchronous schedule (GPipe, 1F1B, ...): step t on version t
+    if schedule == "flush":
         return j // m
     raise ValueError(f"unknown schedule {schedule!r}: pipedream, pipedream-2bw or flush")
 
@@ -51,7 +54,8 @@ def train(schedule: str, layers, loss_fn, batch, ranges, num_microbatches: int, 
     """
     model = nn.Sequential(*copy.deepcopy(layers))
     p, m = len(ranges), num_microbatches
-    stage_of = lambda name: next(s for s, (start, stop) in enumerate(ranges) if start <= int(name.split(".")[0]) < stop)
+    def stage_of(name):
+        return next(s for s, (start, stop) in enumerate(ranges) if start <= int(name.split(".")[0]) < stop)
     names = [[n for n, _ in model.named_parameters() if stage_of(n) == s] for s in range(p)]
     start = dict(model.named_parameters())
     versions = [{0: {n: start[n].detach() for n in names[s]}} for s in range(p)]   # versions[s][k]
@@ -74,7 +78,8 @@ def train(schedule: str, layers, loss_fn, batch, ranges, num_microbatches: int, 
         if schedule == "pipedream" or i == m - 1:
             for s in range(p):
                 newest[s] += 1
-                versions[s][newest[s]] = {n: w - lr * step_gradient[n] for n, w in versions[s][newest[s] - 1].items()}
+                previous = versions[s][newest[s] - 1]
+                versions[s][newest[s]] = {n: w - lr * step_gradient[n] for n, w in previous.items()}
                 # Versions no later microbatch meets are dropped (their number never decreases along the run).
                 oldest = version_used(schedule, s, p, m, j + 1)
                 versions[s] = {k: v for k, v in versions[s].items() if k >= oldest or k == newest[s]}

@@ -1,8 +1,9 @@
 """A run's data: one fixed global batch, or a batch per step; and the share of it each rank holds.
 
-A model factory returns its data as ``(inputs, targets)``, the same global batch at every step (the toy models),
-or as a callable ``step -> (inputs, targets)`` (``text_data.Batches``: real text, a new batch each step). Either
-way every rank holds the whole global batch, identical everywhere (seeded), and takes its own share:
+A model factory returns its data as ``(inputs, targets)``, the same global batch at every step (the toy
+models), or as a callable ``step -> (inputs, targets)`` (``text_data.Batches``: real text, a new batch each
+step). Either way every rank holds the whole global batch, identical everywhere (seeded), and takes its own
+share:
 
     batch = batches.first_batch(data)          # a pair; for a callable, a PerStep standing for step 0
     inputs, targets = batches.microbatches(batch.at(step), cfg, topo, pipeline, device)
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 
 class PerStep(tuple):
-    """A factory's per-step data (a callable ``step -> (inputs, targets)``, e.g. ``text_data.Batches``), as the
-    pair ``(inputs, targets)`` of step 0, which every check and shape agreement uses, plus ``at(step)``.
+    """A factory's per-step data (a callable ``step -> (inputs, targets)``, e.g. ``text_data.Batches``), as
+    the pair ``(inputs, targets)`` of step 0, which every check and shape agreement uses, plus ``at(step)``.
 
-    A tuple, so code written for a fixed batch (``inputs, targets = batch``) reads step 0 unchanged; the training
-    loop asks ``at(step)`` for each later step's batch.
+    A tuple, so code written for a fixed batch (``inputs, targets = batch``) reads step 0 unchanged; the
+    training loop asks ``at(step)`` for each later step's batch.
     """
 
     def __new__(cls, source, convert=lambda batch: batch):
@@ -28,7 +29,8 @@ class PerStep(tuple):
 
 
 def first_batch(data):
-    """What a factory returned as its data, as a pair: a fixed ``(inputs, targets)``, or a :class:`PerStep`."""
+    """What a factory returned as its data, as a pair: a fixed ``(inputs, targets)``, or a
+    :class:`PerStep`."""
     return PerStep(data) if callable(data) and not isinstance(data, (tuple, list)) else data
 
 

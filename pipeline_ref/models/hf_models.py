@@ -1,7 +1,9 @@
-"""Whole-module model factories: Hugging Face GPT-2 and Llama from small configs, and a net with a skip connection.
+"""Whole-module model factories: Hugging Face GPT-2 and Llama from small configs, and a net with a skip
+connection.
 
     python -m pipeline_ref run -n 2 --pp 2 --model hf_gpt2 --dtype float64 --split auto
-    python -m pipeline_ref run -n 4 --pp 4 --model pipeline_ref.models.hf_models:llama --split-at model.layers.1,model.layers.2,model.layers.3
+    python -m pipeline_ref run -n 4 --pp 4 --model pipeline_ref.models.hf_models:llama --split-at
+    model.layers.1,model.layers.2,model.layers.3
 
 Each returns ``module, loss_fn, (inputs, targets)`` with ``module`` an ordinary ``nn.Module`` as its library
 writes it (``transformers.GPT2LMHeadModel``, ``LlamaForCausalLM``): nothing is rewritten for the pipeline,
@@ -26,7 +28,8 @@ def sequences(vocab: int, seq_len: int, batch: int, seed: int):
 
 
 def lm_loss(output, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a causal LM's output (a ``ModelOutput`` with ``logits``, or logits)."""
+    """Mean next-token cross-entropy of a causal LM's output (a ``ModelOutput`` with ``logits``, or
+    logits)."""
     logits = output.logits if hasattr(output, "logits") else output
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -41,12 +44,15 @@ def gpt2(vocab: int = 128, dim: int = 32, heads: int = 4, blocks: int = 4, seq_l
     return GPT2LMHeadModel(config), lm_loss, sequences(vocab, seq_len, batch, seed)
 
 
-def llama(vocab: int = 128, dim: int = 32, heads: int = 4, kv_heads: int = 2, blocks: int = 4, seq_len: int = 16,
+def llama(vocab: int = 128, dim: int = 32, heads: int = 4, kv_heads: int = 2, blocks: int = 4,
+          seq_len: int = 16,
           batch: int = 16, tie_weights: bool = False, seed: int = 0):
     """``transformers.LlamaForCausalLM``: RMSNorm, rotary positions, grouped-query attention, SwiGLU."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=blocks,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=seq_len,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim,
+                         num_hidden_layers=blocks,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=seq_len,
                          attention_dropout=0.0, use_cache=False, tie_word_embeddings=tie_weights,
                          bos_token_id=0, eos_token_id=0, pad_token_id=None)
     return LlamaForCausalLM(config), lm_loss, sequences(vocab, seq_len, batch, seed)

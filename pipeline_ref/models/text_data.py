@@ -1,9 +1,10 @@
 """Real text, offline: a byte-level language-model data set made of the Python standard library's own source.
 
 Every Python installation ships its standard library as ``.py`` files, so this corpus needs no download and no
-data set package: the top-level modules of ``sysconfig.get_paths()["stdlib"]``, in sorted order, concatenated up
-to ``max_bytes``. Tokens are bytes (vocabulary 256), so the uniform baseline is ln(256) = 5.55 nats per token
-and anything a model learns shows up as a loss below it. The last ``validation`` share of the bytes is held out.
+data set package: the top-level modules of ``sysconfig.get_paths()["stdlib"]``, in sorted order, concatenated
+up to ``max_bytes``. Tokens are bytes (vocabulary 256), so the uniform baseline is ln(256) = 5.55 nats per
+token and anything a model learns shows up as a loss below it. The last ``validation`` share of the bytes is
+held out.
 
     from pipeline_ref.models import text_data
     corpus = text_data.Corpus.from_stdlib()           # ~1 MB of Python source, a few ms to read
@@ -12,8 +13,8 @@ and anything a model learns shows up as a loss below it. The last ``validation``
     inputs, targets = batches.validation(0)
 
 A batch depends only on (seed, split, step): every rank, every schedule and the one-process reference see the
-same bytes at the same step, which is what lets a pipelined loss curve equal the one-device curve step for step.
-The corpus differs between Python versions; ``Corpus.digest`` names the exact bytes a result came from.
+same bytes at the same step, which is what lets a pipelined loss curve equal the one-device curve step for
+step. The corpus differs between Python versions; ``Corpus.digest`` names the exact bytes a result came from.
 """
 from __future__ import annotations
 
@@ -62,17 +63,20 @@ class Corpus:
 
 
 class Batches:
-    """Step -> (inputs, targets): ``batch`` windows of ``seq_len`` bytes at random offsets, seeded by the step.
+    """Step -> (inputs, targets): ``batch`` windows of ``seq_len`` bytes at random offsets, seeded by the
+    step.
 
-    A model factory may return a ``Batches`` in place of its fixed ``(inputs, targets)``: the training loop then
-    asks it for step ``s``'s batch at every step (``pipeline_ref.train``), and a one-process reference does the same.
+    A model factory may return a ``Batches`` in place of its fixed ``(inputs, targets)``: the training loop
+    then asks it for step ``s``'s batch at every step (``pipeline_ref.train``), and a one-process reference
+    does the same.
     """
 
     def __init__(self, corpus: Corpus, batch: int = 16, seq_len: int = 64, seed: int = 0):
         if batch < 1 or seq_len < 1:
             raise ValueError(f"Batches needs batch >= 1 and seq_len >= 1, got {batch} and {seq_len}")
         if len(corpus.validation) <= seq_len + 1:
-            raise ValueError(f"seq_len {seq_len} is longer than the validation text ({len(corpus.validation)} bytes)")
+            raise ValueError(f"seq_len {seq_len} is longer than the validation text "
+                             f"({len(corpus.validation)} bytes)")
         self.corpus, self.batch, self.seq_len, self.seed = corpus, batch, seq_len, seed
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

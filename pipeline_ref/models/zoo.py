@@ -1,12 +1,14 @@
-"""Toy models with seeded synthetic data, and the one-device ground truth every pipelined step is compared with.
+"""Toy models with seeded synthetic data, and the one-device ground truth every pipelined step is compared
+with.
 
 A *model factory* is any callable whose options are all keywords with defaults, returning
 
     layers, loss_fn, (inputs, targets)
 
-- ``layers``: a plain list of ``torch.nn.Module``, applied in sequence, each taking one tensor and returning one
-  tensor (a pipeline stage sends exactly one tensor to the next);
-- ``loss_fn(output, targets)``: a scalar *mean* loss, so the mean over equal microbatches is the full-batch loss;
+- ``layers``: a plain list of ``torch.nn.Module``, applied in sequence, each taking one tensor and returning
+  one tensor (a pipeline stage sends exactly one tensor to the next);
+- ``loss_fn(output, targets)``: a scalar *mean* loss, so the mean over equal microbatches is the full-batch
+  loss;
 - ``inputs, targets``: the whole global batch, dim 0 the batch.
 
 or ``module, loss_fn, (inputs, targets)``, ``module`` a whole ``nn.Module`` that ``split.py`` cuts into stages
@@ -38,10 +40,13 @@ from pipeline_ref.models.batches import PerStep
 # ---------------------------------------------------------------------------------------------- deep MLP
 
 def mlp(depth: int = 8, width: int = 64, batch: int = 32, seed: int = 0):
-    """``depth`` identical layers ``Sequential(Linear(width, width), Tanh)``; MSE regression on random targets."""
+    """``depth`` identical layers ``Sequential(Linear(width, width), Tanh)``; MSE regression on random
+    targets."""
     if depth < 1 or width < 1 or batch < 1:
-        raise ValueError(f"mlp needs depth, width and batch >= 1, got depth={depth}, width={width}, batch={batch}")
-    # Every layer is the same block (the last one too): equal cost per layer, and names "i.0.weight" throughout.
+        raise ValueError(f"mlp needs depth, width and batch >= 1, got depth={depth}, width={width}, "
+                         f"batch={batch}")
+    # Every layer is the same block (the last one too): equal cost per layer, and names "i.0.weight"
+    # throughout.
     layers = [nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(depth)]
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(batch, width, generator=generator)
@@ -112,8 +117,8 @@ def tiny_gpt(vocab: int = 64, dim: int = 32, heads: int = 4, blocks: int = 4, se
              batch: int = 16, tie_weights: bool = False, seed: int = 0):
     """Layers ``[Embedding, Block x blocks, Head]``; next-token prediction on arithmetic sequences.
 
-    With ``tie_weights`` the head's weight *is* the token embedding's Parameter (as in GPT-2): in a pipeline it
-    lives on the first and the last stage, whose two gradient contributions must be summed.
+    With ``tie_weights`` the head's weight *is* the token embedding's Parameter (as in GPT-2): in a pipeline
+    it lives on the first and the last stage, whose two gradient contributions must be summed.
     """
     if dim % heads:
         raise ValueError(f"tiny_gpt: dim {dim} is not divisible by heads {heads}")
@@ -141,8 +146,8 @@ def tiny_gpt_tied(**options):
 
 def text_gpt(dim: int = 64, heads: int = 4, blocks: int = 4, seq_len: int = 64, batch: int = 16,
              tie_weights: bool = True, max_bytes: int = 1_000_000, seed: int = 0):
-    """``tiny_gpt``'s layers over bytes (vocabulary 256, tied as in GPT-2 by default), trained on real text: a new
-    batch of the standard library's source at every step (``text_data.Batches``; ``--model text_gpt``)."""
+    """``tiny_gpt``'s layers over bytes (vocabulary 256, tied as in GPT-2 by default), trained on real text: a
+    new batch of the standard library's source at every step (``text_data.Batches``; ``--model text_gpt``)."""
     layers, loss_fn, _ = tiny_gpt(vocab=256, dim=dim, heads=heads, blocks=blocks, seq_len=seq_len, batch=1,
                                   tie_weights=tie_weights, seed=seed)
     return layers, loss_fn, text_data.Batches(text_data.Corpus.from_stdlib(max_bytes), batch, seq_len, seed)
@@ -152,24 +157,26 @@ FACTORIES = {"mlp": mlp, "gpt": tiny_gpt, "gpt_tied": tiny_gpt_tied, "text_gpt":
 # Whole modules (split.py cuts them), named for the command line; imported only when asked for (transformers).
 ALIASES = {"hf_gpt2": "pipeline_ref.models.hf_models:gpt2", "hf_llama": "pipeline_ref.models.hf_models:llama"}
 
-# The mlp the lessons past 03 and benchmarks/schedules.py measure on: 8 equal blocks (2 or 4 stages cost the same),
-# wide enough that each action is long against the executor's few µs and a message's ~0.1 ms.
+# The mlp the lessons past 03 and benchmarks/schedules.py measure on: 8 equal blocks (2 or 4 stages cost the
+# same), wide enough that each action is long against the executor's few µs and a message's ~0.1 ms.
 MEASURE_MLP = {"depth": 8, "width": 1024, "batch": 512}
 
 
-# ---------------------------------------------------------------------------------------------- loading, checks
+# -------------------------------------------------------------------------------------------- loading, checks
 
 def load_factory(spec: str):
     """The factory a spec names: a key of ``FACTORIES`` or ``"pkg.module:function"``. Raises ValueError naming
     the spec when the module does not import, the attribute is missing, or it is not callable."""
     if not isinstance(spec, str):
-        raise TypeError(f"a model spec is a string (a name or 'pkg.module:function'), got {type(spec).__name__}")
+        raise TypeError("a model spec is a string (a name or 'pkg.module:function'), got "
+                        f"{type(spec).__name__}")
     spec = ALIASES.get(spec, spec)
     if spec in FACTORIES:
         return FACTORIES[spec]
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"unknown model {spec!r}: use one of {', '.join(FACTORIES)}, or 'pkg.module:function'")
+        raise ValueError(f"unknown model {spec!r}: use one of {', '.join(FACTORIES)}, or "
+                         "'pkg.module:function'")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:    # a user's module can fail at import with anything, not only ImportError
@@ -181,7 +188,8 @@ def load_factory(spec: str):
             raise ValueError(f"model {spec!r}: module {module_name!r} has no attribute {attribute!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise ValueError(f"model {spec!r}: {attribute!r} is a {type(target).__name__}, not a callable factory")
+        raise ValueError(f"model {spec!r}: {attribute!r} is a {type(target).__name__}, "
+                         f"not a callable factory")
     return target
 
 
@@ -194,8 +202,8 @@ def check_model(layers, loss_fn, batch, probe: bool = True) -> None:
     whole = isinstance(layers, nn.Module) and not isinstance(layers, (nn.Sequential, nn.ModuleList))
     if not isinstance(layers, (list, tuple)) and not whole:
         hint = "; for an nn.Sequential return list(model)" if isinstance(layers, nn.Sequential) else ""
-        raise TypeError(f"a model factory must return (layers, loss_fn, (inputs, targets)) with layers a list "
-                        f"of modules, got {type(layers).__name__}{hint}")
+        raise TypeError("a model factory must return (layers, loss_fn, (inputs, targets)) with layers a "
+                        f"list of modules, got {type(layers).__name__}{hint}")
     if not whole and not layers:
         raise ValueError("the model has no layers")
     for index, layer in enumerate([] if whole else layers):
@@ -214,9 +222,9 @@ def check_model(layers, loss_fn, batch, probe: bool = True) -> None:
     inputs, targets = batch
     per_sample, rest = divmod(targets.shape[0], inputs.shape[0])
     if rest or not per_sample:
-        raise ValueError(f"the targets' first dimension ({targets.shape[0]}) is neither the batch's ({inputs.shape[0]}) "
-                         f"nor a multiple of it: give targets shaped ({inputs.shape[0]}, ...), or flattened per token "
-                         f"({inputs.shape[0]} * tokens,) in the inputs' order")
+        raise ValueError(f"the targets' first dimension ({targets.shape[0]}) is neither the batch's "
+                         f"({inputs.shape[0]}) nor a multiple of it: give targets shaped ({inputs.shape[0]}, "
+                         f"...), or flattened per token ({inputs.shape[0]} * tokens,) in the inputs' order")
     if probe:
         probe_model(layers, loss_fn, inputs[:1], targets[:per_sample])
 
@@ -256,7 +264,8 @@ def probe_model(model, loss_fn, x, target) -> None:
 # ---------------------------------------------------------------------------------------------- ground truth
 
 def reference_step(layers, loss_fn, inputs: torch.Tensor, targets: torch.Tensor):
-    """One forward and backward of ``nn.Sequential(*layers)`` (or of a whole module) on the whole batch, on one device.
+    """One forward and backward of ``nn.Sequential(*layers)`` (or of a whole module) on the whole batch, on
+    one device.
 
     Returns ``(loss, grads)``, ``grads`` keyed as ``nn.Sequential(*layers).named_parameters()`` names them (a
     shared Parameter once, under its first name; one that gets no gradient is left out, as the pipeline does).
@@ -272,7 +281,8 @@ def reference_step(layers, loss_fn, inputs: torch.Tensor, targets: torch.Tensor)
 def to_dtype(layers, batch, dtype: torch.dtype):
     """Floating parameters, buffers and batch tensors to ``dtype``; integer token ids stay as they are.
 
-    In place (``Module.to`` keeps each Parameter object, so tied weights stay tied); returns ``(layers, batch)``.
+    In place (``Module.to`` keeps each Parameter object, so tied weights stay tied); returns ``(layers,
+    batch)``.
     """
     if not dtype.is_floating_point:
         raise ValueError(f"to_dtype converts to a floating dtype, got {dtype}")

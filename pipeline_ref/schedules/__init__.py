@@ -1,9 +1,9 @@
 """Pipeline schedules as data: the generators, and ``build`` / ``validate`` / ``describe``.
 
-A schedule is one ordered list of :class:`~pipeline_ref.schedules.geometry.Action` per pipeline rank. Nothing in
-it says "send" or "receive": communication is implied by the dependencies between actions
-(``geometry.Pipeline``), so the same schedule is played by the simulator (``simulate.py``, no
-processes) and by the executor (``executor.py``, over MPI).
+A schedule is one ordered list of :class:`~pipeline_ref.schedules.geometry.Action` per pipeline rank. Nothing
+in it says "send" or "receive": communication is implied by the dependencies between actions
+(``geometry.Pipeline``), so the same schedule is played by the simulator (``simulate.py``, no processes) and
+by the executor (``executor.py``, over MPI).
 
     >>> from pipeline_ref import schedules
     >>> sched = schedules.build("1f1b", num_stages=2, num_microbatches=3)
@@ -87,10 +87,6 @@ def num_chunks(schedule) -> int:
 def splits_backward(schedule) -> bool:
     """Whether the schedule runs the backward as I and W (zero bubble) rather than as B."""
     return Schedule.of(schedule).splits_backward
-
-
-def count_microbatches(schedule) -> int:
-    return Schedule.of(schedule).num_microbatches
 
 
 def describe(schedule) -> str:

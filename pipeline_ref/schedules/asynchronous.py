@@ -1,4 +1,5 @@
-"""Asynchronous pipelines: PipeDream (weight stashing) and PipeDream-2BW, as a schedule and a rule for weights.
+"""Asynchronous pipelines: PipeDream (weight stashing) and PipeDream-2BW, as a schedule and a rule for
+weights.
 
 A synchronous schedule (GPipe, 1F1B, ...) ends every step with a flush: the pipeline drains, every
 stage applies the step's gradient, and the next step fills the pipeline again. That fill and drain is
@@ -12,9 +13,11 @@ are current, so the microbatches in flight were started on different versions, a
 exactly the version its forward used (weight stashing), or the gradient is of no function at all.
 
     >>> from pipeline_ref.schedules import asynchronous
-    >>> [asynchronous.forward_version("pipedream", 0, 3, 2, j) for j in range(5)]   # stage 0 of 3: 2 warm-up forwards
+    >>> # stage 0 of 3: 2 warm-up forwards
+    >>> [asynchronous.forward_version("pipedream", 0, 3, 2, j) for j in range(5)]
     [0, 0, 0, 1, 2]
-    >>> [asynchronous.forward_version("pipedream-2bw", 0, 3, 2, j) for j in range(6)]   # m = 2: step t runs on t - 1
+    >>> # m = 2: step t runs on t - 1
+    >>> [asynchronous.forward_version("pipedream-2bw", 0, 3, 2, j) for j in range(6)]
     [0, 0, 0, 0, 1, 1]
 
 Both schedules are data like every other (:func:`pipedream` is 1F1B over ``steps x m`` microbatches);
@@ -54,7 +57,8 @@ def stream(num_stages: int, num_microbatches: int) -> Schedule:
 
 
 def pipedream(num_stages: int, num_microbatches: int, steps: int = 1) -> Schedule:
-    """PipeDream's order for a run of ``steps`` steps of ``num_microbatches``: one stream of steps x m microbatches.
+    """PipeDream's order for a run of ``steps`` steps of ``num_microbatches``: one stream of steps x m
+    microbatches.
 
     Microbatch j of the stream is microbatch j % m of step j // m."""
     _check_steps(steps)
@@ -77,9 +81,9 @@ def check_2bw(num_stages: int, num_microbatches: int) -> None:
     """2BW needs m >= p - 1: stage 0 runs step t + 1's first forward after only (t + 1) m - (p - 1) backwards,
     and version t exists once step t - 1's t m backwards are done."""
     if num_microbatches < num_stages - 1:
-        raise ScheduleError(f"pipedream-2bw needs at least num_stages - 1 microbatches per step ({num_microbatches} "
-                            f"< {num_stages - 1}): with fewer, stage 0 would start step t + 1 before version t "
-                            f"exists; raise --microbatches or use pipedream")
+        raise ScheduleError("pipedream-2bw needs at least num_stages - 1 microbatches per step "
+                            f"({num_microbatches} < {num_stages - 1}): with fewer, stage 0 would start step "
+                            f"t + 1 before version t exists; raise --microbatches or use pipedream")
 
 
 def check(schedule: str, num_stages: int, num_microbatches: int, dp: int = 1, **features) -> None:
@@ -95,19 +99,22 @@ def check(schedule: str, num_stages: int, num_microbatches: int, dp: int = 1, **
                             f"all-reduce after every backward of every stage")
     asked = sorted(name for name, on in features.items() if on)
     if asked:
-        raise ScheduleError(f"{schedule} updates each stage on its own, after its backwards, with SGD (no step "
-                            f"boundary shared by all stages), so it cannot be combined with {', '.join(asked)}")
+        raise ScheduleError(f"{schedule} updates each stage on its own, after its backwards, with SGD (no "
+                            "step boundary shared by all stages), so it cannot be combined with "
+                            f"{', '.join(asked)}")
     if schedule == "pipedream-2bw":
         check_2bw(num_stages, num_microbatches)
 
 
 def shared_parameters(layers) -> list[str]:
-    """Names of Parameters that more than one layer holds (tied weights), as nn.Sequential(*layers) names them.
+    """Names of Parameters that more than one layer holds (tied weights), as nn.Sequential(*layers) names
+    them.
 
     ``layers``: a list of modules, or a whole module (then: Parameters it holds under more than one name)."""
     if not isinstance(layers, (list, tuple)):
         seen: set[int] = set()
-        return [n for n, p in layers.named_parameters(remove_duplicate=False) if id(p) in seen or seen.add(id(p))]
+        named = layers.named_parameters(remove_duplicate=False)
+        return [n for n, p in named if id(p) in seen or seen.add(id(p))]
     owner: dict[int, int] = {}
     shared = []
     for index, layer in enumerate(layers):
@@ -117,13 +124,16 @@ def shared_parameters(layers) -> list[str]:
     return shared
 
 
-def forward_version(schedule: str, stage: int, num_stages: int, num_microbatches: int, microbatch: int) -> int:
-    """The weight version (number of updates applied on that stage) the forward of stream microbatch j uses."""
+def forward_version(schedule: str, stage: int, num_stages: int, num_microbatches: int,
+                    microbatch: int) -> int:
+    """The weight version (number of updates applied on that stage) the forward of stream microbatch j
+    uses."""
     if schedule == "pipedream":
         return max(0, microbatch - (num_stages - stage - 1))
     if schedule == "pipedream-2bw":
         return max(0, microbatch // num_microbatches - 1)
-    raise ValueError(f"no weight versions for schedule {schedule!r}; asynchronous ones: {', '.join(ASYNCHRONOUS)}")
+    raise ValueError(f"no weight versions for schedule {schedule!r}; asynchronous ones: "
+                     f"{', '.join(ASYNCHRONOUS)}")
 
 
 def updates_after(schedule: str, num_microbatches: int, microbatch: int) -> bool:
@@ -144,6 +154,7 @@ def versions_held(schedule: str, num_stages: int, num_microbatches: int, steps: 
     """
     n = steps * num_microbatches
     if schedule == "pipedream":
-        # In flight at F_j: microbatches j - w .. j (w = p - s - 1 warm-up forwards), on versions j - 2w .. j - w.
+        # In flight at F_j: microbatches j - w .. j (w = p - s - 1 warm-up forwards), on versions j - 2w .. j
+        # - w.
         return [min(num_stages - s, max(1, n - (num_stages - s - 1))) for s in range(num_stages)]
     return [1 if steps == 1 else 2] * num_stages

@@ -101,14 +101,16 @@ def dualpipev(num_stages: int, num_microbatches: int) -> Schedule:
     return Schedule(schedule, layout="v")
 
 
-def idle_time(num_stages: int, num_microbatches: int, forward: float, input_grad: float, weight_grad: float) -> float:
+def idle_time(num_stages: int, num_microbatches: int, forward: float, input_grad: float,
+              weight_grad: float) -> float:
     """Each rank's idle time in a DualPipeV step with F&B played in sequence: (p - 1)(F + I - W), chunk costs.
 
-    Holds for num_microbatches >= 2 num_stages and W <= I <= F <= I + W; elsewhere use ``simulate.simulate``."""
+    Holds for num_microbatches >= 2 num_stages and W <= I <= F <= I + W; elsewhere use
+    ``simulate.simulate``."""
     p, m, f, i, w = num_stages, num_microbatches, forward, input_grad, weight_grad
     if m < 2 * p:
         raise ValueError(f"the DualPipeV closed form needs num_microbatches >= 2 num_stages ({m} < {2 * p})")
     if not w <= i <= f <= i + w:
-        raise ValueError(f"the DualPipeV closed form holds for W <= I <= F <= I + W; here F = {f:g}, I = {i:g}, "
-                         f"W = {w:g}: use simulate()")
+        raise ValueError(f"the DualPipeV closed form holds for W <= I <= F <= I + W; here F = {f:g}, I = "
+                         f"{i:g}, W = {w:g}: use simulate()")
     return (p - 1) * (f + i - w)

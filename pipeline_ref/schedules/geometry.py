@@ -9,7 +9,7 @@ the rest, so it is the place to start reading:
     (3, Place(rank=0, chunk=1))
     >>> pipe.receives(Action("F", 0, 1), rank=0)               # F0.1 on rank 0 needs F0 of rank 1
     Place(rank=1, chunk=0)
-    >>> pipe.sends(Action("B", 0, 1), rank=0)                  # its input gradient goes back to rank 1, chunk 0
+    >>> pipe.sends(Action("B", 0, 1), rank=0)                  # its input gradient: back to rank 1, chunk 0
     Place(rank=1, chunk=0)
 
 - An :class:`Action` is ``(op, microbatch, chunk)``: ``F`` forward, ``B`` backward, or the zero-bubble
@@ -81,7 +81,8 @@ class Schedule(tuple):
 
     @classmethod
     def of(cls, schedule) -> "Schedule":
-        """``schedule`` as a Schedule: itself, or a list of lists with the layout it carries (default interleaved)."""
+        """``schedule`` as a Schedule: itself, or a list of lists with the layout it carries (default
+        interleaved)."""
         if isinstance(schedule, Schedule):
             return schedule
         return cls(schedule, getattr(schedule, "layout", "interleaved"))
@@ -206,7 +207,8 @@ class Pipeline:
     def dependency(self, action: Action, rank: int) -> tuple[int, Action] | None:
         """The action whose result ``action`` waits for, as (its rank, it), or None.
 
-        The producer's op is written "F" or "B"; "B" stands for B or I there (both produce the input gradient).
+        The producer's op is written "F" or "B"; "B" stands for B or I there (both produce the input
+        gradient).
         """
         source = self.receives(action, rank)
         if source is None:

@@ -37,8 +37,9 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> Sche
     if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
         raise ScheduleError(f"chunks must be a positive integer, got {chunks!r}")
     if num_microbatches % num_stages:
-        raise ScheduleError(f"interleaved 1F1B sends microbatches through the chunks in groups of num_stages, so "
-                            f"num_microbatches ({num_microbatches}) must be a multiple of num_stages ({num_stages})")
+        raise ScheduleError("interleaved 1F1B sends microbatches through the chunks in groups of "
+                            f"num_stages, so num_microbatches ({num_microbatches}) must be a multiple of "
+                            f"num_stages ({num_stages})")
     total = num_microbatches * chunks                 # actions of each kind on every rank
     forwards = [_nth(k, num_stages, chunks, "F") for k in range(total)]   # the same order on every rank
     backwards = [_nth(k, num_stages, chunks, "B") for k in range(total)]

@@ -6,7 +6,8 @@ Layer: schedules (pure data; no processes, no torch).
 
     >>> from pipeline_ref.schedules import replay
     >>> order = []
-    >>> replay.replay(schedules.build("1f1b", 2, 2), lambda rank, action, dependency: order.append((rank, str(action))))
+    >>> visit = lambda rank, action, dependency: order.append((rank, str(action)))
+    >>> replay.replay(schedules.build("1f1b", 2, 2), visit)
     []
     >>> order[:4]
     [(0, 'F0'), (0, 'F1'), (1, 'F0'), (1, 'B0')]
@@ -29,7 +30,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from pipeline_ref.schedules.geometry import OPS, Action, Pipeline, Schedule, ScheduleError, result_of
+from pipeline_ref.schedules.geometry import OPS, Action, Pipeline, Schedule, ScheduleError
 
 OP_CODES = {op: code for code, op in enumerate(OPS)}      # F 0, B 1, I 2, W 3
 
@@ -66,7 +67,8 @@ class Plan(NamedTuple):
         return 2 * self.pipeline.num_virtual_stages * max(1, self.num_microbatches)
 
 
-def replay(schedule: Schedule, visit: Callable[[int, Action, tuple | None], None] | None = None) -> list[Stuck]:
+def replay(schedule: Schedule,
+           visit: Callable[[int, Action, tuple | None], None] | None = None) -> list[Stuck]:
     """Play every rank's actions in an order that respects the dependencies; return the ranks left stuck."""
     plan = _compile(Schedule.of(schedule), None)
     if visit is None:
@@ -113,7 +115,8 @@ def sweep(plan: Plan, visit: Callable[[int, int], None] | None = None) -> list[i
 def stuck_ranks(plan: Plan, position: list[int]) -> list[Stuck]:
     """The ranks a sweep left before the end of their lists, with what each waits for."""
     schedule, pipe = plan.schedule, plan.pipeline
-    return [Stuck(rank, schedule[rank][position[rank]], *pipe.dependency(schedule[rank][position[rank]], rank))
+    return [Stuck(rank, schedule[rank][position[rank]],
+                  *pipe.dependency(schedule[rank][position[rank]], rank))
             for rank in range(len(schedule)) if position[rank] < len(schedule[rank])]
 
 

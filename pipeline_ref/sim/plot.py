@@ -51,7 +51,8 @@ def time_unit(trace: Trace) -> str:
 
 
 def _span(trace: Trace) -> tuple[float, float]:
-    times = [t for e in trace.events for t in (e.start, e.end)] + [t for w in trace.waits for t in (w.start, w.end)]
+    times = [t for e in trace.events for t in (e.start, e.end)] + [t for w in trace.waits for t in (w.start,
+                                                                                                    w.end)]
     return (min(0.0, min(times)), max(times)) if times else (0.0, 1.0)
 
 
@@ -94,7 +95,8 @@ def gantt(trace: Trace, ax=None, title: str | None = None):
 
 
 def compare_gantt(measured: Trace, simulated: Trace, path=None, title: str | None = None):
-    """Measured (top) over simulated (bottom) on one time axis; returns the Figure, saved to ``path`` if given.
+    """Measured (top) over simulated (bottom) on one time axis; returns the Figure, saved to ``path`` if
+    given.
 
     The axis is shared, so boxes of the same length took the same time: give the
     simulator measured costs (as the demo does), and time_unit="s", so both are in seconds.

@@ -3,8 +3,9 @@
 The simulator gives every action a cost and runs each rank's list in order. It
 replays the ranks in dependency order (``replay.py``): an action starts when its rank is free
 and the message it needs (``geometry.Pipeline.dependency``) has arrived, i.e. the producing
-action has ended plus ``latency`` if it ran on another rank. The result is a :class:`~pipeline_ref.sim.trace.Trace`, the same shape the
-executor measures, so plots and numbers compare one to one.
+action has ended plus ``latency`` if it ran on another rank. The result is a
+:class:`~pipeline_ref.sim.trace.Trace`, the same shape the executor measures, so plots and numbers compare one
+to one.
 
     >>> from pipeline_ref import schedules, simulate
     >>> trace = simulate.simulate(schedules.build("gpipe", 4, 8), forward=1.0, backward=2.0)
@@ -20,7 +21,7 @@ close the prediction came:
 
     costs = simulate.costs_from_trace(measured)          # {"forward": [...], "backward": [...], "latency": s}
     predicted = simulate.simulate(schedule, **costs, time_unit="s")
-    simulate.prediction_error(measured, predicted)       # {"makespan_error": ..., "utilization_difference": ...}
+    simulate.prediction_error(measured, predicted)   # {"makespan_error": ..., "utilization_difference": ...}
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ class Receipt(NamedTuple):
 
 
 def receipts(trace: Trace) -> list[Receipt]:
-    """Every wait of ``trace`` that precedes an action receiving a message from another rank, with its producer.
+    """Every wait of ``trace`` that precedes an action receiving a message from another rank, with its
+    producer.
 
     The geometry comes from the trace (its ranks, chunks and meta["layout"]); waits that are not receives
     (an all-reduce) are skipped.

@@ -36,7 +36,8 @@ def utilization(name: str, num_stages: int, num_microbatches: int, chunks: int =
                                          independent of the forward/backward ratio)
     - interleaved:  v m / (v m + p - 1) (the fill and drain shrink to 1/v: chunks are 1/v of a stage;
                                          Megatron's layout, m a multiple of p)
-    - zb-h1:        m (F + I + W) / (m (F + I + W) + (p - 1)(F + I - W)), for m >= p and W <= min(F, I): the deferred
+    - zb-h1:        m (F + I + W) / (m (F + I + W) + (p - 1)(F + I - W)), for m >= p and W <= min(F, I): the
+      deferred
                     weight gradients W fill part of 1F1B's (p - 1)(F + I + W) of idle time
                     (forward, input_grad, weight_grad: the costs F, I, W; a third of 1F1B's bubble
                     when they are equal).
@@ -87,8 +88,8 @@ def _needs_equal_costs(label: str, p: int, m: int, least: int, least_name: str, 
                          f"use simulate() for fewer microbatches")
     if p > 1 and len(set(costs)) > 1:
         forward, input_grad, weight_grad = costs
-        raise ValueError(f"the {label} closed form holds for F = I = W; here F = {forward:g}, I = {input_grad:g}, "
-                         f"W = {weight_grad:g}: use simulate()")
+        raise ValueError(f"the {label} closed form holds for F = I = W; here F = {forward:g}, I = "
+                         f"{input_grad:g}, W = {weight_grad:g}: use simulate()")
 
 
 def bubble(name: str, num_stages: int, num_microbatches: int, **costs) -> float:

@@ -14,8 +14,8 @@ For a terminal or a notebook without plots (``plot.gantt`` draws the same trace 
 named as the schedule names it (``F3``, ``B0.1`` for chunk 1) in its first slot; ``-`` fills the further
 slots it takes. The slot is the greatest common step of all event boundaries when that gives a readable grid
 (the simulator's costs without latency); otherwise (a latency much smaller than the costs, measured times)
-it is the shortest action, with every boundary rounded to the nearest slot, and the header says so. Grids wider than ``width`` are wrapped into
-blocks of whole slots, each under its own time ruler.
+it is the shortest action, with every boundary rounded to the nearest slot, and the header says so. Grids
+wider than ``width`` are wrapped into blocks of whole slots, each under its own time ruler.
 """
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ def timeline(trace, width: int = 100, slot: float | None = None) -> str:
         for e in (e for e in events if e.rank == rank):
             first, last = spans[e]
             # '-' only where the action goes on into the next slots, so one slot never looks like two
-            field = label(e).ljust(cell) if last == first + 1 else label(e).ljust((last - first) * pitch - 1, FILL)
+            field = label(e).ljust(cell) if last == first + 1 else label(e).ljust((last - first) * pitch - 1,
+                                                                                  FILL)
             line[first * pitch:first * pitch + len(field)] = field
         rows[rank] = "".join(line)
 

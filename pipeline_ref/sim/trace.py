@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from math import fsum
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -78,7 +78,8 @@ class Trace:
     peak_stashed: list[int] | None = None          # activations held at once, per rank
     peak_stashed_bytes: list[int] | None = None    # measured runs only
     peak_memory_bytes: list[int] | None = None     # GPU runs only (torch.cuda.max_memory_allocated)
-    meta: dict = field(default_factory=dict)       # schedule, num_microbatches, source ("simulated"/"measured"), ...
+    # schedule, num_microbatches, source ("simulated"/"measured"), ...
+    meta: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ deferred events (simulate.py)
     def defer(self, deferred: Deferred) -> "Trace":
@@ -157,21 +158,6 @@ class Trace:
             peaks.append(peak)
         return peaks
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Trace":
-        """Inverse of :meth:`to_dict`, also after a trip through JSON (lists stay lists)."""
-        data = dict(data)
-        data["events"] = [e if isinstance(e, Event) else Event(**e) for e in data.get("events", [])]
-        data["waits"] = [w if isinstance(w, Wait) else Wait(**w) for w in data.get("waits", [])]
-        for key in ("peak_stashed", "peak_stashed_bytes", "peak_memory_bytes"):
-            if data.get(key) is not None:
-                data[key] = list(data[key])
-        data["meta"] = dict(data.get("meta") or {})
-        return cls(**data)
-
 
 def _get_events(trace: Trace) -> list[Event]:
     return trace._built()["_events"]
@@ -228,9 +214,11 @@ def to_chrome_trace(trace: Trace) -> dict:
     source = trace.meta.get("source", "trace")
     out = [{"ph": "M", "name": "process_name", "pid": 0, "tid": 0, "args": {"name": f"pipeline ({source})"}}]
     for rank in range(trace.num_ranks):
-        out.append({"ph": "M", "name": "thread_name", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
+        out.append({"ph": "M", "name": "thread_name", "pid": 0, "tid": rank,
+                    "args": {"name": f"rank {rank}"}})
         # Without a sort index viewers order tracks by first appearance, not by rank.
-        out.append({"ph": "M", "name": "thread_sort_index", "pid": 0, "tid": rank, "args": {"sort_index": rank}})
+        out.append({"ph": "M", "name": "thread_sort_index", "pid": 0, "tid": rank,
+                    "args": {"sort_index": rank}})
     for e in trace.events:
         out.append({"ph": "X", "name": e.name, "cat": e.op, "pid": 0, "tid": e.rank,
                     "ts": e.start * 1e6, "dur": e.duration * 1e6,
@@ -261,7 +249,8 @@ def summary(trace: Trace) -> dict:
     return {"num_ranks": trace.num_ranks, "num_events": len(trace.events),
             "makespan": span, "utilization": trace.utilization, "bubble_fraction": trace.bubble_fraction,
             "per_rank": per_rank,
-            "peak_stashed": list(trace.peak_stashed) if trace.peak_stashed is not None else trace.stash_counts(),
+            "peak_stashed": (list(trace.peak_stashed) if trace.peak_stashed is not None
+                             else trace.stash_counts()),
             "peak_stashed_bytes": trace.peak_stashed_bytes, "peak_memory_bytes": trace.peak_memory_bytes,
             "meta": _jsonable(trace.meta)}
 
@@ -280,8 +269,10 @@ def write_events_csv(trace: Trace, path) -> Path:
     rows = [{"kind": "event", "rank": e.rank, "name": e.name, "op": e.op, "microbatch": e.microbatch,
              "chunk": e.chunk, "start": e.start, "end": e.end, "duration": e.duration, "what": ""}
             for e in trace.events]
-    rows += [{"kind": "wait", "rank": w.rank, "name": f"wait {w.what}", "op": "", "microbatch": "", "chunk": "",
-              "start": w.start, "end": w.end, "duration": w.end - w.start, "what": w.what} for w in trace.waits]
+    rows += [{"kind": "wait", "rank": w.rank, "name": f"wait {w.what}", "op": "", "microbatch": "",
+              "chunk": "",
+              "start": w.start, "end": w.end, "duration": w.end - w.start,
+              "what": w.what} for w in trace.waits]
     rows.sort(key=lambda row: (row["rank"], row["start"], row["kind"] == "event"))
     path = Path(path)
     with open(path, "w", newline="") as f:

@@ -1,4 +1,5 @@
-"""The benchmark sweep: schedules x microbatches (x stages) measured on local ranks, beside theory and the simulator.
+"""The benchmark sweep: schedules x microbatches (x stages) measured on local ranks, beside theory and the
+simulator.
 
     python -m pipeline_ref bench [--out out/bench] [--schedules naive gpipe 1f1b] [--microbatches 1 2 4 8 16]
                                  [--stages 2 [4]] [--steps 2] [--repeats 3]
@@ -35,7 +36,8 @@ from statistics import median
 
 from pipeline_ref.sim import simulate, theory
 # bench's API
-from pipeline_ref.tools.bench_report import COLUMNS, markdown_table, write_csv, write_markdown, write_plots  # noqa: F401
+# noqa: F401
+from pipeline_ref.tools.bench_report import COLUMNS, markdown_table, write_csv, write_markdown, write_plots
 from pipeline_ref.measure import compare
 from pipeline_ref.config import ConfigError, RunConfig
 from pipeline_ref.preflight import check_config, check_fits, make_schedule
@@ -49,13 +51,15 @@ MICROBATCHES = (1, 2, 4, 8, 16)
 
 def plan(schedule_names, microbatches, stages, steps: int = 2, model_kwargs: dict | None = None,
          dtype: str = "float32") -> list[tuple[int, list[RunConfig]]]:
-    """The sweep as (stage count, runs) groups, one launch per group; refuses bad requests before any launch."""
+    """The sweep as (stage count, runs) groups, one launch per group; refuses bad requests before any
+    launch."""
     model_kwargs = dict(model_kwargs or {})
     depth, batch = model_kwargs.get("depth", 8), model_kwargs.get("batch", 32)
     groups = []
     for pp in stages:
         configs = [RunConfig(schedule=name, pp=pp, microbatches=m, steps=steps, model="mlp",
-                             model_kwargs=model_kwargs, dtype=dtype) for name in schedule_names for m in microbatches]
+                             model_kwargs=model_kwargs,
+                             dtype=dtype) for name in schedule_names for m in microbatches]
         for cfg in configs:
             check_config(cfg, cfg.pp)
             check_fits(cfg, depth, batch)
@@ -65,7 +69,8 @@ def plan(schedule_names, microbatches, stages, steps: int = 2, model_kwargs: dic
 
 def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0, total: int | None = None,
                min_cpu_share: float = 0.0, retries: int = 0, quiet_wait: float = 0.0):
-    """Rank side: every run ``repeats`` times; rank 0 prints progress and returns [[result per repeat] per run].
+    """Rank side: every run ``repeats`` times; rank 0 prints progress and returns [[result per repeat] per
+    run].
 
     CPU share (``machine.ShareMeter``): the time a rank ran over the time it wanted its core.
     Alone on its core a rank is ~1.0, also when it sleeps in a wait; less means another process
@@ -94,8 +99,8 @@ def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0,
         if comm.Get_rank() == 0:
             traces = [r.result.trace for r in runs]
             expected = _theory(theory.utilization, cfg.schedule, cfg.pp, cfg.microbatches)
-            print(f"[{first + i + 1:>{len(str(total))}}/{total}] {cfg.schedule} p={cfg.pp} m={cfg.microbatches}"
-                  f"  step {median(t.makespan for t in traces) * 1e3:.1f} ms"
+            print(f"[{first + i + 1:>{len(str(total))}}/{total}] {cfg.schedule} p={cfg.pp} "
+                  f"m={cfg.microbatches}  step {median(t.makespan for t in traces) * 1e3:.1f} ms"
                   f"  utilization {median(t.utilization for t in traces):.3f}"
                   + (f" (theory {expected:.3f})" if expected else "")
                   + f"  cpu share {min(r.cpu_share for r in runs):.2f}"
@@ -104,12 +109,15 @@ def sweep_rank(comm, configs: list[RunConfig], repeats: int = 1, first: int = 0,
     return results if comm.Get_rank() == 0 else None
 
 
-def measure(num_ranks: int, configs: list[RunConfig], repeats: int = 1, first: int = 0, total: int | None = None,
+def measure(num_ranks: int, configs: list[RunConfig], repeats: int = 1, first: int = 0,
+            total: int | None = None,
             timeout: float = 1800, min_cpu_share: float = 0.0, retries: int = 0,
             quiet_wait: float = 0.0) -> list[list["Measured"]]:
-    """Start ``num_ranks`` local ranks once and run every config ``repeats`` times: [[result per repeat] per config]."""
+    """Start ``num_ranks`` local ranks once and run every config ``repeats`` times: [[result per repeat] per
+    config]."""
     from pipeline_ref.launch import launch
-    return launch(num_ranks, "pipeline_ref.tools.bench:sweep_rank", configs, repeats, first, total, min_cpu_share,
+    return launch(num_ranks, "pipeline_ref.tools.bench:sweep_rank", configs, repeats, first, total,
+                  min_cpu_share,
                   retries, quiet_wait, echo=True, timeout=timeout)[0]
 
 
@@ -144,7 +152,8 @@ def run_numbers(run: Measured) -> tuple[dict, Trace, Trace]:
                "forward_ms": [round(c * 1e3, 3) for c in costs["forward"]],
                # a split backward (zero bubble) has no B: its I + W is the backward's cost
                "backward_ms": [round((b + i + w) * 1e3, 3) for b, i, w in
-                               zip(costs["backward"], costs.get("input_grad", zero), costs.get("weight_grad", zero))],
+                               zip(costs["backward"], costs.get("input_grad", zero),
+                                   costs.get("weight_grad", zero))],
                "comm_us": costs["latency"] * 1e6, "gaps": gaps["fraction"],
                "gap_per_action_us": gaps["per_action_s"] * 1e6,
                "peak_stashed": measured.peak_stashed or measured.stash_counts(),
@@ -155,7 +164,8 @@ def run_numbers(run: Measured) -> tuple[dict, Trace, Trace]:
 
 
 def summarize(runs: list[Measured]) -> tuple[dict, Trace, Trace]:
-    """One row for the repeats of a run: medians of the numbers, lists and traces from the median-step repeat."""
+    """One row for the repeats of a run: medians of the numbers, lists and traces from the median-step
+    repeat."""
     measured = [run_numbers(r) for r in runs]
     order = sorted(range(len(measured)), key=lambda i: measured[i][0]["step_s"])
     row, trace, predicted = measured[order[len(order) // 2]]
@@ -190,21 +200,27 @@ def comparison_rows(comparison: "measure.Comparison") -> list[tuple[dict, Trace,
 
 def add_parser(sub) -> None:
     from pipeline_ref.tools.demo import DEMO_MODEL
-    p = sub.add_parser("bench", help="sweep schedules x microbatches (x stages), measured vs theory, tables and plots")
+    p = sub.add_parser("bench",
+                       help="sweep schedules x microbatches (x stages), measured vs theory, tables and plots")
     p.add_argument("--out", default="out/bench", help="folder for results.csv, results.md and the plots")
     p.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
     p.add_argument("--microbatches", type=int, nargs="+", default=list(MICROBATCHES))
-    p.add_argument("--stages", type=int, nargs="+", help="pipeline depths (default: 2, and 4 with 4+ free cores)")
-    p.add_argument("--steps", type=int, default=2, help="steps per run; the first warms up (reported, not used)")
+    p.add_argument("--stages", type=int, nargs="+",
+                   help="pipeline depths (default: 2, and 4 with 4+ free cores)")
+    p.add_argument("--steps", type=int, default=2,
+                   help="steps per run; the first warms up (reported, not used)")
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds; the table shows medians")
     p.add_argument("--model-depth", type=int, default=DEMO_MODEL["depth"], help="layers of the MLP")
     p.add_argument("--model-width", type=int, default=DEMO_MODEL["width"], help="width of the MLP")
-    p.add_argument("--batch", type=int, default=DEMO_MODEL["batch"], help="global batch (split into microbatches)")
-    p.add_argument("--gantt", type=int, nargs="*", metavar="M", help="Gantt charts only for these microbatch counts")
+    p.add_argument("--batch", type=int, default=DEMO_MODEL["batch"],
+                   help="global batch (split into microbatches)")
+    p.add_argument("--gantt", type=int, nargs="*", metavar="M",
+                   help="Gantt charts only for these microbatch counts")
     p.add_argument("--min-cpu-share", type=float, default=0.9,
                    help="play a run again if a rank got less of its core than this (another process ran)")
     p.add_argument("--retries", type=int, default=2, help="rounds played again for that, in all")
-    p.add_argument("--quiet-wait", type=float, default=10, help="seconds to wait for idle cores before such a run")
+    p.add_argument("--quiet-wait", type=float, default=10,
+                   help="seconds to wait for idle cores before such a run")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one launch may take")
 
 
@@ -237,9 +253,9 @@ def run_sweep(args) -> tuple[list[dict], dict]:
     if hasattr(os, "getloadavg"):       # other work on the machine during the sweep shows here
         info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     write_csv(rows, out / "results.csv")
-    note = (f"MLP depth {model['depth']}, width {model['width']}, global batch {model['batch']}, float32, one "
-            f"thread per rank; {args.steps} step(s) per run (the first warms up), {args.repeats} alternating "
-            f"round(s).")
+    note = (f"MLP depth {model['depth']}, width {model['width']}, global batch {model['batch']}, float32, "
+            f"one thread per rank; {args.steps} step(s) per run (the first warms up), {args.repeats} "
+            f"alternating round(s).")
     write_markdown(rows, out / "results.md", info, note)
     write_plots(rows, traces, out, args.gantt)
     return rows, traces

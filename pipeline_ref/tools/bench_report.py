@@ -14,11 +14,12 @@ from pipeline_ref.engine.machine import machine_markdown
 COLUMNS = ("schedule", "stages", "microbatches", "repeats", "warmup_step_s", "step_s", "step_min_s",
            "step_max_s", "band_low_s", "band_high_s", "band_predicted_s", "flag", "measured", "measured_min",
            "measured_max", "theory", "ratio", "predicted", "prediction_error", "forward_ms", "backward_ms",
-           "comm_us", "gaps", "gap_per_action_us", "peak_stashed", "theory_peak_stashed", "peak_stashed_bytes",
+           "comm_us", "gaps", "gap_per_action_us", "peak_stashed", "theory_peak_stashed",
+           "peak_stashed_bytes",
            "cpu_share", "retried")
-HEAD = ("| schedule | p | m | warm-up step (ms) | step (ms): median (min-max) | band (ms): low-high (predicted) "
-        "| flag | utilization (min-max) | theory | measured / theory | calibrated prediction (step error) "
-        "| F per stage (ms) | B (or I + W) per stage (ms) | message (µs) | executor gaps "
+HEAD = ("| schedule | p | m | warm-up step (ms) | step (ms): median (min-max) | band (ms): low-high "
+        "(predicted) | flag | utilization (min-max) | theory | measured / theory | calibrated prediction "
+        "(step error) | F per stage (ms) | B (or I + W) per stage (ms) | message (µs) | executor gaps "
         "| peak stashed (theory) | peak stashed (MiB) | CPU share |")
 LEGEND = (
     "Each configuration ran once per round, the rounds alternating their order (measure.compare); a run's "
@@ -60,7 +61,8 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [r["schedule"], r["stages"], r["microbatches"], _ms(r, "warmup_step_s"),
                  f"{r['step_s'] * 1e3:.1f} ({_ms(r, 'step_min_s')}-{_ms(r, 'step_max_s')})",
                  f"{_ms(r, 'band_low_s')}-{_ms(r, 'band_high_s')} ({_ms(r, 'band_predicted_s')})",
-                 r.get("flag") or "-", f"{r['measured']:.3f} ({r['measured_min']:.3f}-{r['measured_max']:.3f})",
+                 r.get("flag") or "-",
+                 f"{r['measured']:.3f} ({r['measured_min']:.3f}-{r['measured_max']:.3f})",
                  _num(r["theory"], ".3f"), _num(r["ratio"], ".3f"),
                  f"{r['predicted']:.3f} ({r['prediction_error']:+.1%})", _per_stage(r["forward_ms"]),
                  _per_stage(r["backward_ms"]), f"{r['comm_us']:.0f}", f"{r['gaps']:.2%}",
@@ -72,7 +74,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_markdown(rows: list[dict], path, info: dict | None = None, note: str = "") -> Path:
     path = Path(path)
-    text = "# Pipeline schedules measured against theory\n\n" + (machine_markdown(info) + "\n" if info else "")
+    text = "# Pipeline schedules measured against theory\n\n"
+    text += machine_markdown(info) + "\n" if info else ""
     text += (note + "\n\n" if note else "") + markdown_table(rows) + "\n" + LEGEND + "\n"
     path.write_text(text)
     return path

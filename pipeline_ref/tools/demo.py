@@ -33,8 +33,8 @@ SCHEDULES = ("naive", "gpipe", "1f1b")
 # floats, 512 KiB) is cheap next to a stage's matrix products. On one thread a 4-layer
 # stage takes ~12-15 ms forward and ~25-30 ms backward per microbatch of 128 rows: long
 # enough that the executor's few µs per action and a message's ~0.1 ms stay near 1% of an
-# action, so measured utilization is >= 95% of theory. (Width 512 / batch 512 gave 2-3 ms
-# actions and ~0.94 of theory for 1F1B.) The whole demo on 2 stages takes ~15 s.
+# action, so measured utilization is >= 95% of theory (at width 512 and batch 512 the actions
+# take 2-3 ms and 1F1B reaches ~0.94 of it). The whole demo on 2 stages takes ~15 s.
 DEMO_MODEL = {"depth": 8, "width": 1024, "batch": 1024}
 
 
@@ -127,3 +127,17 @@ def _print_table(rows) -> None:
           "free messages);\nstep: the median over the rounds of each run's steps after its first (warm-up); "
           "band: the step the schedule explains,\nthe simulator played with the runs' own per-rank op times "
           "and message latency (lowest, highest and median over the rounds)")
+
+
+def add_parser(sub) -> None:
+    """The ``demo`` subcommand and its options (``python -m pipeline_ref demo --help``)."""
+    demo = sub.add_parser("demo", help="naive, GPipe and 1F1B measured against theory, with Gantt charts")
+    demo.add_argument("--out", default="out/demo", help="folder for the plots and tables")
+    demo.add_argument("--microbatches", type=int, default=8)
+    demo.add_argument("--steps", type=int, default=3,
+                      help="steps per run; the first warms up (reported, not used)")
+    demo.add_argument("--rounds", type=int, default=3,
+                      help="alternating rounds of the schedules (medians, spread)")
+    demo.add_argument("--stages", type=int, nargs="*",
+                      help="pipeline depths (default: 2, and 4, 8 where they fit)")
+    demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one rank per GPU")

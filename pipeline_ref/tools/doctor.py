@@ -14,7 +14,6 @@ subprocess, and the start-up row really starts two ranks through ``launch.py``.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as metadata
 import json
 import os
@@ -63,7 +62,8 @@ def _probe_mpi() -> dict:
     """The MPI library as a one-process MPI program sees it (a subprocess: this process never imports MPI)."""
     done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
-        raise RuntimeError((done.stderr.strip().splitlines() or ["mpi4py exited with " + str(done.returncode)])[-1])
+        said = done.stderr.strip().splitlines() or [f"mpi4py exited with {done.returncode}"]
+        raise RuntimeError(said[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -113,7 +113,8 @@ def check_mpi_library() -> Row:
     try:
         probe = _probe_mpi()
     except Exception as err:
-        return Row("MPI library", f"mpi4py {_version('mpi4py') or 'not installed'}: MPI does not start ({err})",
+        return Row("MPI library",
+                   f"mpi4py {_version('mpi4py') or 'not installed'}: MPI does not start ({err})",
                    "fail", "make env")
     first = " ".join(probe["library"].splitlines()[0].split())
     return Row("MPI library", f"{first} (mpi4py {probe['mpi4py']})", "ok")
@@ -145,7 +146,8 @@ def check_cores() -> Row:
     if core_warning(LESSON_RANKS, free):
         # No command adds cores: the lessons still run, only their 4-rank timings measure the OS scheduler.
         return Row("cores", value + f": {LESSON_RANKS} ranks would share cores", "warn",
-                   f"no command: time the {LESSON_RANKS}-rank cells on a machine with {LESSON_RANKS}+ free cores")
+                   f"no command: time the {LESSON_RANKS}-rank cells on a machine with {LESSON_RANKS}+ free "
+                   "cores")
     return Row("cores", value, "ok")
 
 
@@ -155,7 +157,8 @@ def check_cuda() -> Row:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return Row("CUDA", f"CUDA {torch.version.cuda}, {len(names)} GPU(s): {', '.join(names)}", "ok")
     if _gpus_present():
-        why = "a CPU build of torch" if not torch.version.cuda else f"torch built for CUDA {torch.version.cuda}"
+        cuda = torch.version.cuda
+        why = "a CPU build of torch" if not cuda else f"torch built for CUDA {cuda}"
         return Row("CUDA", f"an NVIDIA driver is here but torch sees no GPU ({why})", "warn", _CUDA_TORCH)
     return Row("CUDA", "no GPU on this machine: the course runs on CPU ranks", "n/a")
 
@@ -166,7 +169,8 @@ def _cuda_aware_setting() -> tuple[bool | None, str]:
 
 
 def _library_cuda_support() -> tuple[bool | None, str]:
-    """What the MPI library says of itself: Open MPI answers MPIX_Query_cuda_support; MPICH shows its build."""
+    """What the MPI library says of itself: Open MPI answers MPIX_Query_cuda_support; MPICH shows its
+    build."""
     try:
         probe = _probe_mpi()
     except Exception:
@@ -233,7 +237,8 @@ def check_kernel() -> Row:
         return Row("Jupyter kernel", f'"{KERNEL}" is not registered', "fail", "make kernel")
     interpreter = spec.argv[0] if spec.argv else "?"
     if os.path.abspath(interpreter) != os.path.abspath(sys.executable):
-        return Row("Jupyter kernel", f'"{KERNEL}" runs {interpreter}, not {sys.executable}', "warn", "make kernel")
+        return Row("Jupyter kernel", f'"{KERNEL}" runs {interpreter}, not {sys.executable}', "warn",
+                   "make kernel")
     return Row("Jupyter kernel", f'"{KERNEL}" ({spec.display_name}) runs this Python', "ok")
 
 
@@ -251,7 +256,8 @@ def run_checks(checks=None) -> list[Row]:
             rows.append(check())
         except Exception as err:
             name = check.__name__.removeprefix("check_")
-            rows.append(Row(name, f"the check itself failed: {type(err).__name__}: {err}", "fail", "make env"))
+            rows.append(Row(name, f"the check itself failed: {type(err).__name__}: {err}", "fail",
+                            "make env"))
     return rows
 
 
