@@ -14,21 +14,8 @@ from statistics import median
 import torch
 
 from pipeline_ref.config import RunConfig
+from pipeline_ref.engine.memory import Memory, nbytes
 from pipeline_ref.sim.trace import Trace
-
-
-@dataclass(frozen=True)
-class Memory:
-    """Bytes one pipeline rank held: accounted from its tensors (CPU and GPU), and the device's peak (GPU)."""
-    parameters: int
-    gradients: int
-    optimizer: int                      # optimizer state (plain SGD keeps none)
-    peak_stashed_bytes: int             # activations autograd kept between F and B, at the peak
-    device_peak: int | None = None      # torch.cuda.max_memory_allocated, GPU runs only
-
-    @property
-    def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.peak_stashed_bytes
 
 
 @dataclass
@@ -52,7 +39,6 @@ class RankReport:
 def rank_memory(params: list, meter, device, optimizer=None) -> Memory:
     """The bytes one rank holds: its parameters, their gradients, its optimizer state, its stash at the
     peak."""
-    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)
     return Memory(parameters=nbytes(params), gradients=nbytes(p.grad for p in params if p.grad is not None),
                   optimizer=optimizer.state_bytes() if optimizer is not None else 0,
                   peak_stashed_bytes=meter.peak_bytes,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline_ref.engine.memory import nbytes
+
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -54,8 +56,8 @@ class AdamW:
         self.torch.step()
 
     def state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for state in self.torch.state.values()
-                   for t in state.values() if isinstance(t, torch.Tensor))
+        return nbytes(t for state in self.torch.state.values() for t in state.values()
+                      if isinstance(t, torch.Tensor))
 
     def state_of(self, param) -> dict:
         """``exp_avg``, ``exp_avg_sq`` and ``step`` (a tensor) of ``param``; {} before its first update."""

@@ -33,15 +33,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline_ref.engine.memory import nbytes
 from pipeline_ref.engine.weight_gradients import WeightGradients
 
 
 def as_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else tuple(value) if isinstance(value, list) else (value,)
-
-
-def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _needs_grad(t) -> bool:
@@ -136,7 +133,7 @@ class Stage:
             # Keep only the inputs; the backward runs the forward again, this time recording the graph.
             with torch.no_grad():
                 outputs = self._forward(inputs, target)
-            stashed = Stashed(inputs, None, target, _nbytes(inputs))
+            stashed = Stashed(inputs, None, target, nbytes(inputs))
         else:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 if self.weight_grads:
@@ -146,7 +143,7 @@ class Stage:
                     outputs = self._forward(inputs, target)
             if self.weight_grads:
                 # The outputs kept for W are held too, where autograd itself did not save them.
-                saved[0] += _nbytes(o for _, o in self.weight_grads.captured(microbatch)
+                saved[0] += nbytes(o for _, o in self.weight_grads.captured(microbatch)
                                     if (o.data_ptr(), tuple(o.shape)) not in counted)
             stashed = Stashed(inputs, outputs, target, saved[0])
         self.stash[microbatch] = stashed

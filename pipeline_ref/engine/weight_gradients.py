@@ -7,9 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+from pipeline_ref.engine.memory import nbytes
 
 
 class WeightGradients:
@@ -86,7 +84,7 @@ class WeightGradients:
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
         self._pending[key] = [(m, o, g) for (m, o), g in zip(captured, grads[len(wants):]) if g is not None]
-        return list(grads[:len(wants)]), _nbytes(g for _, _, g in self._pending[key])
+        return list(grads[:len(wants)]), nbytes(g for _, _, g in self._pending[key])
 
     def weight_pass(self, key) -> None:
         for module, output, grad in self._pending.pop(key):

@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from pipeline_ref.engine.memory import nbytes
+
 
 class WeightVersions:
     def __init__(self, params, forward_version: Callable[[int, int], int],
@@ -49,7 +51,7 @@ class WeightVersions:
     @property
     def version_bytes(self) -> int:
         """Bytes of one version (all versions have the same shapes)."""
-        return sum(p.numel() * p.element_size() for p in self.params)
+        return nbytes(self.params)
 
     def _load(self, version: int) -> None:
         for p, tensor in zip(self.params, self.versions[version]):

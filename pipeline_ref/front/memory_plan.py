@@ -23,38 +23,21 @@ them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pipeline_ref.front import partition
+from pipeline_ref.engine.memory import Memory, nbytes
 from pipeline_ref.engine.stage import Stage, StashMeter
 
 GB = 1e9
-
-
-@dataclass
-class RankBytes:
-    parameters: int
-    gradients: int
-    optimizer: int
-    activations: int
-
-    @property
-    def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.activations
-
-
-def _param_bytes(params) -> int:
-    return sum(p.numel() * p.element_size() for p in params)
 
 
 def optimizer_bytes(name: str, params: list) -> int:
     if name == "sgd":
         return 0
     if name == "adamw":        # exp_avg and exp_avg_sq per parameter, a float32 step counter per tensor
-        return 2 * _param_bytes(params) + 4 * len(params)
+        return 2 * nbytes(params) + 4 * len(params)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -86,7 +69,7 @@ def peak_activation_bytes(actions, chunk_bytes: dict[int, int]) -> int:
 
 
 def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: str = "sgd",
-         method: str = "uniform", dp: int = 1, recompute: bool = False) -> list[RankBytes]:
+         method: str = "uniform", dp: int = 1, recompute: bool = False) -> list[Memory]:
     """What each pipeline rank will hold for ``schedule`` (a ``geometry.Schedule``) on this model and
     batch."""
     pipe = schedule.pipeline
@@ -106,12 +89,12 @@ def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: s
         params = list({id(p): p for c in chunks for i in ranges[pipe.virtual_stage(rank, c)]
                        for p in layers[i].parameters()}.values())
         chunk_bytes = {c: stash[pipe.virtual_stage(rank, c)] for c in chunks}
-        ranks.append(RankBytes(_param_bytes(params), _param_bytes(params), optimizer_bytes(optimizer, params),
+        ranks.append(Memory(nbytes(params), nbytes(params), optimizer_bytes(optimizer, params),
                                peak_activation_bytes(schedule[rank], chunk_bytes)))
     return ranks
 
 
-def over_budget(ranks: list[RankBytes], budget_gb: float) -> str | None:
+def over_budget(ranks: list[Memory], budget_gb: float) -> str | None:
     """None if every rank fits ``budget_gb``; else a sentence naming the worst rank and by how much it is
     over."""
     worst = max(range(len(ranks)), key=lambda r: ranks[r].total)
@@ -120,16 +103,16 @@ def over_budget(ranks: list[RankBytes], budget_gb: float) -> str | None:
         return None
     return (f"rank {worst} would hold {need.total / GB:.3f} GB (parameters {need.parameters / GB:.3f}, "
             f"gradients {need.gradients / GB:.3f}, optimizer {need.optimizer / GB:.3f}, activations "
-            f"{need.activations / GB:.3f}), {(need.total - budget_gb * GB) / GB:.3f} GB over the budget of "
-            f"{budget_gb:g} GB per rank")
+            f"{need.peak_stashed_bytes / GB:.3f}), {(need.total - budget_gb * GB) / GB:.3f} GB over the "
+            f"budget of {budget_gb:g} GB per rank")
 
 
-def table(ranks: list[RankBytes]) -> str:
+def table(ranks: list[Memory]) -> str:
     lines = [f"{'rank':<6}{'parameters':>12}{'gradients':>12}{'optimizer':>12}{'activations':>13}"
              f"{'total':>10}  (MB)"]
     for r, b in enumerate(ranks):
         lines.append(f"{r:<6}{b.parameters / 1e6:>12.1f}{b.gradients / 1e6:>12.1f}{b.optimizer / 1e6:>12.1f}"
-                     f"{b.activations / 1e6:>13.1f}{b.total / 1e6:>10.1f}")
+                     f"{b.peak_stashed_bytes / 1e6:>13.1f}{b.total / 1e6:>10.1f}")
     return "\n".join(lines)
 
 

@@ -4,11 +4,12 @@ against.
     losses, params = async_reference.train("pipedream", layers, loss_fn, (inputs, targets),
                                            ranges=[(0, 4), (4, 8)], num_microbatches=4, steps=3, lr=0.1)
 
-No pipeline, no schedule, no MPI: each stage's weights are a list of versions (version k: after k updates
-of that stage), and the microbatches go through one after another, each on the versions the schedule would
-give it. The whole model runs as one function (``torch.func.functional_call``) on a dict that takes every
-stage's parameters from the version that stage uses, so a microbatch that meets stage 0 at version 3 and
-stage 1 at version 5 is just one forward and one backward.
+No pipeline, no schedule, no MPI: each stage's weights are a list of versions (version k: after k updates of
+that stage), and the microbatches go through one after another, each on the versions the schedule would give
+it (``asynchronous.forward_version``, the rule the ranks' weight stores follow too). The whole model runs as
+one function (``torch.func.functional_call``) on a dict that takes every stage's parameters from the version
+that stage uses, so a microbatch that meets stage 0 at version 3 and stage 1 at version 5 is just one forward
+and one backward.
 
 - PipeDream: microbatch j (of the steps x m in the run) sees stage s at version max(0, j - (p - s - 1));
   afterwards stage s takes one SGD step with j's gradient: version j + 1 = version j - lr * g_j.
@@ -28,18 +29,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from pipeline_ref.schedules import asynchronous
+
 
 def version_used(schedule: str, stage: int, num_stages: int, num_microbatches: int, microbatch: int) -> int:
     """The version of ``stage`` that microbatch j of the run (step j // m) meets."""
-    p, m, j = num_stages, num_microbatches, microbatch
-    if schedule == "pipedream":
-        return max(0, j - (p - stage - 1))
-    if schedule == "pipedream-2bw":
-        return max(0, j // m - 1)
-    # any synchronous schedule (GPipe, 1F1B, ...): step t on version t
-    if schedule == "flush":
-        return j // m
-    raise ValueError(f"unknown schedule {schedule!r}: pipedream, pipedream-2bw or flush")
+    if schedule == "flush":     # any synchronous schedule (GPipe, 1F1B, ...): step t on version t
+        return microbatch // num_microbatches
+    if schedule not in asynchronous.ASYNCHRONOUS:
+        raise ValueError(f"unknown schedule {schedule!r}: pipedream, pipedream-2bw or flush")
+    return asynchronous.forward_version(schedule, stage, num_stages, num_microbatches, microbatch)
 
 
 def train(schedule: str, layers, loss_fn, batch, ranges, num_microbatches: int, steps: int, lr: float,

@@ -17,21 +17,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def sequences(vocab: int, seq_len: int, batch: int, seed: int):
-    """``(inputs, targets)``: rows counting from a random start with a random stride, mod ``vocab``."""
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, vocab, (batch, 1), generator=generator)
-    stride = torch.randint(1, 5, (batch, 1), generator=generator)
-    tokens = (start + stride * torch.arange(seq_len + 1)) % vocab
-    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+from pipeline_ref.models.zoo import next_token_loss, sequences
 
 
 def lm_loss(output, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of a causal LM's output (a ``ModelOutput`` with ``logits``, or
     logits)."""
-    logits = output.logits if hasattr(output, "logits") else output
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return next_token_loss(output.logits if hasattr(output, "logits") else output, targets)
 
 
 def gpt2(vocab: int = 128, dim: int = 32, heads: int = 4, blocks: int = 4, seq_len: int = 16, batch: int = 16,

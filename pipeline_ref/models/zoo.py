@@ -108,6 +108,17 @@ class Head(nn.Module):
         return self.out(self.ln(x))
 
 
+def sequences(vocab: int, seq_len: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GPTs' ``(inputs, targets)`` (ours and Hugging Face's): rows counting from a random start by a
+    random stride (mod ``vocab``), random enough to be data, regular enough for a few SGD steps to lower the
+    loss."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, vocab, (batch, 1), generator=generator)
+    stride = torch.randint(1, 5, (batch, 1), generator=generator)
+    tokens = (start + stride * torch.arange(seq_len + 1)) % vocab
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over every position of every sequence."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
@@ -130,13 +141,7 @@ def tiny_gpt(vocab: int = 64, dim: int = 32, heads: int = 4, blocks: int = 4, se
         head.out.weight = embedding.token.weight
     layers = [embedding, *(Block(dim, heads) for _ in range(blocks)), head]
 
-    # Each row counts from a random start with a random stride (mod vocab): random enough to be data, regular
-    # enough that a few SGD steps visibly lower the loss in a lesson.
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, vocab, (batch, 1), generator=generator)
-    stride = torch.randint(1, 5, (batch, 1), generator=generator)
-    tokens = (start + stride * torch.arange(seq_len + 1)) % vocab
-    return layers, next_token_loss, (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+    return layers, next_token_loss, sequences(vocab, seq_len, batch, seed)
 
 
 def tiny_gpt_tied(**options):

@@ -11,7 +11,7 @@ by the executor (``executor.py``, over MPI).
     ['F0 F1 B0 F2 B1 B2', 'F0 B0 F1 B1 F2 B2']
     >>> schedules.validate(sched)
 
-The textbook schedules are here; interleaved 1F1B is in ``interleaved.py``, the zero-bubble
+The textbook schedules are in ``classic.py``; interleaved 1F1B is in ``interleaved.py``, the zero-bubble
 ones in ``zero_bubble.py``, the one searched under a memory limit (``zb-auto``: the Zero Bubble
 paper's ZB-1p / ZB-2p) in ``auto_schedule.py``, DualPipeV in ``dualpipe.py``, PipeDream and 2BW
 (no flush: ``build(name, p, m, steps=k)`` streams k x m microbatches) in ``asynchronous.py``.
@@ -23,43 +23,13 @@ from __future__ import annotations
 
 # the names users import from here
 from pipeline_ref.schedules.geometry import OPS, Action, Schedule, ScheduleError  # noqa: F401
-from pipeline_ref.schedules.geometry import actions_of, interleave
+from pipeline_ref.schedules.classic import gpipe, naive, one_f_one_b
 from pipeline_ref.schedules.asynchronous import ASYNCHRONOUS, pipedream, pipedream_2bw  # noqa: F401
 from pipeline_ref.schedules.auto_schedule import zb_auto
 from pipeline_ref.schedules.dualpipe import dualpipev
 from pipeline_ref.schedules.interleaved import interleaved
 from pipeline_ref.schedules.replay import validate  # noqa: F401
 from pipeline_ref.schedules.zero_bubble import zb_h1, zb_h2, zbv
-
-
-# --------------------------------------------------------------------------- generators
-
-def naive(num_stages: int, num_microbatches: int) -> Schedule:
-    """One microbatch at a time through the whole pipeline: only one rank is ever busy."""
-    actions = tuple(interleave(actions_of("F", num_microbatches), actions_of("B", num_microbatches)))
-    return Schedule([actions] * num_stages)      # every rank the same (immutable) list
-
-
-def gpipe(num_stages: int, num_microbatches: int) -> Schedule:
-    """GPipe: all forwards, then all backwards. Every rank stashes all m activations."""
-    actions = tuple(actions_of("F", num_microbatches) + actions_of("B", num_microbatches))
-    return Schedule([actions] * num_stages)
-
-
-def one_f_one_b(num_stages: int, num_microbatches: int) -> Schedule:
-    """1F1B (PipeDream-flush): warmup forwards, then one forward / one backward, then cooldown.
-
-    Stage s runs num_stages - s - 1 warmup forwards, so it never stashes more than
-    min(num_stages - s, num_microbatches) activations.
-    """
-    m = num_microbatches
-    forwards, backwards = actions_of("F", m), actions_of("B", m)
-    schedule = []
-    for stage in range(num_stages):
-        warmup = min(num_stages - stage - 1, m)
-        steady = interleave(forwards[warmup:], backwards[:m - warmup])     # F(warmup + i), B(i)
-        schedule.append(forwards[:warmup] + steady + backwards[m - warmup:])
-    return Schedule(schedule)
 
 
 GENERATORS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved,

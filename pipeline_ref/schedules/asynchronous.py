@@ -39,21 +39,15 @@ ranks. No MPI here.
 """
 from __future__ import annotations
 
-from pipeline_ref.schedules.geometry import Schedule, ScheduleError, actions_of, interleave
+from pipeline_ref.schedules.classic import one_f_one_b
+from pipeline_ref.schedules.geometry import Schedule, ScheduleError
 
 ASYNCHRONOUS = ("pipedream", "pipedream-2bw")
 
 
 def stream(num_stages: int, num_microbatches: int) -> Schedule:
     """1F1B over ``num_microbatches`` with no flush: warm-up, one forward one backward, drain at the end."""
-    m = num_microbatches
-    forwards, backwards = actions_of("F", m), actions_of("B", m)      # shared by every rank's list
-    schedule = []
-    for s in range(num_stages):
-        warmup = min(num_stages - s - 1, m)
-        schedule.append(forwards[:warmup] + interleave(forwards[warmup:], backwards[:m - warmup])
-                        + backwards[m - warmup:])
-    return Schedule(schedule)
+    return one_f_one_b(num_stages, num_microbatches)
 
 
 def pipedream(num_stages: int, num_microbatches: int, steps: int = 1) -> Schedule:

@@ -21,6 +21,7 @@ alternates one forward and one backward, then drains the backwards.
 """
 from __future__ import annotations
 
+from pipeline_ref.schedules.classic import one_f_one_b
 from pipeline_ref.schedules.geometry import Action, Schedule, ScheduleError, interleave
 
 
@@ -40,15 +41,14 @@ def interleaved(num_stages: int, num_microbatches: int, chunks: int = 2) -> Sche
         raise ScheduleError("interleaved 1F1B sends microbatches through the chunks in groups of "
                             f"num_stages, so num_microbatches ({num_microbatches}) must be a multiple of "
                             f"num_stages ({num_stages})")
+    if chunks == 1:
+        return one_f_one_b(num_stages, num_microbatches)
     total = num_microbatches * chunks                 # actions of each kind on every rank
     forwards = [_nth(k, num_stages, chunks, "F") for k in range(total)]   # the same order on every rank
     backwards = [_nth(k, num_stages, chunks, "B") for k in range(total)]
     schedule = []
     for rank in range(num_stages):
-        if chunks == 1:                               # plain 1F1B
-            warmup = min(num_stages - rank - 1, total)
-        else:
-            warmup = min((num_stages - rank - 1) * 2 + (chunks - 1) * num_stages, total)
+        warmup = min((num_stages - rank - 1) * 2 + (chunks - 1) * num_stages, total)
         steady = interleave(forwards[warmup:], backwards[:total - warmup])   # F(warmup + i), B(i)
         schedule.append(forwards[:warmup] + steady + backwards[total - warmup:])
     return Schedule(schedule)

@@ -13,7 +13,8 @@ import json
 
 from pipeline_ref.config import ConfigError, RunConfig
 from pipeline_ref.preflight import build_model, make_schedule
-from pipeline_ref.front.memory_plan import RankBytes, largest_fitting, over_budget, plan, table
+from pipeline_ref.engine.memory import Memory
+from pipeline_ref.front.memory_plan import largest_fitting, over_budget, plan, table
 
 
 def add_parser(sub) -> None:
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    def ranks_for(stages: int, options: dict) -> list[RankBytes]:
+    def ranks_for(stages: int, options: dict) -> list[Memory]:
         cfg = RunConfig(schedule=args.schedule, pp=stages, microbatches=args.microbatches, model=args.model,
                         model_kwargs=options, optimizer=args.optimizer, dtype=args.dtype,
                         checkpoint=args.checkpoint)
