@@ -24,7 +24,7 @@ import json
 import sys
 
 from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, ConfigError, RunConfig
-from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, check_config
+from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, check_world_size, preflight
 from pipeline_ref.schedules import GENERATORS
 
 
@@ -187,11 +187,9 @@ def _run(args) -> int:
         from pipeline_ref.faults.watchdog import STALL_SECONDS
         args.stall_timeout = STALL_SECONDS.get(args.device, STALL_SECONDS["cuda"])
     cfg = _config(args)
-    check_config(cfg, args.ranks)               # refuse before any rank starts or communicates
+    prepared = preflight(cfg, args.ranks)       # every check, before any rank starts or communicates
     if args.ranks is not None:
-        from pipeline_ref.preflight import preflight
         from pipeline_ref.launch import launch
-        preflight(cfg, args.ranks)              # and what needs the model: layers, batch, schedule
         result = launch(args.ranks, "pipeline_ref.train:run_rank", cfg, timeout=args.timeout,
                         stall_timeout=args.stall_timeout, echo=True)[0]
         _report(result, args)
@@ -203,9 +201,10 @@ def _run(args) -> int:
     if comm.Get_size() == 1 and cfg.world_size > 1:
         raise ConfigError(f"--pp {cfg.pp} x --dp {cfg.dp} needs {cfg.world_size} ranks: add "
                           f"-n {cfg.world_size}, or start under mpiexec -n {cfg.world_size}")
+    check_world_size(cfg, comm.Get_size())
     watchdog.start(comm.Get_rank(), cfg.stall_timeout)
     try:
-        result = run_rank(comm, cfg)
+        result = run_rank(comm, cfg, prepared)
     except Exception as err:                    # one rank's failure must end all of them, not hang them
         watchdog.report(f"failed while {watchdog.doing()}: {type(err).__name__}: {err}")
         watchdog.abort_all(comm, 1)

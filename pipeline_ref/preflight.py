@@ -10,6 +10,7 @@ This module does not import MPI, so the launcher (and pytest) can use it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -21,6 +22,15 @@ from pipeline_ref.schedules import asynchronous
 
 OPTIMIZERS = optim.OPTIMIZERS
 AUTOCAST = tuple(precision.DTYPES)
+
+
+class Prepared(NamedTuple):
+    """What the checks leave a rank: the model (a list of layers, or a whole module), its loss, step 0's batch
+    (or the source of a batch per step), and the validated schedule."""
+    layers: object
+    loss_fn: object
+    batch: object
+    schedule: schedules.Schedule
 
 
 def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
@@ -51,9 +61,7 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ConfigError(f"--autocast {cfg.autocast} keeps float32 master weights: use it with --dtype "
                           f"float32, not {cfg.dtype}")
     _check_combinations(cfg)
-    if world_size is not None and world_size != cfg.world_size:
-        raise ConfigError(f"the run has {world_size} ranks but --pp {cfg.pp} x --dp {cfg.dp} needs "
-                          f"{cfg.world_size}; start it with -n {cfg.world_size}")
+    check_world_size(cfg, world_size)
     try:
         models.load_factory(cfg.model)
     except (ValueError, TypeError) as err:
@@ -92,6 +100,14 @@ def _check_combinations(cfg: RunConfig) -> None:
     if cfg.transport == "torch" and cfg.sync_sends:
         raise ConfigError("--sync-sends is MPI's Issend; torch.distributed has no synchronous send: "
                           "use it with --transport mpi")
+
+
+
+def check_world_size(cfg: RunConfig, world_size: int | None) -> None:
+    """The ranks there are (None: not known yet) are the ranks the run needs."""
+    if world_size is not None and world_size != cfg.world_size:
+        raise ConfigError(f"the run has {world_size} ranks but --pp {cfg.pp} x --dp {cfg.dp} needs "
+                          f"{cfg.world_size}; start it with -n {cfg.world_size}")
 
 
 def build_model(cfg: RunConfig):
@@ -133,10 +149,10 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1
                           "token: (batch * tokens,))")
 
 
-def preflight(cfg: RunConfig, world_size: int | None = None):
+def preflight(cfg: RunConfig, world_size: int | None = None) -> Prepared:
     """Every check, in the order a rank needs their results; nothing here communicates.
 
-    Returns ``(layers, loss_fn, (inputs, targets), schedule)``. Each rank calls it before its
+    Returns a :class:`Prepared` ``(layers, loss_fn, batch, schedule)``. Each rank calls it before its
     first message; ``python -m pipeline_ref run -n N`` also calls it before starting any rank,
     so a batch that the microbatches don't divide is one line of error, not N ranks' tracebacks.
     """
@@ -162,7 +178,7 @@ def preflight(cfg: RunConfig, world_size: int | None = None):
             check(cfg, layers)
         except CheckpointError as err:
             raise ConfigError(str(err)) from None
-    return layers, loss_fn, batch, schedule
+    return Prepared(layers, loss_fn, batch, schedule)
 
 
 def _check_memory(cfg: RunConfig, layers, loss_fn, batch, schedule) -> None:

@@ -27,13 +27,17 @@ from dataclasses import dataclass
 import torch
 
 from pipeline_ref import async_run, run_checkpoint
-from pipeline_ref.engine import machine, optim, precision
+from pipeline_ref.engine import machine, optim, precision, topology
+from pipeline_ref.engine.executor import Executor, agree_specs, plan
+from pipeline_ref.engine.reduce import GradientReducer
+from pipeline_ref.engine.stage import StashMeter, Stage
 from pipeline_ref.faults import watchdog
 from pipeline_ref.front import cut, partition
 from pipeline_ref.models import batches
 from pipeline_ref.schedules import asynchronous
+from pipeline_ref.schedules.geometry import Pipeline
 from pipeline_ref.config import RunConfig
-from pipeline_ref.preflight import preflight
+from pipeline_ref.preflight import Prepared, preflight
 from pipeline_ref.engine.device import for_rank as device_for_rank
 from pipeline_ref.faults.finite import NonFiniteError, nonfinite
 from pipeline_ref.results import RankReport, RunResult, measured_trace, rank_memory
@@ -44,17 +48,17 @@ from pipeline_ref.sim.trace import Wait
 class RankRun:
     """What one rank holds for a run, once set up."""
     cfg: RunConfig
-    comm: object
-    topo: object                 # topology.Topology: stage, replica, pipeline and data communicators
-    pipeline: object             # geometry.Pipeline
-    stages: dict                 # chunk -> Stage
-    executor: object
+    comm: object                 # an MPI communicator (mpi4py is imported on the ranks only)
+    topo: topology.Topology      # stage, replica, pipeline and data communicators
+    pipeline: Pipeline
+    stages: dict[int, Stage]     # chunk -> Stage
+    executor: Executor
     params: list
     names: dict                  # id(Parameter) -> name as nn.Sequential(*layers) gives it
     inputs: list | None          # per-microbatch input tuples (the first stage only)
     targets: list | None         # per-microbatch targets (the loss stage only)
-    dp_reducer: object
-    tie_reducers: list
+    dp_reducer: GradientReducer
+    tie_reducers: list[GradientReducer]
     communicators: list
     ranges: list
     layer_costs: list | None
@@ -63,22 +67,19 @@ class RankRun:
     device: torch.device
     layers: dict                 # global layer index -> module, the layers this rank holds (for checkpoints)
     first_step: int              # 0, or the step a resumed run continues from
-    data: object = None          # batches.PerStep when the factory gives a batch per step
-    optimizer: object = None     # optim.SGD or optim.AdamW over this rank's parameters
-    scaler: object = None        # precision.LossScaler in float16, else precision.NoScaler
+    data: batches.PerStep | None = None      # when the factory gives a batch per step
+    optimizer: optim.SGD | optim.AdamW | None = None      # over this rank's parameters
+    scaler: precision.LossScaler | precision.NoScaler | None = None   # LossScaler in float16
     state_names: set | None = None   # a whole module's state_dict names (what a checkpoint keeps), else None
 
 
-def set_up(comm, cfg: RunConfig) -> RankRun:
-    from pipeline_ref.engine import topology
-    from pipeline_ref.engine.executor import Executor, agree_specs, plan
+def set_up(comm, cfg: RunConfig, prepared: Prepared | None = None) -> RankRun:
     from pipeline_ref.engine.message import Messenger, check_tag_range
     from pipeline_ref.engine.mpi_transport import MPITransport
     from pipeline_ref.engine.torch_transport import open_transport
-    from pipeline_ref.engine.reduce import GradientReducer
 
     watchdog.beat("checking the configuration")
-    layers, loss_fn, batch, schedule = preflight(cfg, comm.Get_size())
+    layers, loss_fn, batch, schedule = prepared or preflight(cfg, comm.Get_size())
     inputs, targets = batch                   # step 0's, when the factory gives a batch per step
     pipe = schedule.pipeline                  # num_stages, chunks per rank, and where each chunk sits
     # one GPU per rank: the launcher's local rank
@@ -134,7 +135,6 @@ def set_up(comm, cfg: RunConfig) -> RankRun:
 
 def _stages(cfg: RunConfig, model, schedule, rank: int, device) -> dict:
     """chunk -> Stage: the pieces of each virtual stage this rank holds, sharing one stash meter."""
-    from pipeline_ref.engine.stage import StashMeter, Stage
     pipe, meter, stages = schedule.pipeline, StashMeter(), {}   # the rank's stash, over all its chunks
     for chunk in range(pipe.num_chunks):
         piece = model.ranges[pipe.virtual_stage(rank, chunk)]
@@ -149,7 +149,6 @@ def _stages(cfg: RunConfig, model, schedule, rank: int, device) -> dict:
 def _tie_reducers(comm, topo, tied: list, by_name: dict) -> list:
     """A sum over the stages holding each tied weight (Split is collective: every rank takes part in each)."""
     from mpi4py import MPI
-    from pipeline_ref.engine.reduce import GradientReducer
     reducers = []
     for name, holders in tied:
         member = topo.stage in holders
@@ -215,8 +214,10 @@ def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
 
 
 
-def run_rank(comm, cfg: RunConfig) -> RunResult | None:
-    run = set_up(comm, cfg)
+def run_rank(comm, cfg: RunConfig, prepared: Prepared | None = None) -> RunResult | None:
+    """Every rank's whole run; world rank 0 returns the RunResult. ``prepared``: the preflight this process
+    already made (the command line under mpiexec), else the set-up makes it."""
+    run = set_up(comm, cfg, prepared)
     if cfg.verbose and comm.Get_rank() == 0:
         _announce(run)
     if cfg.schedule in asynchronous.ASYNCHRONOUS:     # PipeDream, 2BW: one stream, updates after backwards
