@@ -5,7 +5,8 @@ import pickle
 import pytest
 
 from pipeline_ref import schedules
-from pipeline_ref.schedules.geometry import LAYOUTS, Action, Pipeline, Place, Schedule, ScheduleError
+from pipeline_ref.schedules.geometry import (LAYOUTS, Action, Message, Op, Pipeline, Place, Schedule,
+                                             ScheduleError)
 
 
 
@@ -87,3 +88,17 @@ def test_every_generator_returns_a_schedule():
         assert isinstance(sched, Schedule), name
         chunks = {a.chunk for actions in sched for a in actions}
         assert sched.pipeline.num_chunks == len(chunks) == (2 if name in ("interleaved", "zbv", "dualpipev") else 1)
+
+
+def test_an_actions_messages_come_from_the_geometry_and_its_op_says_what_they_carry():
+    pipe = Pipeline(num_stages=2, num_chunks=2)         # chunk c of rank r is virtual stage 2c + r
+    incoming, outgoing = pipe.messages(Action("F", 3, 1), rank=0)       # virtual stage 2: from 1, on to 3
+    assert incoming == Message(Place(1, 0), "activation", 3, 1)
+    assert outgoing == Message(Place(1, 1), "activation", 3, 1)         # addressed to the receiver's chunk
+    incoming, outgoing = pipe.messages(Action("I", 0, 0), rank=1)       # virtual stage 1: from 2, back to 0
+    assert incoming == Message(Place(0, 1), "gradient", 0, 0) and outgoing == Message(Place(0, 0), "gradient", 0, 0)
+    assert pipe.messages(Action("W", 0, 0), rank=1) == (None, None)
+    assert pipe.messages(Action("F", 0, 0), rank=0)[0] is None and pipe.messages(Action("B", 0, 0), 0)[1] is None
+    assert [op.frees for op in Op] == [(), (Op.F,), (), (Op.F, Op.I)]
+    assert [op.ends_backward for op in Op] == [False, True, False, True]
+    assert Op.I.result == Op.B == "B" and f"{Op.W}" == str(Op.W) == "W"

@@ -29,9 +29,8 @@ import torch
 
 from pipeline_ref.faults import watchdog
 from pipeline_ref.faults.finite import NonFiniteError, nonfinite
-from pipeline_ref.schedules.geometry import Action, Pipeline
-from pipeline_ref.engine.message import (ACTIVATION, GRADIENT, Messenger, PendingRecv, gradient_specs,
-                                         message_tag, specs_of)
+from pipeline_ref.schedules.geometry import Action, Op, Pipeline
+from pipeline_ref.engine.message import Messenger, PendingRecv, gradient_specs, specs_of, tag_of
 from pipeline_ref.engine.stage import Stage
 from pipeline_ref.sim.trace import Event, Wait
 
@@ -64,27 +63,16 @@ class Step:
 
 def plan(actions, pipeline: Pipeline, rank: int, in_specs: dict, out_specs: dict) -> list[Step]:
     """The rank's actions as steps; ``in_specs[chunk]``/``out_specs[chunk]``: the chunk's boundary specs."""
-    tag = lambda direction, microbatch, chunk: message_tag(direction, microbatch, chunk, pipeline.num_chunks)
     steps = []
     for a in actions:
-        source, dest = pipeline.receives(a, rank), pipeline.sends(a, rank)
+        incoming, outgoing = pipeline.messages(a, rank)
         receive = send = None
-        if a.op == "F":
-            if source:
-                receive = Receive(source.rank, tag(ACTIVATION, a.microbatch, a.chunk), in_specs[a.chunk],
-                                  "activation")
-            if dest:
-                send = Send(dest.rank, tag(ACTIVATION, a.microbatch, dest.chunk))
-        elif a.op in ("B", "I"):
-            if source:
-                receive = Receive(source.rank, tag(GRADIENT, a.microbatch, a.chunk),
-                                  gradient_specs(out_specs[a.chunk]), "gradient")
-            if dest:
-                send = Send(dest.rank, tag(GRADIENT, a.microbatch, dest.chunk))
-        # The stash reads a received activation until the backward (B, or the W after an I); the output
-        # gradient an I received is kept for its W, which may read it as it is (autograd passes it through).
-        frees = {"B": (Action("F", a.microbatch, a.chunk),),
-                 "W": (Action("F", a.microbatch, a.chunk), Action("I", a.microbatch, a.chunk))}.get(a.op, ())
+        if incoming is not None:
+            specs = in_specs[a.chunk] if incoming.what == "activation" else gradient_specs(out_specs[a.chunk])
+            receive = Receive(incoming.peer.rank, tag_of(incoming, pipeline.num_chunks), specs, incoming.what)
+        if outgoing is not None:
+            send = Send(outgoing.peer.rank, tag_of(outgoing, pipeline.num_chunks))
+        frees = tuple(Action(op.value, a.microbatch, a.chunk) for op in Op(a.op).frees)
         waiting = (f"waiting for the {receive.what} of microbatch {a.microbatch} from rank {receive.source}"
                    if receive else "")
         steps.append(Step(a, receive, send, frees, str(a), waiting))
@@ -228,7 +216,8 @@ class Executor:
         clock = clock_for(self.device)
         window = ReceiveWindow(self.steps, messenger, self.lookahead)
         held: dict[Action, PendingRecv] = {}           # received buffers still read after their action
-        last_backward = max((i for i, s in enumerate(self.steps) if s.action.op in ("B", "W")), default=-1)
+        ends = [i for i, s in enumerate(self.steps) if Op(s.action.op).ends_backward]
+        last_backward = max(ends, default=-1)
         marks, waits = [], []
         # What the heartbeat says, formatted now: after an action's large matrix products the caches hold the
         # weights, and one f-string between actions costs 14 µs against 0.2 µs in a loop (overhead.py, part

@@ -46,6 +46,12 @@ def message_tag(direction: int, microbatch: int, chunk: int, num_chunks: int) ->
     return (microbatch * num_chunks + chunk) * 2 + direction
 
 
+def tag_of(message, num_chunks: int) -> int:
+    """The tag of a ``geometry.Message``: the one rule the executor and the torch transport share."""
+    direction = ACTIVATION if message.what == "activation" else GRADIENT
+    return message_tag(direction, message.microbatch, message.chunk, num_chunks)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One tensor of a boundary: its shape, dtype, and whether a gradient for it comes back."""

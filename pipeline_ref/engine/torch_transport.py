@@ -44,7 +44,7 @@ import socket
 import torch
 
 from pipeline_ref.faults import watchdog
-from pipeline_ref.engine.message import ACTIVATION, GRADIENT, Loopback, message_tag
+from pipeline_ref.engine.message import Loopback, tag_of
 
 MAX_TAG = 2 ** 31 - 1        # gloo takes a 32-bit signed tag; NCCL ignores it (matching by order)
 
@@ -104,16 +104,13 @@ def message_orders(schedule) -> tuple[dict, dict]:
     sent, received = {}, {}
     for rank in range(schedule.num_stages):
         for a in schedule[rank]:
-            source, dest = pipe.receives(a, rank), pipe.sends(a, rank)
-            direction = ACTIVATION if a.op == "F" else GRADIENT
-            if a.op == "W":
-                continue
-            if source is not None and source.rank != rank:
-                tag = message_tag(direction, a.microbatch, a.chunk, pipe.num_chunks)
-                received.setdefault(key(source.rank, rank, tag), []).append((tag, str(a)))
-            if dest is not None and dest.rank != rank:
-                tag = message_tag(direction, a.microbatch, dest.chunk, pipe.num_chunks)
-                sent.setdefault(key(rank, dest.rank, tag), []).append((tag, str(a)))
+            incoming, outgoing = pipe.messages(a, rank)
+            if incoming is not None and incoming.peer.rank != rank:
+                tag = tag_of(incoming, pipe.num_chunks)
+                received.setdefault(key(incoming.peer.rank, rank, tag), []).append((tag, str(a)))
+            if outgoing is not None and outgoing.peer.rank != rank:
+                tag = tag_of(outgoing, pipe.num_chunks)
+                sent.setdefault(key(rank, outgoing.peer.rank, tag), []).append((tag, str(a)))
     return sent, received
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from pipeline_ref.front import partition
 from pipeline_ref.engine.memory import Memory, nbytes
 from pipeline_ref.engine.stage import Stage, StashMeter
+from pipeline_ref.schedules.geometry import Op
 
 GB = 1e9
 
@@ -63,7 +64,7 @@ def peak_activation_bytes(actions, chunk_bytes: dict[int, int]) -> int:
         if action.op == "F":
             held += chunk_bytes[action.chunk]
             peak = max(peak, held)
-        elif action.op in ("B", "W"):
+        elif Op(action.op).ends_backward:
             held -= chunk_bytes[action.chunk]
     return peak
 

@@ -28,9 +28,54 @@ backward (or ``I``) needs the backward (or ``I``) of i on v + 1; ``W`` needs onl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import NamedTuple
 
-OPS = ("F", "B", "I", "W")            # forward, backward, input-gradient, weight-gradient
+
+
+class Op(str, Enum):
+    """What an action computes, and so what it receives, sends on, hands its neighbour and frees.
+
+    Equal to its letter (``Op.F == "F"``): an Action's ``op`` is the letter, ``Op(action.op)`` its meaning.
+    """
+    F = "F"      # forward
+    B = "B"      # backward: the input gradient and the weight gradient together
+    I = "I"      # input gradient only (zero bubble), sent on at once  # noqa: E741
+    W = "W"      # weight gradient only, later, local
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def flow(self) -> int:
+        """+1: from virtual stage v - 1 to v + 1 (forward); -1: from v + 1 to v - 1 (backward); 0: local."""
+        return {"F": 1, "B": -1, "I": -1, "W": 0}[self.value]
+
+    @property
+    def message(self) -> str | None:
+        """What it receives and sends: "activation", "gradient", or None (a W talks to no one)."""
+        return {1: "activation", -1: "gradient", 0: None}[self.flow]
+
+    @property
+    def result(self) -> "Op":
+        """What it hands its neighbour, as dependencies name it: B and I both give the input gradient (B)."""
+        return Op.B if self.flow < 0 else self
+
+    @property
+    def frees(self) -> tuple:
+        """The ops of the same microbatch and chunk whose received buffers this one is the last to read: the
+        stash reads an activation until the backward (B, or the W after an I); an I's output gradient is kept
+        for its W, which may read it as it is (autograd passes it through)."""
+        return {"B": (Op.F,), "W": (Op.F, Op.I)}.get(self.value, ())
+
+    @property
+    def ends_backward(self) -> bool:
+        """Whether a microbatch's backward on this chunk is over after it: B, or W after a split backward."""
+        return self in (Op.B, Op.W)
+
+
+OPS = tuple(op.value for op in Op)    # F, B, I, W
+_FLOW = {op.value: op.flow for op in Op}     # the replay asks this per action: a dict, not an Enum call
 LAYOUTS = ("interleaved", "v")        # which virtual stage chunk c of rank r holds: Pipeline.virtual_stage
 
 
@@ -49,7 +94,7 @@ class Action(NamedTuple):
 
 def result_of(op: str) -> str:
     """What an op hands to its neighbour: ``B`` and ``I`` both produce the input gradient ("B")."""
-    return "B" if op in ("B", "I") else op
+    return "B" if _FLOW[op] < 0 else op
 
 
 def actions_of(op: str, count: int, chunk: int = 0) -> list[Action]:
@@ -125,7 +170,7 @@ class Schedule(tuple):
     @property
     def splits_backward(self) -> bool:
         """Whether the backward runs as I and W (zero bubble) rather than as B."""
-        return any(a.op in ("I", "W") for actions in self for a in actions)
+        return any(a.op in (Op.I, Op.W) for actions in self for a in actions)
 
     @property
     def pipeline(self) -> "Pipeline":
@@ -135,6 +180,15 @@ class Schedule(tuple):
 class Place(NamedTuple):
     """Where a virtual stage lives: a pipeline rank and the chunk of that rank."""
     rank: int
+    chunk: int
+
+
+class Message(NamedTuple):
+    """One message of an action: its peer (where it comes from, or goes to), what it carries, and the
+    microbatch and chunk it is addressed to (the receiving chunk: what its tag names)."""
+    peer: Place
+    what: str                 # "activation" or "gradient"
+    microbatch: int
     chunk: int
 
 
@@ -188,21 +242,23 @@ class Pipeline:
 
     def receives(self, action: Action, rank: int) -> Place | None:
         """Where the message ``action`` waits for comes from, or None (data, the loss, or a local W)."""
-        v = self.virtual_stage(rank, action.chunk)
-        if action.op == "F" and v > 0:
-            return self.place(v - 1)
-        if action.op in ("B", "I") and v < self.num_virtual_stages - 1:
-            return self.place(v + 1)
-        return None
+        flow = _FLOW[action.op]
+        source = self.virtual_stage(rank, action.chunk) - flow
+        return self.place(source) if flow and 0 <= source < self.num_virtual_stages else None
 
     def sends(self, action: Action, rank: int) -> Place | None:
         """Where the result of ``action`` goes, or None (the loss, the first stage's gradient, a W)."""
-        v = self.virtual_stage(rank, action.chunk)
-        if action.op == "F" and v < self.num_virtual_stages - 1:
-            return self.place(v + 1)
-        if action.op in ("B", "I") and v > 0:
-            return self.place(v - 1)
-        return None
+        flow = _FLOW[action.op]
+        dest = self.virtual_stage(rank, action.chunk) + flow
+        return self.place(dest) if flow and 0 <= dest < self.num_virtual_stages else None
+
+    def messages(self, action: Action, rank: int) -> tuple[Message | None, Message | None]:
+        """(the message ``action`` receives first, the one its result goes out as), each None where there is
+        none. The executor's plan, the torch transport's order check and the memory plan all read these."""
+        source, dest = self.receives(action, rank), self.sends(action, rank)
+        what = Op(action.op).message
+        return (None if source is None else Message(source, what, action.microbatch, action.chunk),
+                None if dest is None else Message(dest, what, action.microbatch, dest.chunk))
 
     def dependency(self, action: Action, rank: int) -> tuple[int, Action] | None:
         """The action whose result ``action`` waits for, as (its rank, it), or None.

@@ -31,6 +31,8 @@ from math import fsum
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from pipeline_ref.schedules.geometry import Op
+
 
 @dataclass(frozen=True)
 class Event:
@@ -153,7 +155,7 @@ class Trace:
         for mine in by_rank:
             held = peak = 0
             for e in sorted(mine, key=lambda e: e.start):
-                held += 1 if e.op == "F" else -1 if e.op in ("B", "W") else 0
+                held += 1 if e.op == "F" else -1 if Op(e.op).ends_backward else 0
                 peak = max(peak, held)
             peaks.append(peak)
         return peaks
