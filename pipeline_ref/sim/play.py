@@ -16,6 +16,8 @@ at the pair's end. ``play`` takes those rows out of what it returns.
 """
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 
 from pipeline_ref.schedules.replay import Plan
@@ -73,19 +75,8 @@ def play(plan: Plan, rows: list, pairs: dict) -> tuple[list[int], list[list[floa
     while runnable:
         rank = runnable.pop()
         now, push, wait = free[rank], pushes[rank], waiters[rank]
-        if pending[rank] is not None:              # woken by the message it stopped for: play that first
-            _, latency, cost, made = pending[rank]
-            arrival = ended[pending[rank][0]] + latency
-            if arrival > now:
-                wait((now, arrival))
-                now = arrival
-            push(now)
-            now += cost
-            ended[made] = now
-            if blocked[made]:
-                wake(readers[made])
-            pending[rank] = None
-        for needed, latency, cost, made in actions[rank]:
+        resumed, pending[rank] = pending[rank], None   # woken by the message it stopped for: play it first
+        for needed, latency, cost, made in (chain((resumed,), actions[rank]) if resumed else actions[rank]):
             arrival = ended[needed]
             if arrival is None:
                 blocked[needed] = 1
