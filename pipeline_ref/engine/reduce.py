@@ -60,21 +60,3 @@ class GradientReducer:
     def allreduce(self) -> None:
         self.start()
         self.wait()
-
-
-def tied_groups(layers, ranges, pipeline) -> list[tuple[str, list[int]]]:
-    """Parameters used by layers on more than one rank: (name, pipeline ranks holding a copy), by name.
-
-    Found from the model itself: the same Parameter object reached from layers on
-    different stages (e.g. the tiny GPT's embedding and output head). ``ranges``
-    holds one range per virtual stage; virtual stage v lives on ``pipeline.place(v).rank`` (a
-    ``geometry.Pipeline``), and two chunks on one rank share the one Parameter object, needing no message.
-    """
-    stages_of: dict[int, set] = {}
-    name_of: dict[int, str] = {}
-    for vstage, r in enumerate(ranges):
-        for index in r:
-            for name, p in layers[index].named_parameters():
-                stages_of.setdefault(id(p), set()).add(pipeline.place(vstage).rank)
-                name_of.setdefault(id(p), f"{index}.{name}")
-    return sorted((name_of[k], sorted(v)) for k, v in stages_of.items() if len(v) > 1)

@@ -63,7 +63,6 @@ class Cut:
 def cut(comm, cfg, model, loss_fn, sample, pipe, device: torch.device) -> Cut:
     """The run's stages, the same on every rank: layers partitioned, or a whole module traced and grouped."""
     from pipeline_ref.front import partition
-    from pipeline_ref.engine.reduce import tied_groups
     n = pipe.num_virtual_stages
     if not split.is_whole_module(model):
         ranges, costs = partition.choose(comm, cfg.partition, model, sample, num_pieces=n)
@@ -90,3 +89,21 @@ def cut(comm, cfg, model, loss_fn, sample, pipe, device: torch.device) -> Cut:
                 holders.setdefault(id(p), set()).add(pipe.place(vstage).rank)
     tied = sorted((names[k], sorted(v)) for k, v in holders.items() if len(v) > 1)
     return Cut(pieces, ranges, costs, names, tied, split.Chain, split.loss_of(pieces, loss_fn))
+
+
+def tied_groups(layers, ranges, pipeline) -> list[tuple[str, list[int]]]:
+    """Parameters used by layers on more than one rank: (name, pipeline ranks holding a copy), by name.
+
+    Found from the model itself: the same Parameter object reached from layers on
+    different stages (e.g. the tiny GPT's embedding and output head). ``ranges``
+    holds one range per virtual stage; virtual stage v lives on ``pipeline.place(v).rank`` (a
+    ``geometry.Pipeline``), and two chunks on one rank share the one Parameter object, needing no message.
+    """
+    stages_of: dict[int, set] = {}
+    name_of: dict[int, str] = {}
+    for vstage, r in enumerate(ranges):
+        for index in r:
+            for name, p in layers[index].named_parameters():
+                stages_of.setdefault(id(p), set()).add(pipeline.place(vstage).rank)
+                name_of.setdefault(id(p), f"{index}.{name}")
+    return sorted((name_of[k], sorted(v)) for k, v in stages_of.items() if len(v) > 1)
