@@ -225,7 +225,7 @@ def _theory(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
 def _simulate(args) -> int:
     from pipeline_ref import schedules
     from pipeline_ref.sim import simulate
-    options = {"chunks": args.chunks} if args.schedule == "interleaved" else {}
+    options = schedules.chunk_options(args.schedule, args.chunks)
     schedule = schedules.build(args.schedule, args.pp, args.microbatches, **options)
     # A chunk (interleaved: v per rank; ZB-V: 2) is that fraction of a stage; the zero-bubble schedules split
     # the backward into two halves.

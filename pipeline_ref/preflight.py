@@ -214,7 +214,7 @@ def make_schedule(cfg: RunConfig) -> schedules.Schedule:
         options = {"chunks": cfg.chunks} if cfg.chunks > 1 else {}
         schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches, **options)
     else:
-        options = {"chunks": cfg.chunks} if cfg.schedule == "interleaved" else {}
+        options = schedules.chunk_options(cfg.schedule, cfg.chunks)
         if cfg.schedule in asynchronous.ASYNCHRONOUS:
             options = {"steps": cfg.steps}     # one stream of steps x m microbatches, no flush
         try:

@@ -22,7 +22,7 @@ from pipeline_ref import schedules, simulate  # noqa: E402
 
 
 def _sim(name, p, m, chunks=1, **costs):
-    return simulate.simulate(schedules.build(name, p, m, **({"chunks": chunks} if name == "interleaved" else {})),
+    return simulate.simulate(schedules.build(name, p, m, **schedules.chunk_options(name, chunks)),
                              **costs)
 
 
@@ -208,7 +208,7 @@ def held_runs():
 def test_peak_bytes_held_are_what_lesson_07_counts(name, held_runs):
     """Lessons 06-07's memory tables: the trace's peak stashed bytes per rank equal the replayed count; for a split
     backward that includes the module outputs kept from F for W and the output gradients held from I to W."""
-    schedule = schedules.build(name, 2, 4, **({"chunks": 2} if name == "interleaved" else {}))
+    schedule = schedules.build(name, 2, 4, **schedules.chunk_options(name, 2))
     sizes = l07_zero_bubble.mlp_held_sizes(schedule, HELD_MODEL["depth"], HELD_MODEL["batch"] // 4,
                                            HELD_MODEL["width"])
     assert held_runs[name].peak_stashed_bytes == l07_zero_bubble.held_bytes(schedule, sizes)

@@ -95,7 +95,7 @@ def test_nccl_refuses_two_ranks_on_one_gpu():
 def test_every_built_in_schedule_keeps_each_channel_in_order():
     for name in schedules.GENERATORS:
         for pp, m in ((2, 4), (3, 6), (4, 8)):
-            options = {"chunks": 2} if name == "interleaved" else {}
+            options = schedules.chunk_options(name, 2)
             try:
                 schedule = Schedule.of(schedules.build(name, pp, m, **options))
             except schedules.ScheduleError:

@@ -75,8 +75,7 @@ def schedule_search(plan: step_model.Plan, candidates, limit: float) -> tuple[li
     for name, chunks in candidates:
         candidate = replace(plan, schedule=name, chunks=chunks)
         fwd, bwd, message = step_model.stage_costs(candidate)
-        built = schedules.build(name, plan.pp, plan.num_microbatches,
-                                **({"chunks": chunks} if name == "interleaved" else {}))
+        built = schedules.build(name, plan.pp, plan.num_microbatches, **schedules.chunk_options(name, chunks))
         v = built.num_chunks
         trace = simulate.simulate(built, forward=[f / v for f in fwd], backward=[b / v for b in bwd],
                                   latency=message, time_unit="s")

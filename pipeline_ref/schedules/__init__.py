@@ -37,6 +37,12 @@ GENERATORS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved"
               "pipedream": pipedream, "pipedream-2bw": pipedream_2bw}   # steps=: one stream, no flush
 
 
+def chunk_options(name: str, chunks: int) -> dict:
+    """What ``build`` takes for ``chunks`` model chunks per rank: only interleaved 1F1B has the choice (zbv
+    and dualpipev always hold 2, every other schedule 1): ``build(name, p, m, **chunk_options(name, v))``."""
+    return {"chunks": chunks} if name == "interleaved" else {}
+
+
 def build(name: str, num_stages: int, num_microbatches: int, **options) -> Schedule:
     """The schedule called ``name`` for ``num_stages`` ranks and ``num_microbatches``."""
     if name not in GENERATORS:

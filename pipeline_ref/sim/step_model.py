@@ -233,7 +233,7 @@ def simulate_estimate(result: Estimate, max_actions: int = 200_000) -> Estimate:
             plan.pp * plan.num_microbatches * plan.chunks > max_actions:
         return result
     fwd, bwd, message = result.stage_costs
-    options = {"chunks": plan.chunks} if plan.schedule == "interleaved" else {}
+    options = schedules.chunk_options(plan.schedule, plan.chunks)
     schedule = schedules.build(plan.schedule, plan.pp, plan.num_microbatches, **options)
     v = schedule.num_chunks
     trace = simulate.simulate(schedule, forward=[f / v for f in fwd], backward=[b / v for b in bwd],
