@@ -227,12 +227,31 @@ def _kill_tree(pid: int) -> None:
         pass
 
 
-def _kill_ranks(tmp: Path, payload: str) -> None:
-    """After a failure, end any rank still alive: mpiexec may exit before its ranks are gone."""
+def _kill_ranks(tmp: Path, payload: str, grace: float = 5.0) -> None:
+    """After a failure, end any rank still alive: mpiexec may exit before its ranks are gone.
+
+    Waits (up to ``grace`` s) until each is gone: a killed process on a loaded machine can take a moment
+    to leave, and the launcher's caller is promised that no rank outlives it.
+    """
+    killed = []
     for pid_file in tmp.glob("rank*.pid"):
         try:
             pid = int(pid_file.read_text())
             if payload in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
         except (OSError, ValueError):
             pass    # already gone, or the pid file half written
+    deadline = time.monotonic() + grace
+    while killed and time.monotonic() < deadline:
+        killed = [pid for pid in killed if _running(pid)]
+        if killed:
+            time.sleep(0.01)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is still a live process (a zombie has run its course: only its parent's wait is left)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
