@@ -250,7 +250,8 @@ def _kill_ranks(tmp: Path, payload: str, grace: float = 5.0) -> None:
 
 
 def _running(pid: int) -> bool:
-    """Whether ``pid`` is still a live process (a zombie has run its course: only its parent's wait is left)."""
+    """Whether ``pid`` is still a live process (a zombie has run its course: only its parent's wait is
+    left)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
