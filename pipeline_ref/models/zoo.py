@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline_ref.models import text_data
+import pipeline_ref.models.text_data as text_data
 from pipeline_ref.models.batches import PerStep
 
 
