@@ -1,4 +1,4 @@
-"""Ranks that leave a run early with exit code 0, or hang on one replica: tests/test_rank_exits.py's faults.
+"""Ranks that leave a run early with exit code 0, or hang on one replica: tests/test_faults.py's exits.
 
 Importable as tests.exit_targets. Each is a model factory (for RunConfig(model=...)) or a rank target (for
 launch(..., "tests.exit_targets:f")); the traps come from tests/fault_targets.py.

@@ -7,7 +7,9 @@ Each fault's run carries a marker of its own in its environment, which every pro
 (mpiexec, its proxy, the ranks); "nothing left" means no process in /proc carries it any more. The runs of one
 kind are started together, so the ranks' imports of torch (seconds each) overlap: the faults inside ranks from
 this process's threads, the faults of the launching process from small launcher scripts (their ranks import no
-torch). Requests refused before any rank starts are tests/test_failures.py's; NaN and inf, tests/test_nonfinite.py's.
+torch). A rank that leaves with exit code 0 mid-run is a fault too, and with data parallelism a rank is named by its
+world rank (the one mpiexec shows) and its place in the grid. Requests refused before any rank starts are
+tests/test_failures.py's; NaN and inf, tests/test_nonfinite.py's.
 """
 import os
 import re
@@ -80,16 +82,33 @@ IN_RANKS = {
 }
 
 
-def _run_in_ranks(case: str):
-    (target, argument, options) = IN_RANKS[case][0]
+def _launch_case(case: str, num_ranks: int, target: str, arguments: list, options: dict):
+    """Run ``case`` with its marker: (the launcher's message or None, seconds to the end, processes left)."""
     options = {"timeout": 60, **options, "env": {MARKER: f"{RUN}-{case}"}}
     started = time.monotonic()
     try:
-        launch(2, target, *([] if argument is None else [argument]), **options)
+        launch(num_ranks, target, *arguments, **options)
         error = None
     except LaunchError as err:
         error = str(err)
     return error, time.monotonic() - started, _gone_within(case, 1.0)
+
+
+def _ends_naming(outcome, case: str, first_line: str, other_line: str) -> None:
+    """The run failed within BOUND, its message's first line reads ``first_line`` and a later line (before the
+    ranks' last lines) ``other_line``, and nothing was left running."""
+    error, seconds, left = outcome
+    assert error is not None, f"{case}: the run succeeded"
+    head, _, rest = error.partition("\n")
+    assert re.fullmatch(first_line, head), f"{case}: the first line is {head!r}\n{error}"
+    assert re.search(other_line, rest.split("\n--- last lines")[0]), f"{case}: no line like {other_line}\n{error}"
+    assert seconds < BOUND, f"{case} took {seconds:.0f} s"
+    assert not left, f"{case}: processes left behind: {left}"
+
+
+def _run_in_ranks(case: str):
+    target, argument, options = IN_RANKS[case][0]
+    return _launch_case(case, 2, target, [] if argument is None else [argument], options)
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +120,49 @@ def in_ranks():
 @pytest.mark.mpi
 @pytest.mark.parametrize("case", IN_RANKS)
 def test_a_fault_in_a_rank_ends_the_run_naming_rank_and_action(in_ranks, case):
-    error, seconds, left = in_ranks[case]
     _, first_line, other_rank = IN_RANKS[case]
-    assert error is not None, f"{case}: the run succeeded"
-    head, _, rest = error.partition("\n")
-    assert re.fullmatch(first_line, head), f"{case}: the first line is {head!r}\n{error}"
-    assert re.search(other_rank, rest.split("\n--- last lines")[0]), f"{case}: the other rank is not named\n{error}"
-    assert seconds < BOUND, f"{case} took {seconds:.0f} s"
-    assert not left, f"{case}: processes left behind: {left}"
+    _ends_naming(in_ranks[case], case, first_line, other_rank)
+
+
+# --- a rank that leaves with exit code 0 mid-run, and ranks named by world rank with data parallelism ----------
+
+def _exit_train(model: str, **options):
+    cfg = RunConfig(pp=2, dp=options.pop("dp", 1), microbatches=2, model=model)
+    return 2 * cfg.dp, "pipeline_ref.train:run_rank", [cfg], options
+
+
+# name: (ranks, target, arguments, launch options), the message's first line, another line it must hold
+EXITS = {
+    "os._exit(0)": (_exit_train("tests.exit_targets:os_exit_in_compute"),
+                    r"rank 1: left the run early \(os\._exit\(0\), exit code 0\) while F1 of step 0: "
+                    r"computing",
+                    r"rank 0: "),
+    "sys.exit(0)": (_exit_train("tests.exit_targets:sys_exit_in_compute"),
+                    r"rank 1: left the run early \(sys\.exit\(0\), exit code 0\) while F1 of step 0: "
+                    r"computing",
+                    r"rank 0: "),
+    "target returned": ((2, "tests.exit_targets:returns_early", [], {"stall_timeout": 4}),
+                        r"rank 1 left the run early: its target returned \(exit code 0\) while rank 0 still "
+                        r"waited for it",
+                        r"rank 0: stuck for \d+ s while F0 of step 0: waiting for the activation of "
+                        r"microbatch 0 from rank 1"),
+    "dp 2": (_exit_train("tests.exit_targets:hangs_on_world_rank_3", dp=2, stall_timeout=4),
+             r"rank 3 \(stage 1, replica 1\): stuck for \d+ s while F0 of step 0: computing; ending the run",
+             r"rank 2\b.*waiting for the gradient of microbatch 0 from rank 3 \(stage 1\)"),
+}
+
+
+@pytest.fixture(scope="module")
+def exits():
+    with ThreadPoolExecutor(max_workers=len(EXITS)) as pool:
+        return dict(zip(EXITS, pool.map(lambda case: _launch_case(case, *EXITS[case][0]), EXITS)))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("case", EXITS)
+def test_a_rank_that_leaves_is_named_with_its_last_action(exits, case):
+    _, first_line, other_line = EXITS[case]
+    _ends_naming(exits[case], case, first_line, other_line)
 
 
 # --- the launching process: interrupted, terminated, killed, or its mpiexec killed -----------------------------
