@@ -5,7 +5,6 @@
 """
 import csv
 import importlib.util
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -144,9 +143,22 @@ def test_published_table_recomputes_to_the_committed_one():
 
 def test_published_runs_transcription_agrees_with_its_own_columns():
     for run in published_runs.RUNS:
-        if run.aggregate_pflops:
-            assert math.isclose(run.tflops_per_gpu * run.num_gpus / 1e3, run.aggregate_pflops, rel_tol=0.01)
-        assert run.num_gpus % (run.tp * run.cp * run.pp) == 0 and run.source
+        assert published_runs.transcription_problem(run) == "", run.name
+        assert run.source and run.microbatch > 0
+    slipped = replace(published_runs.RUNS[0], aggregate_pflops=44.0)     # a misplaced decimal point
+    assert "aggregate" in published_runs.transcription_problem(slipped)
+    wrong_peak = replace(published_runs.RUNS[2], percent_of_peak=45)
+    assert "peak" in published_runs.transcription_problem(wrong_peak)
+    other_shape = replace(published_runs.RUNS[3], shape=(64, 6144, 40))
+    assert "heads" in published_runs.transcription_problem(other_shape)
+
+
+def test_the_exact_published_plan_is_the_sources_microbatch_and_virtual_stages():
+    for run in published_runs.RUNS:
+        space = published_runs.space(run)
+        exact = [p for p in planner.plans(space) if published_runs.is_published(run, p, exact=True)]
+        assert exact and {(p.microbatch, p.chunks) for p in exact} == {(run.microbatch, run.chunks)}, run.name
+        assert {p.recompute for p in exact} <= ({"full"} if run.era == "2021" else {"none", "full"})
 
 
 def test_the_docstring_example_holds():
