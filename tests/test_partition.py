@@ -124,7 +124,7 @@ def test_bad_costs_are_refused(costs):
 
 def test_split_and_stage_costs():
     layers = [nn.Linear(2, 2) for _ in range(5)]
-    stages = partition.split(layers, [range(0, 2), range(2, 5)])
+    stages = partition.group(layers, [range(0, 2), range(2, 5)])
     assert stages == [layers[:2], layers[2:]]
     assert partition.stage_costs([1, 2, 3, 4, 5], [range(0, 2), range(2, 5)]) == [3, 12]
 
@@ -137,4 +137,4 @@ def test_split_and_stage_costs():
 ])
 def test_split_refuses_a_broken_partition(ranges, message):
     with pytest.raises(ValueError, match=message):
-        partition.split([nn.ReLU()] * 5, ranges)
+        partition.group([nn.ReLU()] * 5, ranges)

@@ -7,7 +7,7 @@ together covering every layer once.
     ranges = partition.by_parameters(layers, num_stages)      # balance parameters (memory)
     ranges = partition.by_cost(milliseconds, num_stages)      # balance measured time per layer
     partition.stage_costs(milliseconds, ranges)               # what each stage then costs
-    stages = partition.split(layers, ranges)                  # the layers themselves, one list per stage
+    stages = partition.group(layers, ranges)                  # the layers themselves, one list per stage
 
 A pipeline in steady state runs at the pace of its slowest stage, so ``by_cost`` minimises the slowest stage's
 cost, exactly (dynamic programming over all contiguous splits, not a greedy heuristic). Pure Python, no torch
@@ -130,7 +130,7 @@ def stage_costs(costs, ranges: list[range]) -> list[float]:
     return [math.fsum(costs[r.start:r.stop]) for r in ranges]
 
 
-def split(layers, ranges: list[range]) -> list[list]:
+def group(layers, ranges: list[range]) -> list[list]:
     """The layers of each stage, as lists (one per range)."""
     layers = list(layers)
     _check_ranges(ranges, len(layers))
