@@ -87,7 +87,7 @@ def test_every_generator_returns_a_schedule():
         sched = schedules.build(name, 2, 4)
         assert isinstance(sched, Schedule), name
         chunks = {a.chunk for actions in sched for a in actions}
-        assert sched.pipeline.num_chunks == len(chunks) == (2 if name in ("interleaved", "zbv", "dualpipev") else 1)
+        assert sched.pipeline.num_chunks == len(chunks) == (2 if name in ("interleaved", "zbv", "zbv-auto", "dualpipev") else 1)
 
 
 def test_an_actions_messages_come_from_the_geometry_and_its_op_says_what_they_carry():

@@ -29,12 +29,14 @@ from pipeline_ref.schedules.auto_schedule import zb_auto
 from pipeline_ref.schedules.dualpipe import dualpipev
 from pipeline_ref.schedules.interleaved import interleaved
 from pipeline_ref.schedules.replay import validate  # noqa: F401
+from pipeline_ref.schedules.v_auto_schedule import zbv_auto
 from pipeline_ref.schedules.zero_bubble import zb_h1, zb_h2, zbv
 
 
 GENERATORS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved,
               "zb-h1": zb_h1, "zb-h2": zb_h2, "zbv": zbv, "zb-auto": zb_auto, "dualpipev": dualpipev,
-              "pipedream": pipedream, "pipedream-2bw": pipedream_2bw}   # steps=: one stream, no flush
+              "pipedream": pipedream, "pipedream-2bw": pipedream_2bw,   # steps=: one stream, no flush
+              "zbv-auto": zbv_auto}
 
 
 def chunk_options(name: str, chunks: int) -> dict:

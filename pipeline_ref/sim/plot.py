@@ -26,11 +26,12 @@ WAIT_HATCH = "///"
 # colours, so a schedule is never mistaken for an op.
 SCHEDULE_COLORS = {"naive": "#7F7F7F", "gpipe": "#8172B3", "1f1b": "#DA8BC3", "interleaved": "#937860",
                    "zb-h1": "#64B5CD", "zb-h2": "#2A7F9E", "zbv": "#A6D854", "dualpipev": "#55A868",
-                   "pipedream": "#C44E52", "pipedream-2bw": "#DD8452", "zb-auto": "#17BECF"}
+                   "pipedream": "#C44E52", "pipedream-2bw": "#DD8452", "zb-auto": "#17BECF",
+                   "zbv-auto": "#6B8E23"}
 THEORY_COLOR = "black"
 SCHEDULE_MARKERS = {"naive": "s", "gpipe": "o", "1f1b": "^", "interleaved": "D", "zb-h1": "v", "zb-h2": "<",
                     "zbv": ">", "dualpipev": "P", "pipedream": "X", "pipedream-2bw": "*",
-                    "zb-auto": "d"}
+                    "zb-auto": "d", "zbv-auto": "h"}
 EVENT_GID, WAIT_GID = "event", "wait"   # tags on the drawn rectangles, so tests can count them
 LABEL_GID = "microbatch"                # tag on the box labels, so annotations can move them
 # Lessons draw charts 10-11 in wide; the course site shrinks them to its 784 px column (about 0.7x), and a
