@@ -13,7 +13,10 @@ chunks of half a stage in a V, as the hand-made ``zbv`` does (rank r holds virtu
 and orders their F, I (the paper's B) and W greedily from per-chunk costs under a memory limit. This is a
 reading of its code: sail-sg/zero-bubble-pipeline-parallelism at commit 39f2c186,
 ``megatron/core/pipeline_parallel/zerobubble/scheduler/zbv.py``, ``PipelineGraph.try_v_schedule`` and
-``create_schedule`` (what its runtime plays for ``--zero-bubble-v-schedule``).
+``create_schedule`` (what its runtime plays for ``--zero-bubble-v-schedule``; the same function as in
+``v_schedule.py`` of its first release, tag zero-bubble-v0.1.0). Its ``v_auto_schedule.py`` is another search,
+from building blocks (the later "Pipeline Parallelism with Controllable Memory"), which the runtime does not
+call.
 
 An action travels on one leg of the V: down the ranks (F of chunk 0, I of chunk 1: it waits for rank r - 1)
 or up (F of chunk 1, I of chunk 0: it waits for rank r + 1); the turns are local. One play:
