@@ -39,7 +39,7 @@ def pingpong_rank(comm, sizes, repeats: int, rounds: int):
     from pipeline_ref.engine.message import Messenger, TensorSpec
     from pipeline_ref.engine.mpi_transport import MPITransport
     from pipeline_ref.engine.torch_transport import open_transport
-    topo = topology.split(comm, 2, 1)
+    topo = topology.grid(comm, 2, 1)
     mpi = MPITransport(topo.pipeline)
     gloo = open_transport(comm, topo, schedules.Schedule.of(schedules.build("1f1b", 2, 2)), torch.device("cpu"))
     me, peer = comm.Get_rank(), 1 - comm.Get_rank()

@@ -23,8 +23,9 @@ import argparse
 import json
 import sys
 
-from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, ConfigError, RunConfig
-from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, check_world_size, preflight
+from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, RunConfig
+from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, handed_on, preflight
+from pipeline_ref.results import print_report, theory_note
 from pipeline_ref.schedules import GENERATORS
 
 
@@ -135,91 +136,29 @@ def _add_simulate_parser(sub) -> None:
                           help="also print the schedule as a time grid (a column per time slot, '.' idle)")
 
 
-def _config(args) -> RunConfig:
-    return RunConfig(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches,
-                     chunks=args.chunks,
-                     steps=args.steps, model=args.model, dtype=args.dtype, device=args.device, lr=args.lr,
-                     seed=args.seed, sync_sends=args.sync_sends, transport=args.transport,
-                     overlap_allreduce=args.overlap_allreduce, partition=args.partition,
-                     split_at=args.split_at,
-                     checkpoint=args.checkpoint, collect_grads=bool(args.save_grads),
-                     collect_params=bool(args.save_params),
-                     stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps, verbose=True,
-                     checkpoint_dir=args.save_checkpoint, checkpoint_every=args.checkpoint_every,
-                     resume_from=args.resume, optimizer=args.optimizer, autocast=args.autocast,
-                     model_kwargs=args.model_kwargs, memory_budget=args.memory_budget)
-
-
-def _report(result, args) -> None:
-    """What a run measured: the warm steps' median (the first step warms up), then the files asked for."""
-    import torch
-    from pipeline_ref.sim import trace as trace_mod
-    cfg = result.config
-    theory = _theory(cfg.schedule, cfg.pp, cfg.microbatches, cfg.chunks)
-    steps = len(result.step_utilization)
-    if steps > 1:
-        which = f"median of steps 2-{steps}" if steps > 2 else "step 2"
-        measured = (f"utilization {result.warm_utilization:.3f} ({which}; step 1, the warm-up: "
-                    f"{result.step_utilization[0]:.3f}){theory}, "
-                    f"step {result.warm_step_seconds * 1e3:.1f} ms")
-    else:
-        measured = (f"utilization {result.step_utilization[0]:.3f} of a single, cold step (a warm-up; use "
-                    f"--steps 3 or more for a steady number){theory}")
-    print(f"{cfg.schedule} on {cfg.pp} stages, {cfg.microbatches} microbatches: {measured}, "
-          f"peak stashed activations per stage {result.trace.peak_stashed}")
-    if "weight_versions" in result.trace.meta:      # PipeDream, 2BW: the versions each stage kept
-        print(f"weight versions held per stage (most at once) {result.trace.meta['weight_versions']}, "
-              f"{[round(b / 2**20, 3) for b in result.trace.meta['weight_version_bytes']]} MiB")
-    if args.save_params:
-        params = {name: tensor for ranks in result.params[:cfg.pp] if ranks for name, tensor in ranks.items()}
-        torch.save(params, args.save_params)
-        print(f"parameters after the run ({len(params)} tensors) -> {args.save_params}")
-    if args.save_grads:
-        torch.save(result.grads, args.save_grads)
-        print(f"gradients of the first step ({len(result.grads)} tensors) -> {args.save_grads}")
-    if args.trace:
-        trace_mod.write_chrome_trace(result.trace, args.trace)
-        print(f"trace of the last step -> {args.trace} (open it in https://ui.perfetto.dev)")
-
-
 def _run(args) -> int:
     if args.stall_timeout is None:
         from pipeline_ref.faults.watchdog import STALL_SECONDS
         args.stall_timeout = STALL_SECONDS.get(args.device, STALL_SECONDS["cuda"])
-    cfg = _config(args)
-    prepared = preflight(cfg, args.ranks)       # every check, before any rank starts or communicates
+    cfg = RunConfig.from_args(args)
+    # Every check, before any rank starts or communicates: here, once, for the ranks -n starts; under
+    # mpiexec, on each rank.
+    prepared = preflight(cfg, args.ranks if args.ranks is not None else _mpi_world_size())
     if args.ranks is not None:
         from pipeline_ref.launch import launch
-        result = launch(args.ranks, "pipeline_ref.train:run_rank", cfg, timeout=args.timeout,
-                        stall_timeout=args.stall_timeout, echo=True)[0]
-        _report(result, args)
-        return 0
-    from mpi4py import MPI
-    from pipeline_ref.faults import watchdog
-    from pipeline_ref.train import run_rank
-    comm = MPI.COMM_WORLD
-    if comm.Get_size() == 1 and cfg.world_size > 1:
-        raise ConfigError(f"--pp {cfg.pp} x --dp {cfg.dp} needs {cfg.world_size} ranks: add "
-                          f"-n {cfg.world_size}, or start under mpiexec -n {cfg.world_size}")
-    check_world_size(cfg, comm.Get_size())
-    watchdog.start(comm.Get_rank(), cfg.stall_timeout)
-    try:
-        result = run_rank(comm, cfg, prepared)
-    except Exception as err:                    # one rank's failure must end all of them, not hang them
-        watchdog.report(f"failed while {watchdog.doing()}: {type(err).__name__}: {err}")
-        watchdog.abort_all(comm, 1)
-    if comm.Get_rank() == 0:
-        _report(result, args)
+        result = launch(args.ranks, "pipeline_ref.train:run_rank", cfg, handed_on(prepared),
+                        timeout=args.timeout, stall_timeout=args.stall_timeout, echo=True)[0]
+    else:
+        from pipeline_ref.train import run_under_mpiexec
+        result = run_under_mpiexec(cfg, prepared)
+    if result is not None:                      # world rank 0
+        print_report(result, save_params=args.save_params, save_grads=args.save_grads, trace_file=args.trace)
     return 0
 
 
-def _theory(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
-    """" (theory 0.800)", or nothing where no closed form applies (a user's schedule, ZB-H1 with m < p)."""
-    from pipeline_ref.sim import theory
-    try:
-        return f" (theory {theory.utilization(name, pp, microbatches, chunks=chunks, **costs):.4f})"
-    except ValueError:
-        return ""
+def _mpi_world_size() -> int:
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_size()
 
 
 def _simulate(args) -> int:
@@ -237,8 +176,8 @@ def _simulate(args) -> int:
         import shutil
         from pipeline_ref.sim.timeline import timeline
         print(timeline(trace, width=shutil.get_terminal_size((100, 24)).columns))
-    theory = _theory(args.schedule, args.pp, args.microbatches, args.chunks, forward=args.forward,
-                     input_grad=args.backward / 2, weight_grad=args.backward / 2)
+    theory = theory_note(args.schedule, args.pp, args.microbatches, args.chunks, forward=args.forward,
+                         input_grad=args.backward / 2, weight_grad=args.backward / 2)
     print(f"utilization {trace.utilization:.4f}{theory.replace('theory', 'closed form, no communication:')}; "
           f"makespan {trace.makespan:g}; peak stashed per stage {trace.peak_stashed}")
     if args.plot:

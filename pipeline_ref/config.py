@@ -58,6 +58,23 @@ class RunConfig:
     resume_from: str | None = None    # continue from the newest complete checkpoint in this folder
     verbose: bool = False             # print a progress line per step
 
+    @classmethod
+    def from_args(cls, args) -> "RunConfig":
+        """The run ``python -m pipeline_ref run`` asks for: its parsed options (``argparse.Namespace``),
+        with a progress line per step. The options that name files to write (``--save-grads``,
+        ``--save-params``) ask the ranks to collect what those files hold."""
+        return cls(schedule=args.schedule, pp=args.pp, dp=args.dp, microbatches=args.microbatches,
+                   chunks=args.chunks, steps=args.steps, model=args.model, model_kwargs=args.model_kwargs,
+                   dtype=args.dtype, device=args.device, lr=args.lr, optimizer=args.optimizer,
+                   autocast=args.autocast, memory_budget=args.memory_budget, seed=args.seed,
+                   sync_sends=args.sync_sends, transport=args.transport, partition=args.partition,
+                   split_at=args.split_at, checkpoint=args.checkpoint,
+                   overlap_allreduce=args.overlap_allreduce,
+                   collect_grads=bool(args.save_grads), collect_params=bool(args.save_params),
+                   stall_timeout=args.stall_timeout, skip_nonfinite=args.skip_nonfinite_steps,
+                   checkpoint_dir=args.save_checkpoint, checkpoint_every=args.checkpoint_every,
+                   resume_from=args.resume, verbose=True)
+
     @property
     def skips_nonfinite(self) -> bool:
         """A NaN/inf skips the step on every rank: asked for, or float16's overflows (precision.py)."""

@@ -9,6 +9,7 @@ This module does not import MPI, so the launcher (and pytest) can use it.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,11 +27,13 @@ AUTOCAST = tuple(precision.DTYPES)
 
 class Prepared(NamedTuple):
     """What the checks leave a rank: the model (a list of layers, or a whole module), its loss, step 0's batch
-    (or the source of a batch per step), and the validated schedule."""
+    (or the source of a batch per step), the validated schedule, and torch's random state as the model's
+    build left it (so a rank handed a Prepared built elsewhere draws what it would have drawn itself)."""
     layers: object
     loss_fn: object
     batch: object
     schedule: schedules.Schedule
+    random_state: torch.Tensor
 
 
 def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
@@ -60,13 +63,12 @@ def check_config(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.autocast and cfg.dtype != "float32":
         raise ConfigError(f"--autocast {cfg.autocast} keeps float32 master weights: use it with --dtype "
                           f"float32, not {cfg.dtype}")
-    _check_combinations(cfg)
-    check_world_size(cfg, world_size)
     try:
         models.load_factory(cfg.model)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
-
+    check_world_size(cfg, world_size)
+    _check_combinations(cfg)
 
 
 def _check_combinations(cfg: RunConfig) -> None:
@@ -83,16 +85,6 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown partition {cfg.partition!r}; choose one of {', '.join(PARTITIONS)}")
     if cfg.device not in DEVICES:
         raise ConfigError(f"unknown device {cfg.device!r}; choose one of {', '.join(DEVICES)}")
-    try:                              # PipeDream and 2BW: what a run without a shared step boundary refuses
-        asynchronous.check(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp, **{
-            "--overlap-allreduce": cfg.overlap_allreduce, "--skip-nonfinite-steps": cfg.skip_nonfinite,
-            "--save-checkpoint": bool(cfg.checkpoint_dir), "--resume": bool(cfg.resume_from),
-            "--save-grads (no step has one gradient)": cfg.collect_grads,
-            f"--optimizer {getattr(cfg, 'optimizer', 'sgd')} (the updates are SGD, in weight_versions.py)":
-                getattr(cfg, "optimizer", "sgd") != "sgd",
-                "--autocast": bool(getattr(cfg, "autocast", None))})
-    except schedules.ScheduleError as err:
-        raise ConfigError(str(err)) from None
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     if cfg.transport not in TRANSPORTS:
@@ -100,7 +92,16 @@ def _check_combinations(cfg: RunConfig) -> None:
     if cfg.transport == "torch" and cfg.sync_sends:
         raise ConfigError("--sync-sends is MPI's Issend; torch.distributed has no synchronous send: "
                           "use it with --transport mpi")
-
+    try:                              # PipeDream and 2BW: what a run without a shared step boundary refuses
+        asynchronous.check_asynchronous_run(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp, **{
+            "--overlap-allreduce": cfg.overlap_allreduce, "--skip-nonfinite-steps": cfg.skip_nonfinite,
+            "--save-checkpoint": bool(cfg.checkpoint_dir), "--resume": bool(cfg.resume_from),
+            "--save-grads (no step has one gradient)": cfg.collect_grads,
+            f"--optimizer {cfg.optimizer} (the updates are SGD, in weight_versions.py)":
+                cfg.optimizer != "sgd",
+            "--autocast": bool(cfg.autocast)})
+    except schedules.ScheduleError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_world_size(cfg: RunConfig, world_size: int | None) -> None:
@@ -150,48 +151,49 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1
 
 
 def preflight(cfg: RunConfig, world_size: int | None = None) -> Prepared:
-    """Every check, in the order a rank needs their results; nothing here communicates.
+    """Every check, each made once, in the order a rank needs their results; nothing here communicates.
 
-    Returns a :class:`Prepared` ``(layers, loss_fn, batch, schedule)``. Each rank calls it before its
-    first message; ``python -m pipeline_ref run -n N`` also calls it before starting any rank,
-    so a batch that the microbatches don't divide is one line of error, not N ranks' tracebacks.
+    Returns a :class:`Prepared` ``(layers, loss_fn, batch, schedule, random_state)``. ``python -m
+    pipeline_ref run -n N`` calls it once, before starting any rank, and hands the ranks what it returns (a
+    batch that the microbatches don't divide is one line of error, not N ranks' tracebacks); ranks started
+    by a bare ``mpiexec`` call it each for itself. First this module's own checks, then each one that
+    another module owns: the cut (how many pieces the model gives), the memory plan (``--memory-budget``),
+    the checkpoint to resume from (``--resume``).
     """
     check_config(cfg, world_size)
     layers, loss_fn, batch = build_model(cfg)
+    random_state = torch.get_rng_state()
     schedule = make_schedule(cfg)
-    try:                              # a list's layers, or the pieces a whole module is cut into (cut.py)
-        from pipeline_ref.front.cut import num_pieces
-        count = num_pieces(cfg, layers, batch[0], schedule.num_chunks)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    check_fits(cfg, count, batch[0].shape[0], chunks=schedule.num_chunks,
-               split_backward=schedule.splits_backward, target_size=batch[1].shape[0])
     if cfg.schedule in asynchronous.ASYNCHRONOUS and cfg.pp > 1 and asynchronous.shared_parameters(layers):
         raise ConfigError(f"{cfg.schedule} keeps weight versions per stage, and layers of this model share a "
                           f"Parameter ({asynchronous.shared_parameters(layers)[0]}): two stages would update "
                           f"it at different times; untie it, or use a schedule with a flush")
-    if cfg.memory_budget is not None:
-        _check_memory(cfg, layers, loss_fn, batch, schedule)
-    if cfg.resume_from:               # a damaged or foreign checkpoint: one line, before any rank trains
-        from pipeline_ref.faults.checkpoint_check import CheckpointError, check
-        try:
-            check(cfg, layers)
-        except CheckpointError as err:
-            raise ConfigError(str(err)) from None
-    return Prepared(layers, loss_fn, batch, schedule)
+    from pipeline_ref.faults.checkpoint_check import check_resume
+    from pipeline_ref.front import cut, memory_plan
+    try:      # the modules below say what is wrong (ValueError); to the user it is a refused request
+        count = cut.num_pieces(cfg, layers, batch[0], schedule.num_chunks)   # layers, or a module's pieces
+        check_fits(cfg, count, batch[0].shape[0], chunks=schedule.num_chunks,
+                   split_backward=schedule.splits_backward, target_size=batch[1].shape[0])
+        if cfg.memory_budget is not None:
+            memory_plan.check_budget(cfg, layers, loss_fn, batch, schedule)
+        if cfg.resume_from:           # a damaged or foreign checkpoint: one line, before any rank trains
+            check_resume(cfg, layers)
+    except ConfigError:
+        raise
+    except ValueError as err:         # CheckpointError is one too
+        raise ConfigError(str(err)) from None
+    return Prepared(layers, loss_fn, batch, schedule, random_state)
 
 
-def _check_memory(cfg: RunConfig, layers, loss_fn, batch, schedule) -> None:
-    from pipeline_ref.front import memory_plan
-    if not isinstance(layers, (list, tuple)):
-        raise ConfigError("--memory-budget plans a list of layers; a whole nn.Module (--split) is not "
-                          "planned yet")
-    ranks = memory_plan.plan(layers, loss_fn, batch, schedule, cfg.microbatches, cfg.optimizer, cfg.partition,
-                             cfg.dp, cfg.checkpoint)
-    problem = memory_plan.over_budget(ranks, cfg.memory_budget)
-    if problem:
-        raise ConfigError(f"{problem}; add stages (--pp), microbatches, --checkpoint, or a smaller model\n"
-                          + memory_plan.table(ranks))
+def handed_on(prepared: Prepared) -> Prepared | None:
+    """What the launcher can hand its ranks (pickled, with the configuration): ``prepared``, or None when it
+    does not pickle (a user's factory may return a lambda as its loss): then each rank prepares for
+    itself."""
+    try:
+        pickle.dumps(prepared)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return None
+    return prepared
 
 
 def _schedule_function(spec: str):

@@ -89,3 +89,88 @@ class RunResult:
     def warm_step_seconds(self) -> float:
         warm = self.step_seconds[1:] or self.step_seconds
         return median(warm)
+
+
+@dataclass
+class StepLog:
+    """What world rank 0 keeps of a run's steps as their reports arrive (a synchronous run: after each step;
+    an asynchronous one: once, for its whole stream); :meth:`result` makes the RunResult of either."""
+    losses: list = field(default_factory=list)          # mean loss of each step
+    seconds: list = field(default_factory=list)
+    utilization: list = field(default_factory=list)
+    rss: list = field(default_factory=list)             # per step (a stream: once), every world rank's bytes
+    skipped: list = field(default_factory=list)
+    grads: dict | None = None
+    trace: Trace | None = None                          # the last step's (a stream: the whole run's)
+
+    def add_step(self, gathered: list[RankReport], cfg: RunConfig, step: int, first_step: int, layout: str,
+                 device) -> None:
+        """One synchronous step's reports (every world rank's), and its progress line."""
+        last_stages = [g.loss for g in gathered if g.loss is not None]
+        self.losses.append(sum(last_stages) / len(last_stages))
+        if gathered[0].skip:
+            self.skipped.append(step)
+            if cfg.verbose:
+                print(f"  step {step + 1}/{cfg.steps} skipped on every rank: "
+                      + "; ".join(sorted({g.nonfinite for g in gathered if g.nonfinite})), flush=True)
+        self.trace = trace = measured_trace(gathered, cfg, layout, device)
+        self.seconds.append(trace.makespan)
+        self.rss.append([g.rss for g in gathered])
+        self.utilization.append(trace.utilization)
+        if step == first_step and cfg.collect_grads:
+            self.grads = {k: v for g in gathered if g.grads for k, v in g.grads.items()}
+        if cfg.verbose:
+            print(f"  step {step + 1}/{cfg.steps}  loss {self.losses[-1]:.6f}  {trace.makespan:.3f} s  "
+                  f"utilization {trace.utilization:.3f}"
+                  + ("  (warm-up)" if step == first_step and cfg.steps > 1 else ""), flush=True)
+
+    def result(self, cfg: RunConfig, last: list[RankReport], model, first_step: int = 0) -> RunResult:
+        """The run's RunResult: ``last`` the reports gathered last, ``model`` the rank's model (its
+        ``ranges``, ``layer_costs``, ``predicted`` stage costs and ``tied`` weights)."""
+        return RunResult(config=cfg, losses=self.losses, trace=self.trace, step_seconds=self.seconds,
+                         step_utilization=self.utilization, memory=[g.memory for g in last[:cfg.pp]],
+                         grads=self.grads, params=[g.params for g in last] if cfg.collect_params else None,
+                         partition=[(r.start, r.stop) for r in model.ranges], layer_costs=model.layer_costs,
+                         predicted_stage_costs=model.predicted, tied=model.tied, skipped_steps=self.skipped,
+                         first_step=first_step, step_rss=self.rss)
+
+
+def theory_note(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
+    """" (theory 0.800)", or nothing where no closed form applies (a user's schedule, ZB-H1 with m < p)."""
+    from pipeline_ref.sim import theory
+    try:
+        return f" (theory {theory.utilization(name, pp, microbatches, chunks=chunks, **costs):.4f})"
+    except ValueError:
+        return ""
+
+
+def print_report(result: RunResult, save_params: str | None = None, save_grads: str | None = None,
+                 trace_file: str | None = None) -> None:
+    """What a run measured: the warm steps' median (the first step warms up), then the files asked for."""
+    cfg = result.config
+    theory = theory_note(cfg.schedule, cfg.pp, cfg.microbatches, cfg.chunks)
+    steps = len(result.step_utilization)
+    if steps > 1:
+        which = f"median of steps 2-{steps}" if steps > 2 else "step 2"
+        measured = (f"utilization {result.warm_utilization:.3f} ({which}; step 1, the warm-up: "
+                    f"{result.step_utilization[0]:.3f}){theory}, "
+                    f"step {result.warm_step_seconds * 1e3:.1f} ms")
+    else:
+        measured = (f"utilization {result.step_utilization[0]:.3f} of a single, cold step (a warm-up; use "
+                    f"--steps 3 or more for a steady number){theory}")
+    print(f"{cfg.schedule} on {cfg.pp} stages, {cfg.microbatches} microbatches: {measured}, "
+          f"peak stashed activations per stage {result.trace.peak_stashed}")
+    if "weight_versions" in result.trace.meta:      # PipeDream, 2BW: the versions each stage kept
+        print(f"weight versions held per stage (most at once) {result.trace.meta['weight_versions']}, "
+              f"{[round(b / 2**20, 3) for b in result.trace.meta['weight_version_bytes']]} MiB")
+    if save_params:
+        params = {name: tensor for ranks in result.params[:cfg.pp] if ranks for name, tensor in ranks.items()}
+        torch.save(params, save_params)
+        print(f"parameters after the run ({len(params)} tensors) -> {save_params}")
+    if save_grads:
+        torch.save(result.grads, save_grads)
+        print(f"gradients of the first step ({len(result.grads)} tensors) -> {save_grads}")
+    if trace_file:
+        from pipeline_ref.sim.trace import write_chrome_trace
+        write_chrome_trace(result.trace, trace_file)
+        print(f"trace of the last step -> {trace_file} (open it in https://ui.perfetto.dev)")

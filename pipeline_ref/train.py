@@ -1,13 +1,13 @@
 """One pipelined (and data-parallel) training run on this rank: set up, play N steps, gather the results.
 
-``run_rank(comm, cfg)`` is what every rank calls, whoever started the ranks (``launch.py`` from
-Python, or ``mpiexec``/``srun`` on a cluster); world rank 0 returns a
-:class:`~pipeline_ref.results.RunResult`, the others None. It reads in four parts:
+``run_rank(comm, cfg, prepared)`` is what every rank calls, whoever started the ranks (``launch.py`` from
+Python, handing each rank the checks the parent made; ``run_under_mpiexec`` for ranks that
+``mpiexec``/``srun`` started on a cluster); world rank 0 returns a :class:`~pipeline_ref.results.RunResult`,
+the others None. It reads in four parts:
 
-    set_up        everything that can be refused is refused before the first message
-                  (``preflight.preflight``);
-                  the model is cut into stages, the ranks into a pp x dp grid, shapes agreed with the
-                  neighbours
+    set_up        everything that can be refused was refused before the first message
+                  (``preflight.preflight``, once per run); the model is cut into stages, the ranks into a
+                  pp x dp grid, shapes agreed with the neighbours
     train_step    the pipeline plays the schedule (``executor.py``) inside this replica's pipeline
                   communicator; gradients averaged over the data communicator and summed over the ranks
                   sharing a tied weight (``reduce.py``)
@@ -27,256 +27,237 @@ from dataclasses import dataclass
 import torch
 
 from pipeline_ref import async_run, run_checkpoint
+from pipeline_ref.config import RunConfig
 from pipeline_ref.engine import machine, optim, precision, topology
+from pipeline_ref.engine.device import for_rank as device_for_rank
 from pipeline_ref.engine.executor import Executor, agree_specs, plan
-from pipeline_ref.engine.reduce import GradientReducer
-from pipeline_ref.engine.stage import StashMeter, Stage
+from pipeline_ref.engine.reduce import GradientReducer, tied_weight_reducers
+from pipeline_ref.engine.stage import Stage, rank_stages
 from pipeline_ref.faults import watchdog
+from pipeline_ref.faults.finite import check_gradients
 from pipeline_ref.front import cut, partition
 from pipeline_ref.models import batches
+from pipeline_ref.preflight import Prepared, preflight
+from pipeline_ref.results import RankReport, RunResult, StepLog, rank_memory
 from pipeline_ref.schedules import asynchronous
 from pipeline_ref.schedules.geometry import Pipeline
-from pipeline_ref.config import RunConfig
-from pipeline_ref.preflight import Prepared, preflight
-from pipeline_ref.engine.device import for_rank as device_for_rank
-from pipeline_ref.faults.finite import NonFiniteError, nonfinite
-from pipeline_ref.results import RankReport, RunResult, measured_trace, rank_memory
 from pipeline_ref.sim.trace import Wait
+
+
+@dataclass
+class Place:
+    """Where this rank sits: the run's communicator, its grid coordinates and communicators, its device."""
+    comm: object                 # an MPI communicator (mpi4py is imported on the ranks only)
+    topo: topology.Topology      # stage, replica, pipeline and data communicators
+    pipeline: Pipeline           # the schedule's stages and chunks, and where each chunk sits
+    device: torch.device
+
+
+@dataclass
+class RankModel:
+    """The part of the model this rank holds, and how the whole was cut."""
+    stages: dict[int, Stage]     # chunk -> Stage
+    params: list                 # this rank's Parameters, each once
+    names: dict                  # id(Parameter) -> name as nn.Sequential(*layers) (or the module) gives it
+    layers: dict                 # global layer index -> module, the layers this rank holds (for checkpoints)
+    ranges: list                 # layer (or piece) range of each virtual stage
+    tied: list                   # (parameter name, pipeline ranks holding a copy)
+    layer_costs: list | None     # measured seconds per layer (partition "time"), else None
+    predicted: list | None       # each virtual stage's predicted cost, from layer_costs
+    state_names: set | None      # a whole module's state_dict names (what a checkpoint keeps), else None
+
+
+@dataclass
+class RankData:
+    """This rank's microbatches: inputs on the first stage, targets on the loss stage (None elsewhere)."""
+    inputs: list | None
+    targets: list | None
+    source: batches.PerStep | None     # when the factory gives a batch per step: where each step's comes from
+
+
+@dataclass
+class Update:
+    """What turns a step's gradients into new weights: the reductions, then the optimizer."""
+    optimizer: optim.SGD | optim.AdamW
+    scaler: precision.LossScaler | precision.NoScaler   # LossScaler in float16
+    dp_reducer: GradientReducer                         # this stage in every replica: averaged
+    tie_reducers: list[GradientReducer]                 # the stages sharing a tied weight: summed
 
 
 @dataclass
 class RankRun:
     """What one rank holds for a run, once set up."""
     cfg: RunConfig
-    comm: object                 # an MPI communicator (mpi4py is imported on the ranks only)
-    topo: topology.Topology      # stage, replica, pipeline and data communicators
-    pipeline: Pipeline
-    stages: dict[int, Stage]     # chunk -> Stage
+    place: Place
+    model: RankModel
+    data: RankData
+    update: Update
     executor: Executor
-    params: list
-    names: dict                  # id(Parameter) -> name as nn.Sequential(*layers) gives it
-    inputs: list | None          # per-microbatch input tuples (the first stage only)
-    targets: list | None         # per-microbatch targets (the loss stage only)
-    dp_reducer: GradientReducer
-    tie_reducers: list[GradientReducer]
-    communicators: list
-    ranges: list
-    layer_costs: list | None
-    predicted: list | None
-    tied: list
-    device: torch.device
-    layers: dict                 # global layer index -> module, the layers this rank holds (for checkpoints)
-    first_step: int              # 0, or the step a resumed run continues from
-    data: batches.PerStep | None = None      # when the factory gives a batch per step
-    optimizer: optim.SGD | optim.AdamW | None = None      # over this rank's parameters
-    scaler: precision.LossScaler | precision.NoScaler | None = None   # LossScaler in float16
-    state_names: set | None = None   # a whole module's state_dict names (what a checkpoint keeps), else None
+    communicators: list          # to free at the end (MPI has a limited number; a torch transport's group)
+    first_step: int = 0          # 0, or the step a resumed run continues from
 
 
-def set_up(comm, cfg: RunConfig, prepared: Prepared | None = None) -> RankRun:
+def set_up(comm, cfg: RunConfig, prepared: Prepared) -> RankRun:
+    """This rank's part of the run, ready for its first step; ``prepared``: what the preflight left (made
+    by the launcher, or by this process)."""
     from pipeline_ref.engine.message import Messenger, check_tag_range
     from pipeline_ref.engine.mpi_transport import MPITransport
     from pipeline_ref.engine.torch_transport import open_transport
 
-    watchdog.beat("checking the configuration")
-    layers, loss_fn, batch, schedule = prepared or preflight(cfg, comm.Get_size())
-    inputs, targets = batch                   # step 0's, when the factory gives a batch per step
-    pipe = schedule.pipeline                  # num_stages, chunks per rank, and where each chunk sits
-    # one GPU per rank: the launcher's local rank
-    m, device = cfg.microbatches, device_for_rank(cfg.device, comm)
-    per_replica = inputs.shape[0] // cfg.dp   # each replica trains on its own slice of the batch
+    layers, loss_fn, batch, schedule, random_state = prepared
+    torch.set_rng_state(random_state)         # as the model's build left it, wherever it was built
+    pipe, device = schedule.pipeline, device_for_rank(cfg.device, comm)   # one GPU per rank: its local rank
+    per_replica = batch[0].shape[0] // cfg.dp  # each replica trains on its own slice of the batch
     watchdog.beat(f"choosing the {cfg.partition} partition")
     state_names = set(layers.state_dict()) if cut.split.is_whole_module(layers) else None   # checkpoints
-    # module: traced
-    model = cut.cut(comm, cfg, layers, loss_fn, inputs[:per_replica // m].to(device), pipe, device)
-    layers, ranges, costs = model.layers, model.ranges, model.costs     # pieces (split.py) or the layers
-    watchdog.beat("splitting the ranks into pipeline and data communicators")
-    topo = topology.split(comm, cfg.pp, cfg.dp)
+    whole = cut.cut(comm, cfg, layers, loss_fn, batch[0][:per_replica // cfg.microbatches].to(device), pipe,
+                    device)
+    watchdog.beat("arranging the ranks into pipeline and data communicators")
+    topo = topology.grid(comm, cfg.pp, cfg.dp)
     watchdog.locate(f"stage {topo.stage}, replica {topo.replica}" if cfg.dp > 1 else "")   # in its reports
     rank = topo.stage
-    transport = (open_transport(comm, topo, schedule, device, cfg.stall_timeout,
-                                cfg.schedule) if cfg.transport == "torch"
-                 else MPITransport(topo.pipeline, sync_sends=cfg.sync_sends))
+    transport = (open_transport(comm, topo, schedule, device, cfg.stall_timeout, cfg.schedule)
+                 if cfg.transport == "torch" else MPITransport(topo.pipeline, sync_sends=cfg.sync_sends))
     check_tag_range(transport, schedule.num_microbatches, pipe.num_chunks)   # PipeDream: steps x m
-
-    stages = _stages(cfg, model, schedule, rank, device)
+    stages = rank_stages(whole, schedule, rank, device, cfg.microbatches, recompute=cfg.checkpoint,
+                         autocast=cfg.autocast)
     params = list({id(p): p for s in stages.values() for p in s.parameters()}.values())
-    held = {i: layers[i] for c in range(pipe.num_chunks) for i in ranges[pipe.virtual_stage(rank, c)]}
-    names = model.names    # as nn.Sequential(*layers), or the whole module, names them: as on one device
-
-    micro_inputs, micro_targets = batches.microbatches(batch, cfg, topo, pipe, device)
-    sample = micro_inputs[0] if rank == 0 else (torch.empty(0, device=device),)
-
+    model = RankModel(stages=stages, params=params, names=whole.names, ranges=whole.ranges, tied=whole.tied,
+                      layers={i: whole.layers[i] for c in range(pipe.num_chunks)
+                              for i in whole.ranges[pipe.virtual_stage(rank, c)]},
+                      layer_costs=whole.costs, state_names=state_names,
+                      predicted=partition.stage_costs(whole.costs, whole.ranges) if whole.costs else None)
+    inputs, targets = batches.microbatches(batch, cfg, topo, pipe, device)
+    data = RankData(inputs=inputs, targets=targets,
+                    source=batch if isinstance(batch, batches.PerStep) else None)
     watchdog.beat("agreeing on tensor shapes with the neighbouring stages")
+    sample = inputs[0] if rank == 0 else (torch.empty(0, device=device),)
     in_specs, out_specs = agree_specs(transport, stages, pipe, rank, sample)
     executor = Executor(stages,
                         topology.by_world_rank(plan(schedule[rank], pipe, rank, in_specs, out_specs), topo),
                         Messenger(transport, device), rank, device, skip_nonfinite=cfg.skips_nonfinite)
-
     # Reducers: replicas of this stage (average), then the stages sharing a tied weight (sum).
-    dp_reducer = GradientReducer(topo.data, params, average=True)
-    tie_reducers = _tie_reducers(comm, topo, model.tied, {names[id(p)]: p for p in params})
-    communicators = [topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
-    run = RankRun(cfg=cfg, comm=comm, topo=topo, pipeline=pipe, stages=stages, executor=executor,
-                  params=params, names=names, inputs=micro_inputs, targets=micro_targets,
-                  dp_reducer=dp_reducer, tie_reducers=tie_reducers,
+    tie_reducers = tied_weight_reducers(comm, topo, whole.tied, {whole.names[id(p)]: p for p in params})
+    update = Update(optimizer=optim.make(cfg.optimizer, params, cfg.lr),
+                    scaler=precision.scaler_for(cfg.autocast),
+                    dp_reducer=GradientReducer(topo.data, params, average=True), tie_reducers=tie_reducers)
+    run = RankRun(cfg=cfg, place=Place(comm=comm, topo=topo, pipeline=pipe, device=device), model=model,
+                  data=data, update=update, executor=executor,
                   # a torch transport's Free() ends its process group
-                  communicators=communicators + ([transport] if cfg.transport == "torch" else []),
-                  ranges=ranges, layer_costs=costs, tied=model.tied, device=device, layers=held, first_step=0,
-                  predicted=partition.stage_costs(costs, ranges) if costs else None,
-                  data=batch if isinstance(batch, batches.PerStep) else None,
-                  optimizer=optim.make(cfg.optimizer, params, cfg.lr),
-                  scaler=precision.scaler_for(cfg.autocast), state_names=state_names)
+                  communicators=[topo.pipeline, topo.data] + [r.comm for r in tie_reducers]
+                  + ([transport] if cfg.transport == "torch" else []))
     if cfg.resume_from:
         run_checkpoint.resume(run)
     return run
 
 
-
-def _stages(cfg: RunConfig, model, schedule, rank: int, device) -> dict:
-    """chunk -> Stage: the pieces of each virtual stage this rank holds, sharing one stash meter."""
-    pipe, meter, stages = schedule.pipeline, StashMeter(), {}   # the rank's stash, over all its chunks
-    for chunk in range(pipe.num_chunks):
-        piece = model.ranges[pipe.virtual_stage(rank, chunk)]
-        stages[chunk] = Stage(model.chunk(*model.layers[piece.start:piece.stop]).to(device),
-                              pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), model.loss_fn,
-                              cfg.microbatches, recompute=cfg.checkpoint,
-                              split_backward=schedule.splits_backward, meter=meter)
-        stages[chunk].precision = precision.autocast(cfg.autocast, device)
-    return stages
-
-
-def _tie_reducers(comm, topo, tied: list, by_name: dict) -> list:
-    """A sum over the stages holding each tied weight (Split is collective: every rank takes part in each)."""
-    from mpi4py import MPI
-    reducers = []
-    for name, holders in tied:
-        member = topo.stage in holders
-        tie_comm = comm.Split(topo.replica if member else MPI.UNDEFINED, topo.stage)
-        if member:
-            reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
-    return reducers
-
 def train_step(run: RankRun, step: int) -> RankReport:
     """One step on this rank: the schedule, then the all-reduces. Returns this rank's report of it."""
-    cfg, rank = run.cfg, run.topo.stage
-    # a batch per step (real text): this step's, same shapes as step 0's
-    if run.data is not None:
-        run.inputs, run.targets = batches.microbatches(run.data.at(step), cfg, run.topo, run.pipeline,
-                                                      run.device)
-    for stage in run.stages.values():         # float16: the loss scaled up by the agreed scale
-        stage.loss_scale = run.scaler.scale / cfg.microbatches
+    cfg, place, model, update = run.cfg, run.place, run.model, run.update
+    if run.data.source is not None:           # a batch per step (real text): this step's, as step 0's shapes
+        run.data.inputs, run.data.targets = batches.microbatches(run.data.source.at(step), cfg, place.topo,
+                                                                 place.pipeline, place.device)
+    for stage in model.stages.values():       # float16: the loss scaled up by the agreed scale
+        stage.loss_scale = update.scaler.scale / cfg.microbatches
     watchdog.beat(f"waiting for the other ranks before step {step}")
-    run.comm.Barrier()
-    if run.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(run.device)     # the trace reports this step's peak
-    meter = next(iter(run.stages.values())).meter
+    place.comm.Barrier()
+    if place.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(place.device)     # the trace reports this step's peak
+    meter = next(iter(model.stages.values())).meter
     meter.reset_peaks()
     began = time.perf_counter()
-    early = run.dp_reducer.start if cfg.overlap_allreduce else None   # the all-reduce after the last B
-    events, waits = run.executor.run(run.inputs, run.targets, step, t0=began, after_last_backward=early)
-    found = run.executor.found_nonfinite or _nonfinite_gradients(run, step)
+    early = update.dp_reducer.start if cfg.overlap_allreduce else None   # the all-reduce after the last B
+    events, waits = run.executor.run(run.data.inputs, run.data.targets, step, t0=began,
+                                     after_last_backward=early)
+    found = run.executor.found_nonfinite or check_gradients(model.params, f"rank {place.topo.stage}", step,
+                                                            skipping=cfg.skips_nonfinite)
     skip = False
     if cfg.skips_nonfinite:
         # Every rank of every replica must make the same choice, or the next collective would hang: reduce it.
         watchdog.beat(f"step {step}: agreeing whether to skip the step")
         from mpi4py import MPI
-        skip = bool(run.comm.allreduce(int(found is not None), op=MPI.MAX))
+        skip = bool(place.comm.allreduce(int(found is not None), op=MPI.MAX))
     watchdog.beat(f"step {step}: all-reducing gradients")
     reduce_start = time.perf_counter()
     if cfg.overlap_allreduce:
-        run.dp_reducer.wait()
+        update.dp_reducer.wait()
     elif not skip:
-        run.dp_reducer.allreduce()
-    for reducer in run.tie_reducers if not skip else ():
+        update.dp_reducer.allreduce()
+    for reducer in update.tie_reducers if not skip else ():
         reducer.allreduce()
-    if cfg.dp > 1 or run.tie_reducers:
-        waits.append(Wait(rank, "all-reduce gradients", reduce_start - began, time.perf_counter() - began))
-    losses = [loss for s in run.stages.values() for loss in s.losses]
-    first = cfg.collect_grads and step == run.first_step and run.topo.replica == 0
+    if cfg.dp > 1 or update.tie_reducers:
+        waits.append(Wait(place.topo.stage, "all-reduce gradients", reduce_start - began,
+                          time.perf_counter() - began))
+    losses = [loss for s in model.stages.values() for loss in s.losses]
+    first = cfg.collect_grads and step == run.first_step and place.topo.replica == 0
     return RankReport(events=events, waits=waits, peak=meter.peak_count,
-                      memory=rank_memory(run.params, meter, run.device, run.optimizer),
+                      memory=rank_memory(model.params, meter, place.device, update.optimizer),
                       rss=machine.resident_bytes(),
                       loss=torch.stack(losses).mean().item() if losses else None,
-                      grads={run.names[id(p)]: p.grad.detach().cpu().clone() for p in run.params
+                      grads={model.names[id(p)]: p.grad.detach().cpu().clone() for p in model.params
                              if p.grad is not None} if first else None, skip=skip, nonfinite=found)
 
 
-def _nonfinite_gradients(run: RankRun, step: int) -> str | None:
-    """The weight gradients, checked once per step (the executor checks what crosses a boundary)."""
-    kind = nonfinite(p.grad for p in run.params)
-    if kind is None:
-        return None
-    message = f"rank {run.topo.stage}: a weight gradient is {kind} after the backward of step {step}"
-    if not run.cfg.skips_nonfinite:
-        raise NonFiniteError(message)
-    return message
-
-
-
 def run_rank(comm, cfg: RunConfig, prepared: Prepared | None = None) -> RunResult | None:
-    """Every rank's whole run; world rank 0 returns the RunResult. ``prepared``: the preflight this process
-    already made (the command line under mpiexec), else the set-up makes it."""
+    """Every rank's whole run; world rank 0 returns the RunResult. ``prepared``: the preflight the launcher
+    handed on, else each rank makes its own."""
+    if prepared is None:
+        watchdog.beat("checking the configuration")
+        prepared = preflight(cfg, comm.Get_size())
+    return run_prepared(comm, cfg, prepared)
+
+
+def run_prepared(comm, cfg: RunConfig, prepared: Prepared) -> RunResult | None:
+    """The run, once checked: set up, the steps (or an asynchronous stream), what world rank 0 gathers."""
     run = set_up(comm, cfg, prepared)
     if cfg.verbose and comm.Get_rank() == 0:
         _announce(run)
     if cfg.schedule in asynchronous.ASYNCHRONOUS:     # PipeDream, 2BW: one stream, updates after backwards
-        return async_run.run_stream(run)
-    losses, grads, seconds, utilization, gathered, skipped, rss = [], None, [], [], None, [], []
-    for step in range(run.first_step, cfg.steps):
-        report = train_step(run, step)
-        if not report.skip:
-            run.scaler.unscale(run.params)
-            run.optimizer.step()
-        run.scaler.update(skipped=report.skip)     # the same on every rank: the skip was agreed
-        if cfg.checkpoint_dir and (step + 1) % cfg.checkpoint_every == 0:
-            run_checkpoint.save(run, step + 1)
-        if cfg.collect_params and step == cfg.steps - 1:
-            report.params = {run.names[id(p)]: p.detach().cpu().clone() for p in run.params}
-        watchdog.beat(f"gathering the results of step {step}")
-        gathered = comm.gather(report, root=0)
-        if comm.Get_rank() == 0:
-            last_stages = [g.loss for g in gathered if g.loss is not None]
-            losses.append(sum(last_stages) / len(last_stages))
-            if report.skip:
-                skipped.append(step)
-                if cfg.verbose:
-                    print(f"  step {step + 1}/{cfg.steps} skipped on every rank: "
-                          + "; ".join(sorted({g.nonfinite for g in gathered if g.nonfinite})), flush=True)
-            trace = measured_trace(gathered, cfg, run.pipeline.layout, run.device)
-            seconds.append(trace.makespan)
-            rss.append([g.rss for g in gathered])
-            utilization.append(trace.utilization)
-            if step == run.first_step and cfg.collect_grads:
-                grads = {k: v for g in gathered if g.grads for k, v in g.grads.items()}
-            if cfg.verbose:
-                print(f"  step {step + 1}/{cfg.steps}  loss {losses[-1]:.6f}  {trace.makespan:.3f} s  "
-                      f"utilization {trace.utilization:.3f}"
-                      + ("  (warm-up)" if step == run.first_step and cfg.steps > 1 else ""),
-                      flush=True)
+        log, gathered = async_run.run_stream(run)
+    else:
+        log, gathered, update = StepLog(), None, run.update
+        for step in range(run.first_step, cfg.steps):
+            report = train_step(run, step)
+            if not report.skip:
+                update.scaler.unscale(run.model.params)
+                update.optimizer.step()
+            update.scaler.update(skipped=report.skip)     # the same on every rank: the skip was agreed
+            if cfg.checkpoint_dir and (step + 1) % cfg.checkpoint_every == 0:
+                run_checkpoint.save(run, step + 1)
+            if cfg.collect_params and step == cfg.steps - 1:
+                report.params = {run.model.names[id(p)]: p.detach().cpu().clone() for p in run.model.params}
+            watchdog.beat(f"gathering the results of step {step}")
+            gathered = comm.gather(report, root=0)
+            if comm.Get_rank() == 0:
+                log.add_step(gathered, cfg, step, run.first_step, run.place.pipeline.layout, run.place.device)
     watchdog.beat("finished")
     for c in run.communicators:      # MPI has a limited number of them; run_many makes many runs
         c.Free()
-    if comm.Get_rank() != 0:
-        return None
-    return RunResult(config=cfg, losses=losses, trace=trace, step_seconds=seconds,
-                     step_utilization=utilization,
-                     memory=[g.memory for g in gathered[:cfg.pp]], grads=grads,
-                     params=[g.params for g in gathered] if cfg.collect_params else None,
-                     partition=[(r.start, r.stop) for r in run.ranges], layer_costs=run.layer_costs,
-                     predicted_stage_costs=run.predicted, tied=run.tied, skipped_steps=skipped,
-                     first_step=run.first_step, step_rss=rss)
+    return log.result(cfg, gathered, run.model, run.first_step) if comm.Get_rank() == 0 else None
 
 
 def _announce(run: RankRun) -> None:
-    cfg, chunks = run.cfg, run.pipeline.num_chunks
+    cfg, chunks, model = run.cfg, run.place.pipeline.num_chunks, run.model
     print(f"{cfg.schedule}: {cfg.pp} stages x {cfg.dp} replica(s), {cfg.microbatches} microbatches, "
           f"{cfg.steps} step(s), layers per {'virtual ' if chunks > 1 else ''}stage "
-          f"{[len(r) for r in run.ranges]}"
-          + (f", tied {[n for n, _ in run.tied]}" if run.tied else ""), flush=True)
-    if run.predicted:
+          f"{[len(r) for r in model.ranges]}"
+          + (f", tied {[n for n, _ in model.tied]}" if model.tied else ""), flush=True)
+    if model.predicted:
         print(f"  {cfg.partition} partition: predicted forward+backward per microbatch and stage "
-              f"{[f'{1e3 * c:.2f} ms' for c in run.predicted]}", flush=True)
+              f"{[f'{1e3 * c:.2f} ms' for c in model.predicted]}", flush=True)
+
+
+def run_under_mpiexec(cfg: RunConfig, prepared: Prepared) -> RunResult | None:
+    """The command line's run on a rank that ``mpiexec``/``srun`` started (``prepared``: this rank's own
+    preflight); one rank's failure ends them all, named, instead of leaving the others waiting."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    watchdog.start(comm.Get_rank(), cfg.stall_timeout)
+    try:
+        return run_prepared(comm, cfg, prepared)
+    except Exception as err:
+        watchdog.report(f"failed while {watchdog.doing()}: {type(err).__name__}: {err}")
+        watchdog.abort_all(comm, 1)
 
 
 def run_many(comm, configs: list[RunConfig]) -> list[RunResult | None]:

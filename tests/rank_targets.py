@@ -47,6 +47,16 @@ def user_model():
     return layers, nn.functional.mse_loss, (inputs, targets)
 
 
+def counted_model(log: str, picklable: bool = True):
+    """``user_model``, writing this process's id to ``log`` each time it is built; with ``picklable=False``
+    its loss is a lambda, which pickle refuses."""
+    import os
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    layers, loss_fn, batch = user_model()
+    return layers, (loss_fn if picklable else lambda outputs, targets: loss_fn(outputs, targets)), batch
+
+
 def unbalanced_mlp(width: int = 512, batch: int = 256):
     """A first layer as costly as six of the others: on 2 stages the uniform split gives stage 0
     nine units of work and stage 1 three; the balanced split [1 | 6] gives six and six."""

@@ -108,8 +108,8 @@ def test_a_pointer_to_an_unfinished_step_falls_back_and_says_so(tmp_path, pointe
         (checkpoint.step_folder(tmp_path / "elsewhere", 4) / "layer-000.pt").rename(target / "layer-000.pt")
     (tmp_path / checkpoint.LATEST).write_text("step-000004")
     preflight(_resume(tmp_path), 2)    # not refused: resumes from step 2
-    from pipeline_ref.faults.checkpoint_check import check
-    saved = check(_resume(tmp_path), build_model(_resume(tmp_path))[0])
+    from pipeline_ref.faults.checkpoint_check import check_resume
+    saved = check_resume(_resume(tmp_path), build_model(_resume(tmp_path))[0])
     assert saved.folder.name == "step-000002" and saved.step == 2
     why = "is missing" if pointer == "missing" else "has no complete.json (a save cut short)"
     assert saved.note == (f"{tmp_path / 'latest'} names step-000004, which {why}: resuming from step-000002, "

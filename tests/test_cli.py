@@ -53,6 +53,28 @@ def test_run_under_users_mpiexec_with_users_model(tmp_path):
         torch.testing.assert_close(saved[name], expected[name], rtol=1e-10, atol=1e-12)
 
 
+def test_the_preflight_is_handed_to_the_ranks_only_when_it_pickles():
+    from pipeline_ref.preflight import handed_on, preflight
+    prepared = preflight(RunConfig(model="mlp"))
+    assert handed_on(prepared) is prepared
+    assert handed_on(prepared._replace(loss_fn=lambda outputs, targets: outputs.sum())) is None
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("picklable, builds", [(True, 1), (False, 3)])
+def test_run_checks_once_in_the_parent_unless_the_model_does_not_pickle(tmp_path, picklable, builds):
+    """``run -n 2`` builds (and checks) the model once, in the parent, and hands it to the ranks; a model that
+    pickle refuses is built again by each rank, and the run still works."""
+    log = tmp_path / "builds.log"
+    done = subprocess.run([sys.executable, "-m", "pipeline_ref", "run", "-n", "2", "--pp", "2", "--microbatches",
+                           "2", "--steps", "1", "--model", "tests.rank_targets:counted_model", "--model-kwargs",
+                           json.dumps({"log": str(log), "picklable": picklable})],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "step 1/1" in done.stdout
+    assert len(set(log.read_text().split())) == builds      # the processes that built the model
+
+
 def test_simulate_command_prints_the_schedule_and_utilization(tmp_path):
     from pipeline_ref.__main__ import main
     import io, contextlib

@@ -64,10 +64,10 @@ def test_device_choice_wraps_over_the_nodes_gpus():
 
 
 def test_transport_is_chosen_by_config_and_command_line():
-    from pipeline_ref.__main__ import _config, _parser
+    from pipeline_ref.__main__ import _parser
     args = _parser().parse_args(["run", "--transport", "torch", "--pp", "2"])
-    assert _config(args).transport == "torch"
-    assert _config(_parser().parse_args(["run"])).transport == "mpi"         # MPI stays the default
+    assert RunConfig.from_args(args).transport == "torch"
+    assert RunConfig.from_args(_parser().parse_args(["run"])).transport == "mpi"         # MPI stays the default
     with pytest.raises(ConfigError, match="unknown transport 'ucx'"):
         check_config(RunConfig(transport="ucx"))
     with pytest.raises(ConfigError, match="no synchronous send"):

@@ -132,7 +132,7 @@ def test_memory_plan_equals_what_the_run_held(pipelined):
     from pipeline_ref.front import memory_plan
     from pipeline_ref.preflight import preflight
     cfg = RUNS["float32 adamw gpipe"]
-    layers, loss_fn, batch, schedule = preflight(cfg)
+    layers, loss_fn, batch, schedule, _ = preflight(cfg)
     planned = memory_plan.plan(layers, loss_fn, batch, schedule, cfg.microbatches, cfg.optimizer)
     for rank, (plan, held) in enumerate(zip(planned, pipelined["float32 adamw gpipe"].memory)):
         assert (plan.parameters, plan.gradients, plan.optimizer) == (held.parameters, held.gradients, held.optimizer)

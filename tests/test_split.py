@@ -127,10 +127,10 @@ def test_refused_too_many_stages_and_split_at_on_a_list_of_layers():
 
 
 def test_command_line_split_options():
-    from pipeline_ref.__main__ import _config, _parser
+    from pipeline_ref.__main__ import _parser
     args = _parser().parse_args(["run", "--model", "hf_gpt2", "--split-at", "transformer.h.2,lm_head"])
-    assert _config(args).split_at == ("transformer.h.2", "lm_head")
-    assert _config(_parser().parse_args(["run", "--split", "auto"])).split_at == ()
+    assert RunConfig.from_args(args).split_at == ("transformer.h.2", "lm_head")
+    assert RunConfig.from_args(_parser().parse_args(["run", "--split", "auto"])).split_at == ()
     with pytest.raises(SystemExit):
         _parser().parse_args(["run", "--split", "auto", "--split-at", "lm_head"])
 

@@ -1,7 +1,7 @@
 """Lesson 04, on the ranks and beside them: pipeline x data parallel, its communicators, its memory and speed.
 
 ``lesson`` is what the notebook starts on 4 ranks, once: every rank first reports the two communicators
-``pipeline_ref.engine.topology.split`` gives it, then the ranks play the lesson's training runs one after another
+``pipeline_ref.engine.topology.grid`` gives it, then the ranks play the lesson's training runs one after another
 (``pipeline_ref.train.run_many``), in the same ``mpiexec``:
 
     launch(4, "lesson_code.l04_data_parallel:lesson", 2, 2, configs)   # -> rank 0: {"communicators", "runs"}
@@ -28,7 +28,7 @@ SMALL_GPT = {"vocab": 32, "dim": 16, "heads": 2, "blocks": 2, "seq_len": 8, "bat
 def communicators(comm, pp: int, dp: int) -> dict:
     """This rank's place in the pp x dp grid and the world ranks in each of its two communicators."""
     from pipeline_ref.engine import topology
-    topo = topology.split(comm, pp, dp)
+    topo = topology.grid(comm, pp, dp)
     world = comm.Get_rank()
     report = {"world rank": world, "stage": topo.stage, "replica": topo.replica,
               "rank in pipeline comm": topo.pipeline.Get_rank(), "pipeline comm": topo.pipeline.allgather(world),

@@ -60,3 +60,16 @@ class GradientReducer:
     def allreduce(self) -> None:
         self.start()
         self.wait()
+
+
+def tied_weight_reducers(comm, topo, tied: list, by_name: dict) -> list[GradientReducer]:
+    """A sum over the stages of this replica holding each tied weight ``(name, pipeline ranks)``, for the ones
+    this rank holds (``by_name``: its Parameters by name). ``Split`` is collective: every rank of ``comm``
+    takes part in each, holder or not."""
+    reducers = []
+    for name, holders in tied:
+        member = topo.stage in holders
+        tie_comm = comm.Split(topo.replica if member else MPI.UNDEFINED, topo.stage)
+        if member:
+            reducers.append(GradientReducer(tie_comm, [by_name[name]], average=False))
+    return reducers

@@ -10,6 +10,12 @@ of tensors (``message.py``): ``forward`` calls ``module(*inputs)``; ``backward``
 per output that requires one, runs autograd, and returns one gradient per input that gets one
 (``wants_grad``, agreed at set-up: floating inputs the previous stage computed with grad).
 
+A *split backward* (``split_backward=True``, the zero-bubble schedules') is a chunk's backward done as two
+actions: ``I`` (``backward_input``), the gradient of the chunk's inputs, which the previous stage waits for,
+and ``W`` (``backward_weight``), the gradient of its weights, which nobody waits for and so can fill a
+bubble. Elsewhere in the package "split" alone means the model's split points (torch's term,
+``front/split.py``); the grid of ranks is ``topology.grid``, layers to stages ``partition``.
+
 The last virtual stage also applies the loss. Each microbatch's loss is divided by the number of
 microbatches, so that the gradients accumulated over the microbatches equal the gradient of the
 mean loss over the whole batch: the pipelined step equals the unsplit model's step.
@@ -224,3 +230,23 @@ class Stage:
         stashed = self._take(microbatch, "W")
         self.meter.remove(stashed.nbytes)
         self.weight_grads.weight_pass(microbatch)
+
+
+def rank_stages(model, schedule, rank: int, device: torch.device, num_microbatches: int,
+                recompute: bool = False, autocast: str | None = None) -> dict[int, Stage]:
+    """chunk -> Stage: the pieces of each virtual stage pipeline rank ``rank`` holds, sharing one stash meter.
+
+    ``model``: the model cut into pieces (``cut.Cut``: ``layers``, one range of them per virtual stage in
+    ``ranges``, ``chunk`` to make one module of a range, ``loss_fn``); ``schedule``: a ``geometry.Schedule``
+    (where each chunk sits, whether the backward is split into I and W); ``autocast``: the run's mixed
+    precision (``precision.autocast``)."""
+    from pipeline_ref.engine import precision
+    pipe, meter, stages = schedule.pipeline, StashMeter(), {}   # the rank's stash, over all its chunks
+    for chunk in range(pipe.num_chunks):
+        piece = model.ranges[pipe.virtual_stage(rank, chunk)]
+        stages[chunk] = Stage(model.chunk(*model.layers[piece.start:piece.stop]).to(device),
+                              pipe.is_first(rank, chunk), pipe.is_last(rank, chunk), model.loss_fn,
+                              num_microbatches, recompute=recompute, split_backward=schedule.splits_backward,
+                              meter=meter)
+        stages[chunk].precision = precision.autocast(autocast, device)
+    return stages

@@ -49,7 +49,7 @@ class Topology:
     data: object         # MPI communicator: this stage in every replica, rank = replica
 
 
-def split(comm, pp: int, dp: int) -> Topology:
+def grid(comm, pp: int, dp: int) -> Topology:
     """Build both communicators from ``comm`` (every rank of ``comm`` must call this)."""
     grid = Grid(pp, dp)
     if comm.Get_size() != pp * dp:

@@ -1,8 +1,8 @@
 """Refuse a damaged or foreign checkpoint before any rank trains: one line saying what is wrong, what to do.
 
-Part of the faults layer, beside ``checkpoint.py``. ``preflight.preflight`` calls :func:`check` for
-``--resume`` (in the parent of ``run -n N`` before it starts any rank, and on every rank before its first
-message):
+Part of the faults layer, beside ``checkpoint.py``. ``preflight.preflight`` calls :func:`check_resume` for
+``--resume`` (once per run: in the parent of ``run -n N`` before it starts any rank, or on each rank that a
+bare ``mpiexec`` started, before its first message):
 
 * ``latest`` names a step folder that is missing or has no marker: the newest complete one is used, and the
   note says so;
@@ -11,8 +11,8 @@ message):
   another optimizer, or in the first format (no index of names): refused, naming the first difference;
 * it is at or past ``--steps``: nothing would be left to run.
 
-    from pipeline_ref.faults.checkpoint_check import check
-    saved = check(cfg, model)      # model: the factory's list of layers, or its whole module; a Saved
+    from pipeline_ref.faults.checkpoint_check import check_resume
+    saved = check_resume(cfg, model)      # model: the factory's list of layers, or its whole module; a Saved
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _check_files(folder: Path, files: dict) -> None:
         load_file(path)          # a file of the right size that is not what we wrote
 
 
-def check(cfg, model) -> Saved:
+def check_resume(cfg, model) -> Saved:
     """The checkpoint ``cfg.resume_from`` resumes from; else CheckpointError, in one line."""
     saved = latest(cfg.resume_from)
     folder = saved.folder

@@ -1,9 +1,10 @@
 """Finding a NaN or an inf where it first appears, cheaply enough to check every action.
 
     kind = nonfinite(tensors)        # "nan", "inf", or None when every floating element is finite
+    check_gradients(params, "rank 1", step, skipping=False)    # raises NonFiniteError if one is not
 
-The executor checks each loss, stage output and input gradient, and ``train.py`` the weight
-gradients once per step. A check per action must not cost like an action: ``torch.isfinite(t).all()``
+The executor checks each loss, stage output and input gradient, and ``train.py`` (``check_gradients``) the
+weight gradients once per step. A check per action must not cost like an action: ``torch.isfinite(t).all()``
 writes a boolean tensor as large as ``t`` and reads it again, whereas a sum reads ``t`` once and
 allocates nothing (for a 128 x 1024 float32 activation on the course's 2-core machine, 259 µs
 against 10 µs: ``benchmarks/overhead.py``, part 4). NaN and inf survive a sum (inf - inf is NaN), so a finite
@@ -38,3 +39,15 @@ def nonfinite(tensors) -> str | None:
         if not bool(torch.isfinite(t).all()):
             return "nan" if bool(torch.isnan(t).any()) else "inf"
     return None
+
+
+def check_gradients(params, where: str, step: int, skipping: bool) -> str | None:
+    """The weight gradients after a step's backward, checked once (the executor checks what crosses a
+    boundary): None if finite; else NonFiniteError, or, when ``skipping`` non-finite steps, the message."""
+    kind = nonfinite(p.grad for p in params)
+    if kind is None:
+        return None
+    message = f"{where}: a weight gradient is {kind} after the backward of step {step}"
+    if not skipping:
+        raise NonFiniteError(message)
+    return message

@@ -117,6 +117,20 @@ def table(ranks: list[Memory]) -> str:
     return "\n".join(lines)
 
 
+def check_budget(cfg, layers, loss_fn, batch, schedule) -> None:
+    """ValueError, with the table of every rank, if a rank of run ``cfg`` (a ``RunConfig``) would hold more
+    than ``cfg.memory_budget`` GB."""
+    if not isinstance(layers, (list, tuple)):
+        raise ValueError("--memory-budget plans a list of layers; a whole nn.Module (--split) is not "
+                         "planned yet")
+    ranks = plan(layers, loss_fn, batch, schedule, cfg.microbatches, cfg.optimizer, cfg.partition, cfg.dp,
+                 cfg.checkpoint)
+    problem = over_budget(ranks, cfg.memory_budget)
+    if problem:
+        raise ValueError(f"{problem}; add stages (--pp), microbatches, --checkpoint, or a smaller model\n"
+                         + table(ranks))
+
+
 def largest_fitting(fits, start: int = 1, limit: int = 4096) -> int | None:
     """The largest n in [start, limit] with ``fits(n)`` (monotone: bigger never fits better); None if none
     fits."""

@@ -80,7 +80,8 @@ def check_2bw(num_stages: int, num_microbatches: int) -> None:
                             f"t + 1 before version t exists; raise --microbatches or use pipedream")
 
 
-def check(schedule: str, num_stages: int, num_microbatches: int, dp: int = 1, **features) -> None:
+def check_asynchronous_run(schedule: str, num_stages: int, num_microbatches: int, dp: int = 1,
+                           **features) -> None:
     """Refuse what an asynchronous run does not do, before any rank starts (raises ScheduleError).
 
     ``features``: the run's other options by name (True where asked for): each stage updates on its own
