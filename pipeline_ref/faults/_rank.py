@@ -20,6 +20,7 @@ import os
 import pickle
 import sys
 import sysconfig
+import time
 import traceback
 
 from mpi4py import MPI
@@ -68,6 +69,14 @@ def _reporting_exit(real_exit):
     return leave
 
 
+def _wait_sleeping(comm, poll: float = 0.001) -> None:
+    """A barrier that sleeps between polls (as ``machine.wait_quietly``, a layer above): MPICH's blocking
+    Barrier spins, and a rank that has started would take a core from the ranks still importing torch."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll)
+
+
 def main(payload_path: str, outdir: str) -> None:
     with open(payload_path, "rb") as f:
         target, args, kwargs, stall_timeout, launcher = pickle.load(f)
@@ -81,7 +90,7 @@ def main(payload_path: str, outdir: str) -> None:
         module_name, _, function_name = target.partition(":")
         function = getattr(importlib.import_module(module_name), function_name)
         watchdog.beat("waiting for the other ranks to start", watched=False)
-        MPI.COMM_WORLD.Barrier()
+        _wait_sleeping(MPI.COMM_WORLD)
         watchdog.beat(f"starting {target}")
         real_exit, os._exit = os._exit, _reporting_exit(os._exit)
         try:
