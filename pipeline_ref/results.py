@@ -3,7 +3,10 @@ tests.
 
     result = launch(2, "pipeline_ref.train:run_rank", RunConfig(pp=2))[0]     # world rank 0's RunResult
     result.losses, result.trace.utilization, result.memory[0].peak_stashed_bytes
+    print_report(result, trace_file="step.json")   # what `python -m pipeline_ref run` prints, and the files
 
+A run's reports (``RankReport``, one per rank) reach world rank 0, which logs them (``StepLog``: after each
+step of a synchronous run, once for an asynchronous stream) and makes the ``RunResult`` from that log.
 No MPI here (the launcher unpickles results in an ordinary Python process).
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 
 from pipeline_ref.config import RunConfig
 from pipeline_ref.engine.memory import Memory, nbytes
-from pipeline_ref.sim.trace import Trace
+from pipeline_ref.sim.trace import Trace, write_chrome_trace
 
 
 @dataclass
@@ -171,6 +174,5 @@ def print_report(result: RunResult, save_params: str | None = None, save_grads: 
         torch.save(result.grads, save_grads)
         print(f"gradients of the first step ({len(result.grads)} tensors) -> {save_grads}")
     if trace_file:
-        from pipeline_ref.sim.trace import write_chrome_trace
         write_chrome_trace(result.trace, trace_file)
         print(f"trace of the last step -> {trace_file} (open it in https://ui.perfetto.dev)")
