@@ -167,9 +167,9 @@ def _report(result, args) -> None:
                     f"--steps 3 or more for a steady number){theory}")
     print(f"{cfg.schedule} on {cfg.pp} stages, {cfg.microbatches} microbatches: {measured}, "
           f"peak stashed activations per stage {result.trace.peak_stashed}")
-    if "weight_versions" in result.trace.meta:      # PipeDream, 2BW: the versions each stage kept
-        print(f"weight versions held per stage (most at once) {result.trace.meta['weight_versions']}, "
-              f"{[round(b / 2**20, 3) for b in result.trace.meta['weight_version_bytes']]} MiB")
+    if result.trace.meta.weight_versions is not None:      # PipeDream, 2BW: the versions each stage kept
+        print(f"weight versions held per stage (most at once) {result.trace.meta.weight_versions}, "
+              f"{[round(b / 2**20, 3) for b in result.trace.meta.weight_version_bytes]} MiB")
     if args.save_params:
         params = {name: tensor for ranks in result.params[:cfg.pp] if ranks for name, tensor in ranks.items()}
         torch.save(params, args.save_params)
