@@ -16,7 +16,7 @@ plain SGD at one learning rate for every schedule, m = 4 microbatches per step.
   per-layer forward and backward costs measured on this machine where it has not (p = 4 on 2 cores), labelled
   so; the simulation is shown beside the measurement at p = 2.
 - Weight-version memory per stage: the versions each stage held at most (measured at p = 2: the trace's
-  ``meta["weight_versions"]``; for p = 4 the count the rules give, which the tests check) times its parameters' bytes.
+  ``meta.weight_versions``; for p = 4 the count the rules give, which the tests check) times its parameters' bytes.
 
 Writes results.md, results.json and staleness.png to ``--out``.
 """
@@ -113,8 +113,8 @@ def measured(steps: int) -> dict:
     out = {}
     for cfg, r in zip(configs, runs):
         out["flush" if cfg.schedule == "1f1b" else cfg.schedule] = {
-            "step_seconds": median(r.step_seconds[1:]), "weight_versions": r.trace.meta.get("weight_versions"),
-            "weight_version_bytes": r.trace.meta.get("weight_version_bytes"), "losses": r.losses}
+            "step_seconds": median(r.step_seconds[1:]), "weight_versions": r.trace.meta.weight_versions,
+            "weight_version_bytes": r.trace.meta.weight_version_bytes, "losses": r.losses}
     return out
 
 

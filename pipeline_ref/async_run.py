@@ -14,8 +14,8 @@ asynchronous one to :func:`run_stream`, which
    RunResult as for a synchronous run: the mean loss of each
    step's m microbatches, and "step" t's time from the end of step t - 1's last backward on rank 0 to the
    end of its own there (the utilization of that window beside it). The trace is the whole run; its
-   ``meta["weight_versions"]`` says how many versions each rank held at most, and
-   ``meta["weight_version_bytes"]`` what they took.
+   ``meta.weight_versions`` says how many versions each rank held at most, and
+   ``meta.weight_version_bytes`` what they took.
 
     python -m pipeline_ref run --schedule pipedream --pp 4 --microbatches 4 --steps 8 -n 4 --save-params p.pt
 """

@@ -11,14 +11,14 @@ No MPI here (the launcher unpickles results in an ordinary Python process).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import median
 
 import torch
 
 from pipeline_ref.config import RunConfig
 from pipeline_ref.engine.memory import Memory, nbytes
-from pipeline_ref.sim.trace import Trace, write_chrome_trace
+from pipeline_ref.sim.trace import Trace, TraceMeta, write_chrome_trace
 
 
 @dataclass
@@ -49,16 +49,17 @@ def rank_memory(params: list, meter, device, optimizer=None) -> Memory:
 
 
 def measured_trace(reports: list[RankReport], cfg: RunConfig, layout: str, device, **meta) -> Trace:
-    """Replica 0's step (world ranks 0 .. pp - 1 are its stages) as one trace; ``meta`` adds to its meta."""
+    """Replica 0's step (world ranks 0 .. pp - 1 are its stages) as one trace; ``meta``: TraceMeta fields that
+    add to or override the run's own."""
     replica0 = reports[:cfg.pp]
     memory = [r.memory.device_peak for r in replica0]
     return Trace(num_ranks=cfg.pp, events=[e for r in replica0 for e in r.events],
                  waits=[w for r in replica0 for w in r.waits], peak_stashed=[r.peak for r in replica0],
                  peak_stashed_bytes=[r.memory.peak_stashed_bytes for r in replica0],
                  peak_memory_bytes=memory if None not in memory else None,
-                 meta={"source": "measured", "schedule": cfg.schedule, "num_stages": cfg.pp, "layout": layout,
-                       "num_microbatches": cfg.microbatches, "dp": cfg.dp, "device": str(device),
-                       "time_unit": "s", **meta})
+                 meta=replace(TraceMeta(source="measured", schedule=cfg.schedule, num_stages=cfg.pp,
+                                        layout=layout, num_microbatches=cfg.microbatches, dp=cfg.dp,
+                                        device=str(device), time_unit="s"), **meta))
 
 
 @dataclass
@@ -163,9 +164,9 @@ def print_report(result: RunResult, save_params: str | None = None, save_grads: 
                     f"--steps 3 or more for a steady number){theory}")
     print(f"{cfg.schedule} on {cfg.pp} stages, {cfg.microbatches} microbatches: {measured}, "
           f"peak stashed activations per stage {result.trace.peak_stashed}")
-    if "weight_versions" in result.trace.meta:      # PipeDream, 2BW: the versions each stage kept
-        print(f"weight versions held per stage (most at once) {result.trace.meta['weight_versions']}, "
-              f"{[round(b / 2**20, 3) for b in result.trace.meta['weight_version_bytes']]} MiB")
+    if result.trace.meta.weight_versions is not None:      # PipeDream, 2BW: the versions each stage kept
+        print(f"weight versions held per stage (most at once) {result.trace.meta.weight_versions}, "
+              f"{[round(b / 2**20, 3) for b in result.trace.meta.weight_version_bytes]} MiB")
     if save_params:
         params = {name: tensor for ranks in result.params[:cfg.pp] if ranks for name, tensor in ranks.items()}
         torch.save(params, save_params)

@@ -47,7 +47,7 @@ def test_time_partition_beats_uniform_in_a_real_run():
     assert max(partition.stage_costs(costs, timed_ranges)) < 0.9 * max(partition.stage_costs(costs, uniform_ranges))
     assert _simulated_makespan(costs, timed_ranges, num_microbatches=4) < \
         _simulated_makespan(costs, uniform_ranges, num_microbatches=4)
-    assert timed.trace.meta["schedule"] == "1f1b"   # and the run itself played the schedule
+    assert timed.trace.meta.schedule == "1f1b"   # and the run itself played the schedule
     assert len(timed.trace.events) == 2 * 2 * 4
     assert uniform.predicted_stage_costs is None and uniform.layer_costs is None   # only "time" profiles
 

@@ -74,7 +74,7 @@ def test_zbv_places_its_chunks_in_a_v(results):
     # 12 layers, 3 ranks x 2 chunks: rank 0 holds virtual stages 0 and 5, rank 2 holds 2 and 3
     assert results["mlp-zbv-pp3-dp1-m6-v1-ssend"].partition == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
     trace = results["mlp-zbv-pp3-dp1-m6-v1-ssend"].trace
-    assert trace.meta["layout"] == "v"
+    assert trace.meta.layout == "v"
     # the V puts the GPT's embedding (first stage) and head (last stage) on rank 0: no tied copy to sum
     assert results["gpt_tied-zbv-pp4-dp1-m6-v1"].tied == []
     assert results["gpt_tied-interleaved-pp4-dp1-m4-v2"].tied == [("0.token.weight", [0, 3])]

@@ -108,7 +108,7 @@ def test_overlapped_pairs_reproduce_the_dualpipe_readme_bubble(p):
         else:
             assert idle == pytest.approx(readme, abs=1e-9)
         # every rank's busy time counts each pair once: 2m forwards and backwards, less what the pairs save
-        pairs = trace.meta["overlapped_pairs"]
+        pairs = trace.meta.overlapped_pairs
         assert sum(trace.busy(rank) for rank in range(p)) == pytest.approx(
             2 * m * p * (forward + backward) - pairs * (forward + backward - pair), rel=1e-12)
 

@@ -204,7 +204,7 @@ def test_on_the_ranks_equals_the_reference(runs):
         got = {n: t for ranks in result.params if ranks for n, t in ranks.items()}
         assert_params_equal(got, params, where)
         assert result.losses == pytest.approx(losses, rel=1e-12), where
-        assert result.trace.meta["weight_versions"] == asynchronous.versions_held(
+        assert result.trace.meta.weight_versions == asynchronous.versions_held(
             cfg.schedule, cfg.pp, cfg.microbatches, cfg.steps), where
         assert len(result.step_seconds) == cfg.steps and min(result.step_seconds) > 0, where
         if cfg.pp == 1 and cfg.schedule == "pipedream":

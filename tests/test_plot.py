@@ -1,6 +1,7 @@
 """Smoke tests of pipeline_ref.sim.plot under the Agg backend: figures are drawn, files written, boxes counted."""
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ import pytest  # noqa: E402
 
 from pipeline_ref import schedules, simulate
 from pipeline_ref.sim import plot  # noqa: E402
-from pipeline_ref.sim.trace import Event, Trace  # noqa: E402
+from pipeline_ref.sim.trace import Event, Trace, TraceMeta  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +52,7 @@ def test_gantt_layout_and_colours():
 
 def test_gantt_on_given_axes_and_measured_unit():
     fig, ax = plt.subplots()
-    trace = Trace(num_ranks=1, events=[Event(0, "F", 0, 0, 0, 0.01)], meta={"source": "measured"})
+    trace = Trace(num_ranks=1, events=[Event(0, "F", 0, 0, 0, 0.01)], meta=TraceMeta(source="measured"))
     assert plot.gantt(trace, ax=ax) is ax
     assert ax.get_xlabel() == "time (s)"
 
@@ -59,7 +60,7 @@ def test_gantt_on_given_axes_and_measured_unit():
 def test_compare_gantt_saves_a_png(tmp_path):
     sched = schedules.build("gpipe", 2, 3)
     measured = simulate.simulate(sched, forward=[1.0, 1.3], backward=[2.2, 2.0], latency=0.1, time_unit="s")
-    measured.meta["source"] = "measured"
+    measured.meta = replace(measured.meta, source="measured")
     predicted = simulate.simulate(sched, time_unit="s")
     path = tmp_path / "cmp.png"
     fig = plot.compare_gantt(measured, predicted, path=path, title="gpipe")

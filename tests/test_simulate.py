@@ -173,11 +173,12 @@ def test_malformed_schedule_raises():
 
 def test_meta():
     trace = simulate.simulate(schedules.build("1f1b", 3, 5), forward=[1, 2, 3], backward=2.0, latency=0.5)
-    assert trace.meta["source"] == "simulated"
-    assert trace.meta["num_microbatches"] == 5
-    costs = trace.meta["costs"]
+    assert trace.meta.source == "simulated"
+    assert trace.meta.num_microbatches == 5 and trace.meta.num_stages == 3 and trace.meta.layout == "interleaved"
+    assert trace.meta.schedule is None and trace.meta.overlapped_pairs is None
+    costs = trace.meta.costs
     assert costs["forward"] == [1, 2, 3] and costs["backward"] == [2, 2, 2] and costs["latency"] == 0.5
     assert costs["input_grad"] == [1, 1, 1] and costs["weight_grad"] == [1, 1, 1]
     assert trace.num_ranks == 3
-    assert trace.meta["time_unit"] == "cost units"
-    assert simulate.simulate(schedules.build("naive", 1, 1), time_unit="s").meta["time_unit"] == "s"
+    assert trace.meta.time_unit == "cost units"
+    assert simulate.simulate(schedules.build("naive", 1, 1), time_unit="s").meta.time_unit == "s"

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline_ref import schedules, simulate
 from pipeline_ref.sim.timeline import slot_width, timeline
-from pipeline_ref.sim.trace import Event, Trace
+from pipeline_ref.sim.trace import Event, Trace, TraceMeta
 
 # GPipe, 2 stages, 2 microbatches, F = 1, B = 2, worked out by hand: rank 1 starts F0 when rank 0's F0 ends
 # (t = 1), its backwards run 3-5 and 5-7, and rank 0's backwards wait for them (5-7, 7-9).
@@ -80,7 +80,7 @@ def test_a_small_latency_falls_back_to_the_shortest_action_and_says_so():
 def test_measured_times_round_to_the_shortest_action():
     trace = Trace(2, [Event(0, "F", 0, 0, 0.00121, 0.00313), Event(1, "F", 0, 0, 0.00352, 0.00617),
                       Event(1, "B", 0, 0, 0.00617, 0.01029), Event(0, "B", 0, 0, 0.01104, 0.01501)],
-                  meta={"source": "measured"})
+                  meta=TraceMeta(source="measured"))
     text = timeline(trace)
     assert text.startswith("one slot = 0.00192 s (the shortest action")
     # boundaries to the nearest slot of 1.92 ms from 1.21 ms: rank 1's F0 1.20-2.58 -> slots 1-2, B0 2.58-4.73 -> 3-4

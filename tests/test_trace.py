@@ -1,13 +1,14 @@
 """Tests of pipeline_ref.sim.trace on hand-built traces: derived numbers, serialization, exports."""
 import csv
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from tests import trace_json
 from pipeline_ref.sim import trace as trace_mod
-from pipeline_ref.sim.trace import Event, Trace, Wait
+from pipeline_ref.sim.trace import Event, Trace, TraceMeta, Wait
 
 
 def one_f_one_b_by_hand() -> Trace:
@@ -22,7 +23,7 @@ def one_f_one_b_by_hand() -> Trace:
               Event(1, "B", 1, 0, 5, 7)]
     waits = [Wait(1, "recv activation 0 from rank 0", 0, 1), Wait(0, "recv gradient 0 from rank 1", 2, 4),
              Wait(0, "recv gradient 1 from rank 1", 6, 7)]
-    return Trace(num_ranks=2, events=events, waits=waits, meta={"source": "simulated", "schedule": "1f1b"})
+    return Trace(num_ranks=2, events=events, waits=waits, meta=TraceMeta(source="simulated", schedule="1f1b"))
 
 
 # --------------------------------------------------------------------------- derived numbers
@@ -113,11 +114,12 @@ def test_chrome_trace_tracks_and_waits():
 
 
 def test_chrome_trace_names_chunks(tmp_path):
-    t = Trace(num_ranks=1, events=[Event(0, "F", 2, 1, 0, 1)], meta={"device": Path("/dev/x")})
+    t = Trace(num_ranks=1, events=[Event(0, "F", 2, 1, 0, 1)], meta=TraceMeta(device="cpu"))
     path = trace_mod.write_chrome_trace(t, tmp_path / "t.json")
     doc = json.loads(Path(path).read_text())
     (x,) = [e for e in doc["traceEvents"] if e["ph"] == "X"]
     assert x["name"] == "F2.1" and x["args"]["chunk"] == 1
+    assert doc["otherData"] == asdict(TraceMeta(device="cpu"))     # every field, unsaid ones as null
 
 
 # --------------------------------------------------------------------------- summary and CSV
@@ -139,7 +141,8 @@ def test_summary_by_hand(tmp_path):
 
 
 def test_summary_is_json_even_with_odd_meta():
-    t = Trace(num_ranks=1, events=[Event(0, "F", 0, 0, 0, 1)], meta={"device": Path("/dev/cpu0")})
+    # a caller passing the device as an object rather than its name
+    t = Trace(num_ranks=1, events=[Event(0, "F", 0, 0, 0, 1)], meta=TraceMeta(device=Path("/dev/cpu0")))
     assert json.loads(json.dumps(trace_mod.summary(t)))["meta"]["device"] == "/dev/cpu0"
 
 
@@ -153,3 +156,24 @@ def test_events_csv(tmp_path):
     b0 = next(r for r in rows if r["rank"] == "0" and r["name"] == "B0")
     assert (float(b0["start"]), float(b0["end"]), float(b0["duration"])) == (4, 6, 2)
     assert [r["rank"] for r in rows] == sorted(r["rank"] for r in rows)
+
+
+# --------------------------------------------------------------------------- meta
+
+def test_meta_is_a_typed_record():
+    meta = TraceMeta(source="measured", schedule="1f1b", num_stages=2)
+    assert Trace(num_ranks=2).meta == TraceMeta() and TraceMeta().source is None
+    with pytest.raises(TypeError):
+        TraceMeta(colour="red")                   # a misspelt or unknown key is an error, not a new key
+    with pytest.raises(TypeError):
+        replace(meta, stages=4)
+    with pytest.raises(TypeError):
+        meta["schedule"]                          # no dict interface
+    assert not hasattr(meta, "get")
+    assert replace(meta, num_microbatches=8).num_microbatches == 8 and meta.num_microbatches is None
+
+
+def test_meta_time_unit():
+    assert TraceMeta(time_unit="ms", source="measured").unit == "ms"
+    assert TraceMeta(source="measured").unit == "s"
+    assert TraceMeta(source="simulated").unit == TraceMeta().unit == "cost units"

@@ -1,7 +1,7 @@
 """A trace to a dict and back, through JSON (lists stay lists): what the tests of traces round-trip."""
 from dataclasses import asdict
 
-from pipeline_ref.sim.trace import Event, Trace, Wait
+from pipeline_ref.sim.trace import Event, Trace, TraceMeta, Wait
 
 
 def to_dict(trace: Trace) -> dict:
@@ -16,5 +16,6 @@ def from_dict(data: dict) -> Trace:
     for key in ("peak_stashed", "peak_stashed_bytes", "peak_memory_bytes"):
         if data.get(key) is not None:
             data[key] = list(data[key])
-    data["meta"] = dict(data.get("meta") or {})
+    meta = data.get("meta") or {}
+    data["meta"] = meta if isinstance(meta, TraceMeta) else TraceMeta(**meta)
     return Trace(**data)

@@ -14,6 +14,8 @@ The ranks themselves run ``pipeline_ref.train.run_many``; nothing here starts MP
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pipeline_ref import schedules, simulate
 from pipeline_ref.models import async_reference
 from pipeline_ref.schedules import asynchronous
@@ -36,7 +38,7 @@ def flushed(num_stages: int, num_microbatches: int, steps: int, forward: float =
     waits += [Wait(rank, "flush", t * one.makespan + end, (t + 1) * one.makespan)      # waiting for the flush
               for t in range(steps - 1) for rank, end in last_end.items() if end < one.makespan]
     return Trace(num_ranks=num_stages, events=events, waits=waits, peak_stashed=one.peak_stashed,
-                 meta={**one.meta, "schedule": "1f1b (flush every step)", "num_microbatches": steps * num_microbatches})
+                 meta=replace(one.meta, schedule="1f1b (flush every step)", num_microbatches=steps * num_microbatches))
 
 
 def version_of(schedule: str, stage: int, num_stages: int, num_microbatches: int, microbatch: int) -> int:

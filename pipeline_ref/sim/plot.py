@@ -45,10 +45,8 @@ def _pyplot():
 
 
 def time_unit(trace: Trace) -> str:
-    """The unit of a trace's times: meta["time_unit"] if given, seconds when measured, else cost units."""
-    if "time_unit" in trace.meta:
-        return trace.meta["time_unit"]
-    return "s" if trace.meta.get("source") == "measured" else "cost units"
+    """The unit of a trace's times: meta.time_unit if given, seconds when measured, else cost units."""
+    return trace.meta.unit
 
 
 def _span(trace: Trace) -> tuple[float, float]:

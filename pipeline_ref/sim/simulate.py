@@ -38,7 +38,7 @@ from pipeline_ref.schedules.replay import Plan, compile_schedule, deadlock_messa
 from pipeline_ref.sim.theory import bubble as theory_bubble, peak_stashed as theory_peak_stashed  # noqa: F401
 # the names the lessons use
 from pipeline_ref.sim.theory import utilization as theory_utilization  # noqa: F401
-from pipeline_ref.sim.trace import Deferred, Event, Trace, Wait
+from pipeline_ref.sim.trace import Deferred, Event, Trace, TraceMeta, Wait
 
 
 def simulate(schedule: Schedule, forward: Cost = 1.0, backward: Cost = 2.0, latency: Latency = 0.0, *,
@@ -90,13 +90,12 @@ def simulate(schedule: Schedule, forward: Cost = 1.0, backward: Cost = 2.0, late
     trace.defer(Deferred(lambda: _objects(plan, [start.tolist() for start in starts],
                                           [end.tolist() for end in ends], waits, raw_starts), span, busy))
     trace.peak_stashed = [max(0, int(np.cumsum(holds).max())) if len(holds) else 0 for holds in plan.holds]
-    trace.meta = {"source": "simulated", "num_stages": num_stages, "time_unit": time_unit,
-                  "layout": plan.schedule.layout, "num_microbatches": plan.num_microbatches,
-                  "costs": {**_cost_tables(num_stages, forward, backward, input_grad, weight_grad),
-                            "latency": (float(latency) if isinstance(latency, (int, float))
-                                        else matrix.tolist())}}
-    if pairs:
-        trace.meta["overlapped_pairs"] = len(pairs)
+    trace.meta = TraceMeta(source="simulated", num_stages=num_stages, time_unit=time_unit,
+                           layout=plan.schedule.layout, num_microbatches=plan.num_microbatches,
+                           costs={**_cost_tables(num_stages, forward, backward, input_grad, weight_grad),
+                                  "latency": (float(latency) if isinstance(latency, (int, float))
+                                              else matrix.tolist())},
+                           overlapped_pairs=len(pairs) if pairs else None)
     return trace
 
 
@@ -163,11 +162,11 @@ def receipts(trace: Trace) -> list[Receipt]:
     """Every wait of ``trace`` that precedes an action receiving a message from another rank, with its
     producer.
 
-    The geometry comes from the trace (its ranks, chunks and meta["layout"]); waits that are not receives
+    The geometry comes from the trace (its ranks, chunks and meta.layout); waits that are not receives
     (an all-reduce) are skipped.
     """
     chunks = 1 + max((e.chunk for e in trace.events), default=0)
-    pipe = Pipeline(trace.num_ranks, chunks, trace.meta.get("layout", "interleaved"))
+    pipe = Pipeline(trace.num_ranks, chunks, trace.meta.layout or "interleaved")
     ended = {(e.rank, e.chunk, e.microbatch, result_of(e.op)): e.end for e in trace.events}
     by_rank = {r: sorted((e for e in trace.events if e.rank == r), key=lambda e: e.start)
                for r in range(trace.num_ranks)}

@@ -23,6 +23,8 @@ import math
 import textwrap
 from fractions import Fraction
 
+from pipeline_ref.sim.trace import TraceMeta
+
 IDLE = "."
 FILL = "-"
 MAX_EXACT_SLOTS = 400      # beyond this an exact grid is too fine to read: fall back to the shortest action
@@ -92,9 +94,7 @@ def timeline(trace, width: int = 100, slot: float | None = None) -> str:
         return "(no events)"
     if slot is not None and slot <= 0:
         raise ValueError(f"slot must be positive, got {slot}")
-    meta = getattr(trace, "meta", {})
-    # plot.time_unit's rule, without importing matplotlib for a text grid
-    unit = meta.get("time_unit", "s" if meta.get("source") == "measured" else "cost units")
+    unit = getattr(trace, "meta", TraceMeta()).unit
     if slot is None:
         slot, exact = slot_width(trace)
         how = ("every event starts and ends on a multiple of it" if exact else

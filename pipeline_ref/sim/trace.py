@@ -11,7 +11,6 @@ the executor both produce it, so every number below, and every plot in
 Exports, for looking at a trace outside Python:
 
     >>> from pipeline_ref import schedules, simulate
-
     >>> from pipeline_ref.sim import trace as trace_mod
     >>> t = simulate.simulate(schedules.build("1f1b", 2, 3))
     >>> trace_mod.summary(t)["makespan"], trace_mod.summary(t)["peak_stashed"]
@@ -26,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from math import fsum
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -72,6 +71,29 @@ class Deferred(NamedTuple):
     busy: float                                    # math.fsum of every event's duration
 
 
+@dataclass(frozen=True)
+class TraceMeta:
+    """What a trace is of: the writers fill what they know, with keywords; None is "not said"."""
+    source: str | None = None                  # "simulated" or "measured"
+    schedule: str | None = None                # the schedule's name, e.g. "1f1b"
+    num_stages: int | None = None
+    layout: str | None = None                  # how virtual stages sit on ranks: "interleaved" or "v"
+    num_microbatches: int | None = None        # per step (an asynchronous run: all its steps')
+    time_unit: str | None = None               # unit of the times: "s", "cost units", ...
+    dp: int | None = None                      # data-parallel replicas (measured)
+    device: str | None = None                  # e.g. "cpu", "cuda:0" (measured)
+    costs: dict | None = None                  # simulated: per-rank cost of each op and the latency
+    overlapped_pairs: int | None = None        # simulated: F-B pairs of two chunks run as one (DualPipe)
+    steps: int | None = None                   # asynchronous: the steps the stream ran
+    weight_versions: list[int] | None = None   # asynchronous: versions each rank held at most
+    weight_version_bytes: list[int] | None = None   # and their bytes
+
+    @property
+    def unit(self) -> str:
+        """``time_unit`` if said, else seconds when measured, else the simulator's cost units."""
+        return self.time_unit or ("s" if self.source == "measured" else "cost units")
+
+
 @dataclass
 class Trace:
     num_ranks: int
@@ -80,8 +102,7 @@ class Trace:
     peak_stashed: list[int] | None = None          # activations held at once, per rank
     peak_stashed_bytes: list[int] | None = None    # measured runs only
     peak_memory_bytes: list[int] | None = None     # GPU runs only (torch.cuda.max_memory_allocated)
-    # schedule, num_microbatches, source ("simulated"/"measured"), ...
-    meta: dict = field(default_factory=dict)
+    meta: TraceMeta = field(default_factory=TraceMeta)
 
     # ------------------------------------------------------------------ deferred events (simulate.py)
     def defer(self, deferred: Deferred) -> "Trace":
@@ -161,25 +182,14 @@ class Trace:
         return peaks
 
 
-def _get_events(trace: Trace) -> list[Event]:
-    return trace._built()["_events"]
+def _built_list(name: str) -> property:
+    """The dataclass's __init__, ==, repr and asdict go through it: a deferred trace is built on first use."""
+    return property(lambda trace: trace._built()[name],
+                    lambda trace, value: trace._built().__setitem__(name, value))
 
 
-def _set_events(trace: Trace, events: list[Event]) -> None:
-    trace._built()["_events"] = events
-
-
-def _get_waits(trace: Trace) -> list[Wait]:
-    return trace._built()["_waits"]
-
-
-def _set_waits(trace: Trace, waits: list[Wait]) -> None:
-    trace._built()["_waits"] = waits
-
-
-# The dataclass's __init__, ==, repr and asdict go through these, so a deferred trace is built on first use.
-Trace.events = property(_get_events, _set_events)
-Trace.waits = property(_get_waits, _set_waits)
+Trace.events = _built_list("_events")     # list[Event]
+Trace.waits = _built_list("_waits")       # list[Wait]
 
 
 def executor_gaps(trace: Trace) -> dict:
@@ -213,7 +223,7 @@ def to_chrome_trace(trace: Trace) -> dict:
     event ("ph": "X") named like F3 or B3.1, each wait a separate "X" event of category
     "wait" on the same track. ts and dur are microseconds.
     """
-    source = trace.meta.get("source", "trace")
+    source = trace.meta.source or "trace"
     out = [{"ph": "M", "name": "process_name", "pid": 0, "tid": 0, "args": {"name": f"pipeline ({source})"}}]
     for rank in range(trace.num_ranks):
         out.append({"ph": "M", "name": "thread_name", "pid": 0, "tid": rank,
@@ -228,7 +238,7 @@ def to_chrome_trace(trace: Trace) -> dict:
     for w in trace.waits:
         out.append({"ph": "X", "name": f"wait {w.what}", "cat": "wait", "pid": 0, "tid": w.rank,
                     "ts": w.start * 1e6, "dur": (w.end - w.start) * 1e6, "args": {"what": w.what}})
-    return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": _jsonable(trace.meta)}
+    return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": _jsonable(asdict(trace.meta))}
 
 
 def write_chrome_trace(trace: Trace, path) -> Path:
@@ -254,7 +264,7 @@ def summary(trace: Trace) -> dict:
             "peak_stashed": (list(trace.peak_stashed) if trace.peak_stashed is not None
                              else trace.stash_counts()),
             "peak_stashed_bytes": trace.peak_stashed_bytes, "peak_memory_bytes": trace.peak_memory_bytes,
-            "meta": _jsonable(trace.meta)}
+            "meta": _jsonable(asdict(trace.meta))}
 
 
 def write_summary_json(trace: Trace, path) -> Path:
@@ -272,8 +282,7 @@ def write_events_csv(trace: Trace, path) -> Path:
              "chunk": e.chunk, "start": e.start, "end": e.end, "duration": e.duration, "what": ""}
             for e in trace.events]
     rows += [{"kind": "wait", "rank": w.rank, "name": f"wait {w.what}", "op": "", "microbatch": "",
-              "chunk": "",
-              "start": w.start, "end": w.end, "duration": w.end - w.start,
+              "chunk": "", "start": w.start, "end": w.end, "duration": w.end - w.start,
               "what": w.what} for w in trace.waits]
     rows.sort(key=lambda row: (row["rank"], row["start"], row["kind"] == "event"))
     path = Path(path)
@@ -285,5 +294,5 @@ def write_events_csv(trace: Trace, path) -> Path:
 
 
 def _jsonable(value):
-    # meta is free-form; anything JSON cannot hold (a torch.device, a Path) becomes its str.
+    # Anything JSON cannot hold (a torch.device or a Path given as the device) becomes its str.
     return json.loads(json.dumps(value, default=str))

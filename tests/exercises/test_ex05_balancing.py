@@ -140,7 +140,7 @@ def paused(trace: Trace, at: float, seconds: float) -> Trace:
     def shift(t: float) -> float:
         return t + seconds if t >= at else t
     events = [Event(e.rank, e.op, e.microbatch, e.chunk, shift(e.start), shift(e.end)) for e in trace.events]
-    return Trace(trace.num_ranks, events, meta=dict(trace.meta))
+    return Trace(trace.num_ranks, events, meta=trace.meta)
 
 
 def planted(forward, backward, latency: float, m: int, pause: float = 0.0) -> Trace:
