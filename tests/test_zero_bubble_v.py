@@ -1,20 +1,21 @@
-"""zbv-auto, the Zero Bubble paper's ZB-V search (pipeline_ref/schedules/v_auto_schedule.py): the paper's code's
-numbers reproduced, never over its memory limit, valid, and never longer than the hand-made zbv.
+"""zbv-auto, the Zero Bubble paper's ZB-V search (pipeline_ref/schedules/v_auto_schedule.py): the paper's
+code's numbers reproduced, never over its memory limit, valid, and never longer than the hand-made zbv.
 
-Where the numbers come from. The ZB-V rows of the paper (Qi et al., "Zero Bubble Pipeline Parallelism",
-arXiv 2401.10241, the version with section 6) could not be checked here against costs they came from, so this
-file does not claim them. It records instead what the paper's own search gives on the costs the paper does
-publish (Table 9's T_F, T_B, T_W, T_comm for the settings of Table 5), run once by hand outside this project:
+Where the numbers come from. The ZB-V rows of the paper (Qi et al., "Zero Bubble Pipeline Parallelism", arXiv
+2401.10241, the version with section 6) could not be checked here against costs they came from, so this file
+does not claim them. It records instead what the paper's own search gives on the costs the paper does publish
+(Table 9's T_F, T_B, T_W, T_comm for the settings of Table 5), run once by hand outside this project:
 sail-sg/zero-bubble-pipeline-parallelism at commit 39f2c186a27580b7051eb51e0f651e1efd0a8170,
-``megatron/core/pipeline_parallel/zerobubble/scheduler/zbv.py``, ``PipelineGraph(p, m, T_F / 2, T_B / 2,
-T_W / 2, T_comm, f_mem=1, b_mem=-0.6, w_mem=-0.4).try_v_schedule``, the best of ``create_schedule``'s four
-(fill_b, fill_f) variants. A chunk is half a stage, so half the stage's costs; the message latency stays; W
-keeps 0.4 of a chunk's activations, as tests/test_zero_bubble_paper.py explains; the limit is the code's
-default, 2p chunks (1F1B's peak). Recorded: the idlest rank's idle time and the bubble rate,
-idle / (idle + 2m (F + B + W)). Four settings with F = B = W and no latency (the repository README's "ZBV:
-bubble 0 at 1F1B's activation memory"), two with uneven costs, and four drawn at random where each of the
-heuristic's rules (an extra W before an I, the approved idle time, the replays) changes the result, run the
-same way, complete the record.
+``megatron/core/pipeline_parallel/zerobubble/scheduler/zbv.py``,
+``PipelineGraph(p, m, T_F / 2, T_B / 2, T_W / 2, T_comm, f_mem=1, b_mem=-0.6, w_mem=-0.4).try_v_schedule``,
+the best of ``create_schedule``'s four (fill_b, fill_f) variants (the function is the same at the first
+release, tag zero-bubble-v0.1.0). A chunk is half a stage, so half the stage's costs; the message latency
+stays; W keeps 0.4 of a chunk's activations, as tests/test_zero_bubble_paper.py explains; the limit is the
+code's default, 2p chunks (1F1B's peak). Recorded: the idlest rank's idle time and the bubble rate, idle /
+(idle + 2m (F + B + W)). Four settings with F = B = W and no latency (the repository README's "ZBV: bubble 0
+at 1F1B's activation memory"), two with uneven costs, and four drawn at random where each of the heuristic's
+rules (an extra W before an I, the approved idle time, the replays) changes the result, run the same way,
+complete the record.
 """
 import random
 
@@ -61,7 +62,7 @@ def longest_rank(trace: simulate.Trace) -> float:
 
 
 def held(schedule, weight_memory: float) -> float:
-    """The most memory any rank holds, in chunk activations: F adds 1, I frees 1 - weight_memory, W the rest."""
+    """The most memory a rank holds, in chunk activations: F adds 1, I frees 1 - weight_memory, W the rest."""
     step = {"F": 1.0, "I": -(1.0 - weight_memory), "W": -weight_memory}
     peak = 0.0
     for actions in schedule:
@@ -73,7 +74,8 @@ def held(schedule, weight_memory: float) -> float:
 
 
 def _played(p, m, f, i, w, comm, **options):
-    schedule = schedules.build("zbv-auto", p, m, forward=f, input_grad=i, weight_grad=w, latency=comm, **options)
+    schedule = schedules.build("zbv-auto", p, m, forward=f, input_grad=i, weight_grad=w, latency=comm,
+                               **options)
     schedules.validate(schedule)
     return schedule, simulate.simulate(schedule, forward=f, input_grad=i, weight_grad=w, latency=comm)
 
@@ -110,7 +112,7 @@ def test_never_over_its_memory_limit_and_always_valid_on_random_cases():
         assert schedule.layout == "v" and schedule.num_chunks == 2
         assert {a.op for actions in schedule for a in actions} == {"F", "I", "W"}
         assert held(schedule, share) <= limit + 1e-9, (p, m, limit, share)
-        if share == 1.0:                # a chunk's activations held from its F to its W: what the trace counts
+        if share == 1.0:            # a chunk's activations held from its F to its W: what the trace counts
             assert max(trace.peak_stashed) <= limit
         played += 1
     assert played > 80 and refused > 0              # the default (2p) always plays; some tight limits refuse
