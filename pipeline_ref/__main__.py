@@ -24,7 +24,7 @@ import json
 import sys
 
 from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, RunConfig
-from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, handed_on, preflight
+from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, preflight
 from pipeline_ref.results import print_report, theory_note
 from pipeline_ref.schedules import GENERATORS
 
@@ -145,8 +145,9 @@ def _run(args) -> int:
     # mpiexec, on each rank.
     prepared = preflight(cfg, args.ranks if args.ranks is not None else _mpi_world_size())
     if args.ranks is not None:
-        from pipeline_ref.launch import launch
-        result = launch(args.ranks, "pipeline_ref.train:run_rank", cfg, handed_on(prepared),
+        from pipeline_ref.launch import handed_on, launch
+        checked = handed_on(prepared)           # None: each rank prepares for itself
+        result = launch(args.ranks, "pipeline_ref.train:run_rank", cfg, checked,
                         timeout=args.timeout, stall_timeout=args.stall_timeout, echo=True)[0]
     else:
         from pipeline_ref.train import run_under_mpiexec

@@ -104,6 +104,17 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
+def handed_on(value):
+    """``value`` if it pickles, else None: what ``launch`` can hand its ranks (they receive their arguments
+    pickled). A run's preflight may not pickle (a user's factory may return a lambda as its loss): then each
+    rank prepares for itself."""
+    try:
+        pickle.dumps(value)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return None
+    return value
+
+
 def launch(num_ranks: int, target: str, *args, timeout: float = 300,
            stall_timeout: float | None = STALL_SECONDS,
            echo: bool = False, threads_per_rank: int = 1, env: dict | None = None, **kwargs) -> list:

@@ -9,7 +9,6 @@ This module does not import MPI, so the launcher (and pytest) can use it.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import NamedTuple
 
@@ -92,16 +91,6 @@ def _check_combinations(cfg: RunConfig) -> None:
     if cfg.transport == "torch" and cfg.sync_sends:
         raise ConfigError("--sync-sends is MPI's Issend; torch.distributed has no synchronous send: "
                           "use it with --transport mpi")
-    try:                              # PipeDream and 2BW: what a run without a shared step boundary refuses
-        asynchronous.check_asynchronous_run(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp, **{
-            "--overlap-allreduce": cfg.overlap_allreduce, "--skip-nonfinite-steps": cfg.skip_nonfinite,
-            "--save-checkpoint": bool(cfg.checkpoint_dir), "--resume": bool(cfg.resume_from),
-            "--save-grads (no step has one gradient)": cfg.collect_grads,
-            f"--optimizer {cfg.optimizer} (the updates are SGD, in weight_versions.py)":
-                cfg.optimizer != "sgd",
-            "--autocast": bool(cfg.autocast)})
-    except schedules.ScheduleError as err:
-        raise ConfigError(str(err)) from None
 
 
 def check_world_size(cfg: RunConfig, world_size: int | None) -> None:
@@ -124,30 +113,24 @@ def build_model(cfg: RunConfig):
 
 def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1,
                split_backward: bool = False, target_size: int | None = None) -> None:
-    """Checks that need the model: enough layers for the stages, a batch the microbatches divide.
+    """Checks that need only the model's sizes: enough layers for the stages, a batch the microbatches
+    divide (``cut.check_sizes``, whose ValueError is a refused request here)."""
+    from pipeline_ref.front import cut
+    try:
+        cut.check_sizes(cfg, num_layers, batch_size, chunks, split_backward, target_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
-    ``target_size``: the targets' first dimension when it is not the batch's (targets flattened per
-    token, (B*T,) for inputs (B, T)): it must split into the same number of equal microbatches, which
-    then pair up with the inputs' in order, as torch.distributed.pipelining splits them.
-    """
-    if cfg.pp * chunks > num_layers:
-        pieces = f"--pp {cfg.pp} stages" + (f" x {chunks} chunks" if chunks > 1 else "")
-        raise ConfigError(f"{pieces} but the model has only {num_layers} layers; every "
-                          f"{'chunk' if chunks > 1 else 'stage'} needs at least one")
-    if split_backward and cfg.checkpoint:
-        raise ConfigError(f"--checkpoint cannot be combined with schedule {cfg.schedule!r}, whose backward "
-                          f"is split into I and W (it would recompute the forward twice)")
-    pieces = cfg.dp * cfg.microbatches
-    if batch_size % pieces:
-        raise ConfigError(f"the global batch of {batch_size} samples does not split into {cfg.dp} "
-                          f"replica(s) x {cfg.microbatches} equal microbatches; choose --microbatches "
-                          f"(and --dp) so that their product divides {batch_size}")
-    if target_size is not None and target_size != batch_size and target_size % pieces:
-        raise ConfigError(f"the targets' first dimension ({target_size}) does not split into {cfg.dp} "
-                          f"replica(s) x {cfg.microbatches} equal microbatches as the inputs' ({batch_size}) "
-                          "do; give targets whose first dimension is the batch (e.g. "
-                          f"targets.view({batch_size}, -1)) or a multiple of it in the inputs' order (per "
-                          "token: (batch * tokens,))")
+
+def asynchronous_refusals(cfg: RunConfig) -> dict[str, bool]:
+    """The options an asynchronous schedule (PipeDream, 2BW: no step boundary shared by all stages)
+    refuses, by the name the user gave them: True where asked for."""
+    return {"--overlap-allreduce": cfg.overlap_allreduce, "--skip-nonfinite-steps": cfg.skip_nonfinite,
+            "--save-checkpoint": bool(cfg.checkpoint_dir), "--resume": bool(cfg.resume_from),
+            "--save-grads (no step has one gradient)": cfg.collect_grads,
+            f"--optimizer {cfg.optimizer} (the updates are SGD, in weight_versions.py)":
+                cfg.optimizer != "sgd",
+            "--autocast": bool(cfg.autocast)}
 
 
 def preflight(cfg: RunConfig, world_size: int | None = None) -> Prepared:
@@ -156,44 +139,28 @@ def preflight(cfg: RunConfig, world_size: int | None = None) -> Prepared:
     Returns a :class:`Prepared` ``(layers, loss_fn, batch, schedule, random_state)``. ``python -m
     pipeline_ref run -n N`` calls it once, before starting any rank, and hands the ranks what it returns (a
     batch that the microbatches don't divide is one line of error, not N ranks' tracebacks); ranks started
-    by a bare ``mpiexec`` call it each for itself. First this module's own checks, then each one that
-    another module owns: the cut (how many pieces the model gives), the memory plan (``--memory-budget``),
-    the checkpoint to resume from (``--resume``).
+    by a bare ``mpiexec`` call it each for itself. First this module's own checks and the model's build,
+    then each check that another module owns, in turn: the schedule (built and validated), what an
+    asynchronous schedule refuses, the cut (how many pieces the model gives, whether the batch splits), the
+    memory plan (``--memory-budget``), the checkpoint to resume from (``--resume``).
     """
     check_config(cfg, world_size)
     layers, loss_fn, batch = build_model(cfg)
     random_state = torch.get_rng_state()
+    refused = asynchronous_refusals(cfg)
     schedule = make_schedule(cfg)
-    if cfg.schedule in asynchronous.ASYNCHRONOUS and cfg.pp > 1 and asynchronous.shared_parameters(layers):
-        raise ConfigError(f"{cfg.schedule} keeps weight versions per stage, and layers of this model share a "
-                          f"Parameter ({asynchronous.shared_parameters(layers)[0]}): two stages would update "
-                          f"it at different times; untie it, or use a schedule with a flush")
     from pipeline_ref.faults.checkpoint_check import check_resume
     from pipeline_ref.front import cut, memory_plan
     try:      # the modules below say what is wrong (ValueError); to the user it is a refused request
-        count = cut.num_pieces(cfg, layers, batch[0], schedule.num_chunks)   # layers, or a module's pieces
-        check_fits(cfg, count, batch[0].shape[0], chunks=schedule.num_chunks,
-                   split_backward=schedule.splits_backward, target_size=batch[1].shape[0])
+        asynchronous.check_asynchronous_run(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp, layers, **refused)
+        cut.num_pieces(cfg, layers, batch, schedule.num_chunks, schedule.splits_backward)
         if cfg.memory_budget is not None:
             memory_plan.check_budget(cfg, layers, loss_fn, batch, schedule)
         if cfg.resume_from:           # a damaged or foreign checkpoint: one line, before any rank trains
             check_resume(cfg, layers)
-    except ConfigError:
-        raise
-    except ValueError as err:         # CheckpointError is one too
+    except ValueError as err:         # ScheduleError and CheckpointError are ones too
         raise ConfigError(str(err)) from None
     return Prepared(layers, loss_fn, batch, schedule, random_state)
-
-
-def handed_on(prepared: Prepared) -> Prepared | None:
-    """What the launcher can hand its ranks (pickled, with the configuration): ``prepared``, or None when it
-    does not pickle (a user's factory may return a lambda as its loss): then each rank prepares for
-    itself."""
-    try:
-        pickle.dumps(prepared)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        return None
-    return prepared
 
 
 def _schedule_function(spec: str):
@@ -212,21 +179,12 @@ def _schedule_function(spec: str):
 def make_schedule(cfg: RunConfig) -> schedules.Schedule:
     """The run's schedule, validated: a built-in name, or a user's ``pkg.module:function(num_stages,
     num_microbatches)``."""
-    if ":" in cfg.schedule:
-        options = {"chunks": cfg.chunks} if cfg.chunks > 1 else {}
-        schedule = _schedule_function(cfg.schedule)(cfg.pp, cfg.microbatches, **options)
-    else:
-        options = schedules.chunk_options(cfg.schedule, cfg.chunks)
-        if cfg.schedule in asynchronous.ASYNCHRONOUS:
-            options = {"steps": cfg.steps}     # one stream of steps x m microbatches, no flush
-        try:
-            schedule = schedules.build(cfg.schedule, cfg.pp, cfg.microbatches, **options)
-        except schedules.ScheduleError as err:
-            raise ConfigError(str(err)) from None
-    if not isinstance(schedule, (list, tuple)) or len(schedule) != cfg.pp:
-        raise ConfigError(f"schedule {cfg.schedule!r} must give one list of actions per stage ({cfg.pp}), "
-                          f"got {type(schedule).__name__} of length "
-                          f"{len(schedule) if hasattr(schedule, '__len__') else '?'}")
-    schedules.validate(schedule,
-                       cfg.microbatches * (cfg.steps if cfg.schedule in asynchronous.ASYNCHRONOUS else 1))
+    generator = _schedule_function(cfg.schedule) if ":" in cfg.schedule else None
+    streams = cfg.schedule in asynchronous.ASYNCHRONOUS      # steps x m microbatches, no flush
+    try:
+        schedule = schedules.build_for_run(cfg.schedule, cfg.pp, cfg.microbatches, cfg.chunks, cfg.steps,
+                                           generator)
+        schedules.validate(schedule, cfg.microbatches * (cfg.steps if streams else 1))
+    except schedules.ScheduleError as err:
+        raise ConfigError(str(err)) from None
     return schedules.Schedule.of(schedule)

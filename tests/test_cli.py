@@ -54,7 +54,8 @@ def test_run_under_users_mpiexec_with_users_model(tmp_path):
 
 
 def test_the_preflight_is_handed_to_the_ranks_only_when_it_pickles():
-    from pipeline_ref.preflight import handed_on, preflight
+    from pipeline_ref.launch import handed_on
+    from pipeline_ref.preflight import preflight
     prepared = preflight(RunConfig(model="mlp"))
     assert handed_on(prepared) is prepared
     assert handed_on(prepared._replace(loss_fn=lambda outputs, targets: outputs.sum())) is None

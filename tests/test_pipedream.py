@@ -18,7 +18,7 @@ from pipeline_ref.models import async_reference
 from pipeline_ref.schedules import asynchronous, replay
 from pipeline_ref.async_run import _rule
 from pipeline_ref.config import ConfigError, RunConfig
-from pipeline_ref.preflight import build_model, check_config, preflight
+from pipeline_ref.preflight import build_model, preflight
 from pipeline_ref.engine.stage import Stage
 from pipeline_ref.engine.weight_versions import WeightVersions
 
@@ -168,11 +168,11 @@ def test_on_one_stage_pipedream_is_per_microbatch_sgd_and_2bw_is_one_step_late(m
 
 def test_refused_before_any_rank_starts():
     with pytest.raises(ConfigError, match=r"pipedream runs one pipeline \(--dp 1\)"):
-        check_config(RunConfig(schedule="pipedream", pp=2, dp=2))
+        preflight(RunConfig(schedule="pipedream", pp=2, dp=2))
     with pytest.raises(ConfigError, match=r"pipedream-2bw needs at least num_stages - 1 microbatches per step \(2 < 3\)"):
-        check_config(RunConfig(schedule="pipedream-2bw", pp=4, microbatches=2))
+        preflight(RunConfig(schedule="pipedream-2bw", pp=4, microbatches=2))
     with pytest.raises(ConfigError, match=r"cannot be combined with --overlap-allreduce, --save-grads"):
-        check_config(RunConfig(schedule="pipedream", overlap_allreduce=True, collect_grads=True))
+        preflight(RunConfig(schedule="pipedream", overlap_allreduce=True, collect_grads=True))
     with pytest.raises(ConfigError, match=r"share a Parameter \(\d+\.out\.weight\).*untie it"):
         preflight(RunConfig(schedule="pipedream", pp=2, model="gpt_tied", model_kwargs=MODELS["gpt"]))
     preflight(RunConfig(schedule="pipedream", pp=1, model="gpt_tied", model_kwargs=MODELS["gpt"]))   # one stage: fine

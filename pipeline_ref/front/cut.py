@@ -21,14 +21,47 @@ from torch import nn
 from pipeline_ref.front import profiling, split
 
 
-def num_pieces(cfg, model, inputs, chunks: int) -> int:
-    """Layers in a list, or the pieces a whole module will be cut into; ValueError for what cannot be cut."""
+def check_sizes(cfg, num_layers: int | None, batch_size: int, chunks: int = 1, split_backward: bool = False,
+                target_size: int | None = None) -> None:
+    """ValueError unless run ``cfg`` fits these sizes: enough layers for the stages (``num_layers`` None: a
+    whole module, whose pieces :func:`num_pieces` counts), a batch the microbatches divide.
+
+    ``target_size``: the targets' first dimension when it is not the batch's (targets flattened per
+    token, (B*T,) for inputs (B, T)): it must split into the same number of equal microbatches, which
+    then pair up with the inputs' in order, as torch.distributed.pipelining splits them.
+    """
+    if num_layers is not None and cfg.pp * chunks > num_layers:
+        pieces = f"--pp {cfg.pp} stages" + (f" x {chunks} chunks" if chunks > 1 else "")
+        raise ValueError(f"{pieces} but the model has only {num_layers} layers; every "
+                         f"{'chunk' if chunks > 1 else 'stage'} needs at least one")
+    if split_backward and cfg.checkpoint:
+        raise ValueError(f"--checkpoint cannot be combined with schedule {cfg.schedule!r}, whose backward "
+                         f"is split into I and W (it would recompute the forward twice)")
+    pieces = cfg.dp * cfg.microbatches
+    if batch_size % pieces:
+        raise ValueError(f"the global batch of {batch_size} samples does not split into {cfg.dp} "
+                         f"replica(s) x {cfg.microbatches} equal microbatches; choose --microbatches "
+                         f"(and --dp) so that their product divides {batch_size}")
+    if target_size is not None and target_size != batch_size and target_size % pieces:
+        raise ValueError(f"the targets' first dimension ({target_size}) does not split into {cfg.dp} "
+                         f"replica(s) x {cfg.microbatches} equal microbatches as the inputs' ({batch_size}) "
+                         "do; give targets whose first dimension is the batch (e.g. "
+                         f"targets.view({batch_size}, -1)) or a multiple of it in the inputs' order (per "
+                         "token: (batch * tokens,))")
+
+
+def num_pieces(cfg, model, batch, chunks: int = 1, split_backward: bool = False) -> int:
+    """Layers in a list, or the pieces a whole module will be cut into, once :func:`check_sizes` holds for
+    them and ``batch`` (inputs, targets); ValueError for what cannot be cut."""
+    inputs, targets = batch
     pieces = cfg.pp * chunks
     if not split.is_whole_module(model):
         if cfg.split_at:
             raise ValueError("--split-at cuts a whole nn.Module; this model is a list of layers (see "
                              "--partition)")
+        check_sizes(cfg, len(model), inputs.shape[0], chunks, split_backward, targets.shape[0])
         return len(model)
+    check_sizes(cfg, None, inputs.shape[0], chunks, split_backward, targets.shape[0])
     count = split.count_pieces(model, inputs[:1], cfg.split_at)
     wanted = f"--pp {cfg.pp}" + (f" x {chunks} chunks" if chunks > 1 else "")
     if cfg.split_at and count != pieces:

@@ -55,6 +55,25 @@ def build(name: str, num_stages: int, num_microbatches: int, **options) -> Sched
     return GENERATORS[name](num_stages, num_microbatches, **options)
 
 
+def build_for_run(name: str, num_stages: int, num_microbatches: int, chunks: int = 1, steps: int = 1,
+                  generator=None) -> list:
+    """A run's schedule, one list of actions per stage (ScheduleError says what is wrong), for ``validate``:
+    the one called ``name``, or the user's ``generator(num_stages, num_microbatches[, chunks=])``; an
+    asynchronous schedule (PipeDream, 2BW) streams ``steps`` x ``num_microbatches`` microbatches with no
+    flush."""
+    streams = name in ASYNCHRONOUS
+    if generator is not None:
+        schedule = generator(num_stages, num_microbatches, **({"chunks": chunks} if chunks > 1 else {}))
+    else:
+        options = {"steps": steps} if streams else chunk_options(name, chunks)
+        schedule = build(name, num_stages, num_microbatches, **options)
+    if not isinstance(schedule, (list, tuple)) or len(schedule) != num_stages:
+        raise ScheduleError(f"schedule {name!r} must give one list of actions per stage ({num_stages}), got "
+                            f"{type(schedule).__name__} of length "
+                            f"{len(schedule) if hasattr(schedule, '__len__') else '?'}")
+    return schedule
+
+
 # --------------------------------------------------------------------------- structure of any schedule
 
 def num_chunks(schedule) -> int:

@@ -81,11 +81,12 @@ def check_2bw(num_stages: int, num_microbatches: int) -> None:
 
 
 def check_asynchronous_run(schedule: str, num_stages: int, num_microbatches: int, dp: int = 1,
-                           **features) -> None:
+                           layers=None, **features) -> None:
     """Refuse what an asynchronous run does not do, before any rank starts (raises ScheduleError).
 
     ``features``: the run's other options by name (True where asked for): each stage updates on its own
     after every backward, so anything that assumes one step boundary for all stages is refused.
+    ``layers``: the model (a list of layers, or a whole module), whose tied weights are refused too.
     """
     if schedule not in ASYNCHRONOUS:
         return
@@ -99,6 +100,11 @@ def check_asynchronous_run(schedule: str, num_stages: int, num_microbatches: int
                             f"{', '.join(asked)}")
     if schedule == "pipedream-2bw":
         check_2bw(num_stages, num_microbatches)
+    shared = shared_parameters(layers) if layers is not None and num_stages > 1 else []
+    if shared:
+        raise ScheduleError(f"{schedule} keeps weight versions per stage, and layers of this model share a "
+                            f"Parameter ({shared[0]}): two stages would update it at different times; untie "
+                            f"it, or use a schedule with a flush")
 
 
 def shared_parameters(layers) -> list[str]:
