@@ -250,3 +250,18 @@ def rank_stages(model, schedule, rank: int, device: torch.device, num_microbatch
                               meter=meter)
         stages[chunk].precision = precision.autocast(autocast, device)
     return stages
+
+
+def stash_bytes(chunks: list, loss_fn, inputs, target, recompute: bool = False,
+                split_backward: bool = False) -> list[int]:
+    """Bytes one microbatch leaves stashed on each of ``chunks`` (a model's virtual stages, in order: one
+    module each), run through a real ``Stage`` on this process."""
+    sizes, x = [], (inputs,)
+    for v, module in enumerate(chunks):
+        last = v == len(chunks) - 1
+        stage = Stage(module, is_first=v == 0, is_last=last, loss_fn=loss_fn, recompute=recompute,
+                      split_backward=split_backward, meter=StashMeter())
+        outputs = stage.forward(0, x, target if last else None)
+        sizes.append(stage.stash[0].nbytes)
+        x = outputs
+    return sizes

@@ -207,6 +207,46 @@ def load_file(path: Path, mmap: bool = True):
                               f"step") from None
 
 
+def _compare_models(folder: Path, saved: dict, wanted: dict) -> None:
+    only_saved = [n for n in saved if n not in wanted]
+    only_here = [n for n in wanted if n not in saved]
+    if only_saved or only_here:
+        first = (f"{only_saved[0]!r} is only in the checkpoint" if only_saved
+                 else f"{only_here[0]!r} is only in this model")
+        raise CheckpointError(f"the checkpoint in {folder} is of another model: {first} ({len(only_saved)} "
+                              f"name(s) only there, {len(only_here)} only here); resume with the model it "
+                              f"was saved from, or start without --resume")
+    for name, (shape, dtype) in wanted.items():
+        saved_shape, saved_dtype = saved[name]
+        if saved_shape != shape:
+            raise CheckpointError(f"the checkpoint in {folder} is of another model: {name!r} has shape "
+                                  f"{tuple(saved_shape)} there, {tuple(shape)} here")
+        if saved_dtype != dtype:
+            raise CheckpointError(f"the checkpoint in {folder} holds {name!r} in {saved_dtype}, this run in "
+                                  f"{dtype}: resume with --dtype {saved_dtype}")
+
+
+def _check_files(folder: Path, files: dict) -> None:
+    for file, entry in files.items():
+        path = folder / file
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing, though {folder.name}'s marker lists it: the "
+                                  f"checkpoint is damaged; delete {folder} to resume from an earlier step")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(f"{path} has {size} bytes, {entry['bytes']} were written: the checkpoint "
+                                  f"is damaged; delete {folder} to resume from an earlier step")
+        load_file(path)          # a file of the right size that is not what we wrote
+
+
+def check_whole(saved: Saved, wanted: dict) -> None:
+    """CheckpointError unless ``saved`` holds exactly ``wanted`` ({name: [shape, dtype]}: the model to resume)
+    in files that are whole: each one its marker lists is there, at the size written, and loads."""
+    names = {name: entry for f in saved.files.values() for name, entry in f["names"].items()}
+    _compare_models(saved.folder, names, wanted)
+    _check_files(saved.folder, saved.files)
+
+
 def read_state(saved: Saved, names) -> tuple[dict, dict]:
     """(tensors, optimizer states) of ``names``, from whichever files of the checkpoint hold them."""
     folder = saved.folder

@@ -27,46 +27,9 @@ import torch
 from torch import nn
 
 from pipeline_ref.front import partition
-from pipeline_ref.engine.memory import Memory, nbytes
-from pipeline_ref.engine.stage import Stage, StashMeter
-from pipeline_ref.schedules.geometry import Op
-
-GB = 1e9
-
-
-def optimizer_bytes(name: str, params: list) -> int:
-    if name == "sgd":
-        return 0
-    if name == "adamw":        # exp_avg and exp_avg_sq per parameter, a float32 step counter per tensor
-        return 2 * nbytes(params) + 4 * len(params)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def chunk_stash_bytes(layers: list, loss_fn, ranges: list[range], inputs, target, recompute: bool = False,
-                      split_backward: bool = False) -> list[int]:
-    """Bytes one microbatch leaves stashed on each virtual stage, run through a real ``Stage`` (one
-    process)."""
-    sizes, x = [], (inputs,)
-    for v, piece in enumerate(ranges):
-        last = v == len(ranges) - 1
-        stage = Stage(nn.Sequential(*layers[piece.start:piece.stop]), is_first=v == 0, is_last=last,
-                      loss_fn=loss_fn, recompute=recompute, split_backward=split_backward, meter=StashMeter())
-        outputs = stage.forward(0, x, target if last else None)
-        sizes.append(stage.stash[0].nbytes)
-        x = outputs
-    return sizes
-
-
-def peak_activation_bytes(actions, chunk_bytes: dict[int, int]) -> int:
-    """Play one rank's actions: + a chunk's bytes at its F, - at its B (or W, which ends a split backward)."""
-    held = peak = 0
-    for action in actions:
-        if action.op == "F":
-            held += chunk_bytes[action.chunk]
-            peak = max(peak, held)
-        elif Op(action.op).ends_backward:
-            held -= chunk_bytes[action.chunk]
-    return peak
+from pipeline_ref.engine.memory import (Memory, nbytes, optimizer_bytes, over_budget, peak_activation_bytes,
+                                        table)
+from pipeline_ref.engine.stage import stash_bytes
 
 
 def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: str = "sgd",
@@ -80,10 +43,10 @@ def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: s
               else partition.by_parameters(layers, pipe.num_virtual_stages))
     inputs, targets = batch
     per_micro, per_target = inputs.shape[0] // (dp * microbatches), targets.shape[0] // (dp * microbatches)
+    modules = [nn.Sequential(*layers[r.start:r.stop]) for r in ranges]
     with torch.random.fork_rng(devices=[]):
-        stash = chunk_stash_bytes(layers, loss_fn, ranges, inputs[:per_micro], targets[:per_target],
-                                  recompute,
-                                  schedule.splits_backward)
+        stash = stash_bytes(modules, loss_fn, inputs[:per_micro], targets[:per_target], recompute,
+                            schedule.splits_backward)
     ranks = []
     for rank in range(pipe.num_stages):
         chunks = range(pipe.num_chunks)
@@ -91,30 +54,8 @@ def plan(layers: list, loss_fn, batch, schedule, microbatches: int, optimizer: s
                        for p in layers[i].parameters()}.values())
         chunk_bytes = {c: stash[pipe.virtual_stage(rank, c)] for c in chunks}
         ranks.append(Memory(nbytes(params), nbytes(params), optimizer_bytes(optimizer, params),
-                               peak_activation_bytes(schedule[rank], chunk_bytes)))
+                            peak_activation_bytes(schedule[rank], chunk_bytes)))
     return ranks
-
-
-def over_budget(ranks: list[Memory], budget_gb: float) -> str | None:
-    """None if every rank fits ``budget_gb``; else a sentence naming the worst rank and by how much it is
-    over."""
-    worst = max(range(len(ranks)), key=lambda r: ranks[r].total)
-    need = ranks[worst]
-    if need.total <= budget_gb * GB:
-        return None
-    return (f"rank {worst} would hold {need.total / GB:.3f} GB (parameters {need.parameters / GB:.3f}, "
-            f"gradients {need.gradients / GB:.3f}, optimizer {need.optimizer / GB:.3f}, activations "
-            f"{need.peak_stashed_bytes / GB:.3f}), {(need.total - budget_gb * GB) / GB:.3f} GB over the "
-            f"budget of {budget_gb:g} GB per rank")
-
-
-def table(ranks: list[Memory]) -> str:
-    lines = [f"{'rank':<6}{'parameters':>12}{'gradients':>12}{'optimizer':>12}{'activations':>13}"
-             f"{'total':>10}  (MB)"]
-    for r, b in enumerate(ranks):
-        lines.append(f"{r:<6}{b.parameters / 1e6:>12.1f}{b.gradients / 1e6:>12.1f}{b.optimizer / 1e6:>12.1f}"
-                     f"{b.peak_stashed_bytes / 1e6:>13.1f}{b.total / 1e6:>10.1f}")
-    return "\n".join(lines)
 
 
 def check_budget(cfg, layers, loss_fn, batch, schedule) -> None:

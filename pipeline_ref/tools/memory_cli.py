@@ -14,7 +14,8 @@ import json
 from pipeline_ref.config import ConfigError, RunConfig
 from pipeline_ref.preflight import build_model, make_schedule
 from pipeline_ref.engine.memory import Memory
-from pipeline_ref.front.memory_plan import largest_fitting, over_budget, plan, table
+from pipeline_ref.engine.memory import over_budget, table
+from pipeline_ref.front.memory_plan import largest_fitting, plan
 
 
 def add_parser(sub) -> None:
