@@ -154,7 +154,13 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300,
                     _kill_tree(process.pid)
                     process.wait()
                     code, timed_out = process.returncode, True
-            except (KeyboardInterrupt, _Terminated) as stop:
+                _drain(pumps)
+                if timed_out or code != 0:
+                    _kill_ranks(Path(tmp), str(payload))
+                    raise LaunchError(diagnosis.failure(num_ranks, code, timed_out, timeout, out, err,
+                                                        Path(tmp)))
+                results, missing = _results(Path(tmp), num_ranks)
+            except (KeyboardInterrupt, _Terminated) as stop:   # also while the results are read: harmless
                 _interrupted(stop, locals().get("process"), Path(tmp), str(payload), num_ranks)
                 if isinstance(stop, KeyboardInterrupt):
                     raise
@@ -165,27 +171,19 @@ def launch(num_ranks: int, target: str, *args, timeout: float = 300,
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     os.kill(os.getpid(), signal.SIGTERM)
                 raise LaunchError("the run was ended by SIGTERM") from None
-        _drain(pumps)
-        if timed_out or code != 0:
-            _kill_ranks(Path(tmp), str(payload))
-            raise LaunchError(diagnosis.failure(num_ranks, code, timed_out, timeout, out, err, Path(tmp)))
-        return _results(Path(tmp), num_ranks, code, timeout, out, err)
+        if missing:       # e.g. a rank left early with code 0 and MPI ended the others
+            raise LaunchError(diagnosis.missing_result(missing[0], num_ranks, code, timeout, out, err,
+                                                       Path(tmp)))
+        return results
 
 
 
-def _results(tmp: Path, num_ranks: int, code, timeout: float, out: list, err: list) -> list:
-    """What each rank returned, in rank order; a rank without a result is named."""
+def _results(tmp: Path, num_ranks: int) -> tuple[list, list[int]]:
+    """(what each rank returned, in rank order; the ranks that left no result)."""
     import torch   # only now: a failed launch should not pay for it
-    results = []
-    for rank in range(num_ranks):
-        path = tmp / f"rank{rank}.pt"
-        if not path.exists():     # a rank left early with code 0 and MPI ended the others: it said so
-            said = (any(line.startswith(MARK) for line in err)
-                    or diagnosis.beats(tmp, num_ranks, "left the run"))
-            raise LaunchError(diagnosis.failure(num_ranks, code, False, timeout, out, err, tmp) if said
-                              else f"rank {rank} exited without a result\n" + diagnosis.output_tail(out, err))
-        results.append(torch.load(path, weights_only=False))
-    return results
+    paths = [tmp / f"rank{rank}.pt" for rank in range(num_ranks)]
+    missing = [rank for rank, path in enumerate(paths) if not path.exists()]
+    return [torch.load(path, weights_only=False) for path in paths if path.exists()], missing
 
 
 def _interrupted(stop: BaseException, process, tmp: Path, payload: str, num_ranks: int) -> None:

@@ -126,3 +126,12 @@ def failure(num_ranks, code, timed_out, timeout, out, err, tmp: Path) -> str:
         body += f"\n{'what the other ranks were doing' if named else 'what the ranks were doing'}:"
         body += "".join(f"\n  {line}" for line in others)
     return f"{reports[0]}{body}\n{output_tail(out, err)}"
+
+
+def missing_result(rank: int, num_ranks, code, timeout, out, err, tmp: Path) -> str:
+    """Why ``rank`` left no result though mpiexec ended well: a rank that left early said so, and MPI ended
+    the others (then, as any failure), or it left in silence (then, its output)."""
+    said = any(line.startswith(MARK) for line in err) or beats(tmp, num_ranks, "left the run")
+    if said:
+        return failure(num_ranks, code, False, timeout, out, err, tmp)
+    return f"rank {rank} exited without a result\n" + output_tail(out, err)
