@@ -6,10 +6,11 @@ traced.
     c.chunk(*those)                         # its module: nn.Sequential of layers, split.Chain of pieces
     c.names, c.tied                         # parameter names as on one device; weights held by several ranks
 
-A list of layers goes through ``partition.choose`` as it always has. A whole ``nn.Module`` is traced by
+A list of layers is grouped by ``partition.choose``. A whole ``nn.Module`` is traced by
 ``split.trace`` (``torch.distributed.pipelining``'s front end): cut at ``cfg.split_at`` (one piece per
 stage), or at every block, the blocks then grouped by parameters, or by measured time with
-``--partition time`` (``piece_costs``, profiled on world rank 0 and broadcast, as for layers).
+``--partition time`` (``piece_costs``, profiled on world rank 0 and broadcast, as for layers). Either way
+``partition.tied_groups`` finds the weights that stages on two ranks share.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline_ref.front import profiling, split
+from pipeline_ref.front import partition, profiling, split
 
 
 def check_sizes(cfg, num_layers: int | None, batch_size: int, chunks: int = 1, split_backward: bool = False,
@@ -95,12 +96,12 @@ class Cut:
 
 def cut(comm, cfg, model, loss_fn, sample, pipe, device: torch.device) -> Cut:
     """The run's stages, the same on every rank: layers partitioned, or a whole module traced and grouped."""
-    from pipeline_ref.front import partition
     n = pipe.num_virtual_stages
     if not split.is_whole_module(model):
-        ranges, costs = partition.choose(comm, cfg.partition, model, sample, num_pieces=n)
         names = {id(p): name for name, p in nn.Sequential(*model).named_parameters()}
-        return Cut(model, ranges, costs, names, tied_groups(model, ranges, pipe), nn.Sequential, loss_fn)
+        ranges, costs = partition.choose(comm, cfg.partition, model, sample, num_pieces=n)
+        return Cut(model, ranges, costs, names, partition.tied_groups(model, ranges, pipe, names),
+                   nn.Sequential, loss_fn)
     from pipeline_ref.faults.watchdog import beat
     beat("tracing the model (torch.export) and cutting it into pieces")
     key = (cfg.model, repr(sorted(cfg.model_kwargs.items())), cfg.dtype, cfg.seed)
@@ -115,28 +116,5 @@ def cut(comm, cfg, model, loss_fn, sample, pipe, device: torch.device) -> Cut:
         method = "time" if cfg.partition == "time" else "parameters"
         ranges, costs = partition.choose(comm, method, pieces, sample, num_pieces=n, profile=piece_costs)
     names = {id(p): name for name, p in model.named_parameters()}
-    holders: dict[int, set] = {}
-    for vstage, r in enumerate(ranges):
-        for index in r:
-            for p in pieces[index].parameters():
-                holders.setdefault(id(p), set()).add(pipe.place(vstage).rank)
-    tied = sorted((names[k], sorted(v)) for k, v in holders.items() if len(v) > 1)
-    return Cut(pieces, ranges, costs, names, tied, split.Chain, split.loss_of(pieces, loss_fn))
-
-
-def tied_groups(layers, ranges, pipeline) -> list[tuple[str, list[int]]]:
-    """Parameters used by layers on more than one rank: (name, pipeline ranks holding a copy), by name.
-
-    Found from the model itself: the same Parameter object reached from layers on
-    different stages (e.g. the tiny GPT's embedding and output head). ``ranges``
-    holds one range per virtual stage; virtual stage v lives on ``pipeline.place(v).rank`` (a
-    ``geometry.Pipeline``), and two chunks on one rank share the one Parameter object, needing no message.
-    """
-    stages_of: dict[int, set] = {}
-    name_of: dict[int, str] = {}
-    for vstage, r in enumerate(ranges):
-        for index in r:
-            for name, p in layers[index].named_parameters():
-                stages_of.setdefault(id(p), set()).add(pipeline.place(vstage).rank)
-                name_of.setdefault(id(p), f"{index}.{name}")
-    return sorted((name_of[k], sorted(v)) for k, v in stages_of.items() if len(v) > 1)
+    return Cut(pieces, ranges, costs, names, partition.tied_groups(pieces, ranges, pipe, names), split.Chain,
+               split.loss_of(pieces, loss_fn))

@@ -8,6 +8,7 @@ together covering every layer once.
     ranges = partition.by_cost(milliseconds, num_stages)      # balance measured time per layer
     partition.stage_costs(milliseconds, ranges)               # what each stage then costs
     stages = partition.group(layers, ranges)                  # the layers themselves, one list per stage
+    partition.tied_groups(layers, ranges, pipeline)           # Parameters that stages on two ranks share
 
 A pipeline in steady state runs at the pace of its slowest stage, so ``by_cost`` minimises the slowest stage's
 cost, exactly (dynamic programming over all contiguous splits, not a greedy heuristic). Pure Python, no torch
@@ -157,3 +158,23 @@ def choose(comm, method: str, layers, sample, num_pieces: int, profile=None) -> 
     wait_quietly(comm)                 # the others sleep while rank 0 profiles, instead of spinning
     costs = comm.bcast(costs, root=0)
     return by_cost(costs, num_pieces), costs
+
+
+def tied_groups(layers, ranges, pipeline, names: dict | None = None) -> list[tuple[str, list[int]]]:
+    """Parameters used by layers on more than one rank: (name, pipeline ranks holding a copy), by name.
+
+    Found from the model itself: the same Parameter object reached from layers on
+    different stages (e.g. the tiny GPT's embedding and output head). ``ranges``
+    holds one range per virtual stage; virtual stage v lives on ``pipeline.place(v).rank`` (a
+    ``geometry.Pipeline``), and two chunks on one rank share the one Parameter object, needing no message.
+    ``names``: id(Parameter) -> its name on one device (default: ``"{layer index}.{name in the layer}"``, as
+    ``nn.Sequential(*layers)`` names it).
+    """
+    stages_of: dict[int, set] = {}
+    name_of: dict[int, str] = {}
+    for vstage, r in enumerate(ranges):
+        for index in r:
+            for name, p in layers[index].named_parameters():
+                stages_of.setdefault(id(p), set()).add(pipeline.place(vstage).rank)
+                name_of.setdefault(id(p), names[id(p)] if names is not None else f"{index}.{name}")
+    return sorted((name_of[k], sorted(v)) for k, v in stages_of.items() if len(v) > 1)

@@ -15,8 +15,8 @@ Face ``ModelOutput`` too), so ``loss_fn`` sees what it sees on one device.
 Shared weights: torch's front end deep-copies a Parameter used by two pieces (GPT-2's ``wte`` and
 ``lm_head``). We bind every piece's parameters and buffers back to the original module's objects, by the names
 the cut graphs keep (the original names): tied weights are one Parameter again, so on one rank autograd sums
-their gradients, and across ranks ``tied_groups`` finds them by identity, as for lists of layers. Gradients
-are named as ``module.named_parameters()`` names them.
+their gradients, and across ranks ``partition.tied_groups`` finds them by identity, as for lists of layers.
+Gradients are named as ``module.named_parameters()`` names them.
 
 ``--split auto`` cuts before every *block*: the submodules the forward calls once that hold parameters,
 descending from the root through containers and stopping at each item of a ``ModuleList``/``Sequential`` (a
