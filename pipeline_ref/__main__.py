@@ -24,6 +24,7 @@ import json
 import sys
 
 from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, RunConfig
+from pipeline_ref.faults import watchdog
 from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, preflight
 from pipeline_ref.results import print_report, theory_note
 from pipeline_ref.schedules import GENERATORS
@@ -138,9 +139,11 @@ def _add_simulate_parser(sub) -> None:
 
 def _run(args) -> int:
     if args.stall_timeout is None:
-        from pipeline_ref.faults.watchdog import STALL_SECONDS
-        args.stall_timeout = STALL_SECONDS.get(args.device, STALL_SECONDS["cuda"])
+        args.stall_timeout = watchdog.STALL_SECONDS.get(args.device, watchdog.STALL_SECONDS["cuda"])
     cfg = RunConfig.from_args(args)
+    if args.ranks is None:      # a rank that mpiexec/srun started: watched from here on, its own preflight
+        from mpi4py import MPI  # included (the ranks -n starts are watched by their entry, faults/_rank.py)
+        watchdog.start(MPI.COMM_WORLD.Get_rank(), cfg.stall_timeout)
     # Every check, before any rank starts or communicates: here, once, for the ranks -n starts; under
     # mpiexec, on each rank.
     prepared = preflight(cfg, args.ranks if args.ranks is not None else _mpi_world_size())

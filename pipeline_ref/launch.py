@@ -188,7 +188,7 @@ def _results(tmp: Path, num_ranks: int) -> tuple[list, list[int]]:
 
 def _interrupted(stop: BaseException, process, tmp: Path, payload: str, num_ranks: int) -> None:
     """Kill mpiexec, its proxies and the ranks, then say on stderr what the ranks were doing."""
-    doing = watchdog.last_actions(tmp, num_ranks)
+    doing = diagnosis.last_actions(tmp, num_ranks)
     if process is not None:
         _kill_tree(process.pid)
     _kill_ranks(tmp, payload)

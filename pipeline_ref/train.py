@@ -249,10 +249,10 @@ def _announce(run: RankRun) -> None:
 
 def run_under_mpiexec(cfg: RunConfig, prepared: Prepared) -> RunResult | None:
     """The command line's run on a rank that ``mpiexec``/``srun`` started (``prepared``: this rank's own
-    preflight); one rank's failure ends them all, named, instead of leaving the others waiting."""
+    preflight; its watchdog started before it, by ``__main__``); one rank's failure ends them all, named,
+    instead of leaving the others waiting."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    watchdog.start(comm.Get_rank(), cfg.stall_timeout)
     try:
         return run_prepared(comm, cfg, prepared)
     except Exception as err:

@@ -1,7 +1,9 @@
 """Why a launched run failed, said in one line first: the ranks' own reports read, merged and put cause
 first, else their heartbeat files, else what mpiexec printed of a rank that died.
 
-Layer: faults. ``launch.launch`` raises ``LaunchError(failure(...))`` with what this module writes.
+Layer: faults. ``launch.launch`` raises ``LaunchError(failure(...))`` with what this module writes (or
+``missing_result(...)``, for a rank that ended without one), and prints ``last_actions`` when it is
+interrupted.
 """
 from __future__ import annotations
 
@@ -59,6 +61,19 @@ def beats(tmp: Path, num_ranks: int, prefix: str) -> list[tuple[int, str]]:
     """(rank, last report) of the ranks whose heartbeat file's last report starts with ``prefix``."""
     beats = [(r, watchdog.read_heartbeat(tmp / f"rank{r}.beat")) for r in range(num_ranks)]
     return [(r, b[0]) for r, b in beats if b and b[0].startswith(prefix)]
+
+
+def last_actions(folder, num_ranks: int, skip=frozenset()) -> list[str]:
+    """One line per rank (but those in ``skip``): its last report, from its heartbeat file in ``folder``."""
+    lines = []
+    for rank in sorted(set(range(num_ranks)) - set(skip)):
+        beat = watchdog.read_heartbeat(Path(folder) / f"rank{rank}.beat")
+        if beat is None:
+            lines.append(f"rank {rank}: had not started")
+        else:
+            text, age, watched = beat
+            lines.append(f"rank {rank}: {text} ({f'for {age:.1f} s' if watched else 'not watched'})")
+    return lines
 
 
 def returned_early(reports: list[str], tmp: Path) -> list[str]:
@@ -120,7 +135,7 @@ def failure(num_ranks, code, timed_out, timeout, out, err, tmp: Path) -> str:
         reports = [f"mpiexec (the MPI launcher) was killed by signal {-code} ({signal.Signals(-code).name})"]
     elif not reports:
         reports = [f"the run on {num_ranks} ranks failed (exit code {code}) and no rank said why"]
-    others = watchdog.last_actions(tmp, num_ranks, skip=frozenset(named))
+    others = last_actions(tmp, num_ranks, skip=frozenset(named))
     body = "".join(f"\n  {r}" for r in reports[1:])
     if others:
         body += f"\n{'what the other ranks were doing' if named else 'what the ranks were doing'}:"

@@ -122,19 +122,6 @@ def read_heartbeat(path) -> tuple[str, float, bool] | None:
     return text, max(0.0, time.time() - when), watched
 
 
-def last_actions(folder, num_ranks: int, skip=frozenset()) -> list[str]:
-    """One line per rank (but those in ``skip``): its last report, from its heartbeat file in ``folder``."""
-    lines = []
-    for rank in sorted(set(range(num_ranks)) - set(skip)):
-        beat = read_heartbeat(Path(folder) / f"rank{rank}.beat")
-        if beat is None:
-            lines.append(f"rank {rank}: had not started")
-        else:
-            text, age, watched = beat
-            lines.append(f"rank {rank}: {text} ({f'for {age:.1f} s' if watched else 'not watched'})")
-    return lines
-
-
 def _open_board(path: Path) -> mmap.mmap:
     with open(path, "wb+") as f:
         f.truncate(HEARTBEAT_BYTES)
