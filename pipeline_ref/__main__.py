@@ -141,8 +141,10 @@ def _run(args) -> int:
     if args.stall_timeout is None:
         args.stall_timeout = watchdog.STALL_SECONDS.get(args.device, watchdog.STALL_SECONDS["cuda"])
     cfg = RunConfig.from_args(args)
-    if args.ranks is None:      # a rank that mpiexec/srun started: watched from here on, its own preflight
-        from mpi4py import MPI  # included (the ranks -n starts are watched by their entry, faults/_rank.py)
+    if args.ranks is None:
+        # A rank that mpiexec/srun started: watched from here on, its own preflight included (the ranks -n
+        # starts are watched from their entry, faults/_rank.py).
+        from mpi4py import MPI
         watchdog.start(MPI.COMM_WORLD.Get_rank(), cfg.stall_timeout)
     # Every check, before any rank starts or communicates: here, once, for the ranks -n starts; under
     # mpiexec, on each rank.

@@ -1,9 +1,12 @@
 """Every check that can be made before a rank communicates, in the order a rank needs their results.
 
-Layer: run (package root). ``check_config`` and ``check_fits`` refuse bad requests with a message that says
-what to change, *before* any rank communicates: a wrong world size, more stages than layers, a batch the
-microbatches don't divide, an unknown schedule, a model factory that doesn't import. ``preflight`` makes them
-all and returns what a rank needs (the model, its loss, the batch, the schedule).
+Layer: run (package root). Bad requests are refused with a message that says what to change, *before* any
+rank communicates: a wrong world size, more stages than layers, a batch the microbatches don't divide, an
+unknown schedule, a model factory that doesn't import. ``preflight`` makes every check and returns what a
+rank needs (the model, its loss, the batch, the schedule): first this module's own (``check_config``, which
+needs no model) and the model's build, then each check another module owns, asked once: the schedule
+(``schedules.build_for_run``), what an asynchronous schedule refuses, the cut's sizes (``cut.num_pieces``;
+``check_fits`` is its form for callers that know only the sizes), the memory plan, the checkpoint to resume.
 
 This module does not import MPI, so the launcher (and pytest) can use it.
 """
