@@ -24,9 +24,10 @@ from statistics import median
 from typing import Callable, NamedTuple
 
 from pipeline_ref.engine import machine
+from pipeline_ref.schedules import asynchronous
 from pipeline_ref.sim.band import Band, band
 from pipeline_ref.config import ConfigError, RunConfig
-from pipeline_ref.preflight import check_config, make_schedule
+from pipeline_ref.preflight import asynchronous_refusals, check_config, make_schedule
 from pipeline_ref.results import RunResult
 
 MIN_ROUNDS = 3          # fewer give no spread worth the name
@@ -279,6 +280,11 @@ def compare(configs: dict[str, RunConfig], num_ranks: int | None = None, rounds:
     for name, cfg in configs.items():
         check_config(cfg)
         make_schedule(cfg)
+        try:      # what an asynchronous schedule refuses, known before any model is built
+            asynchronous.check_asynchronous_run(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp,
+                                                **asynchronous_refusals(cfg))
+        except ValueError as err:
+            raise ConfigError(f"{name}: {err}") from None
         if cfg.steps <= warmup:
             raise ConfigError(f"{name}: steps={cfg.steps} leaves no step after {warmup} warm-up step(s); "
                               f"give steps={warmup + 1} or more")
