@@ -20,6 +20,7 @@ the ranks started by ``mpiexec``/``srun`` (e.g. ``mpiexec -n 4 python -m mpi4py
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -28,6 +29,10 @@ from pipeline_ref.faults import watchdog
 from pipeline_ref.preflight import AUTOCAST, OPTIMIZERS, preflight
 from pipeline_ref.results import print_report, theory_note
 from pipeline_ref.schedules import GENERATORS
+
+# command -> module of pipeline_ref/tools/ that adds its parser and runs it (add_parser, main)
+TOOLS = {"demo": "demo", "bench": "bench", "doctor": "doctor", "memory": "memory_cli", "export": "export",
+         "plan": "plan_cli"}
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -44,20 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     _add_run_parser(sub)
-    from pipeline_ref.tools.demo import add_parser as add_demo_parser
-    add_demo_parser(sub)
-    from pipeline_ref.tools.bench import add_parser as add_bench_parser  # bench.py owns its own options
-    add_bench_parser(sub)
-    from pipeline_ref.tools.doctor import add_parser as add_doctor_parser  # and doctor.py its own
-    add_doctor_parser(sub)
-    from pipeline_ref.tools.memory_cli import add_parser as add_memory_parser
-    add_memory_parser(sub)
-    # a checkpoint's whole model, out of the pipeline
-    from pipeline_ref.tools.export import add_parser as add_export_parser
-    add_export_parser(sub)
-    from pipeline_ref.tools.plan_cli import add_parser as add_plan_parser
-    add_plan_parser(sub)
-
+    for module in TOOLS.values():         # each tool owns its options
+        importlib.import_module(f"pipeline_ref.tools.{module}").add_parser(sub)
     _add_simulate_parser(sub)
     return parser
 
@@ -203,23 +196,8 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "simulate":
             return _simulate(args)
-        if args.command == "doctor":
-            from pipeline_ref.tools.doctor import main as doctor_main
-            return doctor_main(args)
-        if args.command == "plan":
-            from pipeline_ref.tools.plan_cli import main as plan_main
-            return plan_main(args)
-        if args.command == "memory":
-            from pipeline_ref.tools.memory_cli import main as memory_main
-            return memory_main(args)
-        if args.command == "bench":
-            from pipeline_ref.tools.bench import main as bench_main
-            return bench_main(args)
-        if args.command == "export":
-            from pipeline_ref.tools.export import main as export_main
-            return export_main(args)
-        from pipeline_ref.tools.demo import main as demo_main
-        return demo_main(args)
+        # a tool around the library, loaded only when asked for
+        return importlib.import_module(f"pipeline_ref.tools.{TOOLS[args.command]}").main(args)
     except Exception as err:
         if getattr(err, "refusal", False):      # a ConfigError or TransportError: the request, refused
             print(f"error: {err}", file=sys.stderr)

@@ -160,18 +160,24 @@ def _per_stage(name: str, cost, p: int) -> list[float]:
     return costs
 
 
+def search_inputs(p: int, forward, input_grad, weight_grad, latency: float, weight_memory: float):
+    """(costs, memory) as both searches read them: F, I, W costs per stage (one number or one per stage), and
+    what an F, an I and a W add to a stage's activations (W keeps ``weight_memory`` of them after the I)."""
+    if not 0 <= weight_memory <= 1 or latency < 0:
+        raise ScheduleError(f"weight_memory must be in [0, 1] and latency >= 0, got {weight_memory}, "
+                            f"{latency}")
+    costs = [_per_stage(n, c, p) for n, c in (("forward", forward), ("input_grad", input_grad),
+                                               ("weight_grad", weight_grad))]
+    return costs, (1.0, -(1.0 - weight_memory), -weight_memory)
+
+
 def play(num_stages: int, num_microbatches: int, max_in_flight: float, forward=1.0, input_grad=1.0,
          weight_grad=1.0, latency: float = 0.0, weight_memory: float = 1.0) -> tuple[Schedule, float]:
     """(schedule, its longest stage): the best of the heuristic's eight variants."""
     p, m = num_stages, num_microbatches
     if not max_in_flight >= 1:
         raise ScheduleError(f"max_in_flight must be at least 1 microbatch, got {max_in_flight!r}")
-    if not 0 <= weight_memory <= 1 or latency < 0:
-        raise ScheduleError(f"weight_memory must be in [0, 1] and latency >= 0, got {weight_memory}, "
-                            f"{latency}")
-    costs = [_per_stage(n, c, p) for n, c in (("forward", forward), ("input_grad", input_grad),
-                                               ("weight_grad", weight_grad))]
-    memory = (1.0, -(1.0 - weight_memory), -weight_memory)
+    costs, memory = search_inputs(p, forward, input_grad, weight_grad, latency, weight_memory)
     best, refusals = None, []
     for allow_bubble, prioritize_b, greedy in product((True, False), repeat=3):
         run = _Greedy(p, m, costs, float(latency), memory, float(max_in_flight))

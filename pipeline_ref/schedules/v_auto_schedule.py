@@ -48,7 +48,7 @@ from __future__ import annotations
 from collections import deque
 from itertools import product
 
-from pipeline_ref.schedules.auto_schedule import _per_stage
+from pipeline_ref.schedules.auto_schedule import search_inputs
 from pipeline_ref.schedules.geometry import Action, Schedule, ScheduleError
 from pipeline_ref.schedules.zero_bubble import zbv
 
@@ -266,12 +266,7 @@ def play(num_stages: int, num_microbatches: int, max_in_flight: float | None = N
     if not limit >= 2:
         raise ScheduleError(f"max_in_flight must be at least 2 chunk activations (one microbatch on both "
                             f"chunks), got {max_in_flight!r}")
-    if not 0 <= weight_memory <= 1 or latency < 0:
-        raise ScheduleError(f"weight_memory must be in [0, 1] and latency >= 0, got {weight_memory}, "
-                            f"{latency}")
-    costs = [_per_stage(n, c, p) for n, c in (("forward", forward), ("input_grad", input_grad),
-                                               ("weight_grad", weight_grad))]
-    memory = (1.0, -(1.0 - weight_memory), -weight_memory)
+    costs, memory = search_inputs(p, forward, input_grad, weight_grad, latency, weight_memory)
     best, refusals = None, []
     for fill_down, fill_forward in product((True, False), repeat=2):
         try:
