@@ -27,6 +27,7 @@ from functools import partial
 
 from pipeline_ref.engine import machine
 from pipeline_ref.faults import watchdog
+from pipeline_ref.models.batches import microbatches
 from pipeline_ref.schedules import asynchronous
 from pipeline_ref.results import Memory, RankReport, StepLog, measured_trace, rank_memory
 from pipeline_ref.sim.trace import Trace
@@ -63,7 +64,6 @@ def _stream_data(run) -> tuple[list | None, list | None]:
     if data.source is None:                           # the same batch at every step
         per_step = [(data.inputs, data.targets)] * cfg.steps
     else:                                             # a batch per step (real text): each step's own
-        from pipeline_ref.models.batches import microbatches
         per_step = [microbatches(data.source.at(t), cfg, place.topo, place.pipeline, place.device)
                     for t in range(cfg.steps)]
     def pick(k):

@@ -12,6 +12,7 @@ This module does not import MPI, so the launcher (and pytest) can use it.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,8 @@ import torch
 from pipeline_ref import models, schedules
 from pipeline_ref.config import DEVICES, DTYPES, PARTITIONS, TRANSPORTS, ConfigError, RunConfig
 from pipeline_ref.engine import optim, precision
+from pipeline_ref.faults.checkpoint_check import check_resume
+from pipeline_ref.front import cut, memory_plan
 from pipeline_ref.models import batches
 from pipeline_ref.schedules import asynchronous
 
@@ -118,7 +121,6 @@ def check_fits(cfg: RunConfig, num_layers: int, batch_size: int, chunks: int = 1
                split_backward: bool = False, target_size: int | None = None) -> None:
     """Checks that need only the model's sizes: enough layers for the stages, a batch the microbatches
     divide (``cut.check_sizes``, whose ValueError is a refused request here)."""
-    from pipeline_ref.front import cut
     try:
         cut.check_sizes(cfg, num_layers, batch_size, chunks, split_backward, target_size)
     except ValueError as err:
@@ -152,8 +154,6 @@ def preflight(cfg: RunConfig, world_size: int | None = None) -> Prepared:
     random_state = torch.get_rng_state()
     refused = asynchronous_refusals(cfg)
     schedule = make_schedule(cfg)
-    from pipeline_ref.faults.checkpoint_check import check_resume
-    from pipeline_ref.front import cut, memory_plan
     try:      # the modules below say what is wrong (ValueError); to the user it is a refused request
         asynchronous.check_asynchronous_run(cfg.schedule, cfg.pp, cfg.microbatches, cfg.dp, layers, **refused)
         cut.num_pieces(cfg, layers, batch, schedule.num_chunks, schedule.splits_backward)
@@ -167,7 +167,6 @@ def preflight(cfg: RunConfig, world_size: int | None = None) -> Prepared:
 
 
 def _schedule_function(spec: str):
-    import importlib
     module_name, _, name = spec.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), name)

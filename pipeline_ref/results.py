@@ -18,6 +18,7 @@ import torch
 
 from pipeline_ref.config import RunConfig
 from pipeline_ref.engine.memory import Memory, nbytes
+from pipeline_ref.sim import theory
 from pipeline_ref.sim.trace import Trace, TraceMeta, write_chrome_trace
 
 
@@ -141,7 +142,6 @@ class StepLog:
 
 def theory_note(name: str, pp: int, microbatches: int, chunks: int, **costs) -> str:
     """" (theory 0.800)", or nothing where no closed form applies (a user's schedule, ZB-H1 with m < p)."""
-    from pipeline_ref.sim import theory
     try:
         return f" (theory {theory.utilization(name, pp, microbatches, chunks=chunks, **costs):.4f})"
     except ValueError:

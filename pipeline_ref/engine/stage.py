@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline_ref.engine import precision
 from pipeline_ref.engine.memory import nbytes
 from pipeline_ref.engine.weight_gradients import WeightGradients
 
@@ -240,7 +241,6 @@ def rank_stages(model, schedule, rank: int, device: torch.device, num_microbatch
     ``ranges``, ``chunk`` to make one module of a range, ``loss_fn``); ``schedule``: a ``geometry.Schedule``
     (where each chunk sits, whether the backward is split into I and W); ``autocast``: the run's mixed
     precision (``precision.autocast``)."""
-    from pipeline_ref.engine import precision
     pipe, meter, stages = schedule.pipeline, StashMeter(), {}   # the rank's stash, over all its chunks
     for chunk in range(pipe.num_chunks):
         piece = model.ranges[pipe.virtual_stage(rank, chunk)]

@@ -18,7 +18,7 @@ order), while the one large all-reduce per step crosses further.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,6 @@ def by_world_rank(steps: list, topo) -> list:
     """With --dp > 1, "waiting for ... from rank k" names the world rank mpiexec shows, and its stage."""
     if topo.grid.dp == 1:
         return steps
-    from dataclasses import replace
     named = lambda s: f"from rank {topo.grid.rank(s, topo.replica)} (stage {s})"
     return [replace(step, waiting=step.waiting.replace(f"from rank {step.receive.source}",
                                                        named(step.receive.source)))

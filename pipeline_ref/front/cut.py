@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline_ref.faults.watchdog import beat
 from pipeline_ref.front import partition, profiling, split
 
 
@@ -102,7 +103,6 @@ def cut(comm, cfg, model, loss_fn, sample, pipe, device: torch.device) -> Cut:
         ranges, costs = partition.choose(comm, cfg.partition, model, sample, num_pieces=n)
         return Cut(model, ranges, costs, names, partition.tied_groups(model, ranges, pipe, names),
                    nn.Sequential, loss_fn)
-    from pipeline_ref.faults.watchdog import beat
     beat("tracing the model (torch.export) and cutting it into pieces")
     key = (cfg.model, repr(sorted(cfg.model_kwargs.items())), cfg.dtype, cfg.seed)
     pieces = split.trace(model, sample.cpu(), list(cfg.split_at) or None, key=key)   # traced on the CPU ...

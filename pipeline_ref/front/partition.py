@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import math
 
+from pipeline_ref.engine.machine import wait_quietly
+from pipeline_ref.front.profiling import layer_costs
+
 
 def _check_counts(num_layers: int, num_stages: int) -> None:
     if not isinstance(num_stages, int) or not isinstance(num_layers, int):
@@ -152,9 +155,7 @@ def choose(comm, method: str, layers, sample, num_pieces: int, profile=None) -> 
         return uniform(len(layers), num_pieces), None
     if method == "parameters":
         return by_parameters(layers, num_pieces), None
-    from pipeline_ref.front.profiling import layer_costs
     costs = (profile or layer_costs)(layers, sample) if comm.Get_rank() == 0 else None
-    from pipeline_ref.engine.machine import wait_quietly
     wait_quietly(comm)                 # the others sleep while rank 0 profiles, instead of spinning
     costs = comm.bcast(costs, root=0)
     return by_cost(costs, num_pieces), costs

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from math import fsum
+from statistics import median
 from typing import NamedTuple
 
 import numpy as np
@@ -206,7 +207,6 @@ def costs_from_trace(trace: Trace) -> dict:
     also gives ``input_grad`` and ``weight_grad``. A rank without an op gets 0.0 for it,
     and a trace without a blocked receive gets latency 0.0.
     """
-    from statistics import median
     costs = {}
     for op, key in (("F", "forward"), ("B", "backward"), ("I", "input_grad"), ("W", "weight_grad")):
         if op in "FB" or any(e.op == op for e in trace.events):

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from pipeline_ref.sim import cluster, theory
+from pipeline_ref import schedules
+from pipeline_ref.sim import cluster, simulate, theory
 
 EFFICIENCY = 0.5555          # fraction of peak the kernels reach, calibrated by benchmarks/published_runs.py
 USABLE_MEMORY = 0.9             # of a GPU's memory: CUDA context, NCCL buffers, fragmentation (an assumption)
@@ -226,8 +227,6 @@ def _parts(plan: Plan, device, efficiency: float, busy: float, pipeline: float) 
 def simulate_estimate(result: Estimate, max_actions: int = 200_000) -> Estimate:
     """Replace the closed form's pipeline time by the simulator's (per-stage costs, message latency), when
     the schedule is small enough to replay quickly; returns a new Estimate."""
-    from pipeline_ref import schedules
-    from pipeline_ref.sim import simulate
     plan = result.plan
     if result.problem and not result.fits or plan.pp == 1 or \
             plan.pp * plan.num_microbatches * plan.chunks > max_actions:

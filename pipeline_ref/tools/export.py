@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pipeline_ref.faults import checkpoint
-from pipeline_ref.config import RunConfig
+from pipeline_ref.config import ConfigError, RunConfig
 from pipeline_ref.preflight import build_model
 
 
@@ -77,7 +77,6 @@ def export(directory, out) -> list[Path]:
 
 
 def main(args) -> int:
-    from pipeline_ref.config import ConfigError
     try:
         written = export(args.checkpoint, args.out)
     except checkpoint.CheckpointError as err:

@@ -12,6 +12,7 @@ Layer: tools (the command line of ``planner.py``).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline_ref.sim import cluster, step_model
@@ -59,7 +60,6 @@ def load_model(args) -> cluster.Transformer:
 
 
 def replace_seq(model: cluster.Transformer, seq: int | None) -> cluster.Transformer:
-    from dataclasses import replace
     return model if seq is None else replace(model, seq_len=seq)
 
 
