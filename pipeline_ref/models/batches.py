@@ -10,6 +10,13 @@ share:
 """
 from __future__ import annotations
 
+import torch
+
+
+def floats_to(dtype: torch.dtype, pair: tuple) -> tuple:
+    """A batch's floating tensors in ``dtype``; integer token ids stay as they are."""
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in pair)
+
 
 class PerStep(tuple):
     """A factory's per-step data (a callable ``step -> (inputs, targets)``, e.g. ``text_data.Batches``), as
@@ -19,13 +26,17 @@ class PerStep(tuple):
     training loop asks ``at(step)`` for each later step's batch.
     """
 
-    def __new__(cls, source, convert=lambda batch: batch):
-        self = super().__new__(cls, convert(source(0)))
+    def __new__(cls, source, convert=None):
+        self = super().__new__(cls, convert(source(0)) if convert else source(0))
         self.source, self.convert = source, convert
         return self
 
+    def __reduce__(self):           # rebuilt from its source (a tuple would pickle only step 0's pair)
+        return PerStep, (self.source, self.convert)
+
     def at(self, step: int):
-        return self.convert(self.source(step))
+        batch = self.source(step)
+        return self.convert(batch) if self.convert else batch
 
 
 def first_batch(data):

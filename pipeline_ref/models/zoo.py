@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import copy
 import importlib
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import pipeline_ref.models.text_data as text_data
-from pipeline_ref.models.batches import PerStep
+from pipeline_ref.models.batches import PerStep, floats_to
 
 
 # ---------------------------------------------------------------------------------------------- deep MLP
@@ -293,8 +294,7 @@ def to_dtype(layers, batch, dtype: torch.dtype):
         raise ValueError(f"to_dtype converts to a floating dtype, got {dtype}")
     for layer in [layers] if isinstance(layers, nn.Module) else layers:
         layer.to(dtype)
-    def convert(pair):
-        return tuple(t.to(dtype) if t.is_floating_point() else t for t in pair)
+    convert = partial(floats_to, dtype)      # a partial, not a closure: a Prepared batch source pickles
     if isinstance(batch, PerStep):
         return layers, PerStep(batch.source, convert)
     return layers, convert(batch)
