@@ -10,18 +10,7 @@ import pytest
 from pipeline_ref import schedules, simulate
 from pipeline_ref.schedules import auto_schedule
 from pipeline_ref.schedules.geometry import ScheduleError
-
-
-def _held(schedule, weight_memory: float) -> float:
-    """The most memory any stage holds, in microbatches: F adds 1, I frees 1 - weight_memory, W the rest."""
-    step = {"F": 1.0, "I": -(1.0 - weight_memory), "W": -weight_memory}
-    peak = 0.0
-    for actions in schedule:
-        held = 0.0
-        for a in actions:
-            held += step[a.op]
-            peak = max(peak, held)
-    return peak
+from tests.zero_bubble_measures import held
 
 
 def test_never_over_its_memory_limit_on_random_cases():
@@ -36,7 +25,7 @@ def test_never_over_its_memory_limit_on_random_cases():
         schedule = schedules.build("zb-auto", p, m, max_in_flight=limit, weight_memory=share, **costs)
         schedules.validate(schedule)
         assert {a.op for actions in schedule for a in actions} <= {"F", "I", "W"}
-        assert _held(schedule, share) <= limit + 1e-9, (p, m, limit, share)
+        assert held(schedule, share) <= limit + 1e-9, (p, m, limit, share)
         trace = simulate.simulate(schedule, forward=costs["forward"], input_grad=costs["input_grad"],
                                   weight_grad=costs["weight_grad"], latency=costs["latency"])
         if share == 1.0:                      # a microbatch held from its F to its W: what the trace counts

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline_ref import schedules, simulate
 from pipeline_ref.schedules import auto_schedule
+from tests.zero_bubble_measures import longest_rank
 
 # model, p, m, then Table 9: T_F, T_B, T_W, T_comm; then Table 5: 1F1B, ZB-H1, ZB-H2, ZB-1p, ZB-2p
 TABLE = [("1.5B", 8, 24, 18.522, 18.086, 9.337, 0.601, 0.2431, 0.1585, 0.1083, 0.1585, 0.0433),
@@ -40,11 +41,7 @@ WEIGHT_MEMORY = 0.4
 
 def bubble_rate(trace: simulate.Trace, m: int, forward: float, backward: float, weight: float) -> float:
     """The paper's bubble rate: the longest stage's span from its first action to its last, less the work."""
-    first, last = {}, {}
-    for e in trace.events:
-        first[e.rank] = min(first.get(e.rank, e.start), e.start)
-        last[e.rank] = max(last.get(e.rank, e.end), e.end)
-    cost = max(last[r] - first[r] for r in first)
+    cost = longest_rank(trace)
     return (cost - m * (forward + backward + weight)) / cost
 
 

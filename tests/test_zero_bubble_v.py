@@ -24,6 +24,7 @@ import pytest
 from pipeline_ref import schedules, simulate
 from pipeline_ref.schedules import v_auto_schedule
 from pipeline_ref.schedules.geometry import ScheduleError
+from tests.zero_bubble_measures import held, longest_rank
 
 # name, p, m, per-chunk F, B (our I), W, T_comm, W's share of memory; then the paper's code: idle, bubble rate
 BY_PAPER_CODE = [
@@ -50,27 +51,6 @@ BY_PAPER_CODE = [
     ("drawn", 8, 20, 0.7, 0.73, 1.27, 0.0, 1.0, 1.11, 0.01017322),
     ("drawn", 8, 18, 0.71, 0.68, 1.16, 0.0, 0.4, 1.2, 0.01290323),
 ]
-
-
-def longest_rank(trace: simulate.Trace) -> float:
-    """The paper's cost: the longest time from a rank's first action starting to its last ending."""
-    first, last = {}, {}
-    for e in trace.events:
-        first[e.rank] = min(first.get(e.rank, e.start), e.start)
-        last[e.rank] = max(last.get(e.rank, e.end), e.end)
-    return max(last[r] - first[r] for r in first)
-
-
-def held(schedule, weight_memory: float) -> float:
-    """The most memory a rank holds, in chunk activations: F adds 1, I frees 1 - weight_memory, W the rest."""
-    step = {"F": 1.0, "I": -(1.0 - weight_memory), "W": -weight_memory}
-    peak = 0.0
-    for actions in schedule:
-        now = 0.0
-        for a in actions:
-            now += step[a.op]
-            peak = max(peak, now)
-    return peak
 
 
 def _played(p, m, f, i, w, comm, **options):
