@@ -158,25 +158,46 @@ def parameters_per_gpu(plan: Plan) -> float:
     return (layers + ends) / plan.tp
 
 
-def memory_bytes(plan: Plan) -> float:
-    """Peak bytes per GPU: weights, gradients and optimizer state, plus the activations the schedule keeps."""
+def _memory_parts(plan: Plan) -> tuple[float, float, float, int, float]:
+    """Bytes of the states, of the layer being recomputed and of the logits; a chunk's layers; one layer's
+    activations of one microbatch."""
     m = plan.model
     states = cluster.state_bytes(parameters_per_gpu(plan), plan.dp * plan.cp, plan.distributed_optimizer)
     local = replace(m, seq_len=m.seq_len // plan.cp) if plan.cp > 1 else m
     sp = plan.sequence_parallel and plan.tp > 1
     kept = "selective" if plan.flash_attention and plan.recompute == "none" else plan.recompute
     per_layer = local.layer_activation_bytes(plan.microbatch, plan.tp, sp, kept)
-    chunk_layers = math.ceil(m.num_layers / (plan.pp * plan.chunks))
+    recomputing = 0.0
+    if plan.recompute != "none":    # the layer being recomputed holds its full activations for a moment
+        recomputing = local.layer_activation_bytes(plan.microbatch, plan.tp, sp,
+                                                   "selective" if plan.flash_attention else "none")
+    logits = 4 * plan.microbatch * local.seq_len * m.vocab / plan.tp       # fp32 logits on the last stage
+    return states, recomputing, logits, math.ceil(m.num_layers / (plan.pp * plan.chunks)), per_layer
+
+
+def static_bytes(plan: Plan) -> float:
+    """Bytes per GPU that do not grow with the microbatches in flight: weights, gradients and optimizer state,
+    the last stage's fp32 logits, and, when recomputing, the one layer being recomputed."""
+    states, recomputing, logits, _, _ = _memory_parts(plan)
+    return states + recomputing + logits
+
+
+def microbatch_activation_bytes(plan: Plan) -> float:
+    """The activations one microbatch leaves on one of a stage's chunks (the whole stage when chunks is 1)
+    until its backward: what each microbatch in flight adds to ``static_bytes``."""
+    _, _, _, chunk_layers, per_layer = _memory_parts(plan)
+    return chunk_layers * per_layer
+
+
+def memory_bytes(plan: Plan) -> float:
+    """Peak bytes per GPU: weights, gradients and optimizer state, plus the activations the schedule keeps
+    (``static_bytes`` and the schedule's peak of ``microbatch_activation_bytes``)."""
+    states, recomputing, logits, chunk_layers, per_layer = _memory_parts(plan)
     stashed = max(theory.peak_stashed(plan.schedule, plan.pp, plan.num_microbatches, chunks=plan.chunks)
                   if plan.schedule == "interleaved" else
                   [n * plan.chunks
                    for n in theory.peak_stashed(plan.schedule, plan.pp, plan.num_microbatches)])
-    activations = stashed * chunk_layers * per_layer
-    if plan.recompute != "none":    # the layer being recomputed holds its full activations for a moment
-        activations += local.layer_activation_bytes(plan.microbatch, plan.tp, sp,
-                                                    "selective" if plan.flash_attention else "none")
-    logits = 4 * plan.microbatch * local.seq_len * m.vocab / plan.tp       # fp32 logits on the last stage
-    return states + activations + logits
+    return states + (stashed * chunk_layers * per_layer + recomputing) + logits
 
 
 def estimate(plan: Plan, efficiency: float = EFFICIENCY) -> Estimate:
