@@ -5,6 +5,8 @@
                                                 # and its pipeline message, on NVLink and on InfiniBand
     bubble_table(num_stages, microbatches, chunks)   # the closed-form bubble and stash, 1F1B and interleaved
     schedule_search(plan, schedules, limit)     # each schedule's simulated step and memory; the fastest
+    in_flight_limits(plan, limit)               # the GPU's memory limit in the Zero Bubble searches' units
+    searched_schedules(plan, limit)             # zb-auto and zbv-auto searched under it, simulated
     published_rows(path)                        # the committed planner-against-published table
 
 Everything here is arithmetic on a model of a cluster we do not have: predictions, labelled as such where the
@@ -88,6 +90,46 @@ def schedule_search(plan: step_model.Plan, candidates, limit: float) -> tuple[li
         if fits and trace.makespan < best_step:
             best, best_step = label, trace.makespan
     return lines, best, found
+
+
+def in_flight_limits(plan: step_model.Plan, limit: float) -> dict:
+    """{search: (max_in_flight, bytes of its unit)}: the bytes ``limit`` leaves after ``static_bytes``
+    (weights, gradients, optimizer state, logits), counted in one microbatch's activations on a stage
+    (zb-auto's unit, per stage) or on a chunk of half a stage (zbv-auto's unit, per rank of two chunks)."""
+    limits = {}
+    for name, chunks in (("zb-auto", 1), ("zbv-auto", 2)):
+        candidate = replace(plan, schedule=name, chunks=chunks)
+        unit = step_model.microbatch_activation_bytes(candidate)
+        limits[name] = (math.floor((limit - step_model.static_bytes(candidate)) / unit), unit)
+    return limits
+
+
+def searched_schedules(plan: step_model.Plan, limit: float) -> tuple[list[str], dict]:
+    """zb-auto and zbv-auto searched under ``limit`` bytes per GPU with the plan's per-stage costs, then
+    simulated: a table, and {name: (step seconds, memory bytes)}.
+
+    An assumption: W, the weight gradient, is half of the cost model's backward and I the other half (a
+    matrix product's backward is two products of its forward's size, one for its input, one for its weights;
+    attention's score products and the all-reduces, which belong to I, are split evenly too: a few percent).
+    Activations are held from F to W (the searches' default ``weight_memory = 1``), as ``memory_bytes``
+    counts them. In the V the output layer sits on rank 0, with the first chunk: its costs are the stages'
+    in reverse, each rank's spread evenly over its two chunks."""
+    fwd, bwd, message = step_model.stage_costs(plan)
+    costs = {"zb-auto": (fwd, [b / 2 for b in bwd]),
+             "zbv-auto": ([f / 2 for f in fwd[::-1]], [b / 4 for b in bwd[::-1]])}
+    lines = [f"{'schedule':>16}{'max_in_flight':>15}{'step s':>9}{'bubble':>9}{'memory GB':>11}  fits"]
+    found = {}
+    for name, (in_flight, unit) in in_flight_limits(plan, limit).items():
+        forward, half = costs[name]
+        built = schedules.build(name, plan.pp, plan.num_microbatches, max_in_flight=in_flight,
+                                forward=forward, input_grad=half, weight_grad=half, latency=message)
+        trace = simulate.simulate(built, forward=forward, input_grad=half, weight_grad=half, latency=message,
+                                  time_unit="s")
+        memory = step_model.static_bytes(replace(plan, schedule=name)) + max(trace.peak_stashed) * unit
+        found[name] = (trace.makespan, memory)
+        lines.append(f"{name:>16}{in_flight:>15}{trace.makespan:>9.2f}{1 - trace.utilization:>9.3f}"
+                     f"{memory / GB:>11.1f}  {'yes' if memory <= limit else 'no'}")
+    return lines, found
 
 
 def published_rows(path) -> list[dict]:
