@@ -47,7 +47,7 @@ def test_searched_schedules_keep_under_the_limit_they_were_given():
     unit = step_model.microbatch_activation_bytes(plan)
     for spare in (4.5, 6.5):                  # a stage's worth of microbatches beyond the static bytes
         limit = step_model.static_bytes(plan) + spare * unit
-        lines, found = l10_plan.searched_schedules(plan, limit)
-        assert set(found) == {"zb-auto", "zbv-auto"} and len(lines) == 3
+        lines, found, orders = l10_plan.searched_schedules(plan, limit)
+        assert set(found) == set(orders) == {"zb-auto", "zbv-auto"} and len(lines) == 3
         for step, memory in found.values():
             assert memory <= limit and step > 0

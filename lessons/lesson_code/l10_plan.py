@@ -104,9 +104,9 @@ def in_flight_limits(plan: step_model.Plan, limit: float) -> dict:
     return limits
 
 
-def searched_schedules(plan: step_model.Plan, limit: float) -> tuple[list[str], dict]:
+def searched_schedules(plan: step_model.Plan, limit: float) -> tuple[list[str], dict, dict]:
     """zb-auto and zbv-auto searched under ``limit`` bytes per GPU with the plan's per-stage costs, then
-    simulated: a table, and {name: (step seconds, memory bytes)}.
+    simulated: a table, {name: (step seconds, memory bytes)} and {name: the schedule found}.
 
     An assumption: W, the weight gradient, is half of the cost model's backward and I the other half (a
     matrix product's backward is two products of its forward's size, one for its input, one for its weights;
@@ -118,7 +118,7 @@ def searched_schedules(plan: step_model.Plan, limit: float) -> tuple[list[str], 
     costs = {"zb-auto": (fwd, [b / 2 for b in bwd]),
              "zbv-auto": ([f / 2 for f in fwd[::-1]], [b / 4 for b in bwd[::-1]])}
     lines = [f"{'schedule':>16}{'max_in_flight':>15}{'step s':>9}{'bubble':>9}{'memory GB':>11}  fits"]
-    found = {}
+    found, orders = {}, {}
     for name, (in_flight, unit) in in_flight_limits(plan, limit).items():
         forward, half = costs[name]
         built = schedules.build(name, plan.pp, plan.num_microbatches, max_in_flight=in_flight,
@@ -126,10 +126,10 @@ def searched_schedules(plan: step_model.Plan, limit: float) -> tuple[list[str], 
         trace = simulate.simulate(built, forward=forward, input_grad=half, weight_grad=half, latency=message,
                                   time_unit="s")
         memory = step_model.static_bytes(replace(plan, schedule=name)) + max(trace.peak_stashed) * unit
-        found[name] = (trace.makespan, memory)
+        found[name], orders[name] = (trace.makespan, memory), built
         lines.append(f"{name:>16}{in_flight:>15}{trace.makespan:>9.2f}{1 - trace.utilization:>9.3f}"
                      f"{memory / GB:>11.1f}  {'yes' if memory <= limit else 'no'}")
-    return lines, found
+    return lines, found, orders
 
 
 def published_rows(path) -> list[dict]:
