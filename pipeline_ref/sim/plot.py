@@ -44,11 +44,6 @@ def _pyplot():
     return plt
 
 
-def time_unit(trace: Trace) -> str:
-    """The unit of a trace's times: meta.time_unit if given, seconds when measured, else cost units."""
-    return trace.meta.unit
-
-
 def _span(trace: Trace) -> tuple[float, float]:
     times = [t for e in trace.events for t in (e.start, e.end)] + [t for w in trace.waits for t in (w.start,
                                                                                                     w.end)]
@@ -79,7 +74,7 @@ def gantt(trace: Trace, ax=None, title: str | None = None):
     ax.set_ylim(trace.num_ranks - 0.5, -0.5)   # inverted: rank 0 on top
     ax.set_yticks(range(trace.num_ranks))
     ax.set_yticklabels([f"rank {r}" for r in range(trace.num_ranks)])
-    ax.set_xlabel(f"time ({time_unit(trace)})", fontsize=LABEL_POINTS)
+    ax.set_xlabel(f"time ({trace.meta.unit})", fontsize=LABEL_POINTS)
     ax.tick_params(labelsize=LABEL_POINTS)
     ops = [op for op in OP_COLORS if any(e.op == op for e in trace.events)]
     handles = [Patch(facecolor=OP_COLORS[op], label=OP_NAMES[op]) for op in ops]
@@ -110,8 +105,8 @@ def compare_gantt(measured: Trace, simulated: Trace, path=None, title: str | Non
     top.set_xlabel("")
     (low_m, high_m), (low_s, high_s) = _span(measured), _span(simulated)
     bottom.set_xlim(min(low_m, low_s), max(high_m, high_s))
-    if time_unit(measured) != time_unit(simulated):
-        bottom.set_xlabel(f"time (measured: {time_unit(measured)}, simulated: {time_unit(simulated)})")
+    if measured.meta.unit != simulated.meta.unit:
+        bottom.set_xlabel(f"time (measured: {measured.meta.unit}, simulated: {simulated.meta.unit})")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
